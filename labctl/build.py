@@ -1,0 +1,238 @@
+"""Carrying out a plan in the kernel: the side-effect edge of labctl.
+
+Each step journals what it is about to make, then makes it, a namespace's
+netlink requests sent as one batch. Removal runs before creation so that a
+pod moving to another node can reuse its namespace name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from contextlib import ExitStack
+from typing import Callable
+
+from labctl import names, overlay
+from labctl.errors import LabError
+from labctl.kernel import netns, procs, run
+from labctl.kernel.nl import Batch
+from labctl.model.objects import Container, LabSpec, Pod, Topology
+from labctl.plumbing import node as node_plumbing
+from labctl.plumbing import pod as pod_plumbing
+from labctl.plumbing import underlay
+from labctl.reconcile import Plan
+from labctl.responder import control as responder
+from labctl.state.journal import Journal
+from labctl.state.store import LabDir
+
+Progress = Callable[[str, int], None]
+
+
+def _quiet(step: str, n: int) -> None:
+    pass
+
+
+def command_key(pod: Pod, container: str) -> str:
+    return f"cmd:{pod.key}/{container}"
+
+
+class Builder:
+    def __init__(self, labdir: LabDir, journal: Journal, progress: Progress | None = None):
+        self.dir = labdir
+        self.journal = journal
+        self.progress = progress or _quiet
+
+    # -- namespaces ----------------------------------------------------------
+
+    def create_namespaces(self, names_: list[str]) -> None:
+        """Journal every name first (one write), then create them."""
+        self.journal.netns(names_)
+        for n in names_:
+            try:
+                netns.create(n)
+            except FileExistsError:
+                raise LabError(f"network namespace {n} appeared while the lab was being built") from None
+            self.progress("namespaces", 1)
+
+    def delete_namespaces(self, names_: list[str]) -> None:
+        for n in names_:
+            netns.delete(n)
+        self.journal.release_netns(names_)
+
+    # -- removal ---------------------------------------------------------------
+
+    def remove(self, plan: Plan, old: Topology, new: Topology) -> None:
+        spec = old.lab
+        lab = spec.name
+        leaving = {p.key for p in plan.remove_pods}
+        if leaving:
+            # The responder lets go of the pods first: its sockets pin their namespaces.
+            kept = old.with_pods(tuple(p for p in old.pods if p.key not in leaving))
+            responder.apply(self.dir, self.journal, kept)
+        for pod in plan.remove_pods + plan.commands_changed:
+            self.stop_commands(pod)
+        removed_nodes = {n.name for n in plan.remove_nodes}
+        by_node: dict[str, list[Pod]] = defaultdict(list)
+        for pod in plan.remove_pods:
+            if pod.node not in removed_nodes:
+                by_node[pod.node].append(pod)
+        for node_name, pods in by_node.items():
+            b = Batch(names.node_netns(lab, node_name))
+            for pod in pods:
+                pod_plumbing.remove_host_end(b, spec, pod)
+            b.commit()
+        self.delete_namespaces([names.pod_netns(lab, p.namespace, p.name) for p in plan.remove_pods])
+        if plan.remove_nodes:
+            backend = overlay.backend(spec.overlay)
+            staying = [n for n in new.lab.nodes if n.name not in {a.name for a in plan.add_nodes}]
+            for local in staying:
+                b = Batch(names.node_netns(lab, local.name))
+                for gone in plan.remove_nodes:
+                    backend.remove_peer(b, spec, local, gone)
+                b.commit()
+            self.delete_namespaces([names.node_netns(lab, n.name) for n in plan.remove_nodes])
+        if plan.remove_externals:
+            self.delete_namespaces([names.external_netns(lab, e.name) for e in plan.remove_externals])
+
+    # -- creation ----------------------------------------------------------------
+
+    def create(self, plan: Plan, new: Topology) -> None:
+        spec = new.lab
+        lab = spec.name
+        to_create = []
+        if plan.new_lab:
+            to_create.append(names.underlay_netns(lab))
+        to_create += [names.node_netns(lab, n.name) for n in plan.add_nodes]
+        to_create += [names.external_netns(lab, e.name) for e in plan.add_externals]
+        to_create += [names.pod_netns(lab, p.namespace, p.name) for p in plan.add_pods]
+        self.create_namespaces(to_create)
+
+        self._uplinks(plan, spec)
+        self._nodes(plan, new)
+        self._pods(plan, new)
+        self.progress("responder", 0)
+        responder.apply(self.dir, self.journal, new)
+        for pod in plan.add_pods + plan.commands_changed:
+            self.start_commands(new, pod)
+
+    def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
+        lab = spec.name
+        hosts = [(n.name, names.node_netns(lab, n.name), n.ip) for n in plan.add_nodes]
+        hosts += [(e.name, names.external_netns(lab, e.name), e.ip) for e in plan.add_externals]
+        if not hosts and not plan.new_lab:
+            return
+        b = Batch(names.underlay_netns(lab))
+        if plan.new_lab:
+            underlay.switch(b)
+        with ExitStack() as stack:
+            for host, ns, _ in hosts:
+                fd = netns.open_fd(ns)
+                stack.callback(os.close, fd)
+                underlay.uplink(b, lab, host, ns, fd)
+            b.commit()
+        prefixlen = spec.node_prefixlen()
+        for _, ns, ip in hosts[len(plan.add_nodes) :]:  # externals; nodes get theirs in _nodes
+            eb = Batch(ns)
+            underlay.host_address(eb, ip, prefixlen)
+            eb.commit()
+
+    def _nodes(self, plan: Plan, new: Topology) -> None:
+        """New nodes: address, cni0, overlay device, sysctls, rules; every node: overlay peers."""
+        spec = new.lab
+        lab = spec.name
+        backend = overlay.backend(spec.overlay)
+        added = {n.name for n in plan.add_nodes}
+        prefixlen = spec.node_prefixlen()
+        transactions = []
+        for node in spec.nodes:
+            ns = names.node_netns(lab, node.name)
+            b = Batch(ns)
+            if node.name in added:
+                underlay.host_address(b, node.ip, prefixlen)
+                node_plumbing.cni0(b, spec, node)
+                backend.device(b, spec, node)
+                peers = [r for r in spec.nodes if r.name != node.name]
+            else:
+                peers = [r for r in plan.add_nodes]
+            for remote in peers:
+                backend.peer(b, spec, node, remote)
+            b.commit()
+            if node.name in added:
+                netns.write_sysctls(ns, node_plumbing.SYSCTLS)
+                transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
+                self.progress("nodes", 1)
+        run.apply_all(transactions)
+
+    def _pods(self, plan: Plan, new: Topology) -> None:
+        spec = new.lab
+        lab = spec.name
+        by_node: dict[str, list[Pod]] = defaultdict(list)
+        for pod in plan.add_pods:
+            by_node[pod.node].append(pod)
+        for node_name, pods in by_node.items():
+            b = Batch(names.node_netns(lab, node_name))
+            with ExitStack() as stack:
+                for pod in pods:
+                    fd = netns.open_fd(names.pod_netns(lab, pod.namespace, pod.name))
+                    stack.callback(os.close, fd)
+                    pod_plumbing.host_end(b, spec, pod, fd)
+                b.commit()
+            node = spec.node(node_name)
+            for pod in pods:
+                pb = Batch(names.pod_netns(lab, pod.namespace, pod.name))
+                pod_plumbing.inside(pb, node, pod)
+                pb.commit()
+                self.progress("pods", 1)
+
+    # -- container commands ----------------------------------------------------
+
+    def _spawn(self, topo: Topology, pod: Pod, container: Container) -> None:
+        assert container.command is not None
+        procs.spawn(
+            list(container.command),
+            lab=topo.lab.name,
+            key=command_key(pod, container.name),
+            journal=self.journal,
+            log=self.dir.logs / f"{pod.namespace}_{pod.name}_{container.name}.log",
+            netns=names.pod_netns(topo.lab.name, pod.namespace, pod.name),
+        )
+
+    def start_commands(self, topo: Topology, pod: Pod) -> None:
+        for c in pod.containers:
+            if c.command is not None:
+                self._spawn(topo, pod, c)
+
+    def stop_commands(self, pod: Pod) -> None:
+        owned = self.journal.replay().procs
+        for c in pod.containers:
+            key = command_key(pod, c.name)
+            rec = owned.get(key)
+            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                procs.stop([rec["pid"]])
+            if rec:
+                self.journal.release_proc(key)
+
+    def restart_dead_commands(self, topo: Topology) -> int:
+        """Like a kubelet with restartPolicy Always, `up` restarts commands that exited."""
+        owned = self.journal.replay().procs
+        n = 0
+        for pod in topo.pods:
+            for c in pod.containers:
+                if c.command is None:
+                    continue
+                rec = owned.get(command_key(pod, c.name))
+                if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                    continue
+                self._spawn(topo, pod, c)
+                n += 1
+        return n
+
+
+def expected_namespaces(topo: Topology) -> list[str]:
+    lab = topo.lab.name
+    out = [names.underlay_netns(lab)]
+    out += [names.node_netns(lab, n.name) for n in topo.lab.nodes]
+    out += [names.external_netns(lab, e.name) for e in topo.lab.externals]
+    out += [names.pod_netns(lab, p.namespace, p.name) for p in topo.pods]
+    return out
+

@@ -1,0 +1,34 @@
+"""Pieces shared by the commands."""
+
+from __future__ import annotations
+
+import click
+
+from labctl.lab import LabHandle, resolve_lab_name
+from labctl.model.objects import Topology
+from labctl.errors import LabError
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+lab_option = click.option("--lab", "lab_name", metavar="NAME", help="The lab (may be left out when exactly one is up).")
+
+
+def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
+    handle = LabHandle(resolve_lab_name(lab_name))
+    topo = handle.applied()
+    if topo is None:
+        if handle.exists():
+            raise LabError(
+                f"lab {handle.name} did not finish coming up",
+                hint=f"run `labctl up` with its file again, or `labctl down {handle.name}`",
+            )
+        raise LabError(f"no lab named {handle.name} is up")
+    return handle, topo
+
+
+def counts(topo: Topology) -> str:
+    namespaces = {p.namespace for p in topo.pods}
+    return (
+        f"{len(topo.lab.nodes)} node{'s' * (len(topo.lab.nodes) != 1)}, "
+        f"{len(topo.lab.externals)} external{'s' * (len(topo.lab.externals) != 1)}, "
+        f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}"
+    )

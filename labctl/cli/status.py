@@ -1,0 +1,67 @@
+"""labctl status: nodes, externals, pods (services and policies later)."""
+
+from __future__ import annotations
+
+from labctl import output
+from labctl.cli import cli
+from labctl.cli.common import json_option, lab_option
+from labctl.lab import LabHandle, running_labs
+from labctl.status import status as lab_status
+
+
+@cli.command()
+@lab_option
+@json_option
+def status(lab_name: str | None, as_json: bool) -> None:
+    """Show a lab: nodes, externals, pods and where they run."""
+    names = [lab_name] if lab_name else running_labs()
+    reports = [lab_status(LabHandle(n)) for n in names if LabHandle(n).exists() or lab_name]
+    if as_json:
+        output.emit_json(reports[0] if len(reports) == 1 and (lab_name or len(names) == 1) else {"labs": reports})
+        return
+    if not reports:
+        output.say("no lab is up (sudo labctl up topologies/demo.yaml)")
+        return
+    for i, r in enumerate(reports):
+        if i:
+            output.say("")
+        _show(r)
+
+
+def _mark(present: bool) -> str:
+    return "" if present else " (missing)"
+
+
+def _show(r: dict) -> None:
+    if r["state"] != "up":
+        output.say(f"lab {r['lab']}: did not finish coming up; run `labctl up` again or `labctl down {r['lab']}`")
+        return
+    nets = r["networks"]
+    output.say(
+        f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}  "
+        f"nodes {nets['node']}  pods {nets['pod']}  services {nets['service']}"
+    )
+    output.table(
+        ["NODE", "IP", "POD CIDR", "NETNS"],
+        [(n["name"], n["ip"], n["podCIDR"], n["netns"] + _mark(n["present"])) for n in r["nodes"]],
+    )
+    if r["externals"]:
+        output.say("")
+        output.table(["EXTERNAL", "IP", "NETNS"], [(e["name"], e["ip"], e["netns"] + _mark(e["present"])) for e in r["externals"]])
+    if r["pods"]:
+        output.say("")
+        output.table(
+            ["NAMESPACE", "POD", "NODE", "IP", "PORTS", "LABELS"],
+            [
+                (
+                    p["namespace"],
+                    p["name"] + _mark(p["present"]),
+                    p["node"],
+                    p["ip"],
+                    ",".join(f"{x['port']}/{x['protocol']}" for x in p["ports"]) or "-",
+                    ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
+                )
+                for p in r["pods"]
+            ],
+        )
+    output.say(f"\nresponder: {r['responder']}")

@@ -1,0 +1,42 @@
+"""labctl validate FILE: parse, resolve defaults, validate. No root, nothing created."""
+
+from __future__ import annotations
+
+import click
+
+from labctl import output
+from labctl.cli import cli
+from labctl.cli.common import counts, json_option
+from labctl.errors import InvalidInput
+from labctl.model import load
+
+
+@cli.command()
+@click.argument("file", metavar="FILE")
+@json_option
+def validate(file: str, as_json: bool) -> None:
+    """Check a topology file; print where each pod would go. Needs no root."""
+    try:
+        topo = load(file)
+    except InvalidInput as e:
+        if as_json:
+            output.emit_json(
+                {"valid": False, "problems": [{"where": p.where, "path": p.path, "message": p.message} for p in e.problems]}
+            )
+        raise
+    if as_json:
+        output.emit_json(
+            {
+                "valid": True,
+                "lab": topo.lab.name,
+                "nodes": [{"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr} for n in topo.lab.nodes],
+                "externals": [{"name": e.name, "ip": e.ip} for e in topo.lab.externals],
+                "pods": [{"namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip} for p in topo.pods],
+            }
+        )
+        return
+    output.say(f"{file}: valid: lab {topo.lab.name}, {counts(topo)}")
+    output.table(
+        ["NODE", "IP", "POD CIDR", "PODS"],
+        [(n.name, n.ip, n.pod_cidr, ", ".join(p.key for p in topo.pods_on(n.name)) or "-") for n in topo.lab.nodes],
+    )

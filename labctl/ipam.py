@@ -1,0 +1,120 @@
+"""Address management, pure.
+
+- Node and external addresses on the node network (.10, .11, ... for nodes,
+  .100, .101, ... for externals, as the contract says).
+- One pod CIDR per node carved out of the pod network (node i gets the i-th
+  subnet), as kube-controller-manager's range allocator does.
+- Pod addresses inside a node's pod CIDR handed out the way CNI's host-local
+  IPAM does: the first address is the gateway (cni0), addresses go round-robin
+  after the last one given, so a freed address is not reused at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable, Iterator
+
+
+class PoolExhausted(Exception):
+    pass
+
+
+def hosts(net: IPv4Network) -> Iterator[IPv4Address]:
+    """Usable host addresses of a network (no network or broadcast address)."""
+    if net.prefixlen >= 31:
+        yield from net
+        return
+    yield from net.hosts()
+
+
+class AddressPool:
+    """Addresses of one range handed out in order, skipping those in use."""
+
+    def __init__(self, first: IPv4Address, last: IPv4Address, used: Iterable[str | IPv4Address] = (), cursor: str | None = None):
+        self.first = IPv4Address(first)
+        self.last = IPv4Address(last)
+        self.used: set[IPv4Address] = {IPv4Address(a) for a in used}
+        # host-local remembers the last address it gave and starts after it.
+        self.cursor = IPv4Address(cursor) if cursor else None
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, ip: IPv4Address | str) -> bool:
+        return self.first <= IPv4Address(ip) <= self.last
+
+    def reserve(self, ip: str | IPv4Address) -> None:
+        self.used.add(IPv4Address(ip))
+
+    def allocate(self) -> IPv4Address:
+        n = self.size
+        start = 0
+        if self.cursor is not None and self.cursor in self:
+            start = int(self.cursor) - int(self.first) + 1
+        for i in range(n):
+            ip = IPv4Address(int(self.first) + (start + i) % n)
+            if ip not in self.used:
+                self.used.add(ip)
+                self.cursor = ip
+                return ip
+        raise PoolExhausted(f"{self.first}-{self.last}")
+
+
+def node_pool(node_network: str, used: Iterable[str]) -> AddressPool:
+    net = ipaddress.ip_network(node_network)
+    first = net.network_address + 10 if net.num_addresses > 12 else net.network_address + 1
+    return AddressPool(first, net.broadcast_address - 1, used)
+
+
+def external_pool(node_network: str, used: Iterable[str]) -> AddressPool:
+    net = ipaddress.ip_network(node_network)
+    first = net.network_address + 100 if net.num_addresses > 102 else net.network_address + 1
+    return AddressPool(first, net.broadcast_address - 1, used)
+
+
+def pod_pool(pod_cidr: str, used: Iterable[str] = (), cursor: str | None = None) -> AddressPool:
+    """Pod addresses of a node: .2 up to the last before broadcast (.1 is cni0)."""
+    net = ipaddress.ip_network(pod_cidr)
+    return AddressPool(net.network_address + 2, net.broadcast_address - 1, used, cursor)
+
+
+def gateway(pod_cidr: str) -> str:
+    """The cni0 address of a node: the first address of its pod CIDR."""
+    return str(ipaddress.ip_network(pod_cidr).network_address + 1)
+
+
+def vtep_address(pod_cidr: str) -> str:
+    """flannel.1's address: the pod CIDR's network address, as a /32."""
+    return str(ipaddress.ip_network(pod_cidr).network_address)
+
+
+class SubnetPool:
+    """Per-node pod CIDRs: node i gets the i-th subnet unless taken."""
+
+    def __init__(self, pod_network: str, prefixlen: int, used: Iterable[str] = ()):
+        self.net = ipaddress.ip_network(pod_network)
+        self.prefixlen = prefixlen
+        self.used = [ipaddress.ip_network(u) for u in used]
+
+    def count(self) -> int:
+        return 2 ** (self.prefixlen - self.net.prefixlen)
+
+    def _nth(self, i: int) -> IPv4Network:
+        size = 2 ** (32 - self.prefixlen)
+        return ipaddress.ip_network((int(self.net.network_address) + i * size, self.prefixlen))
+
+    def allocate(self, preferred_index: int) -> IPv4Network:
+        n = self.count()
+        for k in range(n):
+            cand = self._nth((preferred_index + k) % n)
+            if not any(cand.overlaps(u) for u in self.used):
+                self.used.append(cand)
+                return cand
+        raise PoolExhausted(str(self.net))
+
+
+def mac_for_ip(ip: str) -> str:
+    """A pod's MAC from its IP, as the CNI bridge plugin used to do: 0a:58 + the IPv4 bytes."""
+    return "0a:58:" + ":".join(f"{b:02x}" for b in IPv4Address(ip).packed)

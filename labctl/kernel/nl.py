@@ -1,0 +1,318 @@
+"""Netlink requests for one namespace, sent as one pipelined batch.
+
+Messages are encoded with pyroute2's message classes (ifinfmsg, ifaddrmsg,
+rtmsg, ndmsg), then written back to back on one NETLINK_ROUTE socket opened
+inside the target namespace, like `ip -batch` but without a round trip per
+request. Every request asks for an acknowledgement; every failure is reported
+with the iproute2 command it stands for and the kernel's own message.
+
+pyroute2's IPRoute request engine costs about half a millisecond per request
+on the CI machine, which dominates building a thousand pods; its encoders are
+cheap, so they are used here directly.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from labctl.errors import KernelError
+from labctl.kernel import netns
+
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NLMSG_ERROR = 2
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+
+IFF_UP = 1
+AF_BRIDGE = 7
+NUD_NOARP = 0x40
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 4
+RTPROT_BOOT = 3
+RTPROT_STATIC = 4
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
+
+CHUNK = 200  # requests per send; their acks fit the receive buffer easily
+
+
+@dataclass
+class Request:
+    data: bytes
+    what: str  # the iproute2 command this request stands for
+    ok: frozenset[int] = frozenset()  # errnos that count as success (e.g. EEXIST, ENODEV for deletes)
+
+
+@dataclass
+class Failure:
+    request: Request
+    errno: int
+    message: str | None
+
+    def __str__(self) -> str:
+        text = f"`{self.request.what}`: {os.strerror(self.errno)}"
+        return text + (f" ({self.message})" if self.message else "")
+
+
+def _encode(msg, msg_type: int, flags: int) -> bytes:
+    msg["header"]["type"] = msg_type
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+    msg.encode()
+    return bytes(msg.data)
+
+
+def _link(fields: dict, attrs: list, msg_type: int = RTM_NEWLINK, flags: int = 0) -> bytes:
+    m = ifinfmsg()
+    for k, v in fields.items():
+        m[k] = v
+    m["attrs"] = attrs
+    return _encode(m, msg_type, flags)
+
+
+@dataclass
+class Batch:
+    """Requests for one namespace (None: the current one), applied by commit()."""
+
+    netns: str | None
+    requests: list[Request] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def _add(self, data: bytes, what: str, ok: Iterable[int] = ()) -> None:
+        self.requests.append(Request(data, what, frozenset(ok)))
+
+    # -- links ---------------------------------------------------------------
+
+    def veth(
+        self,
+        name: str,
+        peer: str,
+        peer_netns_fd: int,
+        peer_netns: str,
+        *,
+        index: int = 0,
+        peer_index: int = 0,
+        mtu: int | None = None,
+        peer_mac: str | None = None,
+        master: int | None = None,
+        up: bool = False,
+    ) -> None:
+        """ip link add NAME type veth peer name PEER netns PEER_NETNS (peer created in place)."""
+        attrs: list = [("IFLA_IFNAME", name)]
+        peer_attrs: list = [("IFLA_IFNAME", peer), ("IFLA_NET_NS_FD", peer_netns_fd)]
+        if mtu:
+            attrs.append(("IFLA_MTU", mtu))
+            peer_attrs.append(("IFLA_MTU", mtu))
+        if peer_mac:
+            peer_attrs.append(("IFLA_ADDRESS", peer_mac))
+        if master is not None:
+            attrs.append(("IFLA_MASTER", master))
+        info = {"attrs": [("VETH_INFO_PEER", {"index": peer_index, "attrs": peer_attrs})]}
+        attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", info)]}))
+        flags = IFF_UP if up else 0
+        data = _link({"index": index, "flags": flags, "change": IFF_UP if up else 0}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        self._add(data, f"ip link add {name} type veth peer name {peer} netns {peer_netns}")
+
+    def bridge(self, name: str, *, index: int = 0, mtu: int | None = None, up: bool = True) -> None:
+        attrs: list = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
+        if mtu:
+            attrs.append(("IFLA_MTU", mtu))
+        data = _link({"index": index, "flags": IFF_UP if up else 0, "change": IFF_UP}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        self._add(data, f"ip link add {name} type bridge")
+
+    def vxlan(self, name: str, *, index: int, vni: int, local: str, link: int, port: int, mtu: int, mac: str) -> None:
+        data_attrs = [
+            ("IFLA_VXLAN_ID", vni),
+            ("IFLA_VXLAN_LOCAL", local),
+            ("IFLA_VXLAN_LINK", link),
+            ("IFLA_VXLAN_PORT", port),
+            ("IFLA_VXLAN_LEARNING", 0),
+        ]
+        attrs = [
+            ("IFLA_IFNAME", name),
+            ("IFLA_MTU", mtu),
+            ("IFLA_ADDRESS", mac),
+            ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"), ("IFLA_INFO_DATA", {"attrs": data_attrs})]}),
+        ]
+        data = _link({"index": index, "flags": 0, "change": 0}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        self._add(data, f"ip link add {name} type vxlan id {vni} local {local} dstport {port} nolearning")
+
+    def link_up(self, *, index: int = 0, name: str | None = None, mtu: int | None = None) -> None:
+        attrs: list = [("IFLA_IFNAME", name)] if name and not index else []
+        if mtu:
+            attrs.append(("IFLA_MTU", mtu))
+        self._add(_link({"index": index, "flags": IFF_UP, "change": IFF_UP}, attrs), f"ip link set {name or index} up")
+
+    def hairpin(self, name: str) -> None:
+        """ip link set NAME type bridge_slave hairpin on"""
+        info = [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]
+        self._add(_link({"index": 0}, [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": info})]), f"ip link set {name} type bridge_slave hairpin on")
+
+    def link_del(self, name: str) -> None:
+        """ip link del NAME; a missing link is success."""
+        self._add(_link({"index": 0}, [("IFLA_IFNAME", name)], msg_type=RTM_DELLINK), f"ip link del {name}", ok=(errno_mod.ENODEV,))
+
+    # -- addresses, routes, neighbours ---------------------------------------
+
+    def addr(self, index: int, address: str, prefixlen: int, dev: str) -> None:
+        m = ifaddrmsg()
+        m["family"] = socket.AF_INET
+        m["prefixlen"] = prefixlen
+        m["index"] = index
+        m["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        self._add(_encode(m, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE), f"ip addr add {address}/{prefixlen} dev {dev}")
+
+    def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int) -> rtmsg:
+        net, _, plen = dst.partition("/")
+        m = rtmsg()
+        m["family"] = socket.AF_INET
+        m["dst_len"] = int(plen or 32)
+        m["table"] = RT_TABLE_MAIN
+        m["proto"] = proto
+        m["scope"] = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        m["type"] = RTN_UNICAST
+        m["flags"] = RTNH_F_ONLINK if onlink else 0
+        attrs: list = []
+        if m["dst_len"]:
+            attrs.append(("RTA_DST", net))
+        if gateway:
+            attrs.append(("RTA_GATEWAY", gateway))
+        if oif:
+            attrs.append(("RTA_OIF", oif))
+        m["attrs"] = attrs
+        return m
+
+    def route(self, dst: str, *, gateway: str | None = None, oif: int | None = None, dev: str = "", onlink: bool = False, proto: int = RTPROT_BOOT) -> None:
+        """ip route replace DST [via GW] [dev DEV] [onlink]"""
+        m = self._route_msg(dst, gateway, oif, onlink, proto)
+        what = f"ip route replace {dst}" + (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "") + (" onlink" if onlink else "")
+        self._add(_encode(m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE), what)
+
+    def route_del(self, dst: str) -> None:
+        m = self._route_msg(dst, None, None, False, 0)
+        m["scope"] = RT_SCOPE_NOWHERE  # as `ip route del`: match any scope, type and protocol
+        m["type"] = 0
+        self._add(_encode(m, RTM_DELROUTE, 0), f"ip route del {dst}", ok=(errno_mod.ESRCH,))
+
+    def neigh(self, index: int, dst: str, lladdr: str, dev: str) -> None:
+        """ip neigh replace DST lladdr MAC dev DEV nud permanent"""
+        m = ndmsg()
+        m["family"] = socket.AF_INET
+        m["ifindex"] = index
+        m["state"] = NUD_PERMANENT
+        m["attrs"] = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
+        self._add(_encode(m, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE), f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
+
+    def neigh_del(self, index: int, dst: str, dev: str) -> None:
+        m = ndmsg()
+        m["family"] = socket.AF_INET
+        m["ifindex"] = index
+        m["attrs"] = [("NDA_DST", dst)]
+        self._add(_encode(m, RTM_DELNEIGH, 0), f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
+
+    def fdb(self, index: int, lladdr: str, dst: str, dev: str) -> None:
+        """bridge fdb replace MAC dev DEV dst IP self permanent"""
+        m = ndmsg()
+        m["family"] = AF_BRIDGE
+        m["ifindex"] = index
+        m["state"] = NUD_PERMANENT | NUD_NOARP
+        m["flags"] = NTF_SELF
+        m["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
+        self._add(_encode(m, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE), f"bridge fdb replace {lladdr} dev {dev} dst {dst} self permanent")
+
+    def fdb_del(self, index: int, lladdr: str, dst: str, dev: str) -> None:
+        m = ndmsg()
+        m["family"] = AF_BRIDGE
+        m["ifindex"] = index
+        m["state"] = NUD_NOARP
+        m["flags"] = NTF_SELF
+        m["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
+        self._add(_encode(m, RTM_DELNEIGH, 0), f"bridge fdb del {lladdr} dev {dev} dst {dst} self", ok=(errno_mod.ENOENT,))
+
+    # -- sending ---------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Send every request; raise KernelError naming each one that failed."""
+        if not self.requests:
+            return
+        with netns.entered(self.netns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+        try:
+            failures = _send_all(sock, self.requests)
+        finally:
+            sock.close()
+        if failures:
+            where = f" in namespace {self.netns}" if self.netns else ""
+            lines = "\n  ".join(str(f) for f in failures[:10])
+            more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
+            raise KernelError(f"the kernel refused {len(failures)} of {len(self.requests)} requests{where}:\n  {lines}{more}")
+
+
+def _send_all(sock: socket.socket, requests: list[Request]) -> list[Failure]:
+    sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+    sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock.bind((0, 0))
+    failures: list[Failure] = []
+    seq = 0
+    for start in range(0, len(requests), CHUNK):
+        chunk = requests[start : start + CHUNK]
+        by_seq: dict[int, Request] = {}
+        buf = bytearray()
+        for req in chunk:
+            seq += 1
+            data = bytearray(req.data)
+            struct.pack_into("=I", data, 8, seq)  # nlmsg_seq
+            by_seq[seq] = req
+            buf += data
+        sock.send(bytes(buf))
+        while by_seq:
+            for ack_seq, err, msg in _acks(sock.recv(1 << 20)):
+                req = by_seq.pop(ack_seq, None)
+                if req is not None and err and -err not in req.ok:
+                    failures.append(Failure(req, -err, msg))
+    return failures
+
+
+def _acks(data: bytes):
+    """Yield (seq, error, extack message) for each NLMSG_ERROR in a buffer."""
+    off = 0
+    while off + 16 <= len(data):
+        length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if length < 16:
+            break
+        if mtype == NLMSG_ERROR:
+            (err,) = struct.unpack_from("=i", data, off + 16)
+            msg = None
+            if flags & NLM_F_ACK_TLVS:
+                # payload: error, the capped request header (16 bytes), then TLVs
+                t = off + 16 + 4 + 16
+                end = off + length
+                while t + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", data, t)
+                    if alen < 4:
+                        break
+                    if atype == NLMSGERR_ATTR_MSG:
+                        msg = data[t + 4 : t + alen].split(b"\0", 1)[0].decode(errors="replace")
+                    t += (alen + 3) & ~3
+            yield seq, err, msg
+        off += (length + 3) & ~3

@@ -1,0 +1,75 @@
+"""Argument-list subprocesses inside a namespace: iptables-restore, nft, ip.
+
+Rules are written as kube-proxy writes them: rendered to text, applied in one
+transaction per table family, run inside the node's namespace (nsenter
+--net, which switches only the network namespace). Several namespaces'
+transactions run in parallel. Never shell=True.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from labctl.errors import HostLacks, KernelError
+from labctl.kernel import netns
+
+
+def require(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise HostLacks(f"{tool} is not installed", hint=f"install the Debian package {package} (scripts/setup.sh does)")
+    return path
+
+
+def in_netns(name: str, argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net={netns.path(name)}", "--"] + argv
+
+
+@dataclass
+class Transaction:
+    netns: str
+    argv: list[str]
+    text: str
+
+    def describe(self) -> str:
+        return f"ip netns exec {self.netns} {' '.join(self.argv)}"
+
+
+def _context(text: str, stderr: str) -> str:
+    """The offending line of a restore input, with its neighbours."""
+    m = re.search(r"line:? (\d+)", stderr)
+    if not m:
+        return ""
+    n = int(m.group(1))
+    lines = text.splitlines()
+    lo, hi = max(0, n - 3), min(len(lines), n + 2)
+    return "\n".join(f"{'>' if i + 1 == n else ' '} {i + 1:5d}  {lines[i]}" for i in range(lo, hi))
+
+
+def apply_all(transactions: list[Transaction]) -> None:
+    """Run every transaction (in parallel); raise KernelError naming each failure."""
+    running = []
+    for t in transactions:
+        p = subprocess.Popen(
+            in_netns(t.netns, t.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        running.append((t, p))
+    failures = []
+    for t, p in running:
+        _, err = p.communicate(t.text)
+        if p.returncode != 0:
+            ctx = _context(t.text, err)
+            failures.append(f"`{t.describe()}` failed: {err.strip()}" + (f"\n{ctx}" if ctx else ""))
+    if failures:
+        raise KernelError("\n".join(failures))
+
+
+def output(name: str, argv: list[str]) -> str:
+    """Run a command in a namespace and return its standard output."""
+    p = subprocess.run(in_netns(name, argv), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise KernelError(f"`ip netns exec {name} {' '.join(argv)}` failed: {p.stderr.strip()}")
+    return p.stdout

@@ -1,0 +1,220 @@
+"""A lab's life: up (create or reconcile), down, and what it owns.
+
+    up:    load -> plan against the applied topology -> clear debris of an
+           interrupted run -> remove, then create -> record the applied topology
+    down:  stop the lab's processes -> delete every journaled namespace ->
+           remove the records
+
+Both run under the lab's lock. Nothing of the lab lives in the host's root
+namespace: every link, address, route and rule is inside a namespace the
+journal lists, so deleting the namespaces removes all of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from labctl import names
+from labctl.build import Builder, Progress, command_key, expected_namespaces
+from labctl.errors import HostLacks, LabError
+from labctl.kernel import netns, procs, run
+from labctl.model.objects import Topology
+from labctl.reconcile import Plan, plan
+from labctl.responder import control as responder
+from labctl.state.journal import Journal
+from labctl.state.store import LabDir, labs
+
+ETC_NETNS = "/etc/netns"
+
+
+@dataclass
+class UpResult:
+    lab: str
+    created: bool
+    plan: Plan
+    seconds: float
+    restarted: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lab": self.lab,
+            "created": self.created,
+            "changed": not self.plan.empty() or bool(self.restarted),
+            "changes": self.plan.summary(),
+            "commandsRestarted": self.restarted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def check_host(topo: Topology) -> None:
+    """Everything the lab needs from the host, checked before anything is made (exit 3)."""
+    run.require("nsenter", "util-linux")
+    run.require("iptables-restore", "iptables")
+    run.require("ip", "iproute2")
+    if any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports()):
+        try:
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+        except OSError:
+            raise HostLacks(
+                "this kernel has no SCTP (CONFIG_IP_SCTP), so SCTP container ports cannot be served",
+                hint="use TCP or UDP ports here, or a stock distribution kernel (scripts/vm-test.sh)",
+            ) from None
+
+
+class LabHandle:
+    def __init__(self, name: str):
+        self.name = name
+        self.dir = LabDir(name)
+        self.journal = Journal(self.dir.journal)
+
+    # -- reading -------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.dir.exists()
+
+    def applied(self) -> Topology | None:
+        state = self.dir.read_state()
+        return Topology.from_dict(state["topology"]) if state else None
+
+    def state(self) -> dict[str, Any] | None:
+        return self.dir.read_state()
+
+    def _observe(self, old: Topology | None) -> Topology | None:
+        """The applied topology as far as the kernel still has it.
+
+        A pod whose namespace vanished is dropped (so it is built again); if
+        the underlay, a node or an external vanished, the lab is rebuilt whole.
+        """
+        if old is None:
+            return None
+        present = set(netns.listed())
+        lab = self.name
+        hosts = [names.underlay_netns(lab)]
+        hosts += [names.node_netns(lab, n.name) for n in old.lab.nodes]
+        hosts += [names.external_netns(lab, e.name) for e in old.lab.externals]
+        if any(h not in present for h in hosts):
+            return None
+        pods = tuple(p for p in old.pods if names.pod_netns(lab, p.namespace, p.name) in present)
+        return old.with_pods(pods)
+
+    # -- up ------------------------------------------------------------------
+
+    def up(self, topo: Topology, source: str, progress: Progress | None = None) -> UpResult:
+        if topo.lab.name != self.name:
+            raise LabError(f"topology is for lab {topo.lab.name}, not {self.name}")
+        check_host(topo)
+        t0 = time.monotonic()
+        with self.dir.locked():
+            old = self._observe(self.applied())
+            p = plan(old, topo)  # refuses unsupported changes before anything is touched
+            self._clear_debris(old)
+            self._check_free(p, topo)
+            b = Builder(self.dir, self.journal, progress)
+            if old is not None:
+                b.remove(p, old, topo)
+            b.create(p, topo)
+            restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
+            if old is not None and not p.add_pods and not p.remove_pods and responder.running(self.dir, self.journal) is None:
+                responder.apply(self.dir, self.journal, topo)  # it died: start it again
+            self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
+        return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted)
+
+    def _clear_debris(self, old: Topology | None) -> None:
+        """Remove what an interrupted run journaled but never completed."""
+        owned = self.journal.replay()
+        expected = set(expected_namespaces(old)) if old is not None else set()
+        debris = [n for n in owned.netns if n not in expected]
+        keep_procs = set()
+        if old is not None:
+            keep_procs.add(responder.KEY)
+            keep_procs |= {command_key(p, c.name) for p in old.pods for c in p.containers if c.command is not None}
+        stray = [k for k in owned.procs if k not in keep_procs]
+        if not debris and not stray and old is not None:
+            return
+        pids = [owned.procs[k]["pid"] for k in stray if owned.procs[k].get("pid") and procs.alive(owned.procs[k]["pid"], owned.procs[k].get("start"))]
+        if old is None:
+            pids += procs.marked(self.name)
+        inodes = {i for i in (netns.inode(n) for n in debris) if i is not None}
+        pids += procs.in_namespaces(inodes)
+        procs.stop(pids)
+        for k in stray:
+            self.journal.release_proc(k)
+        for n in debris:
+            netns.delete(n)
+        self.journal.release_netns(debris)
+
+    def _check_free(self, p: Plan, topo: Topology) -> None:
+        """Refuse to build over namespaces this lab did not make."""
+        owned = set(self.journal.replay().netns)
+        lab = self.name
+        wanted = []
+        if p.new_lab:
+            wanted.append(names.underlay_netns(lab))
+        wanted += [names.node_netns(lab, n.name) for n in p.add_nodes]
+        wanted += [names.external_netns(lab, e.name) for e in p.add_externals]
+        wanted += [names.pod_netns(lab, x.namespace, x.name) for x in p.add_pods]
+        removed = {names.pod_netns(lab, x.namespace, x.name) for x in p.remove_pods}
+        taken = [n for n in wanted if netns.exists(n) and n not in owned and n not in removed]
+        if taken:
+            others = ", ".join(taken[:5]) + (" ..." if len(taken) > 5 else "")
+            raise LabError(
+                f"network namespaces with the lab's names exist and were not made by lab {lab}: {others}",
+                hint="another lab or tool uses these names; remove them with `ip netns del`, or rename the lab",
+            )
+
+    # -- down ----------------------------------------------------------------
+
+    def down(self, progress: Progress | None = None) -> dict[str, Any]:
+        progress = progress or (lambda step, n: None)
+        if not self.dir.exists():
+            return {"lab": self.name, "found": False, "namespaces": 0, "processes": 0}
+        with self.dir.locked():
+            owned = self.journal.replay()
+            inodes = {i for i in (netns.inode(n) for n in owned.netns) if i is not None}
+            pids = procs.marked(self.name) + procs.in_namespaces(inodes)
+            pids += [r["pid"] for r in owned.procs.values() if r.get("pid") and procs.alive(r["pid"], r.get("start"))]
+            pids = sorted(set(pids))
+            procs.stop(pids)
+            removed = 0
+            for n in reversed(owned.netns):
+                removed += netns.delete(n)
+                progress("namespaces", 1)
+            for path in owned.files:
+                _remove_file(path, self.name)
+            self.dir.remove()
+        return {"lab": self.name, "found": True, "namespaces": removed, "processes": len(pids)}
+
+
+def _remove_file(path: str, lab: str) -> None:
+    """Remove a journaled file or directory, only where labctl writes them."""
+    if not (path.startswith(f"{ETC_NETNS}/{lab}-") and ".." not in path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def running_labs() -> list[str]:
+    return labs()
+
+
+def resolve_lab_name(name: str | None) -> str:
+    """--lab may be left out when exactly one lab is up."""
+    if name:
+        return name
+    up = running_labs()
+    if len(up) == 1:
+        return up[0]
+    if not up:
+        raise LabError("no lab is up", hint="sudo labctl up topologies/demo.yaml")
+    raise LabError(f"{len(up)} labs are up ({', '.join(up)}): say which with --lab NAME")

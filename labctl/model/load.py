@@ -1,0 +1,165 @@
+"""Loading a topology: strict parse -> resolve defaults -> validate.
+
+No kernel access and no root: `labctl validate` runs exactly this, and every
+other command runs it before touching anything. All problems are collected
+and raised together as one InvalidInput (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable
+
+from labctl.errors import InvalidInput, Problem
+from labctl.model import schema, validate
+from labctl.model.documents import Document, read_file
+from labctl.model.manifests import KINDS, Objects, accepted_kinds
+from labctl.model.objects import External, LabSpec, Node, Topology
+from labctl.model.resolve import resolve
+
+LAB_API_VERSION = "labctl/v1"
+LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
+
+
+def spec_from_lab(data: dict[str, Any]) -> LabSpec:
+    """The Lab document (schema-valid) as a LabSpec, defaults filled in."""
+    spec = data.get("spec") or {}
+    nodes = spec.get("nodes")
+    if nodes is None:
+        nodes = [{"name": "node1"}]
+    return LabSpec(
+        name=data["metadata"]["name"],
+        node_network=spec.get("nodeNetwork", LabSpec.node_network),
+        pod_network=spec.get("podNetwork", LabSpec.pod_network),
+        service_network=spec.get("serviceNetwork", LabSpec.service_network),
+        node_port_range=spec.get("nodePortRange", LabSpec.node_port_range),
+        overlay=spec.get("overlay", LabSpec.overlay),
+        proxy_mode=spec.get("proxyMode", LabSpec.proxy_mode),
+        dns=spec.get("dns", LabSpec.dns),
+        cluster_domain=spec.get("clusterDomain", LabSpec.cluster_domain),
+        load_balancer_pool=spec.get("loadBalancerPool"),
+        node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
+        nodes=tuple(Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {})) for n in nodes),
+        externals=tuple(External(name=e["name"], ip=e.get("ip")) for e in spec.get("externals") or []),
+    )
+
+
+def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> tuple[Document | None, list[Document]]:
+    lab: Document | None = None
+    k8s: list[Document] = []
+    for pos, d in enumerate(docs):
+        if not isinstance(d.data, dict):
+            problems.append(Problem(f"document {d.index} (line {d.line})", "", "a document must be a mapping (apiVersion, kind, metadata, ...)"))
+            continue
+        kind = d.data.get("kind")
+        if kind == "Lab" or d.data.get("apiVersion") == LAB_API_VERSION:
+            if not require_lab:
+                problems.append(Problem(d.where(), "kind", "a Lab document is not accepted here: use `labctl up FILE` to change the lab itself"))
+            elif lab is not None:
+                problems.append(Problem(d.where(), "kind", f"a topology has exactly one Lab document (the first is document {lab.index})"))
+            elif pos != 0:
+                problems.append(Problem(d.where(), "kind", "the Lab document must be the first document of the file"))
+            else:
+                lab = d
+                problems += schema.validate_lab(d.where(), d.data)
+            continue
+        if kind not in KINDS:
+            what = f"unknown kind {kind!r}" if isinstance(kind, str) else "missing kind"
+            problems.append(Problem(d.where(), "kind", f"{what}; labctl accepts Lab ({LAB_API_VERSION}), {accepted_kinds()}"))
+            continue
+        k = KINDS[kind]
+        if d.data.get("apiVersion") != k.api_version:
+            problems.append(Problem(d.where(), "apiVersion", f"{kind} is {k.api_version!r}, not {d.data.get('apiVersion')!r}"))
+            continue
+        found = schema.validate_kubernetes(d.where(), kind, k.api_version, d.data)
+        if not found and not (d.data.get("metadata") or {}).get("name"):
+            found = [Problem(d.where(), "metadata.name", "is required")]
+        problems += found
+        if not found:
+            k8s.append(d)
+    if require_lab and lab is None and not any(p.path == "kind" and "Lab" in p.message for p in problems):
+        first = docs[0].where() if docs else "the file"
+        problems.append(Problem(first, "", f"the first document must be the Lab (apiVersion: {LAB_API_VERSION}, kind: Lab)"))
+    return lab, k8s
+
+
+def build(
+    docs: list[Document],
+    source: str,
+    previous: Topology | None = None,
+    lab_spec: LabSpec | None = None,
+) -> Topology:
+    """Documents -> a resolved, validated Topology. Raises InvalidInput.
+
+    `lab_spec` is given when the documents are Kubernetes objects for a
+    running lab (apply / delete); otherwise the first document must be the Lab.
+    """
+    problems: list[Problem] = []
+    lab, k8s = _split(docs, require_lab=lab_spec is None, problems=problems)
+    objs = Objects()
+    for d in k8s:
+        KINDS[d.kind].read(d, objs)
+    problems += objs.problems
+    by_index = {d.index: d for d in docs}
+
+    def where_of(index: int) -> str:
+        return by_index[index].where() if index in by_index else f"document {index}"
+
+    namespaces = validate.all_namespaces(objs.namespaces)
+    problems += validate.namespaces(objs.namespaces, {n: d.where() for n, d in objs.namespace_docs.items()})
+
+    spec = lab_spec
+    if lab is not None and not any(p.where == lab.where() for p in problems):
+        spec = spec_from_lab(lab.data)
+    topo = None
+    if spec is not None:
+        where = lab.where() if lab is not None else f"Lab {spec.name}"
+        found = validate.networks(spec, where)
+        if not found:
+            found = validate.hosts(spec, where)
+        problems += found
+        if not found:
+            topo, found = resolve(spec, namespaces, objs.pods, objs.deployments, [d.data for d in k8s], previous, where, where_of)
+            problems += found
+            problems += validate.hosts(topo.lab, where)
+            problems += validate.interface_names(topo)
+    pods = list(topo.pods) if topo else objs.pods
+    problems += validate.pods(pods, spec, namespaces, where_of)
+    if problems:
+        raise InvalidInput(_unique(problems), source=source)
+    assert topo is not None
+    return topo
+
+
+def _unique(problems: Iterable[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def load(path: str, previous: Topology | None = None) -> Topology:
+    docs, source = read_file(path)
+    if not docs:
+        raise InvalidInput(f"{source} holds no documents: a topology starts with a Lab document")
+    return build(docs, source, previous)
+
+
+def lab_name_of_docs(docs: list[Document]) -> str | None:
+    """The lab's name, if the first document is a Lab that has one."""
+    if docs and isinstance(docs[0].data, dict) and docs[0].data.get("kind") == "Lab":
+        name = (docs[0].data.get("metadata") or {}).get("name")
+        if isinstance(name, str) and LAB_NAME.match(name):
+            return name
+    return None
+
+
+def lab_name_of(path: str) -> str:
+    """Just the lab's name from a file (for `down -f`), without full validation."""
+    docs, source = read_file(path)
+    name = lab_name_of_docs(docs)
+    if name is None:
+        raise InvalidInput(f"{source}: the first document is not a Lab with a valid metadata.name")
+    return name

@@ -1,0 +1,187 @@
+"""Kubernetes manifests -> model objects.
+
+Each accepted kind registers how it is read. The manifests have passed the
+Kubernetes schema already; what is checked here is what the schema cannot say
+and what has a network meaning labctl does not model yet (refused rather than
+silently ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from labctl.errors import Problem
+from labctl.model.documents import Document
+from labctl.model.objects import Container, ContainerPort, Deployment, Pod
+
+
+@dataclass
+class Objects:
+    """What the manifests of a file amount to, before defaults are resolved."""
+
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    namespace_docs: dict[str, Document] = field(default_factory=dict)
+    pods: list[Pod] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    api_version: str
+    namespaced: bool
+    read: Callable[[Document, Objects], None]
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def register(kind: str, api_version: str, namespaced: bool = True):
+    def deco(fn):
+        KINDS[kind] = Kind(kind, api_version, namespaced, fn)
+        return fn
+
+    return deco
+
+
+def accepted_kinds() -> str:
+    return ", ".join(f"{k.kind} ({k.api_version})" for k in KINDS.values())
+
+
+# -- Namespace ---------------------------------------------------------------
+
+
+@register("Namespace", "v1", namespaced=False)
+def _read_namespace(doc: Document, out: Objects) -> None:
+    meta = doc.data["metadata"]
+    name = meta["name"]
+    labels = dict(meta.get("labels") or {})
+    # As the API server does: every namespace carries its own name as a label.
+    labels["kubernetes.io/metadata.name"] = name
+    if name in out.namespaces:
+        first = out.namespace_docs[name]
+        out.problems.append(Problem(doc.where(), "metadata.name", f"namespace {name!r} is already defined by document {first.index}"))
+        return
+    out.namespaces[name] = labels
+    out.namespace_docs[name] = doc
+
+
+# -- Pod and Deployment ------------------------------------------------------
+
+_UNSUPPORTED_POD_FIELDS = {
+    "hostNetwork": "pods in the node's network namespace",
+}
+
+
+def _container(c: dict[str, Any], where: str, path: str, problems: list[Problem]) -> Container:
+    ports = []
+    for i, p in enumerate(c.get("ports") or []):
+        if p.get("hostPort"):
+            problems.append(Problem(where, f"{path}.ports[{i}].hostPort", "hostPort is not supported by labctl yet"))
+        ports.append(ContainerPort(port=p["containerPort"], protocol=p.get("protocol") or "TCP", name=p.get("name")))
+    command = None
+    if c.get("command"):
+        command = tuple(c["command"]) + tuple(c.get("args") or ())
+    return Container(name=c["name"], ports=tuple(ports), command=command)
+
+
+def pod_from_spec(
+    namespace: str,
+    name: str,
+    labels: dict[str, str],
+    spec: dict[str, Any],
+    doc: Document,
+    spec_path: str,
+    problems: list[Problem],
+    owner: str | None = None,
+) -> Pod:
+    for fld, meaning in _UNSUPPORTED_POD_FIELDS.items():
+        if spec.get(fld):
+            problems.append(Problem(doc.where(), f"{spec_path}.{fld}", f"{meaning} ({fld}) are not supported by labctl yet"))
+    containers = tuple(
+        _container(c, doc.where(), f"{spec_path}.containers[{i}]", problems) for i, c in enumerate(spec.get("containers") or [])
+    )
+    return Pod(
+        namespace=namespace,
+        name=name,
+        labels=dict(labels),
+        containers=containers,
+        node=spec.get("nodeName"),
+        owner=owner,
+        hostname=spec.get("hostname"),
+        subdomain=spec.get("subdomain"),
+        doc=doc.index,
+    )
+
+
+@register("Pod", "v1")
+def _read_pod(doc: Document, out: Objects) -> None:
+    meta = doc.data["metadata"]
+    out.pods.append(
+        pod_from_spec(
+            meta.get("namespace") or "default",
+            meta["name"],
+            meta.get("labels") or {},
+            doc.data.get("spec") or {},
+            doc,
+            "spec",
+            out.problems,
+        )
+    )
+
+
+def _selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@register("Deployment", "apps/v1")
+def _read_deployment(doc: Document, out: Objects) -> None:
+    meta = doc.data["metadata"]
+    spec = doc.data.get("spec") or {}
+    namespace = meta.get("namespace") or "default"
+    name = meta["name"]
+    replicas = spec.get("replicas", 1)
+    if replicas is None:
+        replicas = 1
+    template = spec.get("template") or {}
+    tmeta = template.get("metadata") or {}
+    labels = tmeta.get("labels") or {}
+    selector = spec.get("selector") or {}
+    if not labels:
+        out.problems.append(Problem(doc.where(), "spec.template.metadata.labels", "must not be empty: the selector has to match the pods"))
+    elif not _selector_matches(selector, labels):
+        out.problems.append(Problem(doc.where(), "spec.selector", "selector does not match template labels"))
+    if not (selector.get("matchLabels") or selector.get("matchExpressions")):
+        out.problems.append(Problem(doc.where(), "spec.selector", "must not be empty"))
+    if replicas < 0:
+        out.problems.append(Problem(doc.where(), "spec.replicas", f"must be 0 or more, not {replicas}"))
+        replicas = 0
+    out.deployments.append(Deployment(namespace=namespace, name=name, replicas=replicas, doc=doc.index))
+    for i in range(replicas):
+        out.pods.append(
+            pod_from_spec(
+                namespace,
+                f"{name}-{i}",
+                labels,
+                template.get("spec") or {},
+                doc,
+                "spec.template.spec",
+                out.problems,
+                owner=f"Deployment/{name}",
+            )
+        )

@@ -1,0 +1,162 @@
+"""The lab's desired state as plain data.
+
+The topology file is parsed into these objects (labctl.model.parse), the
+defaults are filled in (labctl.model.resolve) and the result is checked
+(labctl.model.validate). The same objects are stored as the applied state of a
+running lab, so `up` and `apply` compare two of them (labctl.reconcile).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    port: int
+    protocol: str = "TCP"  # TCP | UDP | SCTP
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str
+    ports: tuple[ContainerPort, ...] = ()
+    command: tuple[str, ...] | None = None  # command + args; None: the lab's responder serves the ports
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    containers: tuple[Container, ...] = ()
+    node: str | None = None  # requested nodeName, then the node it was placed on
+    ip: str | None = None
+    owner: str | None = None  # the Deployment that made it
+    hostname: str | None = None
+    subdomain: str | None = None
+    doc: int = 0  # index of the document it came from, for messages
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def ports(self) -> list[ContainerPort]:
+        return [p for c in self.containers for p in c.ports]
+
+    def served_ports(self) -> list[ContainerPort]:
+        """Ports the lab's responder serves (containers without a command)."""
+        return [p for c in self.containers if c.command is None for p in c.ports]
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    ip: str | None = None
+    pod_cidr: str | None = None
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class External:
+    name: str
+    ip: str | None = None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    namespace: str
+    name: str
+    replicas: int
+    doc: int = 0
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    node_network: str = "10.10.20.0/24"
+    pod_network: str = "10.244.0.0/16"
+    service_network: str = "10.96.0.0/16"
+    node_port_range: str = "30000-32767"
+    overlay: str = "vxlan"
+    proxy_mode: str = "iptables"
+    dns: bool = True
+    cluster_domain: str = "cluster.local"
+    load_balancer_pool: str | None = None
+    node_cidr_mask: int = 24
+    nodes: tuple[Node, ...] = ()
+    externals: tuple[External, ...] = ()
+
+    @property
+    def mtu(self) -> int:
+        """The pods' MTU: flannel's VXLAN costs 50 bytes of the underlay's 1500."""
+        return 1450 if self.overlay == "vxlan" else 1500
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def node_prefixlen(self) -> int:
+        return ipaddress.ip_network(self.node_network).prefixlen
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole lab: the Lab document plus the Kubernetes objects."""
+
+    lab: LabSpec
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    pods: tuple[Pod, ...] = ()
+    deployments: tuple[Deployment, ...] = ()
+    documents: tuple[dict[str, Any], ...] = ()  # the Kubernetes manifests as given (for apply/delete)
+    ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
+
+    def pod(self, key: str) -> Pod:
+        for p in self.pods:
+            if p.key == key:
+                return p
+        raise KeyError(key)
+
+    def pods_on(self, node: str) -> list[Pod]:
+        return [p for p in self.pods if p.node == node]
+
+    def with_pods(self, pods: tuple[Pod, ...]) -> "Topology":
+        return replace(self, pods=pods)
+
+    # -- serialisation of the applied state ---------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Topology":
+        lab = dict(d["lab"])
+        lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
+        lab["externals"] = tuple(External(**e) for e in lab["externals"])
+        pods = []
+        for p in d["pods"]:
+            p = dict(p)
+            p["containers"] = tuple(
+                Container(
+                    name=c["name"],
+                    ports=tuple(ContainerPort(**cp) for cp in c["ports"]),
+                    command=tuple(c["command"]) if c["command"] is not None else None,
+                )
+                for c in p["containers"]
+            )
+            pods.append(Pod(**p))
+        return Topology(
+            lab=LabSpec(**lab),
+            namespaces={k: dict(v) for k, v in d["namespaces"].items()},
+            pods=tuple(pods),
+            deployments=tuple(Deployment(**x) for x in d["deployments"]),
+            documents=tuple(d["documents"]),
+            ipam=dict(d.get("ipam") or {}),
+        )

@@ -1,0 +1,166 @@
+"""Defaults: node addresses, pod CIDRs, pod placement and pod addresses. Pure.
+
+Resolution is stable: given the previously applied topology of a running lab,
+objects that still exist keep their addresses and nodes, so re-running `up`
+or `apply` leaves them alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+from labctl import ipam
+from labctl.errors import Problem
+from labctl.model.objects import External, LabSpec, Node, Pod, Topology
+
+
+def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
+    prev_nodes = {n.name: n for n in previous.lab.nodes} if previous else {}
+    prev_exts = {e.name: e for e in previous.lab.externals} if previous else {}
+    node_net = ipaddress.ip_network(spec.node_network)
+
+    def keep(h, prev):
+        return h.ip or (prev.ip if prev and prev.ip else None)
+
+    nodes = [replace(n, ip=keep(n, prev_nodes.get(n.name))) for n in spec.nodes]
+    exts = [replace(e, ip=keep(e, prev_exts.get(e.name))) for e in spec.externals]
+    used = [h.ip for h in nodes + exts if h.ip]
+    if spec.load_balancer_pool:
+        first, _, last = spec.load_balancer_pool.partition("-")
+        used += [str(ipaddress.IPv4Address(i)) for i in range(int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last)) + 1)]
+    npool = ipam.node_pool(str(node_net), used)
+    for i, n in enumerate(nodes):
+        if n.ip is None:
+            try:
+                nodes[i] = replace(n, ip=str(npool.allocate()))
+            except ipam.PoolExhausted:
+                problems.append(Problem(where, f"spec.nodes[{i}].ip", f"nodeNetwork {node_net} has no address left for node {n.name!r}"))
+    epool = ipam.external_pool(str(node_net), used + [n.ip for n in nodes if n.ip])
+    for i, e in enumerate(exts):
+        if e.ip is None:
+            try:
+                exts[i] = replace(e, ip=str(epool.allocate()))
+            except ipam.PoolExhausted:
+                problems.append(Problem(where, f"spec.externals[{i}].ip", f"nodeNetwork {node_net} has no address left for external {e.name!r}"))
+    return replace(spec, nodes=tuple(nodes), externals=tuple(exts))
+
+
+def _assign_pod_cidrs(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
+    prev = {n.name: n.pod_cidr for n in previous.lab.nodes} if previous else {}
+    nodes = [replace(n, pod_cidr=n.pod_cidr or prev.get(n.name)) for n in spec.nodes]
+    pool = ipam.SubnetPool(spec.pod_network, spec.node_cidr_mask, [n.pod_cidr for n in nodes if n.pod_cidr])
+    for i, n in enumerate(nodes):
+        if n.pod_cidr is None:
+            try:
+                nodes[i] = replace(n, pod_cidr=str(pool.allocate(i)))
+            except ipam.PoolExhausted:
+                problems.append(
+                    Problem(
+                        where,
+                        f"spec.nodes[{i}]",
+                        f"podNetwork {spec.pod_network} has no /{spec.node_cidr_mask} left for node {n.name!r} "
+                        f"({pool.count()} in all)",
+                    )
+                )
+    return replace(spec, nodes=tuple(nodes))
+
+
+def _owner(pod: Pod) -> str | None:
+    return f"{pod.namespace}/{pod.owner}" if pod.owner else None
+
+
+class _Spread:
+    """Scheduling: fewest pods of the same owner, then fewest pods, then node order."""
+
+    def __init__(self, nodes: list[str]):
+        self.nodes = nodes
+        self.load = {n: 0 for n in nodes}
+        self.owned: dict[tuple[str | None, str], int] = {}
+
+    def add(self, pod: Pod, node: str) -> None:
+        self.load[node] += 1
+        key = (_owner(pod), node)
+        self.owned[key] = self.owned.get(key, 0) + 1
+
+    def choose(self, pod: Pod) -> str:
+        return min(self.nodes, key=lambda n: (self.owned.get((_owner(pod), n), 0) if pod.owner else 0, self.load[n], self.nodes.index(n)))
+
+
+def _place_pods(spec: LabSpec, pods: list[Pod], previous: Topology | None, where_of, problems: list[Problem]) -> tuple[list[Pod], dict[str, str]]:
+    node_names = [n.name for n in spec.nodes]
+    cidr_of = {n.name: n.pod_cidr for n in spec.nodes}
+    prev_pods = {p.key: p for p in previous.pods} if previous else {}
+    cursors = dict(previous.ipam) if previous else {}
+
+    # Pass 1: pods that exist already keep their node and address.
+    placed: dict[str, Pod] = {}
+    for pod in pods:
+        old = prev_pods.get(pod.key)
+        if old is None or old.node not in cidr_of or old.ip is None:
+            continue
+        if pod.node is not None and pod.node != old.node:
+            continue  # moved: recreated on its new node
+        if ipaddress.IPv4Address(old.ip) not in ipaddress.ip_network(cidr_of[old.node] or "0.0.0.0/32"):
+            continue
+        placed[pod.key] = replace(pod, node=old.node, ip=old.ip)
+
+    spread = _Spread(node_names)
+    pools = {}
+    for n in node_names:
+        if cidr_of[n]:
+            pools[n] = ipam.pod_pool(cidr_of[n], cursor=cursors.get(n))
+    for p in placed.values():
+        spread.add(p, p.node)
+        pools[p.node].reserve(p.ip)
+
+    # Pass 2: new pods, in file order.
+    out: list[Pod] = []
+    for pod in pods:
+        if pod.key in placed:
+            out.append(placed[pod.key])
+            continue
+        if not node_names or (pod.node is not None and pod.node not in pools):
+            out.append(pod)  # reported by validation (unknown node)
+            continue
+        node = pod.node or spread.choose(pod)
+        if node not in pools:
+            out.append(pod)
+            continue
+        try:
+            ip = str(pools[node].allocate())
+        except ipam.PoolExhausted:
+            problems.append(
+                Problem(where_of(pod.doc), "metadata.name", f"node {node}'s pod CIDR {cidr_of[node]} has no address left for pod {pod.key}")
+            )
+            out.append(pod)
+            continue
+        spread.add(pod, node)
+        out.append(replace(pod, node=node, ip=ip))
+    new_cursors = {n: str(pool.cursor) for n, pool in pools.items() if pool.cursor is not None}
+    return out, new_cursors
+
+
+def resolve(
+    spec: LabSpec,
+    namespaces: dict[str, dict[str, str]],
+    pods: list[Pod],
+    deployments,
+    documents,
+    previous: Topology | None,
+    where: str,
+    where_of,
+) -> tuple[Topology, list[Problem]]:
+    problems: list[Problem] = []
+    spec = _assign_host_ips(spec, previous, where, problems)
+    spec = _assign_pod_cidrs(spec, previous, where, problems)
+    placed, cursors = _place_pods(spec, pods, previous, where_of, problems)
+    topo = Topology(
+        lab=spec,
+        namespaces=namespaces,
+        pods=tuple(placed),
+        deployments=tuple(deployments),
+        documents=tuple(documents),
+        ipam=cursors,
+    )
+    return topo, problems

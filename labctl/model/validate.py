@@ -1,0 +1,292 @@
+"""Checks on the lab and its objects that a schema cannot express. Pure.
+
+Every function returns a list of problems; none raises for bad input.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Callable
+
+from labctl import names
+from labctl.errors import Problem
+from labctl.model.objects import DEFAULT_NAMESPACES, LabSpec, Pod, Topology
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+def dns1123_label(value: str) -> str | None:
+    """None when valid, else why not."""
+    if len(value) > 63:
+        return f"{value!r} is longer than 63 characters"
+    if not DNS1123_LABEL.match(value):
+        return f"{value!r} is not a DNS-1123 label (lower case letters, digits and '-', starting and ending with a letter or digit)"
+    return None
+
+
+def dns1123_subdomain(value: str) -> str | None:
+    if len(value) > 253:
+        return f"{value!r} is longer than 253 characters"
+    if not DNS1123_SUBDOMAIN.match(value):
+        return f"{value!r} is not a DNS-1123 subdomain (lower case letters, digits, '-' and '.')"
+    return None
+
+
+def port_name(value: str) -> str | None:
+    if len(value) > 15:
+        return f"port name {value!r} is longer than 15 characters"
+    if not IANA_SVC_NAME.match(value) or "--" in value or not re.search("[a-z]", value):
+        return f"port name {value!r} is not an IANA service name (lower case letters, digits and single '-', at least one letter)"
+    return None
+
+
+def label_problems(labels: dict[str, str], where: str, path: str) -> list[Problem]:
+    out = []
+    for key, value in labels.items():
+        prefix, _, name = key.rpartition("/")
+        if prefix and dns1123_subdomain(prefix):
+            out.append(Problem(where, f"{path}.{key}", f"label key prefix {prefix!r} is not a DNS-1123 subdomain"))
+        if len(name) > 63 or not LABEL_NAME.match(name):
+            out.append(Problem(where, f"{path}.{key}", f"label key {key!r} is not valid (name part: up to 63 alphanumerics, '-', '_' or '.')"))
+        if len(value) > 63 or (value and not LABEL_NAME.match(value)):
+            out.append(Problem(where, f"{path}.{key}", f"label value {value!r} is not valid (up to 63 alphanumerics, '-', '_' or '.')"))
+    return out
+
+
+# -- networks ------------------------------------------------------------------
+
+_NETWORK_FIELDS = (("nodeNetwork", "node_network"), ("podNetwork", "pod_network"), ("serviceNetwork", "service_network"))
+
+
+def parse_cidr(value: str, where: str, path: str, problems: list[Problem]) -> ipaddress.IPv4Network | None:
+    try:
+        if "/" not in value:
+            raise ValueError(value)
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        problems.append(Problem(where, path, f"{value!r} is not a CIDR (e.g. 10.244.0.0/16)"))
+        return None
+    if loose.version != 4:
+        problems.append(Problem(where, path, f"{value!r}: only IPv4 networks are supported"))
+        return None
+    if loose.network_address != ipaddress.ip_interface(value).ip:
+        problems.append(Problem(where, path, f"{value!r} has host bits set; did you mean {loose}?"))
+        return None
+    return loose
+
+
+def networks(spec: LabSpec, where: str) -> list[Problem]:
+    """CIDR syntax, sizes, ranges and overlaps of the Lab's networks."""
+    problems: list[Problem] = []
+    nets = {}
+    for fld, attr in _NETWORK_FIELDS:
+        net = parse_cidr(getattr(spec, attr), where, f"spec.{fld}", problems)
+        if net is not None:
+            nets[fld] = net
+    names_ = list(nets)
+    for i, a in enumerate(names_):
+        for b in names_[i + 1 :]:
+            if nets[a].overlaps(nets[b]):
+                problems.append(Problem(where, f"spec.{b}", f"{nets[b]} overlaps spec.{a} {nets[a]}: node, pod and service networks must be disjoint"))
+    if "nodeNetwork" in nets and nets["nodeNetwork"].prefixlen > 29:
+        problems.append(Problem(where, "spec.nodeNetwork", f"{nets['nodeNetwork']} is too small for a node network (at most /29)"))
+    if "podNetwork" in nets and spec.node_cidr_mask < nets["podNetwork"].prefixlen:
+        problems.append(
+            Problem(where, "spec.nodeCIDRMaskSize", f"/{spec.node_cidr_mask} is larger than podNetwork {nets['podNetwork']}")
+        )
+    if "serviceNetwork" in nets and nets["serviceNetwork"].num_addresses < 16:
+        problems.append(Problem(where, "spec.serviceNetwork", f"{nets['serviceNetwork']} is too small (at least /28: .1 and .10 are reserved)"))
+    lo, _, hi = spec.node_port_range.partition("-")
+    if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
+        problems.append(Problem(where, "spec.nodePortRange", f"{spec.node_port_range!r} is not a port range first-last within 1-65535"))
+    if spec.load_balancer_pool:
+        problems += _lb_pool(spec, nets.get("nodeNetwork"), where)
+    return problems
+
+
+def lb_pool_range(pool: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    first, _, last = pool.partition("-")
+    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+
+
+def _lb_pool(spec: LabSpec, node_net, where: str) -> list[Problem]:
+    try:
+        first, last = lb_pool_range(spec.load_balancer_pool)
+    except ValueError:
+        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool!r} is not a range first-last of IPv4 addresses")]
+    if first > last:
+        return [Problem(where, "spec.loadBalancerPool", f"{first} comes after {last}")]
+    if node_net is not None and not (first in node_net and last in node_net):
+        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool} is not inside nodeNetwork {node_net}")]
+    return []
+
+
+# -- nodes and externals -------------------------------------------------------
+
+
+def hosts(spec: LabSpec, where: str) -> list[Problem]:
+    """Names, addresses and pod CIDRs of nodes and externals (after defaults)."""
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    groups = [("nodes", spec.nodes), ("externals", spec.externals)]
+    node_net = ipaddress.ip_network(spec.node_network, strict=False)
+    pod_net = ipaddress.ip_network(spec.pod_network, strict=False)
+    ips: dict[str, str] = {}
+    lb = lb_pool_range(spec.load_balancer_pool) if spec.load_balancer_pool else None
+    for group, items in groups:
+        for i, h in enumerate(items):
+            path = f"spec.{group}[{i}]"
+            why = dns1123_label(h.name)
+            if why:
+                problems.append(Problem(where, f"{path}.name", why))
+            elif h.name == names.UNDERLAY:
+                problems.append(Problem(where, f"{path}.name", f"{h.name!r} is reserved for the lab's underlay switch"))
+            if h.name in seen:
+                problems.append(Problem(where, f"{path}.name", f"duplicate name {h.name!r} (also {seen[h.name]})"))
+            else:
+                seen[h.name] = path
+            if h.ip is None:
+                continue
+            try:
+                ip = ipaddress.IPv4Address(h.ip)
+            except ValueError:
+                problems.append(Problem(where, f"{path}.ip", f"{h.ip!r} is not an IPv4 address"))
+                continue
+            if ip not in node_net or ip in (node_net.network_address, node_net.broadcast_address):
+                problems.append(Problem(where, f"{path}.ip", f"{ip} is not a host address of nodeNetwork {node_net}"))
+            if str(ip) in ips:
+                problems.append(Problem(where, f"{path}.ip", f"{ip} is already the address of {ips[str(ip)]}"))
+            ips[str(ip)] = path
+            if lb and lb[0] <= ip <= lb[1]:
+                problems.append(Problem(where, f"{path}.ip", f"{ip} is inside loadBalancerPool {spec.load_balancer_pool}"))
+    cidrs: dict[ipaddress.IPv4Network, str] = {}
+    for i, n in enumerate(spec.nodes):
+        path = f"spec.nodes[{i}]"
+        problems += label_problems(n.labels, where, f"{path}.labels")
+        if n.pod_cidr is None:
+            continue
+        net = parse_cidr(n.pod_cidr, where, f"{path}.podCIDR", problems)
+        if net is None:
+            continue
+        if not net.subnet_of(pod_net):
+            problems.append(Problem(where, f"{path}.podCIDR", f"{net} is not inside podNetwork {pod_net}"))
+        if net.prefixlen > 30:
+            problems.append(Problem(where, f"{path}.podCIDR", f"{net} is too small for pods (at most /30)"))
+        for other, opath in cidrs.items():
+            if net.overlaps(other):
+                problems.append(Problem(where, f"{path}.podCIDR", f"{net} overlaps {opath}.podCIDR {other}"))
+        cidrs[net] = path
+    return problems
+
+
+# -- Kubernetes objects -------------------------------------------------------
+
+
+def pods(topo_pods: list[Pod], spec: LabSpec | None, namespaces: dict[str, dict[str, str]], where: Callable[[int], str]) -> list[Problem]:
+    """Pod names, namespaces, nodes and ports. `spec` is None when the Lab document is itself invalid."""
+    problems: list[Problem] = []
+    node_names = {n.name for n in spec.nodes} if spec else None
+    seen: dict[str, Pod] = {}
+    for pod in topo_pods:
+        w = where(pod.doc)
+        base = "spec.template" if pod.owner else ""
+        meta = f"{base}.metadata" if base else "metadata"
+        spec_path = f"{base}.spec" if base else "spec"
+        if pod.owner is None:
+            why = dns1123_subdomain(pod.name)
+            if why:
+                problems.append(Problem(w, "metadata.name", why))
+        if pod.key in seen:
+            first = seen[pod.key]
+            problems.append(Problem(w, "metadata.name", f"pod {pod.key} is already made by {where(first.doc)}"))
+        seen[pod.key] = pod
+        if pod.namespace not in namespaces:
+            problems.append(
+                Problem(w, "metadata.namespace", f"namespace {pod.namespace!r} is not defined: add a Namespace document for it")
+            )
+        if node_names is not None and pod.node is not None and pod.node not in node_names:
+            known = ", ".join(sorted(node_names))
+            problems.append(Problem(w, f"{spec_path}.nodeName", f"no node named {pod.node!r} in the lab (nodes: {known})"))
+        if pod.owner is None:
+            problems += label_problems(pod.labels, w, f"{meta}.labels")
+        problems += _containers(pod, w, spec_path)
+        netns = names.pod_netns(spec.name if spec else "lab", pod.namespace, pod.name)
+        if len(netns) > names.NETNS_NAME_MAX:
+            problems.append(Problem(w, "metadata.name", f"too long: the namespace name {netns[:40]}... exceeds 255 characters"))
+    return problems
+
+
+def _containers(pod: Pod, w: str, spec_path: str) -> list[Problem]:
+    problems: list[Problem] = []
+    cnames: set[str] = set()
+    port_names: set[str] = set()
+    numbers: dict[tuple[int, str], str] = {}
+    for ci, c in enumerate(pod.containers):
+        cpath = f"{spec_path}.containers[{ci}]"
+        why = dns1123_label(c.name)
+        if why:
+            problems.append(Problem(w, f"{cpath}.name", why))
+        if c.name in cnames:
+            problems.append(Problem(w, f"{cpath}.name", f"duplicate container name {c.name!r}"))
+        cnames.add(c.name)
+        for pi, p in enumerate(c.ports):
+            ppath = f"{cpath}.ports[{pi}]"
+            if not 1 <= p.port <= 65535:
+                problems.append(Problem(w, f"{ppath}.containerPort", f"{p.port} is out of range 1-65535"))
+            if p.protocol not in PROTOCOLS:
+                problems.append(Problem(w, f"{ppath}.protocol", f"must be one of TCP, UDP, SCTP, not {p.protocol!r}"))
+            if p.name is not None:
+                why = port_name(p.name)
+                if why:
+                    problems.append(Problem(w, f"{ppath}.name", why))
+                elif p.name in port_names:
+                    problems.append(Problem(w, f"{ppath}.name", f"duplicate port name {p.name!r} in the pod"))
+                port_names.add(p.name)
+            key = (p.port, p.protocol)
+            if key in numbers:
+                problems.append(Problem(w, f"{ppath}.containerPort", f"{p.port}/{p.protocol} is already declared at {numbers[key]}"))
+            numbers[key] = ppath
+    return problems
+
+
+def namespaces(declared: dict[str, dict[str, str]], where_of: dict[str, str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, labels in declared.items():
+        w = where_of.get(name, "namespace")
+        why = dns1123_label(name)
+        if why:
+            problems.append(Problem(w, "metadata.name", why))
+        problems += label_problems({k: v for k, v in labels.items() if k != "kubernetes.io/metadata.name"}, w, "metadata.labels")
+    return problems
+
+
+def all_namespaces(declared: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    out = {n: {"kubernetes.io/metadata.name": n} for n in DEFAULT_NAMESPACES}
+    out.update(declared)
+    return out
+
+
+def interface_names(topo: Topology) -> list[Problem]:
+    """Derived interface names fit IFNAMSIZ and are unique where they live."""
+    problems: list[Problem] = []
+    lab = topo.lab.name
+    ports: dict[str, str] = {}
+    for h in list(topo.lab.nodes) + list(topo.lab.externals):
+        port = names.switch_port(lab, h.name)
+        if len(port) > names.IFNAMSIZ:
+            problems.append(Problem("lab", h.name, f"switch port name {port!r} is longer than 15 characters"))
+        if port in ports:
+            problems.append(Problem("lab", h.name, f"switch port name {port!r} collides with {ports[port]}'s"))
+        ports[port] = h.name
+    per_node: dict[tuple[str | None, str], str] = {}
+    for p in topo.pods:
+        veth = names.pod_veth(lab, p.namespace, p.name)
+        if (p.node, veth) in per_node:
+            problems.append(Problem("lab", p.key, f"veth name {veth} collides with pod {per_node[(p.node, veth)]} on node {p.node}"))
+        per_node[(p.node, veth)] = p.key
+    return problems

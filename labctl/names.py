@@ -1,0 +1,75 @@
+"""Names of every kernel object a lab owns, derived from the lab name and a
+stable key, so the lab knows exactly what is its own. Pure.
+
+Namespaces (listed by `ip netns list`):
+    <lab>-underlay        the switch: a bridge joining every node and external
+    <lab>-<node>          a node
+    <lab>-<external>      an external host
+    <lab>-<ns>.<pod>      a pod (Kubernetes namespaces have no dots, so this is unambiguous)
+
+Interfaces (at most 15 characters, IFNAMSIZ - 1):
+    node:   eth0, cni0, flannel.1 and veth<8 hex> per pod (like the CNI bridge plugin)
+    pod:    eth0
+    switch: br0, and one port per node or external, named after it when it fits
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+IFNAMSIZ = 15
+UNDERLAY = "underlay"
+SWITCH_BRIDGE = "br0"
+POD_BRIDGE = "cni0"
+VXLAN_DEVICE = "flannel.1"
+VXLAN_VNI = 1
+VXLAN_PORT = 8472
+NETNS_DIR = "/run/netns"
+NETNS_NAME_MAX = 255
+
+
+def _hex(key: str, n: int) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:n]
+
+
+def underlay_netns(lab: str) -> str:
+    return f"{lab}-{UNDERLAY}"
+
+
+def node_netns(lab: str, node: str) -> str:
+    return f"{lab}-{node}"
+
+
+def external_netns(lab: str, ext: str) -> str:
+    return f"{lab}-{ext}"
+
+
+def pod_netns(lab: str, namespace: str, pod: str) -> str:
+    return f"{lab}-{namespace}.{pod}"
+
+
+def pod_veth(lab: str, namespace: str, pod: str) -> str:
+    """Node-side end of a pod's veth: veth + 8 hex digits, as the CNI bridge plugin names them."""
+    return "veth" + _hex(f"{lab}/{namespace}/{pod}", 8)
+
+
+def switch_port(lab: str, host: str) -> str:
+    """Switch-side end of a node's or external's uplink."""
+    if len(host) <= IFNAMSIZ and host not in ("lo", SWITCH_BRIDGE):
+        return host
+    return "p" + _hex(f"{lab}/{host}", 10)
+
+
+def vtep_mac(lab: str, node: str) -> str:
+    """flannel.1's MAC: stable per lab and node, locally administered unicast."""
+    b = bytearray(bytes.fromhex(_hex(f"vtep/{lab}/{node}", 12)))
+    b[0] = (b[0] & 0xFC) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def lab_of_netns(netns: str, labs: list[str]) -> str | None:
+    """Which of the given labs a namespace name would belong to, if any."""
+    for lab in sorted(labs, key=len, reverse=True):
+        if netns.startswith(lab + "-"):
+            return lab
+    return None

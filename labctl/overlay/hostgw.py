@@ -1,0 +1,27 @@
+"""flannel's host-gw backend: no encapsulation, one plain route per remote
+node through the node network (all nodes share one L2 segment):
+
+    ip route replace <remote podCIDR> via <remote node IP> dev eth0
+"""
+
+from __future__ import annotations
+
+from labctl.kernel.nl import Batch
+from labctl.model.objects import LabSpec, Node
+from labctl.plumbing.underlay import HOST_ETH0_INDEX
+
+NAME = "host-gw"
+
+
+def device(b: Batch, spec: LabSpec, node: Node) -> None:
+    """host-gw has no device of its own."""
+
+
+def peer(b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
+    assert remote.ip and remote.pod_cidr
+    b.route(remote.pod_cidr, gateway=remote.ip, oif=HOST_ETH0_INDEX, dev="eth0")
+
+
+def remove_peer(b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
+    assert remote.pod_cidr
+    b.route_del(remote.pod_cidr)

@@ -1,0 +1,48 @@
+"""A pod: its namespace joined to the node's cni0 by a veth, as the CNI bridge
+plugin does it: the host end (veth<8 hex>) on cni0 with hairpin mode on, so a
+pod can reach itself through its service; eth0 inside with the pod's address
+and a default route via cni0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from labctl import ipam, names
+from labctl.kernel.nl import Batch
+from labctl.model.objects import LabSpec, Node, Pod
+from labctl.plumbing.node import CNI0_INDEX
+
+POD_ETH0_INDEX = 2
+
+
+def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int) -> None:
+    """In the node's namespace: the veth pair, its pod end created as eth0 in the pod."""
+    veth = names.pod_veth(spec.name, pod.namespace, pod.name)
+    assert pod.ip
+    b.veth(
+        veth,
+        "eth0",
+        pod_netns_fd,
+        names.pod_netns(spec.name, pod.namespace, pod.name),
+        peer_index=POD_ETH0_INDEX,
+        mtu=spec.mtu,
+        peer_mac=ipam.mac_for_ip(pod.ip),
+        master=CNI0_INDEX,
+        up=True,
+    )
+    b.hairpin(veth)
+
+
+def remove_host_end(b: Batch, spec: LabSpec, pod: Pod) -> None:
+    """Deleting the host end deletes the pair, at once (the namespace may linger)."""
+    b.link_del(names.pod_veth(spec.name, pod.namespace, pod.name))
+
+
+def inside(b: Batch, node: Node, pod: Pod) -> None:
+    """In the pod's namespace: lo and eth0 up, the address, the default route via cni0."""
+    assert pod.ip and node.pod_cidr
+    b.link_up(index=1)
+    b.addr(POD_ETH0_INDEX, pod.ip, ipaddress.ip_network(node.pod_cidr).prefixlen, "eth0")
+    b.link_up(index=POD_ETH0_INDEX)
+    b.route("0.0.0.0/0", gateway=ipam.gateway(node.pod_cidr), dev="eth0")

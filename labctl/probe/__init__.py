@@ -1,0 +1,1 @@
+"""Probes on the real datapath: target resolution (pure) and scapy probes."""

@@ -1,0 +1,124 @@
+"""What to change to bring a lab from one topology to another. Pure.
+
+`up` on a new lab plans from nothing; `up` on a running lab, `apply` and
+`delete` plan from the applied topology. Unchanged objects are left alone
+(same addresses, same MACs). Changes labctl cannot make in place (the lab's
+networks, its overlay, a node's address) are refused, naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from labctl.errors import InvalidInput, Problem
+from labctl.model.objects import External, LabSpec, Node, Pod, Topology
+
+# Lab fields fixed for the life of a lab: changing them means `down` then `up`.
+FIXED = {
+    "node_network": "spec.nodeNetwork",
+    "pod_network": "spec.podNetwork",
+    "service_network": "spec.serviceNetwork",
+    "node_cidr_mask": "spec.nodeCIDRMaskSize",
+    "overlay": "spec.overlay",
+}
+
+
+@dataclass
+class Plan:
+    new_lab: bool = False
+    add_nodes: list[Node] = field(default_factory=list)
+    remove_nodes: list[Node] = field(default_factory=list)
+    add_externals: list[External] = field(default_factory=list)
+    remove_externals: list[External] = field(default_factory=list)
+    add_pods: list[Pod] = field(default_factory=list)
+    remove_pods: list[Pod] = field(default_factory=list)
+    commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
+
+    def empty(self) -> bool:
+        return not (
+            self.new_lab
+            or self.add_nodes
+            or self.remove_nodes
+            or self.add_externals
+            or self.remove_externals
+            or self.add_pods
+            or self.remove_pods
+            or self.commands_changed
+        )
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "nodesAdded": len(self.add_nodes),
+            "nodesRemoved": len(self.remove_nodes),
+            "externalsAdded": len(self.add_externals),
+            "externalsRemoved": len(self.remove_externals),
+            "podsAdded": len(self.add_pods),
+            "podsRemoved": len(self.remove_pods),
+        }
+
+
+def _fixed_changes(old: LabSpec, new: LabSpec) -> list[Problem]:
+    out = []
+    for attr, path in FIXED.items():
+        a, b = getattr(old, attr), getattr(new, attr)
+        if a != b:
+            out.append(Problem(f"Lab {new.name}", path, f"changed from {a} to {b}; a running lab keeps it (run `labctl down {new.name}` first)"))
+    return out
+
+
+def _host_changes(old: list, new: list, what: str, attrs: tuple[str, ...]) -> list[Problem]:
+    before = {h.name: h for h in old}
+    out = []
+    for h in new:
+        o = before.get(h.name)
+        for attr in attrs:
+            if o is not None and getattr(o, attr) != getattr(h, attr):
+                out.append(
+                    Problem(
+                        f"Lab {what} {h.name}",
+                        attr,
+                        f"changed from {getattr(o, attr)} to {getattr(h, attr)}; remove the {what} and add it back, or run `labctl down` first",
+                    )
+                )
+    return out
+
+
+def _command_signature(p: Pod) -> tuple:
+    return tuple((c.name, c.command) for c in p.containers if c.command is not None)
+
+
+def plan(old: Topology | None, new: Topology) -> Plan:
+    if old is None:
+        return Plan(
+            new_lab=True,
+            add_nodes=list(new.lab.nodes),
+            add_externals=list(new.lab.externals),
+            add_pods=list(new.pods),
+        )
+    problems = _fixed_changes(old.lab, new.lab)
+    problems += _host_changes(list(old.lab.nodes), list(new.lab.nodes), "node", ("ip", "pod_cidr"))
+    problems += _host_changes(list(old.lab.externals), list(new.lab.externals), "external", ("ip",))
+    if problems:
+        raise InvalidInput(problems, hint="changes to a running lab are limited to adding and removing nodes, externals and objects")
+    p = Plan()
+    old_nodes = {n.name for n in old.lab.nodes}
+    new_nodes = {n.name for n in new.lab.nodes}
+    p.add_nodes = [n for n in new.lab.nodes if n.name not in old_nodes]
+    p.remove_nodes = [n for n in old.lab.nodes if n.name not in new_nodes]
+    old_ext = {e.name for e in old.lab.externals}
+    new_ext = {e.name for e in new.lab.externals}
+    p.add_externals = [e for e in new.lab.externals if e.name not in old_ext]
+    p.remove_externals = [e for e in old.lab.externals if e.name not in new_ext]
+    before = {x.key: x for x in old.pods}
+    after = {x.key: x for x in new.pods}
+    for key, pod in after.items():
+        o = before.get(key)
+        if o is None:
+            p.add_pods.append(pod)
+        elif (o.node, o.ip) != (pod.node, pod.ip):
+            p.remove_pods.append(o)
+            p.add_pods.append(pod)
+        elif _command_signature(o) != _command_signature(pod):
+            p.commands_changed.append(pod)
+    p.remove_pods += [o for key, o in before.items() if key not in after]
+    return p

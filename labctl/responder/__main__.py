@@ -1,0 +1,5 @@
+import sys
+
+from labctl.responder.server import main
+
+sys.exit(main())

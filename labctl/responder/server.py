@@ -1,0 +1,286 @@
+"""The responder: one process per lab answering on every pod's container ports.
+
+A thousand pods must not mean a thousand interpreters. setns() is per thread
+and a socket stays in the namespace it was created in, so this one process
+steps into each pod's namespace, opens its listening sockets there, steps back
+and serves them all from one epoll loop:
+
+- TCP: an HTTP/1.0 server; any request gets 200 and a JSON body naming the pod
+  and the client address as the pod saw it (so NAT is visible).
+- UDP: every datagram is answered with the same JSON.
+
+It reads its configuration from <statedir>/responder.json and is told to
+reload it over a unix socket (<statedir>/responder.sock): `ping`, `reload`,
+each answered `ok ...` or `error ...` once done, so callers synchronise on the
+answer rather than on time. Only the standard library and labctl.kernel.netns
+are imported, to start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from labctl.kernel import netns
+
+IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
+MAX_REQUEST = 8192
+
+
+@dataclass
+class Binding:
+    pod: str
+    node: str
+    ip: str
+    port: int
+    proto: str  # TCP | UDP
+
+    def body(self, client: tuple[str, int]) -> bytes:
+        return json.dumps(
+            {
+                "pod": self.pod,
+                "node": self.node,
+                "ip": self.ip,
+                "port": self.port,
+                "protocol": self.proto,
+                "client": f"{client[0]}:{client[1]}",
+            }
+        ).encode()
+
+
+@dataclass
+class Conn:
+    sock: socket.socket
+    binding: Binding
+    peer: tuple[str, int]
+    since: float
+    inbuf: bytearray = field(default_factory=bytearray)
+    out: bytes | None = None
+
+
+class Responder:
+    def __init__(self, statedir: str):
+        self.statedir = statedir
+        self.config_path = os.path.join(statedir, "responder.json")
+        self.control_path = os.path.join(statedir, "responder.sock")
+        self.sel = selectors.DefaultSelector()
+        self.sockets: dict[tuple[str, int, str], tuple[socket.socket, Binding]] = {}
+        self.conns: dict[int, Conn] = {}
+        self.running = True
+
+    # -- configuration -------------------------------------------------------
+
+    def reload(self) -> str:
+        with open(self.config_path) as f:
+            config = json.load(f)
+        wanted: dict[tuple[str, int, str], tuple[str, Binding]] = {}
+        for pod in config["pods"]:
+            for port, proto in pod["ports"]:
+                b = Binding(pod["key"], pod["node"], pod["ip"], port, proto)
+                wanted[(pod["key"], port, proto)] = (pod["netns"], b)
+        for key in [k for k in self.sockets if k not in wanted]:
+            sock, _ = self.sockets.pop(key)
+            self.sel.unregister(sock)
+            sock.close()
+        # Connections of pods that are gone are closed too: they pin the namespace.
+        gone = {k[0] for k in wanted}
+        for fd, conn in list(self.conns.items()):
+            if conn.binding.pod not in gone:
+                self._close(conn)
+        errors = []
+        by_ns: dict[str, list[tuple[tuple[str, int, str], Binding]]] = {}
+        for key, (ns, b) in wanted.items():
+            if key in self.sockets:
+                self.sockets[key][1].ip = b.ip
+                continue
+            by_ns.setdefault(ns, []).append((key, b))
+        for ns, items in by_ns.items():
+            try:
+                with netns.entered(ns):
+                    opened = [(key, b, self._listen(b)) for key, b in items]
+            except OSError as e:
+                errors.append(f"{ns}: {e}")
+                continue
+            for key, b, sock in opened:
+                self.sockets[key] = (sock, b)
+                self.sel.register(sock, selectors.EVENT_READ, ("listen" if b.proto == "TCP" else "udp", b))
+        if errors:
+            return "error " + "; ".join(errors[:5])
+        return f"ok {len(self.sockets)}"
+
+    @staticmethod
+    def _listen(b: Binding) -> socket.socket:
+        kind = socket.SOCK_STREAM if b.proto == "TCP" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("0.0.0.0", b.port))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    # -- serving -------------------------------------------------------------
+
+    def _accept(self, sock: socket.socket, b: Binding) -> None:
+        while True:
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            conn.setblocking(False)
+            c = Conn(conn, b, peer, time.monotonic())
+            self.conns[conn.fileno()] = c
+            self.sel.register(conn, selectors.EVENT_READ, ("conn", c))
+
+    def _read(self, c: Conn) -> None:
+        try:
+            data = c.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(c)
+            return
+        if not data:
+            self._close(c)
+            return
+        c.inbuf += data
+        if b"\r\n\r\n" in c.inbuf or b"\n\n" in c.inbuf or len(c.inbuf) >= MAX_REQUEST:
+            self._respond(c)
+
+    def _respond(self, c: Conn) -> None:
+        body = c.binding.body(c.peer)
+        head = (
+            "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        c.out = head + body + b"\n"
+        self.sel.modify(c.sock, selectors.EVENT_WRITE, ("conn", c))
+        self._write(c)
+
+    def _write(self, c: Conn) -> None:
+        try:
+            n = c.sock.send(c.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(c)
+            return
+        c.out = c.out[n:]
+        if not c.out:
+            try:
+                c.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._close(c)
+
+    def _close(self, c: Conn) -> None:
+        self.conns.pop(c.sock.fileno(), None)
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+
+    def _udp(self, sock: socket.socket, b: Binding) -> None:
+        while True:
+            try:
+                _, peer = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                sock.sendto(b.body(peer) + b"\n", peer)
+            except OSError:
+                pass
+
+    def _control(self, server: socket.socket) -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            try:
+                cmd = conn.recv(256).decode().strip()
+                if cmd == "ping":
+                    reply = f"ok {len(self.sockets)}"
+                elif cmd == "reload":
+                    reply = self.reload()
+                elif cmd == "stop":
+                    self.running = False
+                    reply = "ok"
+                else:
+                    reply = f"error unknown command {cmd!r}"
+            except Exception as e:  # the responder must outlive a bad request
+                reply = f"error {type(e).__name__}: {e}"
+            try:
+                conn.sendall(reply.encode() + b"\n")
+            except OSError:
+                pass
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for c in list(self.conns.values()):
+            if c.out is None and now - c.since > IDLE_REPLY:
+                self._respond(c)
+            elif now - c.since > 10 * IDLE_REPLY:
+                self._close(c)
+
+    def serve(self) -> None:
+        try:
+            os.unlink(self.control_path)
+        except FileNotFoundError:
+            pass
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        server.bind(self.control_path)
+        server.listen(16)
+        self.sel.register(server, selectors.EVENT_READ, ("control", None))
+        print(f"responder for {self.statedir}: {self.reload()}", flush=True)
+        while self.running:
+            for key, events in self.sel.select(timeout=0.25 if self.conns else None):
+                role, obj = key.data
+                if role == "listen":
+                    self._accept(key.fileobj, obj)
+                elif role == "udp":
+                    self._udp(key.fileobj, obj)
+                elif role == "conn":
+                    if events & selectors.EVENT_WRITE:
+                        self._write(obj)
+                    else:
+                        self._read(obj)
+                elif role == "control":
+                    self._control(key.fileobj)
+            if self.conns:
+                self._sweep()
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m labctl.responder STATEDIR", file=sys.stderr)
+        return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    r = Responder(argv[0])
+
+    def stop(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    r.serve()
+    return 0

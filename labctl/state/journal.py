@@ -1,0 +1,104 @@
+"""The journal: what a lab owns, written before it is made.
+
+One JSON object per line, appended with a single write(2) on an O_APPEND file,
+so a `kill -9` at any moment leaves whole lines. An intent is written before
+the object exists; `down` removes every object the journal lists, and a
+missing object counts as removed. Objects are the top-level things a lab
+makes: namespaces (every link, address, route and rule lives inside one and
+goes with it), processes, and files outside the state directory.
+
+    {"op": "netns", "name": "demo-node1"}
+    {"op": "proc", "key": "responder", "token": "..."}       before spawning
+    {"op": "pid", "key": "responder", "pid": 123, "start": 456}  after
+    {"op": "file", "path": "/etc/netns/demo-default.web-0"}
+    {"op": "release", "kind": "netns", "name": "..."}        removed by a reconcile
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass
+class Owned:
+    """What the journal says the lab owns now."""
+
+    netns: list[str] = field(default_factory=list)
+    procs: dict[str, dict] = field(default_factory=dict)  # key -> {"token", "pid", "start"}
+    files: list[str] = field(default_factory=list)
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, entries: Iterable[dict]) -> None:
+        data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+        if not data:
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data.encode())
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        finally:
+            os.close(fd)
+
+    def netns(self, names: Iterable[str]) -> None:
+        self.append({"op": "netns", "name": n} for n in names)
+
+    def release_netns(self, names: Iterable[str]) -> None:
+        self.append({"op": "release", "kind": "netns", "name": n} for n in names)
+
+    def proc(self, key: str, token: str) -> None:
+        self.append([{"op": "proc", "key": key, "token": token}])
+
+    def pid(self, key: str, pid: int, start: int | None) -> None:
+        self.append([{"op": "pid", "key": key, "pid": pid, "start": start}])
+
+    def release_proc(self, key: str) -> None:
+        self.append([{"op": "release", "kind": "proc", "key": key}])
+
+    def file(self, path: str) -> None:
+        self.append([{"op": "file", "path": path}])
+
+    def release_file(self, path: str) -> None:
+        self.append([{"op": "release", "kind": "file", "path": path}])
+
+    def replay(self) -> Owned:
+        owned = Owned()
+        seen: dict[str, None] = {}
+        try:
+            lines = self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return owned
+        for line in lines:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line cannot happen with O_APPEND writes, but never trust it
+            op = e.get("op")
+            if op == "netns":
+                seen[e["name"]] = None
+            elif op == "proc":
+                owned.procs[e["key"]] = {"token": e["token"]}
+            elif op == "pid" and e["key"] in owned.procs:
+                owned.procs[e["key"]].update(pid=e["pid"], start=e.get("start"))
+            elif op == "file":
+                if e["path"] not in owned.files:
+                    owned.files.append(e["path"])
+            elif op == "release":
+                kind = e.get("kind")
+                if kind == "netns":
+                    seen.pop(e["name"], None)
+                elif kind == "proc":
+                    owned.procs.pop(e["key"], None)
+                elif kind == "file" and e["path"] in owned.files:
+                    owned.files.remove(e["path"])
+        owned.netns = list(seen)
+        return owned

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install everything labctl needs, idempotently: Debian packages, then a .venv
+# at the repo root with labctl installed (pip install -e .[test]).
+#
+#   sudo scripts/setup.sh          # what demo.sh, test.sh, CI and the Vagrant VM run
+#   sudo scripts/setup.sh --link   # also put labctl on the PATH (/usr/local/bin/labctl)
+#
+# A second run changes nothing and takes well under a second.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+link=0
+for arg in "$@"; do
+  case "$arg" in
+    --link) link=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# -- Debian packages -----------------------------------------------------------
+packages=(
+  iproute2 iptables nftables ipset conntrack tcpdump iputils-ping curl
+  dnsutils iperf3 procps psmisc util-linux python3 python3-venv
+)
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+    echo "run: sudo $0" >&2
+    exit 3
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# -- Python ------------------------------------------------------------------------
+pick_python() {
+  for py in "${LABCTL_PYTHON:-}" /usr/bin/python3 python3; do
+    [ -n "$py" ] || continue
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$py"; return 0
+    fi
+  done
+  echo "setup.sh: labctl needs Python 3.11 or newer with venv (Debian: python3 python3-venv)" >&2
+  exit 3
+}
+
+venv="$repo/.venv"
+stamp="$venv/.labctl-installed"
+want=$(cat "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  py=$(pick_python)
+  say "creating $venv with $py"
+  rm -rf "$venv"
+  "$py" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$venv/bin/python" -c 'import labctl' 2>/dev/null; then
+  say "installing labctl and its dependencies into $venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+  echo "$want" > "$stamp"
+fi
+
+if [ "$link" -eq 1 ]; then
+  ln -sf "$venv/bin/labctl" /usr/local/bin/labctl
+  say "labctl is on the PATH: $(command -v labctl)"
+fi
+say "ready: $venv/bin/labctl"
