@@ -12,7 +12,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from typing import Callable
 
-from labctl import names, overlay
+from labctl import failpoints, names, overlay
 from labctl.errors import LabError
 from labctl.kernel import netns, procs, run
 from labctl.kernel.nl import Batch
@@ -40,13 +40,18 @@ class Builder:
     def __init__(self, labdir: LabDir, journal: Journal, progress: Progress | None = None):
         self.dir = labdir
         self.journal = journal
-        self.progress = progress or _quiet
+        self._report = progress or _quiet
+
+    def progress(self, step: str, n: int) -> None:
+        self._report(step, n)
+        failpoints.hit(step, n)
 
     # -- namespaces ----------------------------------------------------------
 
     def create_namespaces(self, names_: list[str]) -> None:
         """Journal every name first (one write), then create them."""
         self.journal.netns(names_)
+        failpoints.hit("namespaces", 0)
         for n in names_:
             try:
                 netns.create(n)
@@ -130,6 +135,7 @@ class Builder:
                 stack.callback(os.close, fd)
                 underlay.uplink(b, lab, host, ns, fd)
             b.commit()
+        self.progress("uplinks", 1)
         prefixlen = spec.node_prefixlen()
         for _, ns, ip in hosts[len(plan.add_nodes) :]:  # externals; nodes get theirs in _nodes
             eb = Batch(ns)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl import names
+from labctl import failpoints, names
 from labctl.build import Builder, Progress, command_key, expected_namespaces
 from labctl.errors import HostLacks, LabError
 from labctl.kernel import netns, procs, run
@@ -122,6 +122,7 @@ class LabHandle:
             restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
             if old is not None and not p.add_pods and not p.remove_pods and responder.running(self.dir, self.journal) is None:
                 responder.apply(self.dir, self.journal, topo)  # it died: start it again
+            failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
         return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted)
 

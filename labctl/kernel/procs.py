@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from labctl import failpoints
 from labctl.state.journal import Journal
 
 MARKER = "LABCTL_LAB"
@@ -76,6 +77,7 @@ def spawn(
             env=full_env,
             cwd="/",
         )
+    failpoints.hit("spawned")
     journal.pid(key, proc.pid, start_time(proc.pid))
     return proc.pid
 

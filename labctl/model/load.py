@@ -75,7 +75,9 @@ def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> 
         if not found and not (d.data.get("metadata") or {}).get("name"):
             found = [Problem(d.where(), "metadata.name", "is required")]
         problems += found
-        if not found:
+        # A document whose only faults are unknown fields is well typed: read it
+        # anyway, so its other problems are reported in the same run.
+        if all(p.message.startswith("unknown field") for p in found):
             k8s.append(d)
     if require_lab and lab is None and not any(p.path == "kind" and "Lab" in p.message for p in problems):
         first = docs[0].where() if docs else "the file"
@@ -109,15 +111,18 @@ def build(
     problems += validate.namespaces(objs.namespaces, {n: d.where() for n, d in objs.namespace_docs.items()})
 
     spec = lab_spec
-    if lab is not None and not any(p.where == lab.where() for p in problems):
+    if lab is not None and all(p.message.startswith("unknown field") for p in problems if p.where == lab.where()):
         spec = spec_from_lab(lab.data)
     topo = None
     if spec is not None:
         where = lab.where() if lab is not None else f"Lab {spec.name}"
+        names_found = validate.host_names(spec, where)
+        problems += names_found
         found = validate.networks(spec, where)
         if not found:
             found = validate.hosts(spec, where)
         problems += found
+        found += names_found
         if not found:
             topo, found = resolve(spec, namespaces, objs.pods, objs.deployments, [d.data for d in k8s], previous, where, where_of)
             problems += found
@@ -126,7 +131,8 @@ def build(
     pods = list(topo.pods) if topo else objs.pods
     problems += validate.pods(pods, spec, namespaces, where_of)
     if problems:
-        raise InvalidInput(_unique(problems), source=source)
+        order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}
+        raise InvalidInput(sorted(_unique(problems), key=lambda p: order.get(p.where, 0)), source=source)
     assert topo is not None
     return topo
 

@@ -21,7 +21,10 @@ def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, probl
     node_net = ipaddress.ip_network(spec.node_network)
 
     def keep(h, prev):
-        return h.ip or (prev.ip if prev and prev.ip else None)
+        # a previous address stays only while it is still on the node network
+        if h.ip or prev is None or not prev.ip or ipaddress.IPv4Address(prev.ip) not in node_net:
+            return h.ip
+        return prev.ip
 
     nodes = [replace(n, ip=keep(n, prev_nodes.get(n.name))) for n in spec.nodes]
     exts = [replace(e, ip=keep(e, prev_exts.get(e.name))) for e in spec.externals]
@@ -47,7 +50,9 @@ def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, probl
 
 
 def _assign_pod_cidrs(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
-    prev = {n.name: n.pod_cidr for n in previous.lab.nodes} if previous else {}
+    pod_net = ipaddress.ip_network(spec.pod_network)
+    prev = {n.name: n.pod_cidr for n in previous.lab.nodes if n.pod_cidr} if previous else {}
+    prev = {k: v for k, v in prev.items() if ipaddress.ip_network(v).subnet_of(pod_net) and ipaddress.ip_network(v).prefixlen == spec.node_cidr_mask}
     nodes = [replace(n, pod_cidr=n.pod_cidr or prev.get(n.name)) for n in spec.nodes]
     pool = ipam.SubnetPool(spec.pod_network, spec.node_cidr_mask, [n.pod_cidr for n in nodes if n.pod_cidr])
     for i, n in enumerate(nodes):

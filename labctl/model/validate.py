@@ -129,16 +129,11 @@ def _lb_pool(spec: LabSpec, node_net, where: str) -> list[Problem]:
 # -- nodes and externals -------------------------------------------------------
 
 
-def hosts(spec: LabSpec, where: str) -> list[Problem]:
-    """Names, addresses and pod CIDRs of nodes and externals (after defaults)."""
+def host_names(spec: LabSpec, where: str) -> list[Problem]:
+    """Names of nodes and externals: DNS-1123 labels, unique across both, and node labels."""
     problems: list[Problem] = []
     seen: dict[str, str] = {}
-    groups = [("nodes", spec.nodes), ("externals", spec.externals)]
-    node_net = ipaddress.ip_network(spec.node_network, strict=False)
-    pod_net = ipaddress.ip_network(spec.pod_network, strict=False)
-    ips: dict[str, str] = {}
-    lb = lb_pool_range(spec.load_balancer_pool) if spec.load_balancer_pool else None
-    for group, items in groups:
+    for group, items in (("nodes", spec.nodes), ("externals", spec.externals)):
         for i, h in enumerate(items):
             path = f"spec.{group}[{i}]"
             why = dns1123_label(h.name)
@@ -150,6 +145,22 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
                 problems.append(Problem(where, f"{path}.name", f"duplicate name {h.name!r} (also {seen[h.name]})"))
             else:
                 seen[h.name] = path
+    for i, n in enumerate(spec.nodes):
+        problems += label_problems(n.labels, where, f"spec.nodes[{i}].labels")
+    return problems
+
+
+def hosts(spec: LabSpec, where: str) -> list[Problem]:
+    """Addresses and pod CIDRs of nodes and externals (the networks are valid)."""
+    problems: list[Problem] = []
+    groups = [("nodes", spec.nodes), ("externals", spec.externals)]
+    node_net = ipaddress.ip_network(spec.node_network, strict=False)
+    pod_net = ipaddress.ip_network(spec.pod_network, strict=False)
+    ips: dict[str, str] = {}
+    lb = lb_pool_range(spec.load_balancer_pool) if spec.load_balancer_pool else None
+    for group, items in groups:
+        for i, h in enumerate(items):
+            path = f"spec.{group}[{i}]"
             if h.ip is None:
                 continue
             try:
@@ -167,7 +178,6 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
     cidrs: dict[ipaddress.IPv4Network, str] = {}
     for i, n in enumerate(spec.nodes):
         path = f"spec.nodes[{i}]"
-        problems += label_problems(n.labels, where, f"{path}.labels")
         if n.pod_cidr is None:
             continue
         net = parse_cidr(n.pod_cidr, where, f"{path}.podCIDR", problems)

@@ -1,8 +1,8 @@
 """One probe on the real datapath, sent with scapy from inside a namespace.
 
 The probing thread steps into the source namespace (setns is per thread) and
-opens scapy's raw sockets there; they stay bound to it. What comes back
-decides the verdict, as the contract defines it:
+opens raw sockets there; they stay bound to it. Scapy builds the probe and
+dissects what comes back, which decides the verdict, as the contract defines it:
 
     tcp   SYN -> SYN-ACK: open | RST: refused | ICMP unreachable: refused
           (port), blocked (administratively prohibited) | nothing: filtered
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import socket
+import time
 from dataclasses import asdict, dataclass
 
 from labctl.kernel import netns
@@ -93,33 +95,113 @@ def _json(raw: bytes) -> dict | None:
     return d if isinstance(d, dict) else None
 
 
+class _Wire:
+    """Scapy builds and dissects; kernel raw sockets carry the packets.
+
+    Sending: an IPPROTO_RAW socket (the packet goes through OUTPUT and
+    POSTROUTING like any other, so NAT applies). Receiving: raw sockets for the
+    probe's protocol and for ICMP, which get a copy of what is delivered to this
+    namespace after netfilter, with NAT already reversed. A packet tap
+    (AF_PACKET) would see replies before conntrack undoes a masquerade's port
+    change (flannel masquerades node-to-pod traffic with --random-fully).
+    """
+
+    def __init__(self, proto: str):
+        self.out = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.out.setsockopt(socket.SOL_IP, socket.IP_HDRINCL, 1)
+        numbers = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMP}
+        self.ins = [socket.socket(socket.AF_INET, socket.SOCK_RAW, numbers[proto])]
+        if proto != "icmp":
+            self.ins.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+        for s in self.ins:
+            s.setblocking(False)
+
+    def close(self) -> None:
+        for s in [self.out, *self.ins]:
+            s.close()
+
+    def exchange(self, pkt, matches, timeout: float):
+        """Send pkt; return (reply, seconds) for the first packet `matches` accepts, or None."""
+        from scapy.layers.inet import IP
+
+        sent = time.monotonic()
+        self.out.sendto(bytes(pkt), (pkt[IP].dst, 0))
+        deadline = sent + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select(self.ins, [], [], left)
+            for s in ready:
+                while True:
+                    try:
+                        data = s.recv(65535)
+                    except BlockingIOError:
+                        break
+                    now = time.monotonic()
+                    reply = IP(data)
+                    if matches(reply):
+                        return reply, now - sent
+
+
+def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+
+    def is_error_about_us(r) -> bool:
+        if not r.haslayer(ICMP) or int(r[ICMP].type) not in (3, 11, 12) or not r.haslayer(IPerror):
+            return False
+        inner = r[IPerror]
+        if inner.dst != dst:
+            return False
+        if proto == "tcp":
+            return r.haslayer(TCPerror) and r[TCPerror].sport == sport and r[TCPerror].dport == dport
+        if proto == "udp":
+            return r.haslayer(UDPerror) and r[UDPerror].sport == sport and r[UDPerror].dport == dport
+        return r.haslayer(ICMP) and int(inner.proto) == 1
+
+    def matches(r) -> bool:
+        if r.dst != src:
+            return False
+        if is_error_about_us(r):
+            return True
+        if r.src != dst:
+            return False
+        if proto == "tcp":
+            return r.haslayer(TCP) and r[TCP].sport == dport and r[TCP].dport == sport and r[TCP].ack == seq + 1
+        if proto == "udp":
+            return r.haslayer(UDP) and r[UDP].sport == dport and r[UDP].dport == sport
+        return r.haslayer(ICMP) and int(r[ICMP].type) == 0 and r[ICMP].id == sport
+
+    return matches
+
+
 def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float) -> ProbeResult:
     from scapy.layers.inet import ICMP, IP, TCP, UDP  # scapy is slow to import: only probes pay for it
-    from scapy.supersocket import L3RawSocket
 
     with netns.entered(src_netns):
         try:
             src_ip = _source_ip(dst)
         except OSError as e:
-            return ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=None, detail=f"no route: {e.strerror}")
-        sock = L3RawSocket()
+            return ProbeResult(src_label, dst, target, proto, port, "filtered", detail=f"no route: {e.strerror}")
+        wire = _Wire(proto)
     result = ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=src_ip)
     sport = random.randint(33000, 60999)
+    seq = random.randint(0, 2**31)
     if proto == "tcp":
-        pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=random.randint(0, 2**31))
+        pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
     elif proto == "udp":
         pkt = IP(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / b"labctl-probe\n"
     else:
         pkt = IP(src=src_ip, dst=dst) / ICMP(id=sport, seq=1)
     try:
-        answered, _ = sock.sr(pkt, timeout=timeout, verbose=0)
+        got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq), timeout)
     finally:
-        sock.close()
-    if not answered:
+        wire.close()
+    if got is None:
         result.detail = f"no answer within {timeout:g} s"
         return result
-    sent, reply = answered[0]
-    result.rtt_ms = round((reply.time - sent.sent_time) * 1000, 3)
+    reply, seconds = got
+    result.rtt_ms = round(seconds * 1000, 3)
     if reply.haslayer(ICMP) and int(reply[ICMP].type) != 0:
         result.verdict, result.detail = _classify_icmp(reply[ICMP])
         result.detail += f" from {reply[IP].src}"
@@ -128,8 +210,7 @@ def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, por
         flags = reply[TCP].flags
         if flags.S and flags.A:
             result.verdict = "open"
-            info = _read_http_json(src_netns, dst, port, timeout)
-            _fill(result, info)
+            _fill(result, _read_http_json(src_netns, dst, port, timeout))
         elif flags.R:
             result.verdict = "refused"
             result.detail = "tcp reset"

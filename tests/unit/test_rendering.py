@@ -1,0 +1,91 @@
+"""Pure rendering: masquerade rules, netlink requests (as the iproute2 commands they stand for)."""
+
+import struct
+
+from labctl.kernel.nl import Batch
+from labctl.overlay import hostgw, vxlan
+from labctl.plumbing import node as node_plumbing
+from labctl.plumbing import pod as pod_plumbing
+from tests.helpers import dump, lab_doc, pod
+from tests.unit.test_model import load
+
+EXPECTED_MASQ = """*nat
+:FLANNEL-POSTRTG - [0:0]
+-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.1.0/24 -m comment --comment "flanneld masq" -j RETURN
+-A FLANNEL-POSTRTG -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+-A FLANNEL-POSTRTG ! -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "flanneld masq" -j MASQUERADE --random-fully
+COMMIT
+*filter
+:FLANNEL-FWD - [0:0]
+-A FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD
+-A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+-A FLANNEL-FWD -d 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+COMMIT
+"""
+
+
+def test_masquerade_rules_golden():
+    topo = load(dump(lab_doc()))
+    assert node_plumbing.masquerade_rules(topo.lab, topo.lab.nodes[1]) == EXPECTED_MASQ
+
+
+def test_every_jump_target_is_a_defined_chain():
+    topo = load(dump(lab_doc()))
+    text = node_plumbing.masquerade_rules(topo.lab, topo.lab.nodes[0])
+    builtin = {"POSTROUTING", "FORWARD", "RETURN", "ACCEPT", "MASQUERADE", "DROP"}
+    defined = {line[1:].split()[0] for line in text.splitlines() if line.startswith(":")}
+    for line in text.splitlines():
+        if " -j " in line:
+            target = line.split(" -j ")[1].split()[0]
+            assert target in defined | builtin, line
+
+
+def whats(b: Batch) -> list[str]:
+    return [r.what for r in b.requests]
+
+
+def test_vxlan_device_and_peer_entries_as_flannel_writes_them():
+    topo = load(dump(lab_doc(name="demo")))
+    n1, n2 = topo.lab.nodes
+    b = Batch("demo-node1")
+    vxlan.device(b, topo.lab, n1)
+    vxlan.peer(b, topo.lab, n1, n2)
+    mac = vxlan.names.vtep_mac("demo", "node2")
+    assert whats(b) == [
+        "ip link add flannel.1 type vxlan id 1 local 10.10.20.10 dstport 8472 nolearning",
+        "ip addr add 10.244.0.0/32 dev flannel.1",
+        "ip link set 4 up",
+        f"ip neigh replace 10.244.1.0 lladdr {mac} dev flannel.1 nud permanent",
+        f"bridge fdb replace {mac} dev flannel.1 dst 10.10.20.11 self permanent",
+        "ip route replace 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
+    ]
+
+
+def test_host_gw_routes_via_node_addresses():
+    topo = load(dump(lab_doc(overlay="host-gw")))
+    n1, n2 = topo.lab.nodes
+    b = Batch(None)
+    hostgw.device(b, topo.lab, n1)
+    hostgw.peer(b, topo.lab, n1, n2)
+    assert whats(b) == ["ip route replace 10.244.1.0/24 via 10.10.20.11 dev eth0"]
+
+
+def test_pod_requests_and_their_netlink_headers():
+    topo = load(dump(lab_doc(name="demo"), pod("web", node="node1")))
+    p = topo.pods[0]
+    b = Batch("demo-node1")
+    pod_plumbing.host_end(b, topo.lab, p, 99)
+    inside = Batch("demo-default.web")
+    pod_plumbing.inside(inside, topo.lab.nodes[0], p)
+    veth = pod_plumbing.names.pod_veth("demo", "default", "web")
+    assert whats(b) == [f"ip link add {veth} type veth peer name eth0 netns demo-default.web", f"ip link set {veth} type bridge_slave hairpin on"]
+    assert whats(inside) == ["ip link set 1 up", "ip addr add 10.244.0.2/24 dev eth0", "ip link set 2 up", "ip route replace 0.0.0.0/0 via 10.244.0.1 dev eth0"]
+    for r in b.requests + inside.requests:
+        length, mtype, flags = struct.unpack_from("=IHH", r.data)
+        assert length == len(r.data) and flags & 0x5 == 0x5  # NLM_F_REQUEST | NLM_F_ACK
+    # the peer's MAC is derived from the pod IP (0a:58 + IP), as the CNI bridge plugin did
+    assert bytes.fromhex("0a580af40002") in b.requests[0].data

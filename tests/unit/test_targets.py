@@ -1,0 +1,36 @@
+import pytest
+
+from labctl.errors import InvalidInput
+from labctl.probe.targets import default_port, resolve
+from tests.helpers import dump, lab_doc, pod
+from tests.unit.test_model import load
+
+
+@pytest.fixture
+def topo():
+    return load(dump(lab_doc(name="demo", externals=[{"name": "client"}]), pod("web", ports=(8080,), udp=(53,))))
+
+
+def test_pods_nodes_externals_and_addresses(topo):
+    web = resolve(topo, "web", role="TO")
+    assert (web.label, web.ip, web.netns, web.kind) == ("default/web", "10.244.0.2", "demo-default.web", "pod")
+    assert resolve(topo, "default/web", role="FROM").netns == "demo-default.web"
+    assert resolve(topo, "node/node2", role="FROM").ip == "10.10.20.11"
+    assert resolve(topo, "ext/client", role="FROM").netns == "demo-client"
+    assert resolve(topo, "10.244.0.2", role="TO").pod is not None
+    bare = resolve(topo, "192.0.2.1", role="TO")
+    assert bare.netns is None and bare.kind == "ip"
+
+
+def test_unknown_targets_suggest_names(topo):
+    with pytest.raises(InvalidInput, match="did you mean default/web"):
+        resolve(topo, "default/wbe", role="TO")
+    with pytest.raises(InvalidInput, match="no node named 'node9'"):
+        resolve(topo, "node/node9", role="FROM")
+    with pytest.raises(InvalidInput, match="not from a bare address"):
+        resolve(topo, "10.0.0.1", role="FROM")
+
+
+def test_default_port_is_the_first_of_the_protocol(topo):
+    web = resolve(topo, "web", role="TO")
+    assert default_port(web, "tcp") == 8080 and default_port(web, "udp") == 53 and default_port(web, "icmp") is None
