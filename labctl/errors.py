@@ -51,11 +51,14 @@ class InvalidInput(LabError):
     exit_code = 2
 
     def __init__(self, problems: list[Problem] | str, *, source: str | None = None, hint: str | None = None):
+        head = f"{source}: " if source else ""
         if isinstance(problems, str):
-            problems = [Problem("input", "", problems)]
+            self.problems = [Problem("input", "", problems)]
+            self.source = source
+            super().__init__(head + problems, hint=hint)
+            return
         self.problems = list(problems)
         self.source = source
-        head = f"{source}: " if source else ""
         if len(self.problems) == 1:
             message = head + str(self.problems[0])
         else:

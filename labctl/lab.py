@@ -23,7 +23,7 @@ from labctl import failpoints, names
 from labctl.build import Builder, Progress, command_key, expected_namespaces
 from labctl.errors import HostLacks, LabError
 from labctl.kernel import netns, procs, run
-from labctl.model.objects import Topology
+from labctl.model.objects import Pod, Topology
 from labctl.reconcile import Plan, plan
 from labctl.responder import control as responder
 from labctl.state.journal import Journal
@@ -85,23 +85,23 @@ class LabHandle:
     def state(self) -> dict[str, Any] | None:
         return self.dir.read_state()
 
-    def _observe(self, old: Topology | None) -> Topology | None:
-        """The applied topology as far as the kernel still has it.
+    def _observe(self, old: Topology | None) -> tuple[Topology | None, list[Pod]]:
+        """The applied topology, and its pods whose namespace vanished.
 
-        A pod whose namespace vanished is dropped (so it is built again); if
-        the underlay, a node or an external vanished, the lab is rebuilt whole.
+        Lost pods are removed (their veth, the responder's sockets) and built
+        again; if the underlay, a node or an external vanished, the lab is
+        rebuilt whole.
         """
         if old is None:
-            return None
+            return None, []
         present = set(netns.listed())
         lab = self.name
         hosts = [names.underlay_netns(lab)]
         hosts += [names.node_netns(lab, n.name) for n in old.lab.nodes]
         hosts += [names.external_netns(lab, e.name) for e in old.lab.externals]
         if any(h not in present for h in hosts):
-            return None
-        pods = tuple(p for p in old.pods if names.pod_netns(lab, p.namespace, p.name) in present)
-        return old.with_pods(pods)
+            return None, []
+        return old, [p for p in old.pods if names.pod_netns(lab, p.namespace, p.name) not in present]
 
     # -- up ------------------------------------------------------------------
 
@@ -111,8 +111,9 @@ class LabHandle:
         check_host(topo)
         t0 = time.monotonic()
         with self.dir.locked():
-            old = self._observe(self.applied())
+            old, lost = self._observe(self.applied())
             p = plan(old, topo)  # refuses unsupported changes before anything is touched
+            p.rebuild(lost, topo)
             self._clear_debris(old)
             self._check_free(p, topo)
             b = Builder(self.dir, self.journal, progress)

@@ -34,6 +34,15 @@ class Plan:
     remove_pods: list[Pod] = field(default_factory=list)
     commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
 
+    def rebuild(self, lost: list[Pod], new: Topology) -> None:
+        """Pods whose namespace vanished under the lab: remove what is left, build again."""
+        wanted = {p.key: p for p in new.pods}
+        for pod in lost:
+            if all(x.key != pod.key for x in self.remove_pods):
+                self.remove_pods.append(pod)
+            if pod.key in wanted and all(x.key != pod.key for x in self.add_pods):
+                self.add_pods.append(wanted[pod.key])
+
     def empty(self) -> bool:
         return not (
             self.new_lab
