@@ -32,10 +32,6 @@ def _quiet(step: str, n: int) -> None:
     pass
 
 
-def command_key(pod: Pod, container: str) -> str:
-    return f"cmd:{pod.key}/{container}"
-
-
 class Builder:
     def __init__(self, labdir: LabDir, journal: Journal, progress: Progress | None = None):
         self.dir = labdir
@@ -197,7 +193,7 @@ class Builder:
         procs.spawn(
             list(container.command),
             lab=topo.lab.name,
-            key=command_key(pod, container.name),
+            key=names.command_key(pod.key, container.name),
             journal=self.journal,
             log=self.dir.logs / f"{pod.namespace}_{pod.name}_{container.name}.log",
             netns=names.pod_netns(topo.lab.name, pod.namespace, pod.name),
@@ -211,7 +207,7 @@ class Builder:
     def stop_commands(self, pod: Pod) -> None:
         owned = self.journal.replay().procs
         for c in pod.containers:
-            key = command_key(pod, c.name)
+            key = names.command_key(pod.key, c.name)
             rec = owned.get(key)
             if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
                 procs.stop([rec["pid"]])
@@ -226,19 +222,10 @@ class Builder:
             for c in pod.containers:
                 if c.command is None:
                     continue
-                rec = owned.get(command_key(pod, c.name))
+                rec = owned.get(names.command_key(pod.key, c.name))
                 if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
                     continue
                 self._spawn(topo, pod, c)
                 n += 1
         return n
-
-
-def expected_namespaces(topo: Topology) -> list[str]:
-    lab = topo.lab.name
-    out = [names.underlay_netns(lab)]
-    out += [names.node_netns(lab, n.name) for n in topo.lab.nodes]
-    out += [names.external_netns(lab, e.name) for e in topo.lab.externals]
-    out += [names.pod_netns(lab, p.namespace, p.name) for p in topo.pods]
-    return out
 

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import failpoints, names
-from labctl.build import Builder, Progress, command_key, expected_namespaces
-from labctl.errors import HostLacks, LabError
+from labctl.errors import HostLacks, InvalidInput, LabError
 from labctl.kernel import netns, procs, run
 from labctl.model.objects import Pod, Topology
 from labctl.reconcile import Plan, plan
@@ -105,24 +104,35 @@ class LabHandle:
 
     # -- up ------------------------------------------------------------------
 
-    def up(self, topo: Topology, source: str, progress: Progress | None = None) -> UpResult:
+    def up(self, topo: Topology, source: str, progress=None) -> UpResult:
         if topo.lab.name != self.name:
             raise LabError(f"topology is for lab {topo.lab.name}, not {self.name}")
         check_host(topo)
         t0 = time.monotonic()
+        fresh = not self.dir.exists()
+        try:
+            return self._up(topo, source, progress, t0)
+        except LabError as e:
+            if fresh and not self.journal.replay().netns:
+                self.dir.remove()  # nothing was made: leave no records either
+            elif e.hint is None and not isinstance(e, InvalidInput):
+                e.hint = f"`labctl up` again resumes; `labctl down {self.name}` removes what was made"
+            raise
+
+    def _up(self, topo: Topology, source: str, progress, t0: float) -> UpResult:
         with self.dir.locked():
             old, lost = self._observe(self.applied())
             p = plan(old, topo)  # refuses unsupported changes before anything is touched
             p.rebuild(lost, topo)
             self._clear_debris(old)
             self._check_free(p, topo)
+            from labctl.build import Builder  # netlink: only commands that build pay for it
+
             b = Builder(self.dir, self.journal, progress)
             if old is not None:
                 b.remove(p, old, topo)
             b.create(p, topo)
             restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
-            if old is not None and not p.add_pods and not p.remove_pods and responder.running(self.dir, self.journal) is None:
-                responder.apply(self.dir, self.journal, topo)  # it died: start it again
             failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
         return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted)
@@ -130,12 +140,12 @@ class LabHandle:
     def _clear_debris(self, old: Topology | None) -> None:
         """Remove what an interrupted run journaled but never completed."""
         owned = self.journal.replay()
-        expected = set(expected_namespaces(old)) if old is not None else set()
+        expected = set(names.lab_namespaces(old)) if old is not None else set()
         debris = [n for n in owned.netns if n not in expected]
         keep_procs = set()
         if old is not None:
             keep_procs.add(responder.KEY)
-            keep_procs |= {command_key(p, c.name) for p in old.pods for c in p.containers if c.command is not None}
+            keep_procs |= {names.command_key(p.key, c.name) for p in old.pods for c in p.containers if c.command is not None}
         stray = [k for k in owned.procs if k not in keep_procs]
         if not debris and not stray and old is not None:
             return
@@ -172,7 +182,7 @@ class LabHandle:
 
     # -- down ----------------------------------------------------------------
 
-    def down(self, progress: Progress | None = None) -> dict[str, Any]:
+    def down(self, progress=None) -> dict[str, Any]:
         progress = progress or (lambda step, n: None)
         if not self.dir.exists():
             return {"lab": self.name, "found": False, "namespaces": 0, "processes": 0}

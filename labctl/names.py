@@ -67,9 +67,16 @@ def vtep_mac(lab: str, node: str) -> str:
     return ":".join(f"{x:02x}" for x in b)
 
 
-def lab_of_netns(netns: str, labs: list[str]) -> str | None:
-    """Which of the given labs a namespace name would belong to, if any."""
-    for lab in sorted(labs, key=len, reverse=True):
-        if netns.startswith(lab + "-"):
-            return lab
-    return None
+def command_key(pod_key: str, container: str) -> str:
+    """The journal's key for a container command's process."""
+    return f"cmd:{pod_key}/{container}"
+
+
+def lab_namespaces(topo) -> list[str]:
+    """Every namespace a topology has: underlay, nodes, externals, pods."""
+    lab = topo.lab.name
+    out = [underlay_netns(lab)]
+    out += [node_netns(lab, n.name) for n in topo.lab.nodes]
+    out += [external_netns(lab, e.name) for e in topo.lab.externals]
+    out += [pod_netns(lab, p.namespace, p.name) for p in topo.pods]
+    return out

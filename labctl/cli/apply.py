@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import click
 
-from labctl import manifests_io, output
+from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab
 from labctl.errors import InvalidInput
-from labctl.model.documents import read_file
-from labctl.model.load import build
 
 file_option = click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Kubernetes manifests ('-' for stdin).")
 
 
 def _reconcile(handle, old, docs, source, as_json, verb, extra=None):
+    from labctl.model.load import build
+
     topo = build(docs, source, previous=old, lab_spec=old.lab)
     require_root(verb)
     result = handle.up(topo, handle.state().get("source", source))
@@ -33,6 +33,9 @@ def _reconcile(handle, old, docs, source, as_json, verb, extra=None):
 @json_option
 def apply(lab_name, file, as_json) -> None:
     """Add or change Namespace, Pod and Deployment objects in a running lab."""
+    from labctl import manifests_io
+    from labctl.model.documents import read_file
+
     handle, old = running_lab(lab_name)
     incoming, source = read_file(file)
     if not incoming:
@@ -48,6 +51,9 @@ def apply(lab_name, file, as_json) -> None:
 @json_option
 def delete(lab_name, file, ignore_not_found, as_json) -> None:
     """Remove the objects FILE names from a running lab (a Namespace takes its objects with it)."""
+    from labctl import manifests_io
+    from labctl.model.documents import read_file
+
     handle, old = running_lab(lab_name)
     targets, source = read_file(file)
     kept, removed = manifests_io.remove(manifests_io.stored(old.documents), targets, ignore_not_found)

@@ -9,7 +9,6 @@ from labctl.cli import cli, require_root
 from labctl.cli.common import json_option
 from labctl.errors import InvalidInput
 from labctl.lab import LabHandle, running_labs
-from labctl.model.load import lab_name_of
 
 
 @cli.command()
@@ -26,7 +25,11 @@ def down(name: str | None, file: str | None, all_: bool, as_json: bool) -> None:
     if sum(bool(x) for x in (name, file, all_)) != 1:
         raise InvalidInput("say which lab: labctl down NAME, labctl down -f FILE, or labctl down --all")
     require_root("down")
-    names = running_labs() if all_ else [name or lab_name_of(file)]
+    if file:
+        from labctl.model.load import lab_name_of
+
+        name = lab_name_of(file)
+    names = running_labs() if all_ else [name]
     results = []
     for lab in names:
         handle = LabHandle(lab)

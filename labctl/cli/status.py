@@ -5,6 +5,7 @@ from __future__ import annotations
 from labctl import output
 from labctl.cli import cli
 from labctl.cli.common import json_option, lab_option
+from labctl.errors import LabError
 from labctl.lab import LabHandle, running_labs
 from labctl.status import status as lab_status
 
@@ -14,8 +15,10 @@ from labctl.status import status as lab_status
 @json_option
 def status(lab_name: str | None, as_json: bool) -> None:
     """Show a lab: nodes, externals, pods and where they run."""
+    if lab_name and not LabHandle(lab_name).exists():
+        raise LabError(f"no lab named {lab_name} is up", hint=_which())
     names = [lab_name] if lab_name else running_labs()
-    reports = [lab_status(LabHandle(n)) for n in names if LabHandle(n).exists() or lab_name]
+    reports = [lab_status(LabHandle(n)) for n in names]
     if as_json:
         output.emit_json(reports[0] if len(reports) == 1 and (lab_name or len(names) == 1) else {"labs": reports})
         return
@@ -26,6 +29,11 @@ def status(lab_name: str | None, as_json: bool) -> None:
         if i:
             output.say("")
         _show(r)
+
+
+def _which() -> str:
+    up = running_labs()
+    return f"labs up: {', '.join(up)}" if up else "no lab is up (sudo labctl up topologies/demo.yaml)"
 
 
 def _mark(present: bool) -> str:

@@ -10,8 +10,6 @@ from labctl.cli import cli
 from labctl.cli.common import counts, json_option
 from labctl.errors import InvalidInput
 from labctl.lab import LabHandle
-from labctl.model.documents import read_file
-from labctl.model.load import build, lab_name_of_docs
 
 
 @cli.command()
@@ -19,6 +17,9 @@ from labctl.model.load import build, lab_name_of_docs
 @json_option
 def up(file: str, as_json: bool) -> None:
     """Build the lab FILE describes (idempotent: a second `up` changes nothing)."""
+    from labctl.model.documents import read_file
+    from labctl.model.load import build, lab_name_of_docs
+
     docs, source = read_file(file)
     if not docs:
         raise InvalidInput(f"{source} holds no documents: a topology starts with a Lab document")

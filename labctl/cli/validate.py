@@ -8,7 +8,6 @@ from labctl import output
 from labctl.cli import cli
 from labctl.cli.common import counts, json_option
 from labctl.errors import InvalidInput
-from labctl.model import load
 
 
 @cli.command()
@@ -16,6 +15,8 @@ from labctl.model import load
 @json_option
 def validate(file: str, as_json: bool) -> None:
     """Check a topology file; print where each pod would go. Needs no root."""
+    from labctl.model.load import load
+
     try:
         topo = load(file)
     except InvalidInput as e:

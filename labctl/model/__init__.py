@@ -1,6 +1,2 @@
-"""The topology model: parse, resolve defaults, validate. Pure; no kernel access."""
-
-from labctl.model.load import build, load
-from labctl.model.objects import Container, ContainerPort, Deployment, External, LabSpec, Node, Pod, Topology
-
-__all__ = ["build", "load", "Container", "ContainerPort", "Deployment", "External", "LabSpec", "Node", "Pod", "Topology"]
+"""The topology model: parse, resolve defaults, validate (labctl.model.load).
+Pure; no kernel access. Kept import-light: `load` pulls in YAML and JSON Schema."""

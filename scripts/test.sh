@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install what is missing, then run the whole test suite: unit tests (pure),
+# kernel tests (real namespaces and packets) and end-to-end runs of the CLI
+# and scripts. Exits non-zero on any failure.
+#
+#   sudo scripts/test.sh                 # everything
+#   sudo scripts/test.sh tests/unit      # any pytest arguments
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: the kernel tests build network namespaces and need root: sudo $0 $*" >&2
+  exit 3
+fi
+"$repo/scripts/setup.sh"
+cd "$repo"
+echo "==> pytest $*"
+.venv/bin/python -m pytest "$@"
+left=$(ip netns list | awk '{print $1}' | grep -E '^(lt[0-9a-f]{5}|demo)-' || true)
+if [ -n "$left" ]; then
+  echo "test.sh: the suite left network namespaces behind:" >&2
+  echo "$left" >&2
+  exit 1
+fi
+echo "==> no namespace left behind"

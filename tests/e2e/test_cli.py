@@ -1,0 +1,140 @@
+"""The CLI as a user types it: exit codes, JSON shapes, messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from labctl import names
+from labctl.kernel import netns
+from tests.conftest import REPO, labctl_cmd, new_lab_name, run_labctl
+from tests.helpers import dump, lab_doc, pod
+
+pytestmark = pytest.mark.e2e
+
+
+def as_nobody(*args: str) -> subprocess.CompletedProcess:
+    cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "HOME=/tmp", "PYTHONDONTWRITEBYTECODE=1"]
+    return subprocess.run(cmd + labctl_cmd() + list(args), capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture
+def cli_lab(root, tmp_path):
+    name = new_lab_name()
+    path = tmp_path / "lab.yaml"
+    path.write_text(dump(lab_doc(name, externals=[{"name": "client"}]), pod("a", node="node1", udp=(53,)), pod("b", node="node2")))
+    yield name, path
+    run_labctl("down", name)
+    assert not [n for n in netns.listed() if n.startswith(name + "-")]
+
+
+def test_validate_needs_no_root_and_creates_nothing():
+    p = as_nobody("validate", "topologies/demo.yaml")
+    assert p.returncode == 0, p.stderr
+    assert "valid: lab demo, 3 nodes, 1 external, 6 pods in 2 namespaces" in p.stdout
+    j = json.loads(as_nobody("validate", "topologies/demo.yaml", "--json").stdout)
+    assert j["valid"] and [n["ip"] for n in j["nodes"]] == ["10.10.20.10", "10.10.20.11", "10.10.20.12"]
+
+
+def test_bad_input_is_exit_2_with_document_and_field(tmp_path, root):
+    bad = tmp_path / "bad.yaml"
+    name = new_lab_name()
+    doc = pod("web")
+    doc["spec"]["containers"][0]["ports"][0]["containerPort"] = 99999
+    bad.write_text(dump(lab_doc(name), doc))
+    for args in (["validate", str(bad)], ["up", str(bad)]):
+        p = run_labctl(*args, check=False)
+        assert p.returncode == 2
+        assert "document 2 (line" in p.stderr and "Pod default/web" in p.stderr
+        assert "spec.containers[0].ports[0].containerPort: 99999 is out of range 1-65535" in p.stderr
+    assert not [n for n in netns.listed() if n.startswith(name + "-")]
+    assert not Path(f"/run/labctl/{name}").exists()
+    j = json.loads(run_labctl("validate", str(bad), "--json", check=False).stdout)
+    assert j == {"valid": False, "problems": [{"where": j["problems"][0]["where"], "path": "spec.containers[0].ports[0].containerPort", "message": "99999 is out of range 1-65535"}]}
+    missing = run_labctl("up", str(tmp_path / "nope.yaml"), check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+@pytest.mark.parametrize("args", [["up", "topologies/demo.yaml"], ["down", "demo"], ["exec", "toolbox", "--", "true"], ["probe", "a", "b"]])
+def test_commands_that_touch_the_kernel_need_root_exit_3(args):
+    p = as_nobody(*args)
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "needs root" in p.stderr and "sudo labctl" in p.stderr
+
+
+def test_up_status_probe_exec_down_json(cli_lab):
+    name, path = cli_lab
+    up = json.loads(run_labctl("up", str(path), "--json").stdout)
+    assert up["created"] is True and up["changes"]["podsAdded"] == 2
+    st = json.loads(run_labctl("status", "--lab", name, "--json").stdout)
+    assert st["lab"] == name
+    assert st["nodes"][0] | {} == st["nodes"][0] and {"name", "ip", "podCIDR"} <= set(st["nodes"][0])
+    assert st["nodes"][0]["ip"] == "10.10.20.10" and st["nodes"][0]["podCIDR"] == "10.244.0.0/24"
+    assert st["externals"] == [{"name": "client", "ip": "10.10.20.100", "netns": f"{name}-client", "present": True}]
+    a = next(p for p in st["pods"] if p["name"] == "a")
+    assert {k: a[k] for k in ("namespace", "name", "node", "ip", "labels")} == {
+        "namespace": "default", "name": "a", "node": "node1", "ip": "10.244.0.2", "labels": {"app": "a"}}
+    assert st["services"] == [] and st["policies"] == []
+    pr = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--json").stdout)
+    assert {k: pr[k] for k in ("from", "to", "proto", "port", "verdict", "served_by", "client_ip_seen")} == {
+        "from": "default/a", "to": "10.244.1.2", "proto": "tcp", "port": 8080, "verdict": "open",
+        "served_by": "default/b", "client_ip_seen": "10.244.0.2"}
+    assert isinstance(pr["rtt_ms"], float)
+    udp = json.loads(run_labctl("probe", "--lab", name, "b", "a", "--proto", "udp", "--json").stdout)
+    assert udp["port"] == 53 and udp["verdict"] == "open" and udp["served_by"] == "default/a"
+    # --expect turns a verdict into an exit code
+    assert run_labctl("probe", "--lab", name, "a", "b", "--port", "9", "--expect", "refused").returncode == 0
+    wrong = run_labctl("probe", "--lab", name, "a", "b", "--port", "9", "--expect", "open", check=False)
+    assert wrong.returncode == 1 and "expected open, got refused" in wrong.stderr
+    # exec runs in the namespace and passes the exit code through
+    assert "10.244.0.2/24" in run_labctl("exec", "--lab", name, "a", "--", "ip", "-4", "addr", "show", "eth0").stdout
+    assert "flannel.1" in run_labctl("exec", "--lab", name, "node/node1", "--", "ip", "route").stdout
+    assert run_labctl("exec", "--lab", name, "a", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+    # --lab may be left out when exactly one lab is up (none other runs in this test)
+    if len(os.listdir("/run/labctl")) == 1:
+        assert json.loads(run_labctl("status", "--json").stdout)["lab"] == name
+    down = json.loads(run_labctl("down", name, "--json").stdout)
+    assert down["found"] and down["namespaces"] == 6
+
+
+def test_exec_gives_the_pods_resolv_conf_like_ip_netns_exec(cli_lab):
+    name, path = cli_lab
+    run_labctl("up", str(path))
+    etc = Path("/etc/netns") / names.pod_netns(name, "default", "a")
+    etc.mkdir(parents=True)
+    try:
+        (etc / "resolv.conf").write_text("nameserver 10.96.0.10\nsearch default.svc.cluster.local\n")
+        out = run_labctl("exec", "--lab", name, "a", "--", "cat", "/etc/resolv.conf").stdout
+        assert "nameserver 10.96.0.10" in out
+        other = run_labctl("exec", "--lab", name, "b", "--", "cat", "/etc/resolv.conf").stdout
+        assert "10.96.0.10" not in other
+    finally:
+        (etc / "resolv.conf").unlink()
+        etc.rmdir()
+
+
+def test_blocked_and_filtered_verdicts_from_real_rules(cli_lab):
+    name, path = cli_lab
+    run_labctl("up", str(path))
+    node2 = names.node_netns(name, "node2")
+    subprocess.run(["ip", "netns", "exec", node2, "iptables", "-I", "FORWARD", "-p", "tcp", "--dport", "8080", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"], check=True)
+    blocked = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--json").stdout)
+    assert blocked["verdict"] == "blocked" and blocked["served_by"] is None and "admin-prohibited" in blocked["detail"]
+    subprocess.run(["ip", "netns", "exec", node2, "iptables", "-I", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"], check=True)
+    filtered = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--proto", "icmp", "--timeout", "0.3", "--json").stdout)
+    assert filtered["verdict"] == "filtered" and filtered["rtt_ms"] is None
+
+
+def test_unknown_targets_and_missing_lab_are_clear(cli_lab):
+    name, path = cli_lab
+    run_labctl("up", str(path))
+    p = run_labctl("probe", "--lab", name, "a", "default/c", check=False)
+    assert p.returncode == 2 and "no pod default/c" in p.stderr
+    p = run_labctl("status", "--lab", "nosuchlab", check=False)
+    assert p.returncode == 1 and "no lab named nosuchlab is up" in p.stderr
+    p = run_labctl("exec", "--lab", name, "a", check=False)
+    assert p.returncode == 2 and "no command given" in p.stderr
