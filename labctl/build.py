@@ -106,6 +106,7 @@ class Builder:
         to_create += [names.node_netns(lab, n.name) for n in plan.add_nodes]
         to_create += [names.external_netns(lab, e.name) for e in plan.add_externals]
         to_create += [names.pod_netns(lab, p.namespace, p.name) for p in plan.add_pods]
+        self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
 
         self._uplinks(plan, spec)

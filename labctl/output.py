@@ -41,7 +41,10 @@ def note(text: str) -> None:
 
 @contextmanager
 def progress(description: str, total: int, enabled: bool = True) -> Iterator[Any]:
-    """A callback(step, n) advancing a bar on stderr, shown on a terminal for long runs."""
+    """A callback(step, n) advancing a bar on stderr, shown on a terminal for long runs.
+
+    `total` is an estimate that decides whether to show the bar; a step named
+    "total" sets the exact figure once the work is planned."""
     if not enabled or total < PROGRESS_THRESHOLD or not err.is_terminal:
         yield lambda step, n: None
         return
@@ -59,6 +62,9 @@ def progress(description: str, total: int, enabled: bool = True) -> Iterator[Any
         task = bar.add_task(description, total=total, step="")
 
         def advance(step: str, n: int) -> None:
-            bar.update(task, advance=n, step=step)
+            if step == "total":
+                bar.update(task, total=n)
+            else:
+                bar.update(task, advance=n, step=step)
 
         yield advance

@@ -29,7 +29,7 @@ def up(file: str, as_json: bool) -> None:
     topo = build(docs, source, previous)  # exit 2 on bad input, before anything is touched
     require_root("up")
     handle = LabHandle(topo.lab.name)
-    total = 1 + len(topo.lab.nodes) * 2 + len(topo.lab.externals) + len(topo.pods) * 2
+    total = 2 + len(topo.lab.nodes) * 2 + len(topo.lab.externals) + len(topo.pods) * 2
     with output.progress(f"up {topo.lab.name}", total, enabled=not as_json) as advance:
         result = handle.up(topo, source, advance)
     if as_json:
