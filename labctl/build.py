@@ -99,13 +99,7 @@ class Builder:
 
     def create(self, plan: Plan, new: Topology) -> None:
         spec = new.lab
-        lab = spec.name
-        to_create = []
-        if plan.new_lab:
-            to_create.append(names.underlay_netns(lab))
-        to_create += [names.node_netns(lab, n.name) for n in plan.add_nodes]
-        to_create += [names.external_netns(lab, e.name) for e in plan.add_externals]
-        to_create += [names.pod_netns(lab, p.namespace, p.name) for p in plan.add_pods]
+        to_create = plan.namespaces_to_create(spec.name)
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
 

@@ -165,12 +165,7 @@ class LabHandle:
         """Refuse to build over namespaces this lab did not make."""
         owned = set(self.journal.replay().netns)
         lab = self.name
-        wanted = []
-        if p.new_lab:
-            wanted.append(names.underlay_netns(lab))
-        wanted += [names.node_netns(lab, n.name) for n in p.add_nodes]
-        wanted += [names.external_netns(lab, e.name) for e in p.add_externals]
-        wanted += [names.pod_netns(lab, x.namespace, x.name) for x in p.add_pods]
+        wanted = p.namespaces_to_create(lab)
         removed = {names.pod_netns(lab, x.namespace, x.name) for x in p.remove_pods}
         taken = [n for n in wanted if netns.exists(n) and n not in owned and n not in removed]
         if taken:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from labctl import names
 from labctl.errors import InvalidInput, Problem
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
 
@@ -33,6 +34,14 @@ class Plan:
     add_pods: list[Pod] = field(default_factory=list)
     remove_pods: list[Pod] = field(default_factory=list)
     commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
+
+    def namespaces_to_create(self, lab: str) -> list[str]:
+        """The namespaces this plan makes, in the order they are made."""
+        out = [names.underlay_netns(lab)] if self.new_lab else []
+        out += [names.node_netns(lab, n.name) for n in self.add_nodes]
+        out += [names.external_netns(lab, e.name) for e in self.add_externals]
+        out += [names.pod_netns(lab, p.namespace, p.name) for p in self.add_pods]
+        return out
 
     def rebuild(self, lost: list[Pod], new: Topology) -> None:
         """Pods whose namespace vanished under the lab: remove what is left, build again."""

@@ -72,19 +72,24 @@ class Failure:
         return text + (f" ({self.message})" if self.message else "")
 
 
-def _encode(msg, msg_type: int, flags: int) -> bytes:
+def _encode(msg, msg_type: int, nl_flags: int) -> bytes:
     msg["header"]["type"] = msg_type
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | nl_flags
     msg.encode()
     return bytes(msg.data)
 
 
-def _link(fields: dict, attrs: list, msg_type: int = RTM_NEWLINK, flags: int = 0) -> bytes:
-    m = ifinfmsg()
+def _msg(cls, msg_type: int, nl_flags: int, attrs: list, **fields) -> bytes:
+    """A message of class `cls` with header fields and attributes, encoded."""
+    m = cls()
     for k, v in fields.items():
         m[k] = v
     m["attrs"] = attrs
-    return _encode(m, msg_type, flags)
+    return _encode(m, msg_type, nl_flags)
+
+
+def _link(fields: dict, attrs: list, msg_type: int = RTM_NEWLINK, nl_flags: int = 0) -> bytes:
+    return _msg(ifinfmsg, msg_type, nl_flags, attrs, **fields)
 
 
 @dataclass
@@ -129,14 +134,14 @@ class Batch:
         info = {"attrs": [("VETH_INFO_PEER", {"index": peer_index, "attrs": peer_attrs})]}
         attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", info)]}))
         flags = IFF_UP if up else 0
-        data = _link({"index": index, "flags": flags, "change": IFF_UP if up else 0}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        data = _link({"index": index, "flags": flags, "change": IFF_UP if up else 0}, attrs, nl_flags=NLM_F_CREATE | NLM_F_EXCL)
         self._add(data, f"ip link add {name} type veth peer name {peer} netns {peer_netns}")
 
     def bridge(self, name: str, *, index: int = 0, mtu: int | None = None, up: bool = True) -> None:
         attrs: list = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
-        data = _link({"index": index, "flags": IFF_UP if up else 0, "change": IFF_UP}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        data = _link({"index": index, "flags": IFF_UP if up else 0, "change": IFF_UP}, attrs, nl_flags=NLM_F_CREATE | NLM_F_EXCL)
         self._add(data, f"ip link add {name} type bridge")
 
     def vxlan(self, name: str, *, index: int, vni: int, local: str, link: int, port: int, mtu: int, mac: str) -> None:
@@ -153,7 +158,7 @@ class Batch:
             ("IFLA_ADDRESS", mac),
             ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"), ("IFLA_INFO_DATA", {"attrs": data_attrs})]}),
         ]
-        data = _link({"index": index, "flags": 0, "change": 0}, attrs, flags=NLM_F_CREATE | NLM_F_EXCL)
+        data = _link({"index": index, "flags": 0, "change": 0}, attrs, nl_flags=NLM_F_CREATE | NLM_F_EXCL)
         self._add(data, f"ip link add {name} type vxlan id {vni} local {local} dstport {port} nolearning")
 
     def link_up(self, *, index: int = 0, name: str | None = None, mtu: int | None = None) -> None:
@@ -174,12 +179,9 @@ class Batch:
     # -- addresses, routes, neighbours ---------------------------------------
 
     def addr(self, index: int, address: str, prefixlen: int, dev: str) -> None:
-        m = ifaddrmsg()
-        m["family"] = socket.AF_INET
-        m["prefixlen"] = prefixlen
-        m["index"] = index
-        m["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        self._add(_encode(m, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE), f"ip addr add {address}/{prefixlen} dev {dev}")
+        attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        data = _msg(ifaddrmsg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
+        self._add(data, f"ip addr add {address}/{prefixlen} dev {dev}")
 
     def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int) -> rtmsg:
         net, _, plen = dst.partition("/")
@@ -215,38 +217,25 @@ class Batch:
 
     def neigh(self, index: int, dst: str, lladdr: str, dev: str) -> None:
         """ip neigh replace DST lladdr MAC dev DEV nud permanent"""
-        m = ndmsg()
-        m["family"] = socket.AF_INET
-        m["ifindex"] = index
-        m["state"] = NUD_PERMANENT
-        m["attrs"] = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
-        self._add(_encode(m, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE), f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
+        attrs = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
+        data = _msg(ndmsg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, ifindex=index, state=NUD_PERMANENT)
+        self._add(data, f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
 
     def neigh_del(self, index: int, dst: str, dev: str) -> None:
-        m = ndmsg()
-        m["family"] = socket.AF_INET
-        m["ifindex"] = index
-        m["attrs"] = [("NDA_DST", dst)]
-        self._add(_encode(m, RTM_DELNEIGH, 0), f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
+        data = _msg(ndmsg, RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=socket.AF_INET, ifindex=index)
+        self._add(data, f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
 
     def fdb(self, index: int, lladdr: str, dst: str, dev: str) -> None:
         """bridge fdb replace MAC dev DEV dst IP self permanent"""
-        m = ndmsg()
-        m["family"] = AF_BRIDGE
-        m["ifindex"] = index
-        m["state"] = NUD_PERMANENT | NUD_NOARP
-        m["flags"] = NTF_SELF
-        m["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
-        self._add(_encode(m, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE), f"bridge fdb replace {lladdr} dev {dev} dst {dst} self permanent")
+        attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
+        fields = dict(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
+        data = _msg(ndmsg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, **fields)
+        self._add(data, f"bridge fdb replace {lladdr} dev {dev} dst {dst} self permanent")
 
     def fdb_del(self, index: int, lladdr: str, dst: str, dev: str) -> None:
-        m = ndmsg()
-        m["family"] = AF_BRIDGE
-        m["ifindex"] = index
-        m["state"] = NUD_NOARP
-        m["flags"] = NTF_SELF
-        m["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
-        self._add(_encode(m, RTM_DELNEIGH, 0), f"bridge fdb del {lladdr} dev {dev} dst {dst} self", ok=(errno_mod.ENOENT,))
+        attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
+        data = _msg(ndmsg, RTM_DELNEIGH, 0, attrs, family=AF_BRIDGE, ifindex=index, state=NUD_NOARP, flags=NTF_SELF)
+        self._add(data, f"bridge fdb del {lladdr} dev {dev} dst {dst} self", ok=(errno_mod.ENOENT,))
 
     # -- sending ---------------------------------------------------------------
 
