@@ -20,6 +20,7 @@ from labctl.model.objects import Container, LabSpec, Pod, Topology
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
 from labctl.plumbing import underlay
+from labctl.proxy import sync as proxy_sync
 from labctl.reconcile import Plan
 from labctl.responder import control as responder
 from labctl.state.journal import Journal
@@ -37,6 +38,7 @@ class Builder:
         self.dir = labdir
         self.journal = journal
         self._report = progress or _quiet
+        self.synced: list = []  # the service-rule transactions of the last create()
 
     def progress(self, step: str, n: int) -> None:
         self._report(step, n)
@@ -92,6 +94,8 @@ class Builder:
                     backend.remove_peer(b, spec, local, gone)
                 b.commit()
             self.delete_namespaces([names.node_netns(lab, n.name) for n in plan.remove_nodes])
+            for n in plan.remove_nodes:
+                proxy_sync.forget(self.dir, n.name)
         if plan.remove_externals:
             self.delete_namespaces([names.external_netns(lab, e.name) for e in plan.remove_externals])
 
@@ -110,6 +114,8 @@ class Builder:
         responder.apply(self.dir, self.journal, new)
         for pod in plan.add_pods + plan.commands_changed:
             self.start_commands(new, pod)
+        self.progress("services", 0)
+        self.synced = proxy_sync.sync(self.dir, new)
 
     def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
         lab = spec.name
@@ -119,7 +125,7 @@ class Builder:
             return
         b = Batch(names.underlay_netns(lab))
         if plan.new_lab:
-            underlay.switch(b)
+            underlay.switch(b, spec.node_network)
         with ExitStack() as stack:
             for host, ns, _ in hosts:
                 fd = netns.open_fd(ns)
@@ -127,10 +133,9 @@ class Builder:
                 underlay.uplink(b, lab, host, ns, fd)
             b.commit()
         self.progress("uplinks", 1)
-        prefixlen = spec.node_prefixlen()
         for _, ns, ip in hosts[len(plan.add_nodes) :]:  # externals; nodes get theirs in _nodes
             eb = Batch(ns)
-            underlay.host_address(eb, ip, prefixlen)
+            underlay.host_address(eb, ip, spec.node_network)
             eb.commit()
 
     def _nodes(self, plan: Plan, new: Topology) -> None:
@@ -139,13 +144,12 @@ class Builder:
         lab = spec.name
         backend = overlay.backend(spec.overlay)
         added = {n.name for n in plan.add_nodes}
-        prefixlen = spec.node_prefixlen()
         transactions = []
         for node in spec.nodes:
             ns = names.node_netns(lab, node.name)
             b = Batch(ns)
             if node.name in added:
-                underlay.host_address(b, node.ip, prefixlen)
+                underlay.host_address(b, node.ip, spec.node_network)
                 node_plumbing.cni0(b, spec, node)
                 backend.device(b, spec, node)
                 peers = [r for r in spec.nodes if r.name != node.name]

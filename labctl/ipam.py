@@ -63,14 +63,15 @@ class AddressPool:
 
 
 def node_pool(node_network: str, used: Iterable[str]) -> AddressPool:
+    """Node addresses: .10, .11, ... (.1 is the underlay's gateway)."""
     net = ipaddress.ip_network(node_network)
-    first = net.network_address + 10 if net.num_addresses > 12 else net.network_address + 1
+    first = net.network_address + 10 if net.num_addresses > 12 else net.network_address + 2
     return AddressPool(first, net.broadcast_address - 1, used)
 
 
 def external_pool(node_network: str, used: Iterable[str]) -> AddressPool:
     net = ipaddress.ip_network(node_network)
-    first = net.network_address + 100 if net.num_addresses > 102 else net.network_address + 1
+    first = net.network_address + 100 if net.num_addresses > 102 else net.network_address + 2
     return AddressPool(first, net.broadcast_address - 1, used)
 
 

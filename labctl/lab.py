@@ -38,15 +38,20 @@ class UpResult:
     plan: Plan
     seconds: float
     restarted: int = 0
-    notes: list[str] = field(default_factory=list)
+    synced: list = field(default_factory=list)  # proxy.sync.NodeSync of the nodes whose rules changed
+
+    @property
+    def changed(self) -> bool:
+        return not self.plan.empty() or bool(self.restarted) or bool(self.synced)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "lab": self.lab,
             "created": self.created,
-            "changed": not self.plan.empty() or bool(self.restarted),
+            "changed": self.changed,
             "changes": self.plan.summary(),
             "commandsRestarted": self.restarted,
+            "rulesSynced": [{"node": s.node, "mode": s.mode, "full": s.full, "rules": s.rules} for s in self.synced],
             "seconds": round(self.seconds, 3),
         }
 
@@ -56,12 +61,17 @@ def check_host(topo: Topology) -> None:
     run.require("nsenter", "util-linux")
     run.require("iptables-restore", "iptables")
     run.require("ip", "iproute2")
-    if any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports()):
+    from labctl.proxy.sync import require_mode
+
+    require_mode(topo.lab.proxy_mode)
+    sctp = any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports())
+    sctp |= any(p.protocol == "SCTP" for s in topo.services if s.proxied for p in s.ports)
+    if sctp:
         try:
             socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
         except OSError:
             raise HostLacks(
-                "this kernel has no SCTP (CONFIG_IP_SCTP), so SCTP container ports cannot be served",
+                "this kernel has no SCTP (CONFIG_IP_SCTP), so SCTP ports cannot be served or proxied",
                 hint="use TCP or UDP ports here, or a stock distribution kernel (scripts/vm-test.sh)",
             ) from None
 
@@ -135,7 +145,7 @@ class LabHandle:
             restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
             failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
-        return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted)
+        return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced)
 
     def _clear_debris(self, old: Topology | None) -> None:
         """Remove what an interrupted run journaled but never completed."""

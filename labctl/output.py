@@ -13,8 +13,9 @@ from rich.table import Table
 
 PROGRESS_THRESHOLD = 40  # objects; smaller runs finish before a bar would help
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output is not wrapped at 80 columns: tables stay one line per row for grep and awk.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
 
 
 def emit_json(data: Any) -> None:

@@ -44,13 +44,51 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "node": p.node,
                 "ip": p.ip,
                 "labels": dict(p.labels),
+                "ready": p.ready,
                 "ports": [{"port": cp.port, "protocol": cp.protocol, "name": cp.name} for cp in p.ports()],
                 "netns": names.pod_netns(lab.name, p.namespace, p.name),
                 "present": names.pod_netns(lab.name, p.namespace, p.name) in present,
             }
             for p in topo.pods
         ],
-        "services": [],
+        "services": services(topo),
         "policies": [],
         "responder": responder.status(handle.dir, handle.journal),
     }
+
+
+def services(topo) -> list[dict[str, Any]]:
+    """Services as the contract shows them: ports, endpoints ("ip:port"), LoadBalancer IP."""
+    from labctl.proxy.endpoints import endpoints
+    from labctl.proxy.lb import speaker
+
+    out = []
+    for s in topo.services:
+        ports, all_eps = [], []
+        for p in s.ports:
+            eps = [e.addr for e in endpoints(topo, s, p)]
+            all_eps += [e for e in eps if e not in all_eps]
+            ports.append(
+                {"name": p.name, "port": p.port, "targetPort": p.target(), "protocol": p.protocol, "nodePort": p.node_port, "endpoints": eps}
+            )
+        if s.selector is None and not s.static_endpoints:
+            all_eps = []
+        out.append(
+            {
+                "namespace": s.namespace,
+                "name": s.name,
+                "type": s.type,
+                "clusterIP": s.cluster_ip,
+                "ports": ports,
+                "endpoints": all_eps,
+                "loadBalancerIP": s.load_balancer_ip if s.type == "LoadBalancer" else None,
+                "announcedBy": speaker(topo, s),
+                "externalIPs": list(s.external_ips),
+                "externalName": s.external_name,
+                "externalTrafficPolicy": s.external_traffic_policy,
+                "internalTrafficPolicy": s.internal_traffic_policy,
+                "sessionAffinity": s.session_affinity,
+                "selector": dict(s.selector) if s.selector else None,
+            }
+        )
+    return out

@@ -27,8 +27,10 @@ def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
 
 def counts(topo: Topology) -> str:
     namespaces = {p.namespace for p in topo.pods}
+    services = len(topo.services)
     return (
         f"{len(topo.lab.nodes)} node{'s' * (len(topo.lab.nodes) != 1)}, "
         f"{len(topo.lab.externals)} external{'s' * (len(topo.lab.externals) != 1)}, "
-        f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}"
+        f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}, "
+        f"{services} service{'s' * (services != 1)}"
     )

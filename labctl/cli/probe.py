@@ -21,21 +21,23 @@ VERDICTS = ("open", "refused", "blocked", "filtered")
 @click.option("--port", type=click.IntRange(1, 65535), help="Destination port (default: the pod's first port of the protocol).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "icmp"]), default="tcp", show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.05, 60), default=1.0, show_default=True, help="Seconds to wait for an answer.")
+@click.option("--via", metavar="node/NAME", help="For svc/NS/NAME@nodeport: the node whose address is probed (default: the first).")
 @click.option("--expect", type=click.Choice(VERDICTS), help="Exit 1 unless the verdict is this.")
 @json_option
-def probe(lab_name, src, dst, port, proto, timeout, expect, as_json) -> None:
+def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> None:
     """Send one TCP SYN, UDP datagram or ICMP echo from FROM to TO and report
     what came back: open, refused (RST / port unreachable), blocked (ICMP
     administratively prohibited) or filtered (nothing).
 
     \b
     FROM: NS/POD, POD, node/NAME, ext/NAME
-    TO:   the same, or an IPv4 address
+    TO:   the same, an IPv4 address, svc/NS/NAME (its ClusterIP),
+          svc/NS/NAME@nodeport [--via node/NAME], svc/NS/NAME@lb
     """
     require_root("probe")
     _, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")
-    b = resolve(topo, dst, role="TO")
+    b = resolve(topo, dst, role="TO", via=via)
     if proto != "icmp":
         port = port or default_port(b, proto)
         if port is None:

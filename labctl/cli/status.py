@@ -63,7 +63,7 @@ def _show(r: dict) -> None:
             [
                 (
                     p["namespace"],
-                    p["name"] + _mark(p["present"]),
+                    p["name"] + _mark(p["present"]) + ("" if p.get("ready", True) else " (not ready)"),
                     p["node"],
                     p["ip"],
                     ",".join(f"{x['port']}/{x['protocol']}" for x in p["ports"]) or "-",
@@ -72,4 +72,36 @@ def _show(r: dict) -> None:
                 for p in r["pods"]
             ],
         )
+    services = [s for s in r["services"]]
+    if services:
+        output.say("")
+        output.table(
+            ["NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL", "PORTS", "ENDPOINTS"],
+            [
+                (
+                    s["namespace"],
+                    s["name"],
+                    s["type"],
+                    s["clusterIP"] or "-",
+                    s["loadBalancerIP"] or ",".join(s["externalIPs"]) or s["externalName"] or "-",
+                    ",".join(_port(p) for p in s["ports"]) or "-",
+                    _endpoints(s["endpoints"]),
+                )
+                for s in services
+            ],
+        )
     output.say(f"\nresponder: {r['responder']}")
+
+
+def _endpoints(eps: list[str]) -> str:
+    """As kubectl shows them: the first three, then how many more."""
+    if not eps:
+        return "<none>"
+    return ",".join(eps[:3]) + (f" + {len(eps) - 3} more..." if len(eps) > 3 else "")
+
+
+def _port(p: dict) -> str:
+    text = f"{p['port']}"
+    if p["nodePort"]:
+        text += f":{p['nodePort']}"
+    return text + f"/{p['protocol']}"

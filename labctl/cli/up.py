@@ -35,11 +35,13 @@ def up(file: str, as_json: bool) -> None:
     if as_json:
         output.emit_json(result.to_dict())
         return
-    verb = "is up" if result.created else ("is up to date" if not result.to_dict()["changed"] else "was updated")
+    verb = "is up" if result.created else ("is up to date" if not result.changed else "was updated")
     output.say(f"lab {topo.lab.name} {verb} in {result.seconds:.2f} s: {counts(topo)}")
-    if not result.created and result.to_dict()["changed"]:
-        changes = {k: v for k, v in result.plan.summary().items() if v}
+    if not result.created and result.changed:
+        changes = [f"{k} {v}" for k, v in result.plan.summary().items() if v]
+        if result.synced:
+            changes.append(f"service rules synced on {', '.join(s.node for s in result.synced)} ({topo.lab.proxy_mode})")
         if changes:
-            output.say("  " + ", ".join(f"{k} {v}" for k, v in changes.items()))
+            output.say("  " + ", ".join(changes))
     if result.created:
         output.say(f"next: labctl status | labctl exec node/{topo.lab.nodes[0].name} -- ip route | labctl down {topo.lab.name}")

@@ -20,15 +20,21 @@ import struct
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE, RTM_DELROUTE, RTM_DELNEIGH
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import ndmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-
 from labctl.errors import KernelError
 from labctl.kernel import netns
+
+# Kernel ABI constants (linux/netlink.h, linux/rtnetlink.h). pyroute2 itself is
+# imported on the first message encoded: importing it costs a quarter of a
+# second, which a `labctl up` with nothing to change should not pay.
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_REPLACE = 0x100
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR = 20
+RTM_NEWROUTE, RTM_DELROUTE = 24, 25
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
@@ -79,9 +85,28 @@ def _encode(msg, msg_type: int, nl_flags: int) -> bytes:
     return bytes(msg.data)
 
 
-def _msg(cls, msg_type: int, nl_flags: int, attrs: list, **fields) -> bytes:
-    """A message of class `cls` with header fields and attributes, encoded."""
-    m = cls()
+def _classes():
+    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    return {"ifinfmsg": ifinfmsg, "ifaddrmsg": ifaddrmsg, "ndmsg": ndmsg, "rtmsg": rtmsg}
+
+
+_CLASSES: dict | None = None
+
+
+def _new(kind: str):
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = _classes()
+    return _CLASSES[kind]()
+
+
+def _msg(kind: str, msg_type: int, nl_flags: int, attrs: list, **fields) -> bytes:
+    """A pyroute2 message of class `kind` with header fields and attributes, encoded."""
+    m = _new(kind)
     for k, v in fields.items():
         m[k] = v
     m["attrs"] = attrs
@@ -89,7 +114,7 @@ def _msg(cls, msg_type: int, nl_flags: int, attrs: list, **fields) -> bytes:
 
 
 def _link(fields: dict, attrs: list, msg_type: int = RTM_NEWLINK, nl_flags: int = 0) -> bytes:
-    return _msg(ifinfmsg, msg_type, nl_flags, attrs, **fields)
+    return _msg("ifinfmsg", msg_type, nl_flags, attrs, **fields)
 
 
 @dataclass
@@ -180,12 +205,12 @@ class Batch:
 
     def addr(self, index: int, address: str, prefixlen: int, dev: str) -> None:
         attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        data = _msg(ifaddrmsg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
+        data = _msg("ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
         self._add(data, f"ip addr add {address}/{prefixlen} dev {dev}")
 
-    def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int) -> rtmsg:
+    def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int):
         net, _, plen = dst.partition("/")
-        m = rtmsg()
+        m = _new("rtmsg")
         m["family"] = socket.AF_INET
         m["dst_len"] = int(plen or 32)
         m["table"] = RT_TABLE_MAIN
@@ -218,23 +243,23 @@ class Batch:
     def neigh(self, index: int, dst: str, lladdr: str, dev: str) -> None:
         """ip neigh replace DST lladdr MAC dev DEV nud permanent"""
         attrs = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
-        data = _msg(ndmsg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, ifindex=index, state=NUD_PERMANENT)
+        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, ifindex=index, state=NUD_PERMANENT)
         self._add(data, f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
 
     def neigh_del(self, index: int, dst: str, dev: str) -> None:
-        data = _msg(ndmsg, RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=socket.AF_INET, ifindex=index)
+        data = _msg("ndmsg", RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=socket.AF_INET, ifindex=index)
         self._add(data, f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
 
     def fdb(self, index: int, lladdr: str, dst: str, dev: str) -> None:
         """bridge fdb replace MAC dev DEV dst IP self permanent"""
         attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
         fields = dict(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-        data = _msg(ndmsg, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, **fields)
+        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, **fields)
         self._add(data, f"bridge fdb replace {lladdr} dev {dev} dst {dst} self permanent")
 
     def fdb_del(self, index: int, lladdr: str, dst: str, dev: str) -> None:
         attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
-        data = _msg(ndmsg, RTM_DELNEIGH, 0, attrs, family=AF_BRIDGE, ifindex=index, state=NUD_NOARP, flags=NTF_SELF)
+        data = _msg("ndmsg", RTM_DELNEIGH, 0, attrs, family=AF_BRIDGE, ifindex=index, state=NUD_NOARP, flags=NTF_SELF)
         self._add(data, f"bridge fdb del {lladdr} dev {dev} dst {dst} self", ok=(errno_mod.ENOENT,))
 
     # -- sending ---------------------------------------------------------------

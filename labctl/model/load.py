@@ -8,10 +8,11 @@ and raised together as one InvalidInput (exit 2).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Iterable
 
 from labctl.errors import InvalidInput, Problem
-from labctl.model import schema, validate
+from labctl.model import schema, services, validate
 from labctl.model.documents import Document, read_file
 from labctl.model.manifests import KINDS, Objects, accepted_kinds
 from labctl.model.objects import External, LabSpec, Node, Topology
@@ -130,6 +131,12 @@ def build(
             problems += validate.interface_names(topo)
     pods = list(topo.pods) if topo else objs.pods
     problems += validate.pods(pods, spec, namespaces, where_of)
+    found = services.check(objs.services, spec, namespaces, where_of)
+    problems += found
+    if topo is not None and not found:
+        allocated, found = services.allocate(objs.services, topo.lab, previous, where_of)
+        problems += found
+        topo = replace(topo, services=(services.kubernetes_service(topo.lab), *allocated))
     if problems:
         order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}
         raise InvalidInput(sorted(_unique(problems), key=lambda p: order.get(p.where, 0)), source=source)

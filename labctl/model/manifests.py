@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from labctl.errors import Problem
 from labctl.model.documents import Document
-from labctl.model.objects import Container, ContainerPort, Deployment, Pod
+from labctl.model.objects import Container, ContainerPort, Deployment, Pod, Service, ServicePort
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Objects:
     namespace_docs: dict[str, Document] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -96,6 +97,7 @@ def pod_from_spec(
     spec_path: str,
     problems: list[Problem],
     owner: str | None = None,
+    ready: bool = True,
 ) -> Pod:
     for fld, meaning in _UNSUPPORTED_POD_FIELDS.items():
         if spec.get(fld):
@@ -112,8 +114,17 @@ def pod_from_spec(
         owner=owner,
         hostname=spec.get("hostname"),
         subdomain=spec.get("subdomain"),
+        ready=ready,
         doc=doc.index,
     )
+
+
+def _ready(status: dict[str, Any] | None) -> bool:
+    """A pod is ready unless its status says the Ready condition is False."""
+    for cond in (status or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") != "False"
+    return True
 
 
 @register("Pod", "v1")
@@ -128,6 +139,7 @@ def _read_pod(doc: Document, out: Objects) -> None:
             doc,
             "spec",
             out.problems,
+            ready=_ready(doc.data.get("status")),
         )
     )
 
@@ -185,3 +197,52 @@ def _read_deployment(doc: Document, out: Objects) -> None:
                 owner=f"Deployment/{name}",
             )
         )
+
+
+# -- Service -------------------------------------------------------------------
+
+_UNSUPPORTED_SERVICE_FIELDS = {
+    "loadBalancerSourceRanges": "source ranges on load balancers (KUBE-FW chains)",
+}
+
+
+@register("Service", "v1")
+def _read_service(doc: Document, out: Objects) -> None:
+    meta = doc.data["metadata"]
+    spec = doc.data.get("spec") or {}
+    for fld, meaning in _UNSUPPORTED_SERVICE_FIELDS.items():
+        if spec.get(fld):
+            out.problems.append(Problem(doc.where(), f"spec.{fld}", f"{meaning} are not supported by labctl yet"))
+    affinity = spec.get("sessionAffinity") or "None"
+    timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+    ports = tuple(
+        ServicePort(
+            port=p["port"],
+            protocol=p.get("protocol") or "TCP",
+            name=p.get("name") or None,
+            target_port=p.get("targetPort"),
+            node_port=p.get("nodePort") or None,
+        )
+        for p in spec.get("ports") or []
+    )
+    cluster_ip = spec.get("clusterIP") or None
+    out.services.append(
+        Service(
+            namespace=meta.get("namespace") or "default",
+            name=meta["name"],
+            type=spec.get("type") or "ClusterIP",
+            cluster_ip=cluster_ip,
+            selector=dict(spec["selector"]) if spec.get("selector") else None,
+            ports=ports,
+            external_ips=tuple(spec.get("externalIPs") or ()),
+            load_balancer_ip=spec.get("loadBalancerIP") or None,
+            external_traffic_policy=spec.get("externalTrafficPolicy") or "Cluster",
+            internal_traffic_policy=spec.get("internalTrafficPolicy") or "Cluster",
+            session_affinity=affinity,
+            affinity_timeout=timeout if timeout is not None else 10800,
+            external_name=spec.get("externalName"),
+            publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
+            allocate_lb_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
+            doc=doc.index,
+        )
+    )

@@ -40,6 +40,7 @@ class Pod:
     owner: str | None = None  # the Deployment that made it
     hostname: str | None = None
     subdomain: str | None = None
+    ready: bool = True  # a failed readiness probe takes a pod out of its services' endpoints
     doc: int = 0  # index of the document it came from, for messages
 
     @property
@@ -52,6 +53,56 @@ class Pod:
     def served_ports(self) -> list[ContainerPort]:
         """Ports the lab's responder serves (containers without a command)."""
         return [p for c in self.containers if c.command is None for p in c.ports]
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    protocol: str = "TCP"
+    name: str | None = None
+    target_port: int | str | None = None  # None: the same as port; a string names a container port
+    node_port: int | None = None
+
+    def target(self) -> int | str:
+        return self.port if self.target_port is None else self.target_port
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str = "ClusterIP"  # ClusterIP | NodePort | LoadBalancer | ExternalName
+    cluster_ip: str | None = None  # "None": headless
+    selector: dict[str, str] | None = field(default=None, hash=False)
+    ports: tuple[ServicePort, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ip: str | None = None
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    session_affinity: str = "None"
+    affinity_timeout: int = 10800
+    external_name: str | None = None
+    publish_not_ready: bool = False
+    allocate_lb_node_ports: bool = True
+    static_endpoints: tuple[str, ...] = ()  # "ip:port" for services without a selector (the built-in kubernetes)
+    doc: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
+
+    @property
+    def proxied(self) -> bool:
+        """Whether kube-proxy programs it (headless and ExternalName services have no rules)."""
+        return self.type != "ExternalName" and not self.headless and self.cluster_ip is not None
+
+    @property
+    def wants_node_ports(self) -> bool:
+        return self.type == "NodePort" or (self.type == "LoadBalancer" and self.allocate_lb_node_ports)
 
 
 @dataclass(frozen=True)
@@ -103,9 +154,6 @@ class LabSpec:
                 return n
         raise KeyError(name)
 
-    def node_prefixlen(self) -> int:
-        return ipaddress.ip_network(self.node_network).prefixlen
-
 
 @dataclass(frozen=True)
 class Topology:
@@ -115,13 +163,21 @@ class Topology:
     namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
     pods: tuple[Pod, ...] = ()
     deployments: tuple[Deployment, ...] = ()
+    services: tuple[Service, ...] = ()
     documents: tuple[dict[str, Any], ...] = ()  # the Kubernetes manifests as given (for apply/delete)
     ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
+    readiness: dict[str, bool] = field(default_factory=dict)  # pod -> ready, set with `labctl ready`
 
     def pod(self, key: str) -> Pod:
         for p in self.pods:
             if p.key == key:
                 return p
+        raise KeyError(key)
+
+    def service(self, key: str) -> Service:
+        for s in self.services:
+            if s.key == key:
+                return s
         raise KeyError(key)
 
     def pods_on(self, node: str) -> list[Pod]:
@@ -152,11 +208,20 @@ class Topology:
                 for c in p["containers"]
             )
             pods.append(Pod(**p))
+        services = []
+        for sv in d.get("services") or []:
+            sv = dict(sv)
+            sv["ports"] = tuple(ServicePort(**p) for p in sv["ports"])
+            sv["external_ips"] = tuple(sv["external_ips"])
+            sv["static_endpoints"] = tuple(sv["static_endpoints"])
+            services.append(Service(**sv))
         return Topology(
             lab=LabSpec(**lab),
             namespaces={k: dict(v) for k, v in d["namespaces"].items()},
             pods=tuple(pods),
             deployments=tuple(Deployment(**x) for x in d["deployments"]),
+            services=tuple(services),
             documents=tuple(d["documents"]),
             ipam=dict(d.get("ipam") or {}),
+            readiness=dict(d.get("readiness") or {}),
         )

@@ -160,6 +160,10 @@ def resolve(
     spec = _assign_host_ips(spec, previous, where, problems)
     spec = _assign_pod_cidrs(spec, previous, where, problems)
     placed, cursors = _place_pods(spec, pods, previous, where_of, problems)
+    # `labctl ready` overrides the manifests' readiness, for pods that still exist
+    keys = {p.key for p in placed}
+    readiness = {k: r for k, r in (previous.readiness if previous else {}).items() if k in keys}
+    placed = [replace(p, ready=readiness[p.key]) if p.key in readiness else p for p in placed]
     topo = Topology(
         lab=spec,
         namespaces=namespaces,
@@ -167,5 +171,6 @@ def resolve(
         deployments=tuple(deployments),
         documents=tuple(documents),
         ipam=cursors,
+        readiness=readiness,
     )
     return topo, problems

@@ -123,6 +123,8 @@ def _lb_pool(spec: LabSpec, node_net, where: str) -> list[Problem]:
         return [Problem(where, "spec.loadBalancerPool", f"{first} comes after {last}")]
     if node_net is not None and not (first in node_net and last in node_net):
         return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool} is not inside nodeNetwork {node_net}")]
+    if node_net is not None and first <= node_net.network_address + 1 <= last:
+        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool} holds the node network's gateway {node_net.network_address + 1}")]
     return []
 
 
@@ -170,6 +172,8 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
                 continue
             if ip not in node_net or ip in (node_net.network_address, node_net.broadcast_address):
                 problems.append(Problem(where, f"{path}.ip", f"{ip} is not a host address of nodeNetwork {node_net}"))
+            elif ip == node_net.network_address + 1:
+                problems.append(Problem(where, f"{path}.ip", f"{ip} is the node network's gateway (the underlay switch)"))
             if str(ip) in ips:
                 problems.append(Problem(where, f"{path}.ip", f"{ip} is already the address of {ips[str(ip)]}"))
             ips[str(ip)] = path

@@ -1,10 +1,15 @@
 """The underlay: a switch namespace with bridge br0, and one uplink per node or
 external (eth0 inside the host, a port named after it on the switch).
 
-Each function adds requests to a netlink Batch; nothing here sends them.
+br0 holds the node network's first address: it stands for the network's
+gateway, so nodes and externals have a default route as real hosts do (the
+gateway forwards nothing: the lab has no way out). Each function adds
+requests to a netlink Batch; nothing here sends them.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from labctl import names
 from labctl.kernel.nl import Batch
@@ -13,9 +18,14 @@ SWITCH_BRIDGE_INDEX = 2
 HOST_ETH0_INDEX = 2  # eth0 of nodes and externals
 
 
-def switch(b: Batch) -> None:
-    """br0 in the switch namespace. No address: it is a plain L2 switch."""
+def gateway(node_network: str) -> str:
+    return str(ipaddress.ip_network(node_network).network_address + 1)
+
+
+def switch(b: Batch, node_network: str) -> None:
+    """br0 in the switch namespace, with the gateway address."""
     b.bridge(names.SWITCH_BRIDGE, index=SWITCH_BRIDGE_INDEX, up=True)
+    b.addr(SWITCH_BRIDGE_INDEX, gateway(node_network), ipaddress.ip_network(node_network).prefixlen, names.SWITCH_BRIDGE)
 
 
 def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -> None:
@@ -31,8 +41,9 @@ def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -
     )
 
 
-def host_address(b: Batch, ip: str, prefixlen: int) -> None:
-    """Inside a node or external: lo and eth0 up, eth0's address on the node network."""
+def host_address(b: Batch, ip: str, node_network: str) -> None:
+    """Inside a node or external: lo and eth0 up, eth0's address, the default route."""
     b.link_up(index=1)
-    b.addr(HOST_ETH0_INDEX, ip, prefixlen, "eth0")
+    b.addr(HOST_ETH0_INDEX, ip, ipaddress.ip_network(node_network).prefixlen, "eth0")
     b.link_up(index=HOST_ETH0_INDEX)
+    b.route("0.0.0.0/0", gateway=gateway(node_network), dev="eth0")

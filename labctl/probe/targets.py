@@ -1,6 +1,9 @@
 """FROM / TO arguments -> where to probe from and to. Pure.
 
-    NS/POD, POD (namespace default), node/NAME, ext/NAME, or (TO only) an IPv4 address.
+    NS/POD, POD (namespace default), node/NAME, ext/NAME, or (TO only) an IPv4
+    address, svc/NS/NAME (its ClusterIP), svc/NS/NAME@nodeport (a node's
+    address and the NodePort; the node is --via, else the first) or
+    svc/NS/NAME@lb (its LoadBalancer IP).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass
 
 from labctl import names
 from labctl.errors import InvalidInput
-from labctl.model.objects import Pod, Topology
+from labctl.model.objects import Pod, Service, Topology
 
 
 @dataclass(frozen=True)
@@ -20,11 +23,15 @@ class Endpoint:
     ip: str
     netns: str | None  # None for a bare address (no namespace to run in)
     pod: Pod | None = None
+    service: Service | None = None
+    access: str = ""  # for services: "" (ClusterIP), "nodeport" or "lb"
 
     @property
     def kind(self) -> str:
         if self.pod is not None:
             return "pod"
+        if self.service is not None:
+            return "service"
         return self.label.split("/", 1)[0] if "/" in self.label else "ip"
 
 
@@ -33,7 +40,35 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
-def resolve(topo: Topology, text: str, *, role: str) -> Endpoint:
+def _service(topo: Topology, text: str, role: str, via: str | None) -> Endpoint:
+    ref, _, access = text[4:].partition("@")
+    ns, _, name = ref.rpartition("/")
+    key = f"{ns or 'default'}/{name}"
+    try:
+        svc = topo.service(key)
+    except KeyError:
+        raise InvalidInput(f"{role} {text!r}: no service {key}" + _suggest(key, [s.key for s in topo.services])) from None
+    label = f"svc/{key}" + (f"@{access}" if access else "")
+    if access == "":
+        if not svc.proxied:
+            what = "an ExternalName service" if svc.type == "ExternalName" else "a headless service"
+            raise InvalidInput(f"{role} {text!r}: {key} is {what}: it has no ClusterIP to probe (probe its pods)")
+        return Endpoint(label, svc.cluster_ip, None, service=svc)
+    if access == "nodeport":
+        if not svc.wants_node_ports:
+            raise InvalidInput(f"{role} {text!r}: {key} is a {svc.type} service: it has no node ports")
+        node = resolve(topo, via or f"node/{topo.lab.nodes[0].name}", role="--via")
+        if not node.label.startswith("node/"):
+            raise InvalidInput(f"--via {via!r}: a NodePort is reached through node/NAME")
+        return Endpoint(label, node.ip, None, service=svc, access="nodeport")
+    if access in ("lb", "loadbalancer"):
+        if svc.type != "LoadBalancer" or not svc.load_balancer_ip:
+            raise InvalidInput(f"{role} {text!r}: {key} has no LoadBalancer IP")
+        return Endpoint(label, svc.load_balancer_ip, None, service=svc, access="lb")
+    raise InvalidInput(f"{role} {text!r}: after @ comes nodeport or lb, not {access!r}")
+
+
+def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> Endpoint:
     lab = topo.lab.name
     if text.startswith("node/"):
         name = text[5:]
@@ -48,7 +83,9 @@ def resolve(topo: Topology, text: str, *, role: str) -> Endpoint:
                 return Endpoint(f"ext/{name}", e.ip, names.external_netns(lab, name))
         raise InvalidInput(f"{role} {text!r}: no external named {name!r}" + _suggest(name, [e.name for e in topo.lab.externals]))
     if text.startswith("svc/"):
-        raise InvalidInput(f"{role} {text!r}: this lab has no Services yet (they arrive with the services feature)")
+        if role != "TO":
+            raise InvalidInput(f"{role} {text!r}: a service is something to probe, not to probe from")
+        return _service(topo, text, role, via)
     try:
         ip = ipaddress.IPv4Address(text)
     except ValueError:
@@ -68,8 +105,16 @@ def resolve(topo: Topology, text: str, *, role: str) -> Endpoint:
 
 
 def default_port(dst: Endpoint, proto: str) -> int | None:
-    """A pod's first container port of the protocol, when --port is not given."""
-    if dst.pod is None or proto == "icmp":
+    """When --port is not given: a pod's first container port of the protocol,
+    a service's first port of the protocol (its NodePort through @nodeport)."""
+    if proto == "icmp":
+        return None
+    if dst.service is not None:
+        for p in dst.service.ports:
+            if p.protocol.lower() == proto:
+                return p.node_port if dst.access == "nodeport" else p.port
+        return None
+    if dst.pod is None:
         return None
     for p in dst.pod.ports():
         if p.protocol.lower() == proto:

@@ -19,6 +19,8 @@ SERVED = ("TCP", "UDP")
 
 
 def config(topo: Topology) -> dict:
+    from labctl.proxy.lb import announcements
+
     pods = []
     for p in topo.pods:
         ports = [[cp.port, cp.protocol] for cp in p.served_ports() if cp.protocol in SERVED]
@@ -26,7 +28,8 @@ def config(topo: Topology) -> dict:
             pods.append(
                 {"key": p.key, "netns": names.pod_netns(topo.lab.name, p.namespace, p.name), "node": p.node, "ip": p.ip, "ports": ports}
             )
-    return {"pods": pods}
+    announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
+    return {"pods": pods, "announce": announce}
 
 
 def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:
@@ -64,8 +67,12 @@ def apply(labdir: LabDir, journal: Journal, topo: Topology) -> None:
     tmp.write_text(json.dumps(cfg))
     tmp.replace(labdir.file("responder.json"))
     pid = running(labdir, journal)
+    if pid is not None and not _speaks_our_protocol(labdir):
+        procs.stop([pid])  # started by another labctl version: start ours
+        journal.release_proc(KEY)
+        pid = None
     if pid is None:
-        if not cfg["pods"]:
+        if not cfg["pods"] and not cfg["announce"]:
             return
         pid = procs.spawn(
             [sys.executable, "-m", "labctl.responder", str(labdir.path)],
@@ -79,6 +86,15 @@ def apply(labdir: LabDir, journal: Journal, topo: Topology) -> None:
         reply = _request(labdir, "reload")
     if not reply.startswith("ok"):
         raise LabError(f"the responder could not serve every port: {reply}")
+
+
+def _speaks_our_protocol(labdir: LabDir) -> bool:
+    from labctl.responder.server import PROTOCOL
+
+    try:
+        return _request(labdir, "ping", timeout=5).endswith(f"protocol={PROTOCOL}")
+    except OSError:
+        return False
 
 
 def _wait_ready(labdir: LabDir, pid: int, timeout: float = 10.0) -> str:
@@ -95,10 +111,14 @@ def _wait_ready(labdir: LabDir, pid: int, timeout: float = 10.0) -> str:
 
 def status(labdir: LabDir, journal: Journal) -> str:
     pid = running(labdir, journal)
+    if pid is not None and not _speaks_our_protocol(labdir):
+        procs.stop([pid])  # started by another labctl version: start ours
+        journal.release_proc(KEY)
+        pid = None
     if pid is None:
         return "not running"
     try:
         reply = _request(labdir, "ping", timeout=2)
     except OSError as e:
         return f"pid {pid}, not answering ({e})"
-    return f"pid {pid}, {reply.split()[-1]} sockets" if reply.startswith("ok") else f"pid {pid}: {reply}"
+    return f"pid {pid}, {reply.split()[1]} sockets" if reply.startswith("ok") else f"pid {pid}: {reply}"

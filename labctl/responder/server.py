@@ -1,4 +1,5 @@
-"""The responder: one process per lab answering on every pod's container ports.
+"""The responder: one process per lab answering on every pod's container ports
+(and, as a layer-2 speaker, ARP for LoadBalancer IPs on the nodes that announce them).
 
 A thousand pods must not mean a thousand interpreters. setns() is per thread
 and a socket stays in the namespace it was created in, so this one process
@@ -29,7 +30,9 @@ import time
 from dataclasses import dataclass, field
 
 from labctl.kernel import netns
+from labctl.responder import arp
 
+PROTOCOL = 2  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
 MAX_REQUEST = 8192
 
@@ -73,6 +76,7 @@ class Responder:
         self.sel = selectors.DefaultSelector()
         self.sockets: dict[tuple[str, int, str], tuple[socket.socket, Binding]] = {}
         self.conns: dict[int, Conn] = {}
+        self.speakers: dict[str, tuple[socket.socket, bytes, set[str]]] = {}  # node netns -> ARP socket, MAC, IPs
         self.running = True
 
     # -- configuration -------------------------------------------------------
@@ -111,9 +115,34 @@ class Responder:
             for key, b, sock in opened:
                 self.sockets[key] = (sock, b)
                 self.sel.register(sock, selectors.EVENT_READ, ("listen" if b.proto == "TCP" else "udp", b))
+        errors += self._announce(config.get("announce") or {})
         if errors:
             return "error " + "; ".join(errors[:5])
         return f"ok {len(self.sockets)}"
+
+    def _announce(self, wanted: dict[str, list[str]]) -> list[str]:
+        """Answer ARP for LoadBalancer IPs on the nodes that announce them."""
+        errors = []
+        for ns in [n for n in self.speakers if n not in wanted]:
+            sock, _, _ = self.speakers.pop(ns)
+            self.sel.unregister(sock)
+            sock.close()
+        for ns, ips in wanted.items():
+            if ns not in self.speakers:
+                try:
+                    with netns.entered(ns):
+                        sock, mac = arp.open_speaker()
+                except OSError as e:
+                    errors.append(f"{ns}: ARP speaker: {e}")
+                    continue
+                self.speakers[ns] = (sock, mac, set())
+                self.sel.register(sock, selectors.EVENT_READ, ("arp", ns))
+            sock, mac, current = self.speakers[ns]
+            for ip in set(ips) - current:
+                arp.gratuitous(sock, mac, ip)
+            current.clear()
+            current.update(ips)
+        return errors
 
     @staticmethod
     def _listen(b: Binding) -> socket.socket:
@@ -216,7 +245,7 @@ class Responder:
             try:
                 cmd = conn.recv(256).decode().strip()
                 if cmd == "ping":
-                    reply = f"ok {len(self.sockets)}"
+                    reply = f"ok {len(self.sockets)} protocol={PROTOCOL}"
                 elif cmd == "reload":
                     reply = self.reload()
                 elif cmd == "stop":
@@ -261,6 +290,9 @@ class Responder:
                         self._write(obj)
                     else:
                         self._read(obj)
+                elif role == "arp":
+                    sock, mac, ips = self.speakers[obj]
+                    arp.answer(sock, mac, ips)
                 elif role == "control":
                     self._control(key.fileobj)
             if self.conns:

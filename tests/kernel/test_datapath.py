@@ -107,7 +107,9 @@ def test_the_underlay_switch_joins_every_host(lab):
     assert set(ports) == {"node1", "node2", "client"}
     assert all(p["operstate"] == "UP" for p in ports.values())
     [br0] = lab.jsh(sw, "ip", "-j", "addr", "show", "br0")
-    assert [a for a in br0["addr_info"] if a["family"] == "inet"] == [], "the switch is layer 2 only"
+    assert [(a["local"], a["prefixlen"]) for a in br0["addr_info"] if a["family"] == "inet"] == [("10.10.20.1", 24)], "the gateway"
+    assert lab.sh(sw, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "0", "the gateway forwards nothing"
+    assert lab.sh(lab.node_ns("node1"), "ip", "route", "show", "default").split()[:3] == ["default", "via", "10.10.20.1"]
 
 
 def test_a_pod_reaches_itself_and_its_own_loopback(lab):

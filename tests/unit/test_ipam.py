@@ -34,8 +34,8 @@ def test_node_and_external_pools_follow_the_contract():
     assert str(ipam.node_pool("10.10.20.0/24", []).allocate()) == "10.10.20.10"
     assert str(ipam.node_pool("10.10.20.0/24", ["10.10.20.10"]).allocate()) == "10.10.20.11"
     assert str(ipam.external_pool("10.10.20.0/24", []).allocate()) == "10.10.20.100"
-    # small networks start at .1
-    assert str(ipam.node_pool("192.168.0.0/29", []).allocate()) == "192.168.0.1"
+    # small networks start at .2 (.1 is the underlay's gateway)
+    assert str(ipam.node_pool("192.168.0.0/29", []).allocate()) == "192.168.0.2"
 
 
 def test_subnet_pool_gives_node_i_the_ith_subnet_unless_taken():

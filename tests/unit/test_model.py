@@ -176,15 +176,20 @@ def test_pool_of_pod_cidrs_exhausted():
 
 
 def test_pool_of_node_addresses_exhausted():
-    nodes = [{"name": f"n{i}"} for i in range(7)]  # a /29 has six host addresses
+    nodes = [{"name": f"n{i}"} for i in range(6)]  # a /29 has six host addresses, .1 is the gateway
     msg = one(dump(lab_doc(nodeNetwork="192.168.0.0/29", nodes=nodes)))
-    assert "no address left for node 'n6'" in msg
+    assert "no address left for node 'n5'" in msg
 
 
 def test_pool_of_pod_addresses_exhausted():
     pods = [pod(f"p{i}", node="node1", ports=()) for i in range(6)]
     msg = one(dump(lab_doc(nodeCIDRMaskSize=29), *pods))
     assert "document 7" in msg and "node node1's pod CIDR 10.244.0.0/29 has no address left for pod default/p5" in msg
+
+
+def test_the_gateway_address_is_reserved():
+    msg = one(dump(lab_doc(nodes=[{"name": "a", "ip": "10.10.20.1"}])))
+    assert "spec.nodes[0].ip: 10.10.20.1 is the node network's gateway" in msg
 
 
 def test_node_and_external_addresses_checked():

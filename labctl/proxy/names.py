@@ -1,0 +1,44 @@
+"""kube-proxy's chain names, computed as kube-proxy computes them, so a lab's
+chains are named exactly like a real cluster's.
+
+iptables: a role prefix + the first 16 characters of the base32 (RFC 4648)
+encoding of sha256(servicePortName + protocol) (+ endpoint "ip:port" for
+KUBE-SEP-). `default/kubernetes:https` + `tcp` gives KUBE-SVC-NPX46M4PTMTKRN6Y.
+
+nftables: "<8 hash characters>-<ns>/<svc>/<proto>/<port name>", behind
+service-, local-, external-, endpoint- (with "__<ip>/<port>") or affinity-.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+
+def _b32(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+def port_name_string(namespace: str, name: str, port_name: str | None) -> str:
+    """kube-proxy's ServicePortName.String(): ns/svc, plus :port when the port is named."""
+    return f"{namespace}/{name}" + (f":{port_name}" if port_name else "")
+
+
+def ipt_chain(prefix: str, spn: str, protocol: str) -> str:
+    return prefix + _b32(spn + protocol)[:16]
+
+
+def ipt_sep(spn: str, protocol: str, endpoint: str) -> str:
+    return "KUBE-SEP-" + _b32(spn + protocol + endpoint)[:16]
+
+
+def _nft_base(name: str) -> str:
+    return _b32(name)[:8] + "-" + name
+
+
+def nft_base(namespace: str, svc: str, protocol: str, port_name: str | None) -> str:
+    return _nft_base(f"{namespace}/{svc}/{protocol}/{port_name or ''}")
+
+
+def nft_endpoint_base(namespace: str, svc: str, protocol: str, port_name: str | None, ip: str, port: int) -> str:
+    return _nft_base(f"{namespace}/{svc}/{protocol}/{port_name or ''}__{ip}/{port}")

@@ -1,0 +1,243 @@
+"""kube-proxy's nftables mode, rendered as `nft -f` input. Pure.
+
+One private table, `ip kube-proxy`: base chains on the filter and nat hooks,
+dispatch through verdict maps (`ip daddr . meta l4proto . th dport vmap
+@service-ips`, `@service-nodeports` for local addresses), `numgen random mod N
+vmap {...}` to pick an endpoint, endpoint chains that mark hairpin traffic for
+masquerade and DNAT, dynamic affinity sets with timeouts, and "no endpoint"
+maps that reject or drop. A full sync replaces the table in one transaction;
+a partial one adds and deletes map elements and rewrites only the service
+chains that changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from labctl.model.objects import Topology
+from labctl.proxy import names
+from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
+
+TABLE = "ip kube-proxy"
+MASQ_MARK = "0x4000"
+MAPS = {
+    "cluster-ips": ("set", "ipv4_addr", "Active ClusterIPs"),
+    "service-ips": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+    "service-nodeports": ("map", "inet_proto . inet_service : verdict", "NodePort traffic"),
+    "no-endpoint-services": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "vmap to drop or reject packets to services with no endpoints"),
+    "no-endpoint-nodeports": ("map", "inet_proto . inet_service : verdict", "vmap to drop or reject packets to service nodeports with no endpoints"),
+    "firewall-ips": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "destinations that are subject to LoadBalancerSourceRanges"),
+}
+# Priorities as numbers: dstnat is -100, srcnat 100 (nft 1.0.6 accepts the
+# names only on the prerouting and postrouting hooks).
+BASE_CHAINS = [
+    ("filter-prerouting", "filter", "prerouting", "-110"),
+    ("filter-input", "filter", "input", "-110"),
+    ("filter-forward", "filter", "forward", "-110"),
+    ("filter-output", "filter", "output", "-110"),
+    ("filter-output-post-dnat", "filter", "output", "-90"),
+    ("nat-prerouting", "nat", "prerouting", "-100"),
+    ("nat-output", "nat", "output", "-100"),
+    ("nat-postrouting", "nat", "postrouting", "100"),
+]
+JUMP_CHAINS = [
+    ("nodeport-endpoints-check", "filter-input", "ct state new "),
+    ("service-endpoints-check", "filter-input", "ct state new "),
+    ("service-endpoints-check", "filter-forward", "ct state new "),
+    ("service-endpoints-check", "filter-output", "ct state new "),
+    ("firewall-check", "filter-prerouting", "ct state new "),
+    ("firewall-check", "filter-output", "ct state new "),
+    ("services", "nat-output", ""),
+    ("services", "nat-prerouting", ""),
+    ("masquerading", "nat-postrouting", ""),
+    ("cluster-ips-check", "filter-forward", "ct state new "),
+    ("cluster-ips-check", "filter-output-post-dnat", "ct state new "),
+]
+
+
+@dataclass
+class NftRules:
+    """Desired service chains, map and set elements, affinity sets."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    maps: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in MAPS})
+    affinity: dict[str, int] = field(default_factory=dict)  # set name -> timeout seconds
+
+    def add(self, chain: str, rule: str) -> None:
+        self.chains.setdefault(chain, []).append(rule)
+
+    def record(self) -> dict:
+        return {
+            "chains": {c: hashlib.sha1("\n".join(r).encode()).hexdigest() for c, r in self.chains.items()},
+            "maps": {m: dict(e) for m, e in self.maps.items()},
+            "affinity": dict(self.affinity),
+        }
+
+    def rules(self) -> int:
+        return sum(len(r) for r in self.chains.values()) + sum(len(e) for e in self.maps.values())
+
+
+def _endpoint_chain(info: ServicePortInfo, ep: Endpoint) -> str:
+    s = info.service
+    return "endpoint-" + names.nft_endpoint_base(s.namespace, s.name, info.proto, info.port.name, ep.ip, ep.port)
+
+
+def _affinity_set(info: ServicePortInfo, ep: Endpoint) -> str:
+    s = info.service
+    return "affinity-" + names.nft_endpoint_base(s.namespace, s.name, info.proto, info.port.name, ep.ip, ep.port)
+
+
+def _dispatch(r: NftRules, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
+    if info.service.session_affinity == "ClientIP":
+        for ep in eps:
+            r.add(chain, f"ip saddr @{_affinity_set(info, ep)} goto {_endpoint_chain(info, ep)}")
+    vmap = " , ".join(f"{i} : goto {_endpoint_chain(info, ep)}" for i, ep in enumerate(eps))
+    r.add(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
+
+
+def _service(r: NftRules, info: ServicePortInfo, node: str, cluster_cidr: str) -> None:
+    s, p, proto = info.service, info.port, info.proto
+    base = names.nft_base(s.namespace, s.name, proto, p.name)
+    svc, local, ext = f"service-{base}", f"local-{base}", f"external-{base}"
+    all_eps, local_eps = info.endpoints, info.local(node)
+    has_eps = bool(all_eps)
+    itp_local = s.internal_traffic_policy == "Local"
+    etp_local = s.external_traffic_policy == "Local"
+    externals = list(s.external_ips) + ([s.load_balancer_ip] if s.type == "LoadBalancer" and s.load_balancer_ip else [])
+    node_port = p.node_port if s.wants_node_ports else None
+    externally = bool(externals or node_port)
+    internal_chain = local if itp_local else svc
+    has_internal = has_eps and (not itp_local or bool(local_eps))
+    has_external = has_eps and (not etp_local or bool(local_eps))
+    verdict = "goto reject-chain" if not has_eps else "drop"
+
+    r.maps["cluster-ips"][s.cluster_ip] = ""
+    key = f"{s.cluster_ip} . {proto} . {p.port}"
+    if has_internal:
+        r.maps["service-ips"][key] = f"goto {internal_chain}"
+    else:
+        r.maps["no-endpoint-services"][key] = verdict
+    for ip in externals:
+        k = f"{ip} . {proto} . {p.port}"
+        if has_eps:
+            r.maps["service-ips"][k] = f"goto {ext}"
+        if not has_external:
+            r.maps["no-endpoint-services"][k] = verdict
+    if node_port:
+        if has_eps:
+            r.maps["service-nodeports"][f"{proto} . {node_port}"] = f"goto {ext}"
+        if not has_external:
+            r.maps["no-endpoint-nodeports"][f"{proto} . {node_port}"] = verdict
+    if not has_eps:
+        return
+
+    uses_svc = not itp_local or externally
+    uses_local = (itp_local or (externally and etp_local)) and bool(local_eps)
+    if uses_svc:
+        r.chains.setdefault(svc, [])
+    if uses_local:
+        r.chains.setdefault(local, [])
+    if has_internal:
+        r.add(internal_chain, f"ip daddr {s.cluster_ip} {proto} dport {p.port} ip saddr != {cluster_cidr} jump mark-for-masquerade")
+    if externally:
+        if not etp_local:
+            r.add(ext, "jump mark-for-masquerade")
+        else:
+            r.add(ext, f'ip saddr {cluster_cidr} goto {svc} comment "short-circuit pod traffic"')
+            r.add(ext, 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
+            r.add(ext, f'fib saddr type local goto {svc} comment "short-circuit local traffic"')
+        if has_external:
+            r.add(ext, f"goto {local if etp_local else svc}")
+    reached: dict[str, Endpoint] = {}
+    if uses_svc:
+        _dispatch(r, svc, info, all_eps)
+        reached.update((e.addr, e) for e in all_eps)
+    if uses_local:
+        _dispatch(r, local, info, local_eps)
+        reached.update((e.addr, e) for e in local_eps)
+    for ep in reached.values():
+        chain = _endpoint_chain(info, ep)
+        r.add(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")
+        if s.session_affinity == "ClientIP":
+            r.affinity[_affinity_set(info, ep)] = s.affinity_timeout
+            r.add(chain, f"update @{_affinity_set(info, ep)} {{ ip saddr }}")
+        r.add(chain, f"meta l4proto {proto} dnat to {ep.addr}")
+
+
+def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> NftRules:
+    r = NftRules()
+    for info in infos if infos is not None else service_ports(topo):
+        _service(r, info, node, topo.lab.pod_network)
+    return r
+
+
+# -- scripts ---------------------------------------------------------------------------
+
+
+def _setup(service_cidr: str) -> list[str]:
+    """The table and its fixed chains (a full sync replaces the table)."""
+    t = TABLE
+    out = [
+        f'add table {t} {{ comment "rules for kube-proxy" ; }}',
+        f"delete table {t}",
+        f'add table {t} {{ comment "rules for kube-proxy" ; }}',
+    ]
+    for name, ctype, hook, prio in BASE_CHAINS:
+        out.append(f"add chain {t} {name} {{ type {ctype} hook {hook} priority {prio} ; }}")
+    for name in ("services", "service-endpoints-check", "nodeport-endpoints-check", "firewall-check", "cluster-ips-check", "masquerading", "mark-for-masquerade"):
+        out.append(f"add chain {t} {name}")
+    out.append(f'add chain {t} reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
+    for name, (kind, typ, comment) in MAPS.items():
+        out.append(f'add {kind} {t} {name} {{ type {typ} ; comment "{comment}" ; }}')
+    for dst, src, extra in JUMP_CHAINS:
+        out.append(f"add rule {t} {src} {extra}jump {dst}")
+    out += [
+        f"add rule {t} mark-for-masquerade mark set mark or {MASQ_MARK}",
+        f"add rule {t} masquerading mark and {MASQ_MARK} == 0 return",
+        f"add rule {t} masquerading mark set mark xor {MASQ_MARK}",
+        f"add rule {t} masquerading masquerade fully-random",
+        f'add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
+        f'add rule {t} cluster-ips-check ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"',
+        f"add rule {t} reject-chain reject",
+        f"add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
+        f"add rule {t} nodeport-endpoints-check ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports",
+        f"add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
+        f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
+        f"add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
+    ]
+    return out
+
+
+def _element(name: str, key: str, value: str) -> str:
+    return f"{{ {key} : {value} }}" if MAPS[name][0] == "map" else f"{{ {key} }}"
+
+
+def script(desired: NftRules, record: dict | None, service_cidr: str) -> tuple[str, dict]:
+    """`nft -f` input from `record` (None: a full sync) to `desired`, and the new record. Empty: nothing to do."""
+    t = TABLE
+    new = desired.record()
+    full = record is None
+    old = record or {"chains": {}, "maps": {m: {} for m in MAPS}, "affinity": {}}
+    out: list[str] = _setup(service_cidr) if full else []
+    for name, timeout in desired.affinity.items():
+        if full or name not in old["affinity"]:
+            out.append(f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}")
+    write = [c for c in desired.chains if full or old["chains"].get(c) != new["chains"][c]]
+    for c in write:
+        out += [f"add chain {t} {c}", f"flush chain {t} {c}"]
+    for c in write:
+        out += [f"add rule {t} {c} {rule}" for rule in desired.chains[c]]
+    for name in MAPS:
+        before, after = old["maps"].get(name, {}), desired.maps[name]
+        for key, value in before.items():
+            if key not in after or after[key] != value:
+                out.append(f"delete element {t} {name} {{ {key} }}")
+        for key, value in after.items():
+            if full or before.get(key) != value:
+                out.append(f"add element {t} {name} {_element(name, key, value)}")
+    stale = [c for c in old["chains"] if c not in desired.chains]
+    out += [f"flush chain {t} {c}" for c in stale]
+    out += [f"delete chain {t} {c}" for c in stale]
+    out += [f"delete set {t} {s}" for s in old["affinity"] if s not in desired.affinity]
+    return ("\n".join(out) + "\n" if out else ""), new
