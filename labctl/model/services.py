@@ -202,37 +202,40 @@ def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, 
 
 
 def _node_ports(services: list[Service], spec: LabSpec, prev: dict[str, Service], where, problems) -> list[Service]:
+    """Given node ports first, then the ones services already had, then new ones in order."""
     lo, hi = node_port_range(spec)
     taken: dict[tuple[int, str], str] = {}
-    for s in services:
-        for p in s.ports:
-            if s.wants_node_ports and p.node_port:
+    chosen: dict[tuple[str, int], int | None] = {}  # (service, port index) -> node port
+    wanting = [s for s in services if s.wants_node_ports]
+    for s in wanting:
+        for i, p in enumerate(s.ports):
+            if p.node_port:
                 key = (p.node_port, p.protocol)
                 if key in taken and taken[key] != s.key:
-                    problems.append(Problem(where(s.doc), "spec.ports.nodePort", f"nodePort {p.node_port}/{p.protocol} is already used by {taken[key]}"))
+                    problems.append(Problem(where(s.doc), f"spec.ports[{i}].nodePort", f"nodePort {p.node_port}/{p.protocol} is already used by {taken[key]}"))
                 taken[key] = s.key
-    out = []
-    for s in services:
-        if not s.wants_node_ports:
-            out.append(s)
-            continue
-        old_ports = {(op.name, op.port, op.protocol): op.node_port for op in prev[s.key].ports} if s.key in prev else {}
-        ports = []
-        for p in s.ports:
-            np = p.node_port
+                chosen[(s.key, i)] = p.node_port
+    for s in wanting:
+        old = {(op.name, op.port, op.protocol): op.node_port for op in prev[s.key].ports} if s.key in prev else {}
+        for i, p in enumerate(s.ports):
+            kept = old.get((p.name, p.port, p.protocol))
+            if (s.key, i) not in chosen and kept and (kept, p.protocol) not in taken and lo <= kept <= hi:
+                taken[(kept, p.protocol)] = s.key
+                chosen[(s.key, i)] = kept
+    for s in wanting:
+        for i, p in enumerate(s.ports):
+            if (s.key, i) in chosen:
+                continue
+            np = next((n for n in range(lo, hi + 1) if (n, p.protocol) not in taken), None)
             if np is None:
-                kept = old_ports.get((p.name, p.port, p.protocol))
-                if kept and (kept, p.protocol) not in taken and lo <= kept <= hi:
-                    np = kept
-            if np is None:
-                np = next((n for n in range(lo, hi + 1) if (n, p.protocol) not in taken), None)
-                if np is None:
-                    problems.append(Problem(where(s.doc), "spec.ports", f"nodePortRange {spec.node_port_range} has no port left"))
-            if np is not None:
+                problems.append(Problem(where(s.doc), f"spec.ports[{i}]", f"nodePortRange {spec.node_port_range} has no port left"))
+            else:
                 taken[(np, p.protocol)] = s.key
-            ports.append(replace(p, node_port=np))
-        out.append(replace(s, ports=tuple(ports)))
-    return out
+            chosen[(s.key, i)] = np
+    return [
+        replace(s, ports=tuple(replace(p, node_port=chosen[(s.key, i)]) for i, p in enumerate(s.ports))) if s.wants_node_ports else s
+        for s in services
+    ]
 
 
 def _lb_ips(services: list[Service], spec: LabSpec, prev: dict[str, Service], where, problems) -> list[Service]:

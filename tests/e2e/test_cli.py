@@ -78,7 +78,12 @@ def test_up_status_probe_exec_down_json(cli_lab):
     a = next(p for p in st["pods"] if p["name"] == "a")
     assert {k: a[k] for k in ("namespace", "name", "node", "ip", "labels")} == {
         "namespace": "default", "name": "a", "node": "node1", "ip": "10.244.0.2", "labels": {"app": "a"}}
-    assert st["services"] == [] and st["policies"] == []
+    [kube] = st["services"]
+    assert {k: kube[k] for k in ("namespace", "name", "type", "clusterIP", "endpoints", "loadBalancerIP")} == {
+        "namespace": "default", "name": "kubernetes", "type": "ClusterIP", "clusterIP": "10.96.0.1",
+        "endpoints": ["10.10.20.10:6443"], "loadBalancerIP": None}
+    assert kube["ports"] == [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP", "nodePort": None, "endpoints": ["10.10.20.10:6443"]}]
+    assert st["policies"] == []
     pr = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--json").stdout)
     assert {k: pr[k] for k in ("from", "to", "proto", "port", "verdict", "served_by", "client_ip_seen")} == {
         "from": "default/a", "to": "10.244.1.2", "proto": "tcp", "port": 8080, "verdict": "open",

@@ -77,10 +77,10 @@ class KernelLab:
     def jsh(self, ns: str, *argv: str):
         return json.loads(self.sh(ns, *argv) or "null")
 
-    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 1.0):
+    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 1.0, via: str | None = None):
         topo = self.topo
         a = resolve(topo, src, role="FROM")
-        b = resolve(topo, dst, role="TO")
+        b = resolve(topo, dst, role="TO", via=via)
         if proto != "icmp":
             port = port or default_port(b, proto)
         return scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout)

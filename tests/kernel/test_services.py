@@ -1,0 +1,179 @@
+"""Services on the real datapath, in both proxy modes."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from labctl.proxy import names
+from tests.helpers import deployment, pod
+from tests.unit.test_services import svc
+
+pytestmark = pytest.mark.kernel
+MODES = ["iptables", "nftables"]
+
+
+def web(name, node, labels=None):
+    p = pod(name, node=node, ports=(8080,), udp=(5353,), labels=labels or {"app": "web"})
+    p["spec"]["containers"][0]["ports"][0]["name"] = "http"
+    return p
+
+
+def lab_with(lab, mode, *docs, **spec):
+    spec.setdefault("externals", [{"name": "client"}])
+    spec.setdefault("loadBalancerPool", "10.10.20.200-10.10.20.210")
+    return lab.up(lab.doc(proxyMode=mode, **spec), *docs)
+
+
+def served(lab, src, dst, n=30, **kw):
+    return Counter(lab.probe(src, dst, **kw).served_by for _ in range(n))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cluster_ip_spreads_load_and_keeps_the_pod_source(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), web("b", "node2"), web("c", "node2"), pod("client", node="node1", ports=()),
+             svc("web", {"app": "web"}, ports=((80, "http"),)))
+    seen = served(lab, "client", "svc/default/web")
+    assert set(seen) == {"default/a", "default/b", "default/c"}, seen
+    r = lab.probe("client", "svc/default/web")
+    assert r.verdict == "open" and r.client_ip_seen == lab.pod_ip("client"), "pod -> ClusterIP keeps the pod's address"
+    # a node's own traffic to a ClusterIP comes from outside the pod network: masqueraded to the node's pod-side address
+    r = lab.probe("node/node1", "svc/default/web")
+    assert r.verdict == "open" and r.client_ip_seen in ("10.244.0.0", "10.244.0.1"), r
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_and_multi_port_services_with_named_target_ports(lab, mode):
+    s = svc("multi", {"app": "web"}, ports=((80, "http"), (53, 5353)))
+    s["spec"]["ports"][1]["protocol"] = "UDP"
+    lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()), s)
+    tcp = lab.probe("client", "svc/default/multi", port=80)
+    udp = lab.probe("client", "svc/default/multi", proto="udp", port=53)
+    assert tcp.verdict == "open" and tcp.served_by in ("default/a", "default/b")
+    assert udp.verdict == "open" and udp.served_by in ("default/a", "default/b") and udp.client_ip_seen == lab.pod_ip("client")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_port_cluster_policy_masquerades_the_client(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), svc("np", {"app": "web"}, type="NodePort", ports=((80, 8080),)))
+    client_ip = lab.topo.lab.externals[0].ip
+    for node in ("node1", "node2"):  # every node answers, even without a local endpoint
+        r = lab.probe("ext/client", "svc/default/np@nodeport", via=f"node/{node}")
+        assert r.verdict == "open" and r.served_by == "default/a"
+        assert r.client_ip_seen != client_ip, "externalTrafficPolicy Cluster: the client is masqueraded"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_node_port_local_policy_keeps_the_client_and_drops_elsewhere(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)))
+    client_ip = lab.topo.lab.externals[0].ip
+    r = lab.probe("ext/client", "svc/default/np@nodeport", via="node/node1")
+    assert r.verdict == "open" and r.client_ip_seen == client_ip, "Local: the backend sees the real client"
+    r = lab.probe("ext/client", "svc/default/np@nodeport", via="node/node2", timeout=0.5)
+    assert r.verdict == "filtered", "a node without a local endpoint drops"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_session_affinity_sticks(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), web("b", "node2"), web("c", "node1"), pod("client", node="node2", ports=()),
+             svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)))
+    seen = served(lab, "client", "svc/default/sticky", n=15)
+    assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_endpoints_is_refused_not_a_hang(lab, mode):
+    lab_with(lab, mode, pod("client", node="node1", ports=()), svc("empty", {"app": "nobody"}),
+             svc("np-empty", {"app": "nobody"}, type="NodePort"))
+    r = lab.probe("client", "svc/default/empty", timeout=2)
+    assert r.verdict == "refused" and r.rtt_ms < 1000, r
+    r = lab.probe("ext/client", "svc/default/np-empty@nodeport", timeout=2)
+    assert r.verdict == "refused", r
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_hairpin_a_pod_reaches_itself_through_its_service(lab, mode):
+    lab_with(lab, mode, web("solo", "node1"), svc("solo", {"app": "web"}, ports=((80, 8080),)))
+    r = lab.probe("solo", "svc/default/solo")
+    assert r.verdict == "open" and r.served_by == "default/solo"
+    assert r.client_ip_seen == "10.244.0.1", "hairpin traffic is masqueraded to the node's cni0 address"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_load_balancer_ip_answers_externals(lab, mode):
+    lab_with(lab, mode, web("a", "node2"), svc("lb", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", ports=((80, 8080),)))
+    s = lab.topo.service("default/lb")
+    r = lab.probe("ext/client", "svc/default/lb@lb")
+    assert r.verdict == "open" and r.served_by == "default/a"
+    assert r.client_ip_seen == lab.topo.lab.externals[0].ip
+    neigh = lab.jsh(f"{lab.name}-client", "ip", "-j", "neigh", "show", s.load_balancer_ip)
+    node2_mac = lab.jsh(lab.node_ns("node2"), "ip", "-j", "link", "show", "eth0")[0]["address"]
+    assert neigh and neigh[0]["lladdr"] == node2_mac, "node2 (the one with the endpoint) answers ARP for the IP"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_internal_traffic_policy_local(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), pod("near", node="node1", ports=()), pod("far", node="node2", ports=()),
+             svc("itp", {"app": "web"}, internalTrafficPolicy="Local", ports=((80, 8080),)))
+    assert lab.probe("near", "svc/default/itp").served_by == "default/a"
+    assert lab.probe("far", "svc/default/itp", timeout=0.5).verdict == "filtered"
+
+
+def test_external_ips(lab):
+    lab_with(lab, "iptables", web("a", "node1"), pod("client", node="node2", ports=()),
+             svc("eip", {"app": "web"}, externalIPs=["192.0.2.10"], ports=((80, 8080),)))
+    r = lab.probe("client", "192.0.2.10", port=80)
+    assert r.verdict == "open" and r.served_by == "default/a"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_endpoints_follow_pods_and_readiness(lab, mode):
+    docs = [pod("client", node="node1", ports=()), svc("web", {"app": "web"}, ports=((80, 8080),))]
+    lab_with(lab, mode, deployment("web", 2), *docs)
+    assert set(served(lab, "client", "svc/default/web", n=20)) == {"default/web-0", "default/web-1"}
+    lab_with(lab, mode, deployment("web", 3), *docs)
+    assert "default/web-2" in served(lab, "client", "svc/default/web", n=30)
+    # relabel web-2 out of the service by making it a separate pod with other labels
+    lab_with(lab, mode, deployment("web", 1), *docs)
+    assert set(served(lab, "client", "svc/default/web", n=10)) == {"default/web-0"}
+    lab.cli("ready", "--lab", lab.name, "web-0", "false")
+    assert lab.probe("client", "svc/default/web").verdict == "refused", "no ready endpoint left"
+    lab.cli("ready", "--lab", lab.name, "web-0", "true")
+    assert lab.probe("client", "svc/default/web").served_by == "default/web-0"
+
+
+def _chain_dump(lab, mode, chain):
+    ns = lab.node_ns("node1")
+    if mode == "iptables":
+        return [line for line in lab.sh(ns, "iptables-save", "-t", "nat").splitlines() if line.startswith(f"-A {chain} ")]
+    return lab.sh(ns, "nft", "list", "chain", "ip", "kube-proxy", chain)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partial_sync_leaves_other_services_untouched(lab, mode):
+    a = svc("alpha", {"app": "alpha"}, ports=((80, 8080),))
+    b = svc("beta", {"app": "web"}, ports=((80, 8080),))
+    base = [web("x", "node1", labels={"app": "alpha"}), web("y", "node2"), a, b]
+    lab_with(lab, mode, *base)
+    chain = names.ipt_chain("KUBE-SVC-", "default/alpha", "tcp") if mode == "iptables" else "service-" + names.nft_base("default", "alpha", "tcp", None)
+    before = _chain_dump(lab, mode, chain)
+    assert before
+    result = lab_with(lab, mode, *base, web("z", "node2"))
+    assert [s.full for s in result.synced] == [False, False], "a partial sync"
+    assert _chain_dump(lab, mode, chain) == before, "alpha's chain is byte-identical"
+    assert "default/z" in served(lab, "x", "svc/default/beta", n=20)
+
+
+def test_switching_proxy_mode_on_a_running_lab(lab):
+    docs = [web("a", "node1"), pod("client", node="node2", ports=()), svc("web", {"app": "web"}, ports=((80, 8080),))]
+    lab_with(lab, "iptables", *docs)
+    lab_with(lab, "nftables", *docs)
+    ns = lab.node_ns("node1")
+    assert not re.search(r"KUBE-", lab.sh(ns, "iptables-save")), "the iptables chains are gone"
+    assert "table ip kube-proxy" in lab.sh(ns, "nft", "list", "tables")
+    assert lab.probe("client", "svc/default/web").served_by == "default/a"
+    lab_with(lab, "iptables", *docs)
+    assert "kube-proxy" not in lab.sh(ns, "nft", "list", "tables")
+    assert lab.probe("client", "svc/default/web").served_by == "default/a"

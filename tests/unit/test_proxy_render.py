@@ -1,0 +1,240 @@
+"""Rendered kube-proxy rules, as text: golden layouts, jump targets, partial syncs."""
+
+from __future__ import annotations
+
+import re
+
+from labctl.proxy import iptables, names, nftables
+from tests.helpers import dump, lab_doc, pod
+from tests.unit.test_model import load
+from tests.unit.test_services import svc
+
+
+def web_pod(name, node, port=8080, labels=None):
+    p = pod(name, node=node, ports=(port,), labels=labels or {"app": "web"})
+    p["spec"]["containers"][0]["ports"][0]["name"] = "http"
+    return p
+
+
+def topo_with(*services, pods=None, **lab):
+    pods = pods if pods is not None else [web_pod("a", "node1"), web_pod("b", "node2")]
+    return load(dump(lab_doc(**lab), *pods, *services))
+
+
+def chains(rs: iptables.Ruleset, table: str) -> dict[str, list[str]]:
+    return rs.tables[table]
+
+
+def web_http():
+    s = svc("web", {"app": "web"}, ports=((80, "http"),))
+    s["spec"]["ports"][0]["name"] = "http"
+    return s
+
+
+def test_chain_names_are_those_of_a_real_cluster():
+    rs = iptables.render(topo_with(web_http()), "node1")
+    nat = chains(rs, "nat")
+    assert "KUBE-SVC-NPX46M4PTMTKRN6Y" in nat  # default/kubernetes:https, in every cluster
+    assert "KUBE-SVC-CDGGSHYLG3RE2FKL" in nat  # default/web:http
+
+
+def test_cluster_ip_service_golden():
+    topo = topo_with(web_http())
+    nat = chains(iptables.render(topo, "node1"), "nat")
+    sep_a = names.ipt_sep("default/web:http", "tcp", "10.244.0.2:8080")
+    sep_b = names.ipt_sep("default/web:http", "tcp", "10.244.1.2:8080")
+    assert '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-CDGGSHYLG3RE2FKL' in nat["KUBE-SERVICES"]
+    assert nat["KUBE-SERVICES"][-1].endswith("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "the last rule of KUBE-SERVICES"
+    assert nat["KUBE-SVC-CDGGSHYLG3RE2FKL"] == [
+        '-A KUBE-SVC-CDGGSHYLG3RE2FKL ! -s 10.244.0.0/16 -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ',
+        f'-A KUBE-SVC-CDGGSHYLG3RE2FKL -m comment --comment "default/web:http -> 10.244.0.2:8080" -m statistic --mode random --probability 0.5000000000 -j {sep_a}',
+        f'-A KUBE-SVC-CDGGSHYLG3RE2FKL -m comment --comment "default/web:http -> 10.244.1.2:8080" -j {sep_b}',
+    ]
+    assert nat[sep_a] == [
+        f'-A {sep_a} -s 10.244.0.2/32 -m comment --comment "default/web:http" -j KUBE-MARK-MASQ',
+        f'-A {sep_a} -p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination 10.244.0.2:8080',
+    ]
+    assert nat["KUBE-MARK-MASQ"] == ["-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000"]
+    assert nat["KUBE-POSTROUTING"] == [
+        "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN",
+        "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+    ]
+
+
+def test_probabilities_for_three_endpoints():
+    topo = topo_with(web_http(), pods=[web_pod("a", "node1"), web_pod("b", "node2"), web_pod("c", "node1")])
+    rules = chains(iptables.render(topo, "node1"), "nat")["KUBE-SVC-CDGGSHYLG3RE2FKL"]
+    probs = [re.search(r"--probability (\S+)", r).group(1) if "--probability" in r else None for r in rules[1:]]
+    assert probs == ["0.3333333333", "0.5000000000", None]
+
+
+def test_a_service_without_endpoints_is_rejected_in_the_filter_table():
+    topo = topo_with(svc("empty", {"app": "nobody"}))
+    rs = iptables.render(topo, "node1")
+    assert '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/empty has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable' in chains(rs, "filter")["KUBE-SERVICES"]
+    assert not any("default/empty" in r for r in chains(rs, "nat")["KUBE-SERVICES"])
+    assert names.ipt_chain("KUBE-SVC-", "default/empty", "tcp") not in chains(rs, "nat")
+
+
+def test_node_port_with_cluster_policy():
+    topo = topo_with(svc("np", {"app": "web"}, type="NodePort", ports=((80, 8080),)))
+    nat = chains(iptables.render(topo, "node2"), "nat")
+    ext = names.ipt_chain("KUBE-EXT-", "default/np", "tcp")
+    svc_chain = names.ipt_chain("KUBE-SVC-", "default/np", "tcp")
+    assert nat["KUBE-NODEPORTS"] == [f'-A KUBE-NODEPORTS -p tcp -m comment --comment "default/np" -m tcp --dport 30000 -j {ext}']
+    assert nat[ext] == [
+        f'-A {ext} -m comment --comment "masquerade traffic for default/np external destinations" -j KUBE-MARK-MASQ',
+        f"-A {ext} -j {svc_chain}",
+    ]
+
+
+def test_node_port_with_local_policy_on_nodes_with_and_without_endpoints():
+    topo = topo_with(svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)),
+                     pods=[web_pod("a", "node1"), web_pod("c", "node1")])
+    ext = names.ipt_chain("KUBE-EXT-", "default/np", "tcp")
+    svl = names.ipt_chain("KUBE-SVL-", "default/np", "tcp")
+    on1 = iptables.render(topo, "node1")
+    assert chains(on1, "nat")[ext][-1] == f"-A {ext} -j {svl}"
+    assert len(chains(on1, "nat")[svl]) == 2, "both local endpoints"
+    on2 = iptables.render(topo, "node2")
+    assert svl not in chains(on2, "nat"), "no local endpoint: no SVL chain"
+    assert not any(r.endswith(f"-j {svl}") for r in chains(on2, "nat")[ext])
+    assert chains(on2, "filter")["KUBE-EXTERNAL-SERVICES"] == [
+        '-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "default/np has no local endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30000 -j DROP'
+    ]
+    # pod and node-local sources still reach the service through the cluster chain
+    assert any("pod traffic for default/np" in r for r in chains(on2, "nat")[ext])
+    assert any("--src-type LOCAL -j KUBE-MARK-MASQ" in r for r in chains(on2, "nat")[ext])
+
+
+def test_internal_traffic_policy_local():
+    topo = topo_with(svc("itp", {"app": "web"}, internalTrafficPolicy="Local", ports=((80, 8080),)), pods=[web_pod("a", "node1")])
+    svl = names.ipt_chain("KUBE-SVL-", "default/itp", "tcp")
+    on1 = iptables.render(topo, "node1")
+    assert any(r.endswith(f"-j {svl}") and "cluster IP" in r for r in chains(on1, "nat")["KUBE-SERVICES"])
+    on2 = iptables.render(topo, "node2")
+    assert any("has no local endpoints" in r and r.endswith("-j DROP") for r in chains(on2, "filter")["KUBE-SERVICES"])
+
+
+def test_session_affinity_uses_recent():
+    topo = topo_with(svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}, ports=((80, 8080),)))
+    nat = chains(iptables.render(topo, "node1"), "nat")
+    svc_chain = names.ipt_chain("KUBE-SVC-", "default/sticky", "tcp")
+    sep = names.ipt_sep("default/sticky", "tcp", "10.244.0.2:8080")
+    assert f'-A {svc_chain} -m comment --comment "default/sticky -> 10.244.0.2:8080" -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds 60 --reap -j {sep}' in nat[svc_chain]
+    assert any("-m recent --set --name" in r and "DNAT" in r for r in nat[sep])
+
+
+def full_shapes():
+    return topo_with(
+        web_http(),
+        svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)),
+        svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), externalIPs=["192.0.2.7"]),
+        svc("itp", {"app": "web"}, internalTrafficPolicy="Local", ports=((80, 8080),)),
+        svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)),
+        svc("empty", {"app": "none"}, type="NodePort"),
+        pods=[web_pod("a", "node1"), web_pod("b", "node1")],
+        loadBalancerPool="10.10.20.200-10.10.20.201",
+    )
+
+
+def test_every_iptables_jump_target_is_defined():
+    topo = full_shapes()
+    targets = {"ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "DNAT", "MASQUERADE"}
+    for node in ("node1", "node2"):
+        rs = iptables.render(topo, node)
+        for table, chs in rs.tables.items():
+            for rules in chs.values():
+                for r in rules:
+                    target = r.split(" -j ")[1].split()[0]
+                    assert target in chs or target in targets, f"{node} {table}: {r}"
+
+
+def test_partial_sync_rewrites_only_what_changed():
+    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})])
+    first, record = iptables.transaction(iptables.render(topo, "node1"), None)
+    assert ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in first and "-I PREROUTING 1" in first
+    same, _ = iptables.transaction(iptables.render(topo, "node1"), record)
+    assert same == "", "nothing changed: no transaction"
+    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)),
+                      pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"}), web_pod("b", "node2")])
+    text, _ = iptables.transaction(iptables.render(grown, "node1"), record)
+    declared = iptables.chains_in(text)
+    other_chain = names.ipt_chain("KUBE-SVC-", "default/other", "tcp")
+    assert "KUBE-SVC-CDGGSHYLG3RE2FKL" in declared and other_chain not in declared
+    new_sep = names.ipt_sep("default/web:http", "tcp", f"{grown.pod('default/b').ip}:8080")
+    assert set(declared) - {"KUBE-SVC-CDGGSHYLG3RE2FKL", new_sep} <= set(iptables.TOP["nat"]) | set(iptables.TOP["filter"])
+    assert new_sep in declared
+    assert "-I " not in text, "jumps are installed once"
+    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("o", "node2", labels={"app": "other"})])
+    text, _ = iptables.transaction(iptables.render(gone, "node1"), record)
+    assert "-X KUBE-SVC-CDGGSHYLG3RE2FKL" in text and ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in text, "stale chains flushed and deleted"
+
+
+def test_full_sync_adds_only_missing_jumps_and_deletes_foreign_kube_chains():
+    rs = iptables.render(topo_with(web_http()), "node1")
+    existing = iptables.Existing(chains={"nat/KUBE-SVC-OLDOLDOLDOLDOLD0"}, jumps={f"nat/{c} {r}" for c, r in iptables.JUMPS["nat"]})
+    text, _ = iptables.transaction(rs, None, existing)
+    assert "-I PREROUTING" not in text and "-I FORWARD 1" in text
+    assert "-X KUBE-SVC-OLDOLDOLDOLDOLD0" in text
+
+
+# -- nftables -------------------------------------------------------------------------------
+
+
+def test_nft_dispatch_maps_and_chains():
+    topo = topo_with(web_http(), svc("np", {"app": "web"}, type="NodePort", ports=((80, 8080),)), svc("empty", {"app": "none"}))
+    r = nftables.render(topo, "node1")
+    svc_chain = "service-" + names.nft_base("default", "web", "tcp", "http")
+    assert svc_chain.startswith("service-") and svc_chain.endswith("-default/web/tcp/http")
+    assert r.maps["service-ips"]["10.96.0.11 . tcp . 80"] == f"goto {svc_chain}"
+    ext = "external-" + names.nft_base("default", "np", "tcp", None)
+    assert r.maps["service-nodeports"]["tcp . 30000"] == f"goto {ext}"
+    assert r.maps["no-endpoint-services"]["10.96.0.13 . tcp . 80"] == "goto reject-chain"
+    assert set(r.maps["cluster-ips"]) == {"10.96.0.1", "10.96.0.11", "10.96.0.12", "10.96.0.13"}
+    ep_a = "endpoint-" + names.nft_endpoint_base("default", "web", "tcp", "http", "10.244.0.2", 8080)
+    assert r.chains[svc_chain] == [
+        "ip daddr 10.96.0.11 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+        f"numgen random mod 2 vmap {{ 0 : goto {ep_a} , 1 : goto {'endpoint-' + names.nft_endpoint_base('default', 'web', 'tcp', 'http', '10.244.1.2', 8080)} }}",
+    ]
+    assert r.chains[ep_a] == ["ip saddr 10.244.0.2 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.0.2:8080"]
+    assert r.chains[ext] == ["jump mark-for-masquerade", f"goto service-{names.nft_base('default', 'np', 'tcp', None)}"]
+
+
+def test_nft_affinity_sets():
+    topo = topo_with(svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)))
+    r = nftables.render(topo, "node1")
+    base = names.nft_endpoint_base("default", "sticky", "tcp", None, "10.244.0.2", 8080)
+    assert r.affinity[f"affinity-{base}"] == 10800
+    assert f"update @affinity-{base} {{ ip saddr }}" in r.chains[f"endpoint-{base}"]
+    text, _ = nftables.script(r, None, "10.96.0.0/16")
+    assert f"add set ip kube-proxy affinity-{base} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}" in text
+
+
+def test_every_nft_goto_and_jump_target_is_defined():
+    topo = full_shapes()
+    for node in ("node1", "node2"):
+        r = nftables.render(topo, node)
+        text, _ = nftables.script(r, None, "10.96.0.0/16")
+        defined = set(re.findall(r"^add chain ip kube-proxy (\S+)", text, flags=re.M))
+        used = set(re.findall(r"(?:goto|jump) (\S+?)(?: |,|$|\})", text, flags=re.M))
+        assert used <= defined, used - defined
+
+
+def test_nft_partial_sync_touches_only_the_changed_service():
+    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})])
+    full, record = nftables.script(nftables.render(topo, "node1"), None, "10.96.0.0/16")
+    assert full.startswith("add table ip kube-proxy")
+    same, _ = nftables.script(nftables.render(topo, "node1"), record, "10.96.0.0/16")
+    assert same == ""
+    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)),
+                      pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"}), web_pod("b", "node2")])
+    text, _ = nftables.script(nftables.render(grown, "node1"), record, "10.96.0.0/16")
+    assert "delete table" not in text
+    assert "default/other" not in text, "the other service is untouched"
+    assert "add chain ip kube-proxy service-" in text and f"default/web/tcp/http__{grown.pod('default/b').ip}/8080" in text
+    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("o", "node2", labels={"app": "other"})])
+    text, _ = nftables.script(nftables.render(gone, "node1"), record, "10.96.0.0/16")
+    assert "delete element ip kube-proxy service-ips { 10.96.0.11 . tcp . 80 }" in text
+    assert re.search(r"^delete chain ip kube-proxy service-\S+-default/web/tcp/http$", text, flags=re.M)
