@@ -29,6 +29,12 @@ labctl probe toolbox shop/db --port 5433 --expect refused   # nothing listens: T
 labctl probe toolbox ext/client --proto icmp --expect open  # leaving the cluster: masqueraded
 labctl probe ext/client node/node2 --proto icmp --expect open
 
+bold "Services, as kube-proxy programs them:"
+echo "\$ 12 probes to svc/default/web (ClusterIP $(labctl status --json | "$repo/.venv/bin/python" -c 'import json,sys; print(next(s["clusterIP"] for s in json.load(sys.stdin)["services"] if s["name"] == "web"))')) from toolbox:"
+for i in $(seq 12); do labctl probe toolbox svc/default/web --expect open; done | grep -o "served by [^,)]*" | sort | uniq -c
+labctl probe ext/client svc/default/web-nodeport@nodeport --via node/node3 --expect open   # NodePort 30080 from outside
+labctl probe ext/client svc/shop/db@lb --expect open                                       # LoadBalancer IP: the client's address is kept
+
 bold "The datapath, as a learner sees it:"
 echo "\$ labctl exec node/node1 -- ip route"
 labctl exec node/node1 -- ip route
@@ -41,7 +47,8 @@ The demo lab is up. Try next:
 
   sudo .venv/bin/labctl exec toolbox -- curl -s http://10.244.1.2:8080/      # who answered, and whom it saw
   sudo .venv/bin/labctl exec node/node2 -- tcpdump -ni eth0 udp port 8472     # VXLAN on the wire (then curl again)
-  sudo .venv/bin/labctl exec node/node1 -- iptables-save -t nat               # flannel's masquerade rules
+  sudo .venv/bin/labctl exec node/node1 -- iptables-save -t nat               # kube-proxy's KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-* and flannel's masquerade
+  sudo .venv/bin/labctl ready web-1 false                                     # a failing readiness probe: web-1 leaves the endpoints
   sudo ip netns list                                                          # every node and pod is a namespace
   sudo .venv/bin/labctl down demo                                             # removes all of it
 NEXT

@@ -20,6 +20,9 @@ def test_demo_script_brings_up_and_verifies_the_demo(root):
         assert p.stdout.count(": open") >= 6 and ": refused" in p.stdout
         assert "served by default/web-1" in p.stdout
         assert "10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink" in p.stdout
+        assert "svc/default/web-nodeport@nodeport (10.10.20.12:30080/tcp): open" in p.stdout
+        assert "svc/shop/db@lb (10.10.20.200:5432/tcp): open (served by shop/db, client seen as 10.10.20.100" in p.stdout
+        assert p.stdout.count("served by default/web-") >= 3  # the load-balancing tally
         assert "Try next" in p.stdout
         # running it again is fine: up is idempotent
         again = subprocess.run([str(REPO / "scripts/demo.sh")], capture_output=True, text=True, timeout=300)
