@@ -103,9 +103,13 @@ class Builder:
 
     def create(self, plan: Plan, new: Topology) -> None:
         spec = new.lab
+        for n in plan.add_nodes:
+            proxy_sync.forget(self.dir, n.name)  # a new node namespace holds no rules, whatever a record says
         to_create = plan.namespaces_to_create(spec.name)
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
+        if plan.add_pods or plan.new_lab:
+            responder.start(self.dir, self.journal, spec.name)
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)
@@ -160,7 +164,8 @@ class Builder:
             b.commit()
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
-                transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
+                if spec.proxy_mode != "iptables":  # in iptables mode the proxy's full sync writes flannel's chains too
+                    transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
                 self.progress("nodes", 1)
         run.apply_all(transactions)
 

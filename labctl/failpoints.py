@@ -2,8 +2,9 @@
 
 LABCTL_FAILPOINT=STEP:N makes labctl kill itself with SIGKILL when the N-th
 unit of STEP is done (N=0: when STEP is reached). Steps: namespaces, uplinks,
-nodes, pods, spawned (a process started, its pid not yet journaled), state
-(everything built, the applied state not yet written). Unset, it costs one
+nodes, pods, spawned (a process started, its pid not yet journaled), rules
+(service rules written, their records not), state (everything built, the
+applied state not yet written). Unset, it costs one
 dictionary lookup.
 """
 

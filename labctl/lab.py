@@ -114,14 +114,14 @@ class LabHandle:
 
     # -- up ------------------------------------------------------------------
 
-    def up(self, topo: Topology, source: str, progress=None) -> UpResult:
+    def up(self, topo: Topology, source: str, progress=None, resync: bool = False) -> UpResult:
         if topo.lab.name != self.name:
             raise LabError(f"topology is for lab {topo.lab.name}, not {self.name}")
         check_host(topo)
         t0 = time.monotonic()
         fresh = not self.dir.exists()
         try:
-            return self._up(topo, source, progress, t0)
+            return self._up(topo, source, progress, t0, resync)
         except LabError as e:
             if fresh and not self.journal.replay().netns:
                 self.dir.remove()  # nothing was made: leave no records either
@@ -129,8 +129,13 @@ class LabHandle:
                 e.hint = f"`labctl up` again resumes; `labctl down {self.name}` removes what was made"
             raise
 
-    def _up(self, topo: Topology, source: str, progress, t0: float) -> UpResult:
+    def _up(self, topo: Topology, source: str, progress, t0: float, resync: bool = False) -> UpResult:
         with self.dir.locked():
+            if resync:
+                from labctl.proxy.sync import forget
+
+                for n in topo.lab.nodes:
+                    forget(self.dir, n.name)  # no record: every node's rules are rewritten whole
             old, lost = self._observe(self.applied())
             p = plan(old, topo)  # refuses unsupported changes before anything is touched
             p.rebuild(lost, topo)

@@ -14,8 +14,9 @@ from labctl.lab import LabHandle
 
 @cli.command()
 @click.argument("file", metavar="FILE")
+@click.option("--resync", is_flag=True, help="Rewrite every node's service rules whole (undoes rules edited by hand).")
 @json_option
-def up(file: str, as_json: bool) -> None:
+def up(file: str, resync: bool, as_json: bool) -> None:
     """Build the lab FILE describes (idempotent: a second `up` changes nothing)."""
     from labctl.model.documents import read_file
     from labctl.model.load import build, lab_name_of_docs
@@ -31,7 +32,7 @@ def up(file: str, as_json: bool) -> None:
     handle = LabHandle(topo.lab.name)
     total = 2 + len(topo.lab.nodes) * 2 + len(topo.lab.externals) + len(topo.pods) * 2
     with output.progress(f"up {topo.lab.name}", total, enabled=not as_json) as advance:
-        result = handle.up(topo, source, advance)
+        result = handle.up(topo, source, advance, resync=resync)
     if as_json:
         output.emit_json(result.to_dict())
         return

@@ -5,6 +5,7 @@ sysctls a kubelet node has, and flannel's masquerade rules.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from labctl import ipam, names
 from labctl.kernel.nl import Batch
@@ -26,8 +27,28 @@ def cni0(b: Batch, spec: LabSpec, node: Node) -> None:
     b.addr(CNI0_INDEX, ipam.gateway(node.pod_cidr), ipaddress.ip_network(node.pod_cidr).prefixlen, names.POD_BRIDGE)
 
 
-def masquerade_rules(spec: LabSpec, node: Node) -> str:
-    """iptables-restore input: flannel's FLANNEL-POSTRTG and FLANNEL-FWD chains.
+@dataclass
+class Chains:
+    """Rules for iptables-restore: table -> chain -> rules, and jumps from built-in chains."""
+
+    chains: dict[str, dict[str, list[str]]]
+    jumps: list[tuple[str, str, str]]  # (table, built-in chain, rule without "-A CHAIN")
+
+    def text(self) -> str:
+        """A `iptables-restore --noflush` input adding these chains."""
+        out = []
+        for table, chains in self.chains.items():
+            out.append(f"*{table}")
+            out += [f":{c} - [0:0]" for c in chains]
+            out += [f"-A {c} {r}" for t, c, r in self.jumps if t == table]
+            for lines in chains.values():
+                out += lines
+            out.append("COMMIT")
+        return "\n".join(out) + "\n"
+
+
+def masquerade_chains(spec: LabSpec, node: Node) -> Chains:
+    """flannel's FLANNEL-POSTRTG and FLANNEL-FWD chains.
 
     Pod traffic leaving the pod network is masqueraded at its node (what CNI's
     ipMasq and flanneld's --ip-masq do); pod-to-pod traffic keeps its source.
@@ -37,24 +58,26 @@ def masquerade_rules(spec: LabSpec, node: Node) -> str:
     local = node.pod_cidr
     c = '-m comment --comment "flanneld masq"'
     f = '-m comment --comment "flanneld forward"'
-    return "\n".join(
-        [
-            "*nat",
-            ":FLANNEL-POSTRTG - [0:0]",
-            f"-A POSTROUTING {c} -j FLANNEL-POSTRTG",
-            f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {local} -d {cluster} {c} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {cluster} -d {local} {c} -j RETURN",
-            f"-A FLANNEL-POSTRTG ! -s {cluster} -d {local} {c} -j RETURN",
-            f"-A FLANNEL-POSTRTG -s {cluster} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
-            f"-A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {c} -j MASQUERADE --random-fully",
-            "COMMIT",
-            "*filter",
-            ":FLANNEL-FWD - [0:0]",
-            f"-A FORWARD {f} -j FLANNEL-FWD",
-            f"-A FLANNEL-FWD -s {cluster} {f} -j ACCEPT",
-            f"-A FLANNEL-FWD -d {cluster} {f} -j ACCEPT",
-            "COMMIT",
-            "",
-        ]
+    post = "FLANNEL-POSTRTG"
+    fwd = "FLANNEL-FWD"
+    return Chains(
+        chains={
+            "nat": {
+                post: [
+                    f"-A {post} -m mark --mark 0x4000/0x4000 {c} -j RETURN",
+                    f"-A {post} -s {local} -d {cluster} {c} -j RETURN",
+                    f"-A {post} -s {cluster} -d {local} {c} -j RETURN",
+                    f"-A {post} ! -s {cluster} -d {local} {c} -j RETURN",
+                    f"-A {post} -s {cluster} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
+                    f"-A {post} ! -s {cluster} -d {cluster} {c} -j MASQUERADE --random-fully",
+                ]
+            },
+            "filter": {fwd: [f"-A {fwd} -s {cluster} {f} -j ACCEPT", f"-A {fwd} -d {cluster} {f} -j ACCEPT"]},
+        },
+        jumps=[("nat", "POSTROUTING", f"{c} -j {post}"), ("filter", "FORWARD", f"{f} -j {fwd}")],
     )
+
+
+def masquerade_rules(spec: LabSpec, node: Node) -> str:
+    """iptables-restore input for flannel's chains (see masquerade_chains)."""
+    return masquerade_chains(spec, node).text()

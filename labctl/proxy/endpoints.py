@@ -8,6 +8,7 @@ endpoint of it). Endpoints are listed in address order.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 
@@ -46,6 +47,21 @@ class ServicePortInfo:
     def local(self, node: str) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints if e.node == node)
 
+    @property
+    def key(self) -> str:
+        return f"{self.spn}/{self.proto}"
+
+    def fingerprint(self, node: str) -> str:
+        """Everything this port's rules on `node` depend on, as a short digest."""
+        s, p = self.service, self.port
+        facts = (
+            s.namespace, s.name, s.type, s.cluster_ip, s.external_ips, s.load_balancer_ip, s.external_traffic_policy,
+            s.internal_traffic_policy, s.session_affinity, s.affinity_timeout, s.allocate_lb_node_ports,
+            p.port, p.protocol, p.name, p.node_port, p is s.ports[0],
+            tuple((e.ip, e.port, e.node) for e in self.endpoints), node,
+        )
+        return hashlib.sha1(repr(facts).encode()).hexdigest()[:16]
+
 
 def _target(pod: Pod, port: ServicePort) -> int | None:
     t = port.target()
@@ -61,7 +77,24 @@ def selects(service: Service, pod: Pod) -> bool:
     return bool(service.selector) and pod.namespace == service.namespace and all(pod.labels.get(k) == v for k, v in service.selector.items())
 
 
-def endpoints(topo: Topology, service: Service, port: ServicePort) -> tuple[Endpoint, ...]:
+class PodIndex:
+    """Pods by namespace and label, so selecting endpoints for many services is cheap."""
+
+    def __init__(self, pods):
+        self.by_label: dict[tuple[str, str, str], list[Pod]] = {}
+        for pod in pods:
+            for k, v in pod.labels.items():
+                self.by_label.setdefault((pod.namespace, k, v), []).append(pod)
+
+    def select(self, service: Service) -> list[Pod]:
+        if not service.selector:
+            return []
+        groups = [self.by_label.get((service.namespace, k, v), []) for k, v in service.selector.items()]
+        smallest = min(groups, key=len)
+        return [p for p in smallest if selects(service, p)]
+
+
+def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         by_ip = {n.ip: n.name for n in topo.lab.nodes}
         out = []
@@ -70,8 +103,8 @@ def endpoints(topo: Topology, service: Service, port: ServicePort) -> tuple[Endp
             out.append(Endpoint(ip, int(p), by_ip.get(ip), None))
         return tuple(out)
     out = []
-    for pod in topo.pods:
-        if not selects(service, pod) or pod.ip is None or not (pod.ready or service.publish_not_ready):
+    for pod in (index or PodIndex(topo.pods)).select(service):
+        if pod.ip is None or not (pod.ready or service.publish_not_ready):
             continue
         target = _target(pod, port)
         if target is not None:
@@ -80,8 +113,9 @@ def endpoints(topo: Topology, service: Service, port: ServicePort) -> tuple[Endp
 
 
 def service_ports(topo: Topology, proxied_only: bool = True) -> list[ServicePortInfo]:
+    index = PodIndex(topo.pods)
     return [
-        ServicePortInfo(s, p, endpoints(topo, s, p))
+        ServicePortInfo(s, p, endpoints(topo, s, p, index))
         for s in topo.services
         if s.proxied or not proxied_only
         for p in s.ports

@@ -1,13 +1,21 @@
 """kube-proxy's iptables mode, rendered as iptables-restore text. Pure.
 
-`render` lays out the KUBE-* chains of one node as kube-proxy does (chain
-names, comments, statistic load balancing, masquerade marks, traffic
-policies, affinity with `-m recent`, REJECT/DROP in the filter table);
-`transaction` turns desired chains plus what the node already has into one
-`iptables-restore --noflush` input: a partial sync rewrites only the service
-chains that changed (and the top-level chains whole), flushes and deletes
-stale chains in the same transaction, and leaves every other chain
-byte-identical.
+Each service port renders to a Piece: its own chains (KUBE-SVC-, KUBE-SVL-,
+KUBE-EXT-, KUBE-SEP-) and the rules it adds to the shared top-level chains
+(KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES), laid out as
+kube-proxy lays them out: chain names, comments, statistic load balancing,
+masquerade marks, traffic policies, affinity with `-m recent`, REJECT/DROP in
+the filter table.
+
+Two kinds of transaction:
+- full: the node's whole nat and filter tables (flannel's chains too) in one
+  `iptables-restore` without --noflush. iptables-nft 1.8.9 handles chain
+  declarations under --noflush in quadratic time; a flushing restore does not.
+- partial (`--noflush`): only the services whose inputs changed; their own
+  chains are declared (flushed) and rewritten, stale chains flushed and
+  deleted, and their rules in the top-level chains deleted and inserted one by
+  one, so a 10,000-rule KUBE-SERVICES is not rewritten for one change. Every
+  other chain stays byte-identical.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.model.objects import Topology
+from labctl.plumbing.node import Chains
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
 
@@ -26,7 +35,12 @@ TOP = {
     "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
     "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL"),
 }
-# Jumps from the built-in chains, in the order they end up (inserted at the top, as kube-proxy does).
+BUILTIN = {
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+}
+NODEPORTS_LAST = '-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS'
+# Jumps from the built-in chains, in the order they end up (ahead of any other rule, as kube-proxy inserts them).
 JUMPS = {
     "nat": [
         ("PREROUTING", '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
@@ -47,29 +61,29 @@ JUMPS = {
 }
 
 
-@dataclass
-class Ruleset:
-    """Desired KUBE-* chains: table -> chain -> rule lines ("-A CHAIN ...")."""
-
-    tables: dict[str, dict[str, list[str]]] = field(default_factory=lambda: {t: {c: [] for c in TOP[t]} for t in TABLES})
-
-    def chain(self, table: str, name: str) -> list[str]:
-        return self.tables[table].setdefault(name, [])
-
-    def add(self, table: str, chain: str, rule: str) -> None:
-        self.chain(table, chain).append(f"-A {chain} {rule}")
-
-    def hashes(self) -> dict[str, str]:
-        return {f"{t}/{c}": hashlib.sha1("\n".join(lines).encode()).hexdigest() for t, chains in self.tables.items() for c, lines in chains.items()}
-
-    def rules(self) -> int:
-        return sum(len(lines) for chains in self.tables.values() for lines in chains.values())
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
 
 
 @dataclass
-class Context:
-    node: str
-    cluster_cidr: str
+class Piece:
+    """What one service port puts in a node: its own nat chains and its rules in the top-level chains."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    top: dict[str, list[str]] = field(default_factory=dict)  # "table/CHAIN" -> rules
+
+    def add(self, chain: str, rule: str) -> None:
+        self.chains.setdefault(chain, []).append(f"-A {chain} {rule}")
+
+    def add_top(self, table: str, chain: str, rule: str) -> None:
+        self.top.setdefault(f"{table}/{chain}", []).append(f"-A {chain} {rule}")
+
+    def record(self, fp: str) -> dict:
+        return {"fp": fp, "chains": {c: _digest(r) for c, r in self.chains.items()}, "top": self.top}
+
+
+def _c(text: str) -> str:
+    return f'-m comment --comment "{text}"'
 
 
 def _match(info: ServicePortInfo, comment: str, dport: int, extra: str = "") -> str:
@@ -77,44 +91,37 @@ def _match(info: ServicePortInfo, comment: str, dport: int, extra: str = "") -> 
     return f"-p {info.proto} {_c(comment)}{extra} -m {info.proto} --dport {dport}"
 
 
-def _c(text: str) -> str:
-    return f'-m comment --comment "{text}"'
-
-
-def _endpoint_jumps(rs: Ruleset, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
+def _endpoint_jumps(piece: Piece, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
     spn = info.spn
-    affinity = info.service.session_affinity == "ClientIP"
-    if affinity:
+    if info.service.session_affinity == "ClientIP":
         for ep in eps:
             sep = names.ipt_sep(spn, info.proto, ep.addr)
-            rs.add(
-                "nat",
-                chain,
-                f'{_c(f"{spn} -> {ep.addr}")} -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {info.service.affinity_timeout} --reap -j {sep}',
-            )
+            t = info.service.affinity_timeout
+            piece.add(chain, f'{_c(f"{spn} -> {ep.addr}")} -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {t} --reap -j {sep}')
     n = len(eps)
     for i, ep in enumerate(eps):
         sep = names.ipt_sep(spn, info.proto, ep.addr)
         stat = f" -m statistic --mode random --probability {1.0 / (n - i):0.10f}" if i < n - 1 else ""
-        rs.add("nat", chain, f'{_c(f"{spn} -> {ep.addr}")}{stat} -j {sep}')
+        piece.add(chain, f'{_c(f"{spn} -> {ep.addr}")}{stat} -j {sep}')
 
 
-def _endpoint_chain(rs: Ruleset, info: ServicePortInfo, ep: Endpoint) -> None:
+def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint) -> None:
     spn = info.spn
     sep = names.ipt_sep(spn, info.proto, ep.addr)
-    rs.chain("nat", sep)
-    rs.add("nat", sep, f"-s {ep.ip}/32 {_c(spn)} -j KUBE-MARK-MASQ")
+    piece.add(sep, f"-s {ep.ip}/32 {_c(spn)} -j KUBE-MARK-MASQ")
     recent = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if info.service.session_affinity == "ClientIP" else ""
-    rs.add("nat", sep, f"-p {info.proto} {_c(spn)}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
+    piece.add(sep, f"-p {info.proto} {_c(spn)}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
 
 
-def _service(rs: Ruleset, info: ServicePortInfo, ctx: Context) -> None:
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> Piece:
+    """The chains and top-level rules of one service port, on one node."""
+    piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
     svc = names.ipt_chain("KUBE-SVC-", spn, proto)
     svl = names.ipt_chain("KUBE-SVL-", spn, proto)
     ext = names.ipt_chain("KUBE-EXT-", spn, proto)
     all_eps = info.endpoints
-    local_eps = info.local(ctx.node)
+    local_eps = info.local(node)
     has_eps = bool(all_eps)
     itp_local = s.internal_traffic_policy == "Local"
     etp_local = s.external_traffic_policy == "Local"
@@ -129,135 +136,176 @@ def _service(rs: Ruleset, info: ServicePortInfo, ctx: Context) -> None:
 
     # Dispatch: the nat table's KUBE-SERVICES and KUBE-NODEPORTS.
     if has_internal:
-        rs.add("nat", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
+        piece.add_top("nat", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
     if has_eps:
         for what, ip in externals:
-            rs.add("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {ext}")
+            piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {ext}")
         if node_port:
-            rs.add("nat", "KUBE-NODEPORTS", f"{_match(info, spn, node_port)} -j {ext}")
+            piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, node_port)} -j {ext}")
 
     # Refusals in the filter table: no endpoints -> REJECT, no local ones -> DROP.
+    target = "REJECT --reject-with icmp-port-unreachable" if not has_eps else "DROP"
+    why = "has no endpoints" if not has_eps else "has no local endpoints"
     if not has_internal:
-        target = "REJECT --reject-with icmp-port-unreachable" if not has_eps else "DROP"
-        why = "has no endpoints" if not has_eps else "has no local endpoints"
-        rs.add("filter", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
+        piece.add_top("filter", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
     if not has_external and externally:
-        target = "REJECT --reject-with icmp-port-unreachable" if not has_eps else "DROP"
-        why = "has no endpoints" if not has_eps else "has no local endpoints"
         for _, ip in externals:
-            rs.add("filter", "KUBE-EXTERNAL-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
+            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
         if node_port:
-            rs.add("filter", "KUBE-EXTERNAL-SERVICES", f"{_match(info, f'{spn} {why}', node_port, ' -m addrtype --dst-type LOCAL')} -j {target}")
+            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"{_match(info, f'{spn} {why}', node_port, ' -m addrtype --dst-type LOCAL')} -j {target}")
     if not has_eps:
-        return
+        return piece
 
     # The service's own chains.
-    uses_svc = not itp_local or (externally and not etp_local) or (externally and etp_local)
+    uses_svc = not itp_local or externally
     uses_svl = (itp_local or (externally and etp_local)) and bool(local_eps)
-    if uses_svc:
-        rs.chain("nat", svc)
-    if uses_svl:
-        rs.chain("nat", svl)
     if has_internal:
-        rs.add("nat", internal_chain, f"! -s {ctx.cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
+        piece.add(internal_chain, f"! -s {cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
     if externally:
-        rs.chain("nat", ext)
         if not etp_local:
-            rs.add("nat", ext, f'{_c(f"masquerade traffic for {spn} external destinations")} -j KUBE-MARK-MASQ')
-            rs.add("nat", ext, f"-j {svc}")
+            piece.add(ext, f'{_c(f"masquerade traffic for {spn} external destinations")} -j KUBE-MARK-MASQ')
+            piece.add(ext, f"-j {svc}")
         else:
-            rs.add("nat", ext, f'-s {ctx.cluster_cidr} {_c(f"pod traffic for {spn} external destinations")} -j {svc}')
-            rs.add("nat", ext, f'{_c(f"masquerade LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
-            rs.add("nat", ext, f'{_c(f"route LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j {svc}')
+            piece.add(ext, f'-s {cluster_cidr} {_c(f"pod traffic for {spn} external destinations")} -j {svc}')
+            piece.add(ext, f'{_c(f"masquerade LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
+            piece.add(ext, f'{_c(f"route LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j {svc}')
             if has_external:
-                rs.add("nat", ext, f"-j {svl}")
+                piece.add(ext, f"-j {svl}")
     reached: dict[str, Endpoint] = {}
     if uses_svc:
-        _endpoint_jumps(rs, svc, info, all_eps)
+        _endpoint_jumps(piece, svc, info, all_eps)
         reached.update((e.addr, e) for e in all_eps)
     if uses_svl:
-        _endpoint_jumps(rs, svl, info, local_eps)
+        _endpoint_jumps(piece, svl, info, local_eps)
         reached.update((e.addr, e) for e in local_eps)
     for ep in reached.values():
-        _endpoint_chain(rs, info, ep)
+        _endpoint_chain(piece, info, ep)
+    return piece
+
+
+def static_chains() -> dict[str, dict[str, list[str]]]:
+    """The top-level chains' fixed rules (KUBE-SERVICES gets the NodePort rule last)."""
+    return {
+        "nat": {
+            "KUBE-SERVICES": [],
+            "KUBE-NODEPORTS": [],
+            "KUBE-POSTROUTING": [
+                f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+                f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+                f'-A KUBE-POSTROUTING {_c("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully',
+            ],
+            "KUBE-MARK-MASQ": [f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"],
+        },
+        "filter": {
+            "KUBE-SERVICES": [],
+            "KUBE-EXTERNAL-SERVICES": [],
+            "KUBE-NODEPORTS": [],
+            "KUBE-FORWARD": [
+                "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+                f'-A KUBE-FORWARD {_c("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
+                f'-A KUBE-FORWARD {_c("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+            ],
+            "KUBE-PROXY-FIREWALL": [],
+        },
+    }
+
+
+@dataclass
+class Ruleset:
+    """All of a node's KUBE-* chains: table -> chain -> rule lines (what `render` returns)."""
+
+    tables: dict[str, dict[str, list[str]]]
+
+    def rules(self) -> int:
+        return sum(len(lines) for chains in self.tables.values() for lines in chains.values())
+
+
+def assemble(pieces: list[Piece]) -> Ruleset:
+    tables = static_chains()
+    for piece in pieces:
+        for tc, rules in piece.top.items():
+            table, chain = tc.split("/", 1)
+            tables[table][chain] += rules
+        tables["nat"].update(piece.chains)
+    tables["nat"]["KUBE-SERVICES"].append(NODEPORTS_LAST)
+    return Ruleset(tables)
 
 
 def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> Ruleset:
-    """The KUBE-* chains of one node."""
-    ctx = Context(node=node, cluster_cidr=topo.lab.pod_network)
-    rs = Ruleset()
-    rs.add("nat", "KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
-    rs.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
-    rs.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
-    rs.add("nat", "KUBE-POSTROUTING", f'{_c("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully')
-    rs.add("filter", "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
-    rs.add("filter", "KUBE-FORWARD", f'{_c("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT')
-    rs.add("filter", "KUBE-FORWARD", f'{_c("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT')
-    for info in infos if infos is not None else service_ports(topo):
-        _service(rs, info, ctx)
-    rs.add(
-        "nat",
-        "KUBE-SERVICES",
-        f'{_c("kubernetes service nodeports; NOTE: this must be the last rule in this chain")} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS',
-    )
-    return rs
+    """The KUBE-* chains of one node, assembled in kube-proxy's order."""
+    infos = infos if infos is not None else service_ports(topo)
+    return assemble([render_service(i, node, topo.lab.pod_network) for i in infos])
 
 
 # -- transactions ---------------------------------------------------------------------
 
 
-@dataclass
-class Existing:
-    """What a node's iptables already hold of kube-proxy's (from iptables-save)."""
-
-    chains: set[str] = field(default_factory=set)  # "table/chain" of KUBE-* chains
-    jumps: set[str] = field(default_factory=set)  # "table/CHAIN rule" of jumps into them
-
-
-def parse_save(text: str) -> Existing:
-    ex = Existing()
-    table = None
-    jump_rules = {f"{t}/{c} {r}" for t, js in JUMPS.items() for c, r in js}
-    for line in text.splitlines():
-        if line.startswith("*"):
-            table = line[1:].strip()
-        elif line.startswith(":KUBE-") and table:
-            ex.chains.add(f"{table}/{line[1:].split()[0]}")
-        elif line.startswith("-A ") and table:
-            _, chain, rest = line.split(" ", 2)
-            key = f"{table}/{chain} {rest}"
-            if key in jump_rules:
-                ex.jumps.add(key)
-    return ex
-
-
-def transaction(desired: Ruleset, record: dict[str, str] | None, existing: Existing | None = None) -> tuple[str, dict[str, str]]:
-    """iptables-restore --noflush input taking the node from `record` (or, for a
-    full sync, from `existing`) to `desired`; and the new record. Empty text:
-    nothing to do."""
-    new = desired.hashes()
-    full = record is None
-    before = set((existing or Existing()).chains) if full else set(record)
+def full(ruleset: Ruleset | None, flannel: Chains) -> str:
+    """The node's nat and filter tables, whole: built-in chains, kube-proxy's jumps
+    first, then flannel's, kube-proxy's chains and flannel's. For `iptables-restore`
+    without --noflush. With no ruleset: flannel's alone (leaving iptables mode)."""
     out: list[str] = []
-    changed = False
     for table in TABLES:
-        chains = desired.tables[table]
-        write = [c for c in chains if full or c in TOP[table] or record.get(f"{table}/{c}") != new[f"{table}/{c}"]]
-        stale = sorted(k.split("/", 1)[1] for k in before if k.startswith(f"{table}/") and k.split("/", 1)[1] not in chains)
-        jumps = [(c, r) for c, r in JUMPS[table] if full and f"{table}/{c} {r}" not in (existing or Existing()).jumps]
-        if full or stale or any(not c in TOP[table] for c in write) or any(record.get(f"{table}/{c}") != new[f"{table}/{c}"] for c in TOP[table]):
-            changed = True
+        ours = ruleset.tables[table] if ruleset else {}
+        theirs = flannel.chains.get(table, {})
         out.append(f"*{table}")
-        out += [f":{c} - [0:0]" for c in write + stale]
-        for c, r in reversed(jumps):
-            out.append(f"-I {c} 1 {r}")
-        for c in write:
-            out += chains[c]
-        out += [f"-X {c}" for c in stale]
+        out += [f":{c} ACCEPT [0:0]" for c in BUILTIN[table]]
+        out += [f":{c} - [0:0]" for c in list(ours) + list(theirs)]
+        out += [f"-A {c} {r}" for c, r in JUMPS[table]] if ruleset else []
+        out += [f"-A {c} {r}" for t, c, r in flannel.jumps if t == table]
+        for lines in list(ours.values()) + list(theirs.values()):
+            out += lines
         out.append("COMMIT")
-    if not changed:
-        return "", new
-    return "\n".join(out) + "\n", new
+    return "\n".join(out) + "\n"
+
+
+def _delete(rule: str) -> str:
+    return "-D " + rule[3:]
+
+
+def _insert(rule: str, table: str) -> str:
+    chain = rule.split(" ", 2)[1]
+    if table == "nat" and chain == "KUBE-SERVICES":
+        return f"-I KUBE-SERVICES 1 {rule.split(' ', 2)[2]}"  # the NodePort rule stays last
+    return rule
+
+
+def partial(changed: dict[str, Piece | None], old: dict[str, dict], fps: dict[str, str]) -> str:
+    """`iptables-restore --noflush` input for the services in `changed`
+    (None: the service is gone), from their old records. Empty: nothing to do."""
+    decl: set[str] = set()
+    rules: list[str] = []
+    dels: dict[str, list[str]] = {t: [] for t in TABLES}
+    adds: dict[str, list[str]] = {t: [] for t in TABLES}
+    stale: list[str] = []
+    for k, piece in changed.items():
+        before = old.get(k, {"chains": {}, "top": {}})
+        now = piece.record(fps[k]) if piece else {"chains": {}, "top": {}}
+        for c, digest in now["chains"].items():
+            if before["chains"].get(c) != digest:
+                decl.add(c)
+                rules += piece.chains[c]
+        stale += [c for c in before["chains"] if c not in now["chains"]]
+        for tc in set(before["top"]) | set(now["top"]):
+            table = tc.split("/", 1)[0]
+            was, will = before["top"].get(tc, []), now["top"].get(tc, [])
+            dels[table] += [_delete(r) for r in was if r not in will]
+            adds[table] += [_insert(r, table) for r in will if r not in was]
+    if not (decl or stale or any(dels.values()) or any(adds.values())):
+        return ""
+    out = []
+    for table in TABLES:
+        out.append(f"*{table}")
+        if table == "nat":
+            out += [f":{c} - [0:0]" for c in sorted(decl | set(stale))]
+        out += dels[table]
+        if table == "nat":
+            out += rules
+        out += adds[table]
+        if table == "nat":
+            out += [f"-X {c}" for c in stale]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
 
 
 def chains_in(text: str) -> list[str]:

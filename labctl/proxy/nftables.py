@@ -56,23 +56,35 @@ JUMP_CHAINS = [
 ]
 
 
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
+
+
 @dataclass
-class NftRules:
-    """Desired service chains, map and set elements, affinity sets."""
+class NftPiece:
+    """What one service port puts in the table: chains, map elements, affinity sets."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)
-    maps: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in MAPS})
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)  # map -> key -> value ("" for sets)
     affinity: dict[str, int] = field(default_factory=dict)  # set name -> timeout seconds
 
     def add(self, chain: str, rule: str) -> None:
         self.chains.setdefault(chain, []).append(rule)
 
-    def record(self) -> dict:
-        return {
-            "chains": {c: hashlib.sha1("\n".join(r).encode()).hexdigest() for c, r in self.chains.items()},
-            "maps": {m: dict(e) for m, e in self.maps.items()},
-            "affinity": dict(self.affinity),
-        }
+    def element(self, name: str, key: str, value: str = "") -> None:
+        self.elements.setdefault(name, {})[key] = value
+
+    def record(self, fp: str) -> dict:
+        return {"fp": fp, "chains": {c: _digest(r) for c, r in self.chains.items()}, "elements": self.elements, "affinity": self.affinity}
+
+
+@dataclass
+class NftRules:
+    """A node's whole service state (what `render` returns)."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    maps: dict[str, dict[str, str]] = field(default_factory=lambda: {m: {} for m in MAPS})
+    affinity: dict[str, int] = field(default_factory=dict)
 
     def rules(self) -> int:
         return sum(len(r) for r in self.chains.values()) + sum(len(e) for e in self.maps.values())
@@ -88,7 +100,7 @@ def _affinity_set(info: ServicePortInfo, ep: Endpoint) -> str:
     return "affinity-" + names.nft_endpoint_base(s.namespace, s.name, info.proto, info.port.name, ep.ip, ep.port)
 
 
-def _dispatch(r: NftRules, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
+def _dispatch(r: NftPiece, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
     if info.service.session_affinity == "ClientIP":
         for ep in eps:
             r.add(chain, f"ip saddr @{_affinity_set(info, ep)} goto {_endpoint_chain(info, ep)}")
@@ -96,7 +108,8 @@ def _dispatch(r: NftRules, chain: str, info: ServicePortInfo, eps: tuple[Endpoin
     r.add(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
 
 
-def _service(r: NftRules, info: ServicePortInfo, node: str, cluster_cidr: str) -> None:
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> NftPiece:
+    r = NftPiece()
     s, p, proto = info.service, info.port, info.proto
     base = names.nft_base(s.namespace, s.name, proto, p.name)
     svc, local, ext = f"service-{base}", f"local-{base}", f"external-{base}"
@@ -112,32 +125,29 @@ def _service(r: NftRules, info: ServicePortInfo, node: str, cluster_cidr: str) -
     has_external = has_eps and (not etp_local or bool(local_eps))
     verdict = "goto reject-chain" if not has_eps else "drop"
 
-    r.maps["cluster-ips"][s.cluster_ip] = ""
+    if p is s.ports[0]:  # one element per ClusterIP, owned by the service's first port
+        r.element("cluster-ips", s.cluster_ip)
     key = f"{s.cluster_ip} . {proto} . {p.port}"
     if has_internal:
-        r.maps["service-ips"][key] = f"goto {internal_chain}"
+        r.element("service-ips", key, f"goto {internal_chain}")
     else:
-        r.maps["no-endpoint-services"][key] = verdict
+        r.element("no-endpoint-services", key, verdict)
     for ip in externals:
         k = f"{ip} . {proto} . {p.port}"
         if has_eps:
-            r.maps["service-ips"][k] = f"goto {ext}"
+            r.element("service-ips", k, f"goto {ext}")
         if not has_external:
-            r.maps["no-endpoint-services"][k] = verdict
+            r.element("no-endpoint-services", k, verdict)
     if node_port:
         if has_eps:
-            r.maps["service-nodeports"][f"{proto} . {node_port}"] = f"goto {ext}"
+            r.element("service-nodeports", f"{proto} . {node_port}", f"goto {ext}")
         if not has_external:
-            r.maps["no-endpoint-nodeports"][f"{proto} . {node_port}"] = verdict
+            r.element("no-endpoint-nodeports", f"{proto} . {node_port}", verdict)
     if not has_eps:
-        return
+        return r
 
     uses_svc = not itp_local or externally
     uses_local = (itp_local or (externally and etp_local)) and bool(local_eps)
-    if uses_svc:
-        r.chains.setdefault(svc, [])
-    if uses_local:
-        r.chains.setdefault(local, [])
     if has_internal:
         r.add(internal_chain, f"ip daddr {s.cluster_ip} {proto} dport {p.port} ip saddr != {cluster_cidr} jump mark-for-masquerade")
     if externally:
@@ -163,13 +173,22 @@ def _service(r: NftRules, info: ServicePortInfo, node: str, cluster_cidr: str) -
             r.affinity[_affinity_set(info, ep)] = s.affinity_timeout
             r.add(chain, f"update @{_affinity_set(info, ep)} {{ ip saddr }}")
         r.add(chain, f"meta l4proto {proto} dnat to {ep.addr}")
+    return r
+
+
+def assemble(pieces: list[NftPiece]) -> NftRules:
+    out = NftRules()
+    for piece in pieces:
+        out.chains.update(piece.chains)
+        for name, elements in piece.elements.items():
+            out.maps[name].update(elements)
+        out.affinity.update(piece.affinity)
+    return out
 
 
 def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> NftRules:
-    r = NftRules()
-    for info in infos if infos is not None else service_ports(topo):
-        _service(r, info, node, topo.lab.pod_network)
-    return r
+    infos = infos if infos is not None else service_ports(topo)
+    return assemble([render_service(i, node, topo.lab.pod_network) for i in infos])
 
 
 # -- scripts ---------------------------------------------------------------------------
@@ -213,31 +232,45 @@ def _element(name: str, key: str, value: str) -> str:
     return f"{{ {key} : {value} }}" if MAPS[name][0] == "map" else f"{{ {key} }}"
 
 
-def script(desired: NftRules, record: dict | None, service_cidr: str) -> tuple[str, dict]:
-    """`nft -f` input from `record` (None: a full sync) to `desired`, and the new record. Empty: nothing to do."""
+def full(rules: NftRules, service_cidr: str) -> str:
+    """The whole table, replaced in one transaction."""
     t = TABLE
-    new = desired.record()
-    full = record is None
-    old = record or {"chains": {}, "maps": {m: {} for m in MAPS}, "affinity": {}}
-    out: list[str] = _setup(service_cidr) if full else []
-    for name, timeout in desired.affinity.items():
-        if full or name not in old["affinity"]:
-            out.append(f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}")
-    write = [c for c in desired.chains if full or old["chains"].get(c) != new["chains"][c]]
+    out = _setup(service_cidr)
+    out += [f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}" for name, timeout in rules.affinity.items()]
+    out += [f"add chain {t} {c}" for c in rules.chains]
+    for c, lines in rules.chains.items():
+        out += [f"add rule {t} {c} {rule}" for rule in lines]
+    for name, elements in rules.maps.items():
+        out += [f"add element {t} {name} {_element(name, k, v)}" for k, v in elements.items()]
+    return "\n".join(out) + "\n"
+
+
+def partial(changed: dict[str, NftPiece | None], old: dict[str, dict], fps: dict[str, str]) -> str:
+    """`nft -f` input for the services in `changed` (None: gone), from their old records."""
+    t = TABLE
+    empty = {"chains": {}, "elements": {}, "affinity": {}}
+    sets, write, rules, dels, adds, stale, stale_sets = [], [], [], [], [], [], []
+    for k, piece in changed.items():
+        before = old.get(k, empty)
+        now = piece.record(fps[k]) if piece else empty
+        for name, timeout in now["affinity"].items():
+            if name not in before["affinity"]:
+                sets.append(f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}")
+        for c, digest in now["chains"].items():
+            if before["chains"].get(c) != digest:
+                write.append(c)
+                rules += [f"add rule {t} {c} {rule}" for rule in piece.chains[c]]
+        for name in set(before["elements"]) | set(now["elements"]):
+            was, will = before["elements"].get(name, {}), now["elements"].get(name, {})
+            dels += [f"delete element {t} {name} {{ {key} }}" for key, v in was.items() if will.get(key) != v]
+            adds += [f"add element {t} {name} {_element(name, key, v)}" for key, v in will.items() if was.get(key) != v]
+        stale += [c for c in before["chains"] if c not in now["chains"]]
+        stale_sets += [s_ for s_ in before["affinity"] if s_ not in now["affinity"]]
+    out = sets
     for c in write:
         out += [f"add chain {t} {c}", f"flush chain {t} {c}"]
-    for c in write:
-        out += [f"add rule {t} {c} {rule}" for rule in desired.chains[c]]
-    for name in MAPS:
-        before, after = old["maps"].get(name, {}), desired.maps[name]
-        for key, value in before.items():
-            if key not in after or after[key] != value:
-                out.append(f"delete element {t} {name} {{ {key} }}")
-        for key, value in after.items():
-            if full or before.get(key) != value:
-                out.append(f"add element {t} {name} {_element(name, key, value)}")
-    stale = [c for c in old["chains"] if c not in desired.chains]
+    out += rules + dels + adds
     out += [f"flush chain {t} {c}" for c in stale]
     out += [f"delete chain {t} {c}" for c in stale]
-    out += [f"delete set {t} {s}" for s in old["affinity"] if s not in desired.affinity]
-    return ("\n".join(out) + "\n" if out else ""), new
+    out += [f"delete set {t} {s_}" for s_ in stale_sets]
+    return "\n".join(out) + "\n" if out else ""

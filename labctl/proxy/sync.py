@@ -1,12 +1,12 @@
 """Programming service rules into the nodes: one transaction per node, all
 nodes in parallel.
 
-Each node has a record (<statedir>/proxy/<node>.json) of what its last
-transaction wrote: the mode and a hash per chain (iptables) or the chains,
-map elements and affinity sets (nftables). With a record, a sync is partial:
-only what changed is written. Without one (a new node, a record marked
-pending by a sync that never finished, a changed proxyMode) the sync is full
-and starts from what the kernel actually holds, so it is always safe.
+Each node has a record (<statedir>/proxy/<node>.json): the mode, and per
+service port a fingerprint of everything its rules depend on plus what its
+rules put in the kernel. With a record, a sync is partial: only service ports
+whose fingerprint changed are rendered and written. Without one (a new node,
+a record left pending by a sync that never finished, a changed proxyMode) the
+sync is full and replaces the node's tables, so it is always safe.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import names
+from labctl import failpoints, names
 from labctl.errors import HostLacks
 from labctl.kernel import run
 from labctl.model.objects import Topology
+from labctl.plumbing.node import masquerade_chains
 from labctl.proxy import iptables, nftables
-from labctl.proxy.endpoints import service_ports
+from labctl.proxy.endpoints import ServicePortInfo, service_ports
 from labctl.state.store import LabDir
 
 MODES = ("iptables", "nftables")
+RECORD_VERSION = 2
 
 
 @dataclass
@@ -32,35 +34,54 @@ class NodeSync:
     mode: str
     full: bool
     text: str
-    record: dict
-    rules: int
+    services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
+    changed: int  # service ports rendered
 
     @property
     def argv(self) -> list[str]:
-        return _argv(self.mode)
+        return _argv(self.mode, self.full)
+
+    @property
+    def rules(self) -> int:
+        return sum(1 for line in self.text.splitlines() if line.startswith(("-A ", "-I ", "add rule", "add element")))
+
+
+def _argv(mode: str, full: bool) -> list[str]:
+    if mode == "iptables":
+        return ["iptables-restore"] if full else ["iptables-restore", "--noflush"]
+    return ["nft", "-f", "-"]
 
 
 def _record_path(labdir: LabDir, node: str) -> Path:
     return labdir.path / "proxy" / f"{node}.json"
 
 
+def _pending_path(labdir: LabDir, node: str) -> Path:
+    return labdir.path / "proxy" / f"{node}.pending"
+
+
 def read_record(labdir: LabDir, node: str) -> dict | None:
+    """The node's record; None when there is none or a sync of it never finished."""
+    if _pending_path(labdir, node).exists():
+        return None
     try:
-        return json.loads(_record_path(labdir, node).read_text())
+        rec = json.loads(_record_path(labdir, node).read_text())
     except FileNotFoundError:
         return None
+    return rec if rec.get("version") == RECORD_VERSION else None
 
 
 def _write_record(labdir: LabDir, node: str, data: dict) -> None:
     p = _record_path(labdir, node)
     p.parent.mkdir(exist_ok=True)
     tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
+    tmp.write_text(json.dumps(dict(data, version=RECORD_VERSION), separators=(",", ":")))
     tmp.replace(p)
 
 
 def forget(labdir: LabDir, node: str) -> None:
     _record_path(labdir, node).unlink(missing_ok=True)
+    _pending_path(labdir, node).unlink(missing_ok=True)
 
 
 def require_mode(mode: str) -> None:
@@ -75,64 +96,62 @@ def require_mode(mode: str) -> None:
         run.require("iptables-restore", "iptables")
 
 
-def _cleanup_other(mode: str, ns: str) -> str:
-    """Text that removes the other mode's rules from a node (when proxyMode changed)."""
-    if mode == "nftables":  # leaving iptables: drop KUBE-* chains and the jumps into them
-        ex = iptables.parse_save(run.output(ns, ["iptables-save"]))
-        out = []
-        for table in iptables.TABLES:
-            mine = sorted(c.split("/", 1)[1] for c in ex.chains if c.startswith(table + "/"))
-            jumps = [j.split(" ", 1) for j in sorted(ex.jumps) if j.startswith(table + "/")]
-            out.append(f"*{table}")
-            out += [f":{c} - [0:0]" for c in mine]
-            out += [f"-D {key.split('/', 1)[1]} {rule}" for key, rule in jumps]
-            out += [f"-X {c}" for c in mine]
-            out.append("COMMIT")
-        return "\n".join(out) + "\n"
-    return f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n"
+def _render(mode: str, info: ServicePortInfo, node: str, cidr: str):
+    return (iptables if mode == "iptables" else nftables).render_service(info, node, cidr)
 
 
-def plan(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list[NodeSync]:
-    """What each node needs; nodes whose rules are already right are left out."""
+def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None) -> NodeSync | None:
     mode = topo.lab.proxy_mode
-    infos = service_ports(topo)
-    out = []
-    for node in nodes or [n.name for n in topo.lab.nodes]:
-        ns = names.node_netns(topo.lab.name, node)
-        rec = read_record(labdir, node)
-        usable = rec is not None and not rec.get("pending") and rec.get("mode") == mode
-        if rec is not None and rec.get("mode") not in (None, mode):
-            run.apply_all([run.Transaction(ns, _argv(rec["mode"]), _cleanup_other(mode, ns))])
-        if mode == "iptables":
-            desired = iptables.render(topo, node, infos)
-            existing = None if usable else iptables.parse_save(run.output(ns, ["iptables-save"]))
-            text, record = iptables.transaction(desired, rec["record"] if usable else None, existing)
-            rules = desired.rules()
-        else:
-            desired_nft = nftables.render(topo, node, infos)
-            text, record = nftables.script(desired_nft, rec["record"] if usable else None, topo.lab.service_network)
-            rules = desired_nft.rules()
-        if text:
-            out.append(NodeSync(node, mode, not usable, text, record, rules))
-    return out
+    cidr = topo.lab.pod_network
+    fps = {i.key: i.fingerprint(node) for i in infos}
+    usable = rec is not None and rec.get("mode") == mode
+    if usable:
+        old = rec["services"]
+        changed = {i.key: _render(mode, i, node, cidr) for i in infos if old.get(i.key, {}).get("fp") != fps[i.key]}
+        changed.update({k: None for k in old if k not in fps})
+        module = iptables if mode == "iptables" else nftables
+        text = module.partial(changed, old, fps)
+        services = {k: v for k, v in old.items() if k in fps}
+        services.update({k: piece.record(fps[k]) for k, piece in changed.items() if piece is not None})
+        return NodeSync(node, mode, False, text, services, len(changed)) if text else None
+    pieces = {i.key: _render(mode, i, node, cidr) for i in infos}
+    if mode == "iptables":
+        text = iptables.full(iptables.assemble(list(pieces.values())), masquerade_chains(topo.lab, topo.lab.node(node)))
+    else:
+        text = nftables.full(nftables.assemble(list(pieces.values())), topo.lab.service_network)
+    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, len(pieces))
 
 
-def _argv(mode: str) -> list[str]:
-    return ["iptables-restore", "--noflush"] if mode == "iptables" else ["nft", "-f", "-"]
-
-
-def apply(labdir: LabDir, topo: Topology, syncs: list[NodeSync]) -> None:
-    """Run the transactions; a record is marked pending until its transaction is in."""
-    lab = topo.lab.name
-    for s in syncs:
-        _write_record(labdir, s.node, {"mode": s.mode, "pending": True, "record": s.record})
-    run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
-    for s in syncs:
-        _write_record(labdir, s.node, {"mode": s.mode, "pending": False, "record": s.record})
+def _leave(topo: Topology, node: str, old_mode: str) -> run.Transaction:
+    """Remove a node's rules of the mode it is leaving (when proxyMode changed)."""
+    ns = names.node_netns(topo.lab.name, node)
+    if old_mode == "iptables":  # back to flannel's chains alone
+        return run.Transaction(ns, ["iptables-restore"], iptables.full(None, masquerade_chains(topo.lab, topo.lab.node(node))))
+    return run.Transaction(ns, ["nft", "-f", "-"], f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n")
 
 
 def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list[NodeSync]:
-    syncs = plan(labdir, topo, nodes)
-    if syncs:
-        apply(labdir, topo, syncs)
+    """Bring every node's service rules to what `topo` says; returns the transactions run."""
+    infos = service_ports(topo)
+    lab = topo.lab.name
+    syncs, leaving = [], []
+    for node in nodes or [n.name for n in topo.lab.nodes]:
+        rec = read_record(labdir, node)
+        if rec is not None and rec.get("mode") not in (None, topo.lab.proxy_mode):
+            leaving.append(_leave(topo, node, rec["mode"]))
+            rec = None
+        s = _plan_node(topo, node, infos, rec)
+        if s is not None:
+            syncs.append(s)
+    run.apply_all(leaving)
+    if not syncs:
+        return []
+    for s in syncs:  # pending until its transaction is in: a crash in between means a full sync next time
+        _pending_path(labdir, s.node).parent.mkdir(exist_ok=True)
+        _pending_path(labdir, s.node).touch()
+    run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
+    failpoints.hit("rules")
+    for s in syncs:
+        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services})
+        _pending_path(labdir, s.node).unlink()
     return syncs

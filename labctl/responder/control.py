@@ -60,50 +60,63 @@ def _log_tail(labdir: LabDir) -> str:
         return ""
 
 
+def _spawn(labdir: LabDir, journal: Journal, lab: str) -> int:
+    return procs.spawn(
+        [sys.executable, "-m", "labctl.responder", str(labdir.path)],
+        lab=lab,
+        key=KEY,
+        journal=journal,
+        log=labdir.file("responder.log"),
+    )
+
+
+def _ensure(labdir: LabDir, journal: Journal, lab: str) -> int:
+    """The running responder's pid, after replacing one of another labctl version; or a new one."""
+    pid = running(labdir, journal)
+    if pid is not None and not _wait_ready(labdir, pid, "ping").endswith(f"protocol={_protocol()}"):
+        procs.stop([pid])
+        journal.release_proc(KEY)
+        pid = None
+    return pid if pid is not None else _spawn(labdir, journal, lab)
+
+
+def _protocol() -> int:
+    from labctl.responder.server import PROTOCOL
+
+    return PROTOCOL
+
+
+def start(labdir: LabDir, journal: Journal, lab: str) -> None:
+    """Start the responder with nothing to serve yet, unless it runs: its start-up
+    then overlaps the building of the lab, and `apply` has it reload."""
+    if running(labdir, journal) is None:
+        if not labdir.file("responder.json").exists():
+            labdir.file("responder.json").write_text(json.dumps({"pods": [], "announce": {}}))
+        _spawn(labdir, journal, lab)
+
+
 def apply(labdir: LabDir, journal: Journal, topo: Topology) -> None:
-    """Make the responder serve what `topo` says: start it, or have it reload."""
+    """Make the responder serve what `topo` says: start it if needed, have it reload."""
     cfg = config(topo)
     tmp = labdir.file("responder.json.tmp")
     tmp.write_text(json.dumps(cfg))
     tmp.replace(labdir.file("responder.json"))
-    pid = running(labdir, journal)
-    if pid is not None and not _speaks_our_protocol(labdir):
-        procs.stop([pid])  # started by another labctl version: start ours
-        journal.release_proc(KEY)
-        pid = None
-    if pid is None:
-        if not cfg["pods"] and not cfg["announce"]:
-            return
-        pid = procs.spawn(
-            [sys.executable, "-m", "labctl.responder", str(labdir.path)],
-            lab=topo.lab.name,
-            key=KEY,
-            journal=journal,
-            log=labdir.file("responder.log"),
-        )
-        reply = _wait_ready(labdir, pid)
-    else:
-        reply = _request(labdir, "reload")
+    if running(labdir, journal) is None and not cfg["pods"] and not cfg["announce"]:
+        return
+    pid = _ensure(labdir, journal, topo.lab.name)
+    reply = _wait_ready(labdir, pid, "reload")
     if not reply.startswith("ok"):
         raise LabError(f"the responder could not serve every port: {reply}")
 
 
-def _speaks_our_protocol(labdir: LabDir) -> bool:
-    from labctl.responder.server import PROTOCOL
-
-    try:
-        return _request(labdir, "ping", timeout=5).endswith(f"protocol={PROTOCOL}")
-    except OSError:
-        return False
-
-
-def _wait_ready(labdir: LabDir, pid: int, timeout: float = 10.0) -> str:
+def _wait_ready(labdir: LabDir, pid: int, command: str, timeout: float = 10.0) -> str:
+    """Send `command` once the responder listens (it may still be starting)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.alive(pid):
-            raise LabError(f"the responder (pid {pid}) exited at start:\n{_log_tail(labdir)}")
+            raise LabError(f"the responder (pid {pid}) exited:\n{_log_tail(labdir)}")
         try:
-            return _request(labdir, "reload", timeout=timeout)
+            return _request(labdir, command, timeout=timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             time.sleep(0.005)
     raise LabError(f"the responder (pid {pid}) did not answer within {timeout:.0f} s:\n{_log_tail(labdir)}")
@@ -111,10 +124,6 @@ def _wait_ready(labdir: LabDir, pid: int, timeout: float = 10.0) -> str:
 
 def status(labdir: LabDir, journal: Journal) -> str:
     pid = running(labdir, journal)
-    if pid is not None and not _speaks_our_protocol(labdir):
-        procs.stop([pid])  # started by another labctl version: start ours
-        journal.release_proc(KEY)
-        pid = None
     if pid is None:
         return "not running"
     try:

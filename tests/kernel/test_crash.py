@@ -27,6 +27,7 @@ FAILPOINTS = [
     "nodes:1",  # one node configured
     "pods:3",  # some pods wired
     "spawned:1",  # the responder started, its pid not yet journaled
+    "rules:0",  # service rules written, their records not
     "state:1",  # everything built, the applied state not yet written
 ]
 
@@ -46,7 +47,8 @@ def leftovers(lab) -> dict:
 
 
 def docs(lab):
-    return (lab.doc(nodes=[{"name": "n1"}, {"name": "n2"}], externals=[{"name": "x"}]), deployment("web", 4), pod("p"))
+    web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    return (lab.doc(nodes=[{"name": "n1"}, {"name": "n2"}], externals=[{"name": "x"}]), deployment("web", 4), pod("p"), web)
 
 
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
@@ -58,7 +60,7 @@ def test_down_after_kill_9_during_up_leaves_nothing(lab, failpoint):
     assert leftovers(lab) == {"namespaces": [], "processes": [], "records": False}
 
 
-@pytest.mark.parametrize("failpoint", ["namespaces:7", "pods:3", "spawned:1", "state:1"])
+@pytest.mark.parametrize("failpoint", ["namespaces:7", "pods:3", "spawned:1", "rules:0", "state:1"])
 def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
     assert crash_up(lab, failpoint, *docs(lab)).returncode == -9
     path = lab.write(*docs(lab))
@@ -67,6 +69,7 @@ def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
     assert len(topo.pods) == 5
     for p in topo.pods:
         assert lab.probe("p", p.key).served_by == p.key
+    assert lab.probe("p", "svc/default/web").served_by.startswith("default/web-"), "the service rules are whole again"
     assert len([x for x in procs.marked(lab.name)]) == 1, "exactly one responder"
     assert sorted(n for n in netns.listed() if n.startswith(lab.name + "-")) == sorted(
         [f"{lab.name}-underlay", f"{lab.name}-n1", f"{lab.name}-n2", f"{lab.name}-x", f"{lab.name}-default.p"]

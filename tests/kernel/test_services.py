@@ -177,3 +177,13 @@ def test_switching_proxy_mode_on_a_running_lab(lab):
     lab_with(lab, "iptables", *docs)
     assert "kube-proxy" not in lab.sh(ns, "nft", "list", "tables")
     assert lab.probe("client", "svc/default/web").served_by == "default/a"
+
+
+def test_resync_undoes_rules_edited_by_hand(lab):
+    docs = [web("a", "node1"), pod("client", node="node1", ports=()), svc("web", {"app": "web"}, ports=((80, 8080),))]
+    lab_with(lab, "iptables", *docs)
+    lab.sh(lab.node_ns("node1"), "iptables", "-t", "nat", "-F", "KUBE-SERVICES")
+    assert lab.probe("client", "svc/default/web", timeout=0.3).verdict != "open", "the learner broke it"
+    assert lab_with(lab, "iptables", *docs).synced == [], "a partial sync trusts its record"
+    lab.cli("up", str(lab.file), "--resync")
+    assert lab.probe("client", "svc/default/web").served_by == "default/a"

@@ -151,33 +151,60 @@ def test_every_iptables_jump_target_is_defined():
                     assert target in chs or target in targets, f"{node} {table}: {r}"
 
 
+def node_sync(topo, node="node1", rec=None):
+    from labctl.proxy.endpoints import service_ports
+    from labctl.proxy.sync import _plan_node
+
+    return _plan_node(topo, node, service_ports(topo), rec)
+
+
+def as_record(ns):
+    return {"mode": ns.mode, "services": ns.services}
+
+
+def test_full_sync_replaces_the_tables_with_flannel_and_kube_proxy_chains():
+    ns = node_sync(topo_with(web_http()))
+    assert ns.full and ns.argv == ["iptables-restore"]
+    text = ns.text
+    assert ":POSTROUTING ACCEPT [0:0]" in text and ":FLANNEL-POSTRTG - [0:0]" in text and ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in text
+    nat = text[text.index("*nat"):]
+    posts = [line for line in nat.splitlines() if line.startswith("-A POSTROUTING")]
+    assert posts[0].endswith("-j KUBE-POSTROUTING") and posts[1].endswith("-j FLANNEL-POSTRTG"), "kube-proxy's jumps come first"
+    filt = text[: text.index("*nat")]
+    fwd = [line for line in filt.splitlines() if line.startswith("-A FORWARD")]
+    assert fwd[-1].endswith("-j FLANNEL-FWD") and len(fwd) == 5
+
+
 def test_partial_sync_rewrites_only_what_changed():
-    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})])
-    first, record = iptables.transaction(iptables.render(topo, "node1"), None)
-    assert ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in first and "-I PREROUTING 1" in first
-    same, _ = iptables.transaction(iptables.render(topo, "node1"), record)
-    assert same == "", "nothing changed: no transaction"
-    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)),
-                      pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"}), web_pod("b", "node2")])
-    text, _ = iptables.transaction(iptables.render(grown, "node1"), record)
-    declared = iptables.chains_in(text)
-    other_chain = names.ipt_chain("KUBE-SVC-", "default/other", "tcp")
-    assert "KUBE-SVC-CDGGSHYLG3RE2FKL" in declared and other_chain not in declared
+    pods = [web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})]
+    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods)
+    rec = as_record(node_sync(topo))
+    assert node_sync(topo, rec=rec) is None, "nothing changed: no transaction"
+    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods + [web_pod("b", "node2")])
+    ns = node_sync(grown, rec=rec)
+    assert not ns.full and ns.argv == ["iptables-restore", "--noflush"] and ns.changed == 1
+    declared = iptables.chains_in(ns.text)
     new_sep = names.ipt_sep("default/web:http", "tcp", f"{grown.pod('default/b').ip}:8080")
-    assert set(declared) - {"KUBE-SVC-CDGGSHYLG3RE2FKL", new_sep} <= set(iptables.TOP["nat"]) | set(iptables.TOP["filter"])
-    assert new_sep in declared
-    assert "-I " not in text, "jumps are installed once"
-    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("o", "node2", labels={"app": "other"})])
-    text, _ = iptables.transaction(iptables.render(gone, "node1"), record)
+    assert sorted(declared) == sorted(["KUBE-SVC-CDGGSHYLG3RE2FKL", new_sep]), "only the changed service's chains"
+    assert "KUBE-SERVICES" not in ns.text, "its dispatch rule did not change: KUBE-SERVICES is left alone"
+    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods[1:])
+    text = node_sync(gone, rec=rec).text
     assert "-X KUBE-SVC-CDGGSHYLG3RE2FKL" in text and ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in text, "stale chains flushed and deleted"
+    assert '-D KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP"' in text
+    assert text.index("-D KUBE-SERVICES") < text.index("-X KUBE-SVC-CDGGSHYLG3RE2FKL"), "the jump goes before the chain"
 
 
-def test_full_sync_adds_only_missing_jumps_and_deletes_foreign_kube_chains():
-    rs = iptables.render(topo_with(web_http()), "node1")
-    existing = iptables.Existing(chains={"nat/KUBE-SVC-OLDOLDOLDOLDOLD0"}, jumps={f"nat/{c} {r}" for c, r in iptables.JUMPS["nat"]})
-    text, _ = iptables.transaction(rs, None, existing)
-    assert "-I PREROUTING" not in text and "-I FORWARD 1" in text
-    assert "-X KUBE-SVC-OLDOLDOLDOLDOLD0" in text
+def test_a_new_service_is_inserted_ahead_of_the_nodeport_rule():
+    pods = [web_pod("a", "node1")]
+    rec = as_record(node_sync(topo_with(web_http(), pods=pods)))
+    text = node_sync(topo_with(web_http(), svc("more", {"app": "web"}, ports=((82, 8080),)), pods=pods), rec=rec).text
+    assert '-I KUBE-SERVICES 1 -d 10.96.0.12/32 -p tcp -m comment --comment "default/more cluster IP"' in text
+
+
+def test_a_record_of_another_mode_means_a_full_sync():
+    topo = topo_with(web_http())
+    rec = as_record(node_sync(topo))
+    assert node_sync(topo, rec=dict(rec, mode="nftables")).full
 
 
 # -- nftables -------------------------------------------------------------------------------
@@ -203,38 +230,38 @@ def test_nft_dispatch_maps_and_chains():
 
 
 def test_nft_affinity_sets():
-    topo = topo_with(svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)))
+    topo = topo_with(svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)), proxyMode="nftables")
     r = nftables.render(topo, "node1")
     base = names.nft_endpoint_base("default", "sticky", "tcp", None, "10.244.0.2", 8080)
     assert r.affinity[f"affinity-{base}"] == 10800
     assert f"update @affinity-{base} {{ ip saddr }}" in r.chains[f"endpoint-{base}"]
-    text, _ = nftables.script(r, None, "10.96.0.0/16")
+    text = nftables.full(r, "10.96.0.0/16")
     assert f"add set ip kube-proxy affinity-{base} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}" in text
 
 
 def test_every_nft_goto_and_jump_target_is_defined():
     topo = full_shapes()
     for node in ("node1", "node2"):
-        r = nftables.render(topo, node)
-        text, _ = nftables.script(r, None, "10.96.0.0/16")
+        text = nftables.full(nftables.render(topo, node), "10.96.0.0/16")
         defined = set(re.findall(r"^add chain ip kube-proxy (\S+)", text, flags=re.M))
         used = set(re.findall(r"(?:goto|jump) (\S+?)(?: |,|$|\})", text, flags=re.M))
         assert used <= defined, used - defined
 
 
 def test_nft_partial_sync_touches_only_the_changed_service():
-    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})])
-    full, record = nftables.script(nftables.render(topo, "node1"), None, "10.96.0.0/16")
-    assert full.startswith("add table ip kube-proxy")
-    same, _ = nftables.script(nftables.render(topo, "node1"), record, "10.96.0.0/16")
-    assert same == ""
-    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)),
-                      pods=[web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"}), web_pod("b", "node2")])
-    text, _ = nftables.script(nftables.render(grown, "node1"), record, "10.96.0.0/16")
+    pods = [web_pod("a", "node1"), web_pod("o", "node2", labels={"app": "other"})]
+    topo = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods, proxyMode="nftables")
+    first = node_sync(topo)
+    assert first.full and first.text.startswith("add table ip kube-proxy")
+    rec = as_record(first)
+    assert node_sync(topo, rec=rec) is None
+    grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods + [web_pod("b", "node2")], proxyMode="nftables")
+    text = node_sync(grown, rec=rec).text
     assert "delete table" not in text
     assert "default/other" not in text, "the other service is untouched"
     assert "add chain ip kube-proxy service-" in text and f"default/web/tcp/http__{grown.pod('default/b').ip}/8080" in text
-    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=[web_pod("o", "node2", labels={"app": "other"})])
-    text, _ = nftables.script(nftables.render(gone, "node1"), record, "10.96.0.0/16")
+    gone = topo_with(svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods[1:], proxyMode="nftables")
+    text = node_sync(gone, rec=rec).text
     assert "delete element ip kube-proxy service-ips { 10.96.0.11 . tcp . 80 }" in text
+    assert "delete element ip kube-proxy cluster-ips { 10.96.0.11 }" in text
     assert re.search(r"^delete chain ip kube-proxy service-\S+-default/web/tcp/http$", text, flags=re.M)
