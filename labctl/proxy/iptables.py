@@ -28,6 +28,7 @@ from labctl.model.objects import Topology
 from labctl.plumbing.node import Chains
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
+from labctl.proxy.policy import decide
 
 MASQ_MARK = "0x4000"
 TABLES = ("filter", "nat")
@@ -117,68 +118,52 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> Piece
     """The chains and top-level rules of one service port, on one node."""
     piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
+    pol = decide(info, node)
     svc = names.ipt_chain("KUBE-SVC-", spn, proto)
     svl = names.ipt_chain("KUBE-SVL-", spn, proto)
     ext = names.ipt_chain("KUBE-EXT-", spn, proto)
-    all_eps = info.endpoints
-    local_eps = info.local(node)
-    has_eps = bool(all_eps)
-    itp_local = s.internal_traffic_policy == "Local"
-    etp_local = s.external_traffic_policy == "Local"
-    externals = [("external IP", ip) for ip in s.external_ips]
-    if s.type == "LoadBalancer" and s.load_balancer_ip:
-        externals.append(("loadbalancer IP", s.load_balancer_ip))
-    node_port = p.node_port if s.wants_node_ports else None
-    externally = bool(externals or node_port)
-    internal_chain = svl if itp_local else svc
-    has_internal = has_eps and (not itp_local or bool(local_eps))
-    has_external = has_eps and (not etp_local or bool(local_eps))
+    internal_chain = svl if pol.internal_local else svc
 
     # Dispatch: the nat table's KUBE-SERVICES and KUBE-NODEPORTS.
-    if has_internal:
+    if pol.has_internal:
         piece.add_top("nat", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
-    if has_eps:
-        for what, ip in externals:
+    if pol.has_endpoints:
+        for what, ip in pol.externals:
             piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {ext}")
-        if node_port:
-            piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, node_port)} -j {ext}")
+        if pol.node_port:
+            piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, pol.node_port)} -j {ext}")
 
     # Refusals in the filter table: no endpoints -> REJECT, no local ones -> DROP.
-    target = "REJECT --reject-with icmp-port-unreachable" if not has_eps else "DROP"
-    why = "has no endpoints" if not has_eps else "has no local endpoints"
-    if not has_internal:
+    target = "REJECT --reject-with icmp-port-unreachable" if pol.refusal == "reject" else "DROP"
+    why = "has no endpoints" if pol.refusal == "reject" else "has no local endpoints"
+    if not pol.has_internal:
         piece.add_top("filter", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
-    if not has_external and externally:
-        for _, ip in externals:
+    if not pol.has_external and pol.externally:
+        for _, ip in pol.externals:
             piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
-        if node_port:
-            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"{_match(info, f'{spn} {why}', node_port, ' -m addrtype --dst-type LOCAL')} -j {target}")
-    if not has_eps:
+        if pol.node_port:
+            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"{_match(info, f'{spn} {why}', pol.node_port, ' -m addrtype --dst-type LOCAL')} -j {target}")
+    if not pol.has_endpoints:
         return piece
 
     # The service's own chains.
-    uses_svc = not itp_local or externally
-    uses_svl = (itp_local or (externally and etp_local)) and bool(local_eps)
-    if has_internal:
+    if pol.has_internal:
         piece.add(internal_chain, f"! -s {cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
-    if externally:
-        if not etp_local:
+    if pol.externally:
+        if not pol.external_local:
             piece.add(ext, f'{_c(f"masquerade traffic for {spn} external destinations")} -j KUBE-MARK-MASQ')
             piece.add(ext, f"-j {svc}")
         else:
             piece.add(ext, f'-s {cluster_cidr} {_c(f"pod traffic for {spn} external destinations")} -j {svc}')
             piece.add(ext, f'{_c(f"masquerade LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
             piece.add(ext, f'{_c(f"route LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j {svc}')
-            if has_external:
+            if pol.has_external:
                 piece.add(ext, f"-j {svl}")
-    reached: dict[str, Endpoint] = {}
-    if uses_svc:
-        _endpoint_jumps(piece, svc, info, all_eps)
-        reached.update((e.addr, e) for e in all_eps)
-    if uses_svl:
-        _endpoint_jumps(piece, svl, info, local_eps)
-        reached.update((e.addr, e) for e in local_eps)
-    for ep in reached.values():
+    if pol.uses_cluster:
+        _endpoint_jumps(piece, svc, info, pol.endpoints)
+    if pol.uses_local:
+        _endpoint_jumps(piece, svl, info, pol.local)
+    for ep in pol.reached():
         _endpoint_chain(piece, info, ep)
     return piece
 

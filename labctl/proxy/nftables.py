@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from labctl.model.objects import Topology
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
+from labctl.proxy.policy import decide
 
 TABLE = "ip kube-proxy"
 MASQ_MARK = "0x4000"
@@ -109,64 +110,52 @@ def _dispatch(r: NftPiece, chain: str, info: ServicePortInfo, eps: tuple[Endpoin
 
 
 def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> NftPiece:
+    """The chains, map elements and affinity sets of one service port, on one node."""
     r = NftPiece()
     s, p, proto = info.service, info.port, info.proto
+    pol = decide(info, node)
     base = names.nft_base(s.namespace, s.name, proto, p.name)
     svc, local, ext = f"service-{base}", f"local-{base}", f"external-{base}"
-    all_eps, local_eps = info.endpoints, info.local(node)
-    has_eps = bool(all_eps)
-    itp_local = s.internal_traffic_policy == "Local"
-    etp_local = s.external_traffic_policy == "Local"
-    externals = list(s.external_ips) + ([s.load_balancer_ip] if s.type == "LoadBalancer" and s.load_balancer_ip else [])
-    node_port = p.node_port if s.wants_node_ports else None
-    externally = bool(externals or node_port)
-    internal_chain = local if itp_local else svc
-    has_internal = has_eps and (not itp_local or bool(local_eps))
-    has_external = has_eps and (not etp_local or bool(local_eps))
-    verdict = "goto reject-chain" if not has_eps else "drop"
+    internal_chain = local if pol.internal_local else svc
+    verdict = "goto reject-chain" if pol.refusal == "reject" else "drop"
 
     if p is s.ports[0]:  # one element per ClusterIP, owned by the service's first port
         r.element("cluster-ips", s.cluster_ip)
     key = f"{s.cluster_ip} . {proto} . {p.port}"
-    if has_internal:
+    if pol.has_internal:
         r.element("service-ips", key, f"goto {internal_chain}")
     else:
         r.element("no-endpoint-services", key, verdict)
-    for ip in externals:
+    for _, ip in pol.externals:
         k = f"{ip} . {proto} . {p.port}"
-        if has_eps:
+        if pol.has_endpoints:
             r.element("service-ips", k, f"goto {ext}")
-        if not has_external:
+        if not pol.has_external:
             r.element("no-endpoint-services", k, verdict)
-    if node_port:
-        if has_eps:
-            r.element("service-nodeports", f"{proto} . {node_port}", f"goto {ext}")
-        if not has_external:
-            r.element("no-endpoint-nodeports", f"{proto} . {node_port}", verdict)
-    if not has_eps:
+    if pol.node_port:
+        if pol.has_endpoints:
+            r.element("service-nodeports", f"{proto} . {pol.node_port}", f"goto {ext}")
+        if not pol.has_external:
+            r.element("no-endpoint-nodeports", f"{proto} . {pol.node_port}", verdict)
+    if not pol.has_endpoints:
         return r
 
-    uses_svc = not itp_local or externally
-    uses_local = (itp_local or (externally and etp_local)) and bool(local_eps)
-    if has_internal:
+    if pol.has_internal:
         r.add(internal_chain, f"ip daddr {s.cluster_ip} {proto} dport {p.port} ip saddr != {cluster_cidr} jump mark-for-masquerade")
-    if externally:
-        if not etp_local:
+    if pol.externally:
+        if not pol.external_local:
             r.add(ext, "jump mark-for-masquerade")
         else:
             r.add(ext, f'ip saddr {cluster_cidr} goto {svc} comment "short-circuit pod traffic"')
             r.add(ext, 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
             r.add(ext, f'fib saddr type local goto {svc} comment "short-circuit local traffic"')
-        if has_external:
-            r.add(ext, f"goto {local if etp_local else svc}")
-    reached: dict[str, Endpoint] = {}
-    if uses_svc:
-        _dispatch(r, svc, info, all_eps)
-        reached.update((e.addr, e) for e in all_eps)
-    if uses_local:
-        _dispatch(r, local, info, local_eps)
-        reached.update((e.addr, e) for e in local_eps)
-    for ep in reached.values():
+        if pol.has_external:
+            r.add(ext, f"goto {local if pol.external_local else svc}")
+    if pol.uses_cluster:
+        _dispatch(r, svc, info, pol.endpoints)
+    if pol.uses_local:
+        _dispatch(r, local, info, pol.local)
+    for ep in pol.reached():
         chain = _endpoint_chain(info, ep)
         r.add(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")
         if s.session_affinity == "ClientIP":

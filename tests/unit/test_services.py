@@ -164,3 +164,18 @@ def test_deployment_pods_are_endpoints():
     topo = load(dump(lab_doc(), deployment("web", 3), svc("web", {"app": "web"})))
     s = topo.service("default/web")
     assert len(endpoints(topo, s, s.ports[0])) == 3
+
+
+def test_port_policy_decisions():
+    from labctl.proxy.policy import decide
+
+    p1 = pod("a", node="node1", labels={"app": "web"})
+    topo = load(dump(lab_doc(), p1, svc("l", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", internalTrafficPolicy="Local")))
+    [info] = [i for i in service_ports(topo) if i.service.name == "l"]
+    here, there = decide(info, "node1"), decide(info, "node2")
+    assert here.has_internal and here.has_external and here.uses_local and len(here.reached()) == 1
+    assert not there.has_internal and not there.has_external and there.refusal == "drop"
+    assert there.uses_cluster, "pods on node2 still reach it through the NodePort's short-circuit"
+    empty = load(dump(lab_doc(), svc("e", {"app": "none"})))
+    [info] = [i for i in service_ports(empty) if i.service.name == "e"]
+    assert decide(info, "node1").refusal == "reject"
