@@ -20,6 +20,7 @@ from labctl.model.objects import Container, LabSpec, Pod, Topology
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
 from labctl.plumbing import underlay
+from labctl.policy import sync as policy_sync
 from labctl.proxy import sync as proxy_sync
 from labctl.reconcile import Plan
 from labctl.responder import control as responder
@@ -39,6 +40,7 @@ class Builder:
         self.journal = journal
         self._report = progress or _quiet
         self.synced: list = []  # the service-rule transactions of the last create()
+        self.policies_synced: list = []  # the nodes whose policy rules changed
 
     def progress(self, step: str, n: int) -> None:
         self._report(step, n)
@@ -96,6 +98,7 @@ class Builder:
             self.delete_namespaces([names.node_netns(lab, n.name) for n in plan.remove_nodes])
             for n in plan.remove_nodes:
                 proxy_sync.forget(self.dir, n.name)
+                policy_sync.forget(self.dir, n.name)
         if plan.remove_externals:
             self.delete_namespaces([names.external_netns(lab, e.name) for e in plan.remove_externals])
 
@@ -103,8 +106,9 @@ class Builder:
 
     def create(self, plan: Plan, new: Topology) -> None:
         spec = new.lab
-        for n in plan.add_nodes:
-            proxy_sync.forget(self.dir, n.name)  # a new node namespace holds no rules, whatever a record says
+        for n in plan.add_nodes:  # a new node namespace holds no rules, whatever a record says
+            proxy_sync.forget(self.dir, n.name)
+            policy_sync.forget(self.dir, n.name)
         to_create = plan.namespaces_to_create(spec.name)
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
@@ -120,6 +124,9 @@ class Builder:
             self.start_commands(new, pod)
         self.progress("services", 0)
         self.synced = proxy_sync.sync(self.dir, new)
+        self.progress("policies", 0)
+        replaced = {s.node for s in self.synced if s.replaced_filter}
+        self.policies_synced = policy_sync.sync(self.dir, new, replaced)
 
     def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
         lab = spec.name

@@ -39,10 +39,11 @@ class UpResult:
     seconds: float
     restarted: int = 0
     synced: list = field(default_factory=list)  # proxy.sync.NodeSync of the nodes whose rules changed
+    policies_synced: list = field(default_factory=list)  # policy.sync.NodePolicySync likewise
 
     @property
     def changed(self) -> bool:
-        return not self.plan.empty() or bool(self.restarted) or bool(self.synced)
+        return not self.plan.empty() or bool(self.restarted) or bool(self.synced) or bool(self.policies_synced)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +53,7 @@ class UpResult:
             "changes": self.plan.summary(),
             "commandsRestarted": self.restarted,
             "rulesSynced": [{"node": s.node, "mode": s.mode, "full": s.full, "rules": s.rules} for s in self.synced],
+            "policiesSynced": [p.node for p in self.policies_synced],
             "seconds": round(self.seconds, 3),
         }
 
@@ -61,6 +63,8 @@ def check_host(topo: Topology) -> None:
     run.require("nsenter", "util-linux")
     run.require("iptables-restore", "iptables")
     run.require("ip", "iproute2")
+    if topo.policies:
+        run.require("ipset", "ipset")
     from labctl.proxy.sync import require_mode
 
     require_mode(topo.lab.proxy_mode)
@@ -150,7 +154,9 @@ class LabHandle:
             restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
             failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
-        return UpResult(self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced)
+        return UpResult(
+            self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced, policies_synced=b.policies_synced
+        )
 
     def _clear_debris(self, old: Topology | None) -> None:
         """Remove what an interrupted run journaled but never completed."""

@@ -6,7 +6,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab
+from labctl.cli.common import changes, json_option, lab_option, running_lab
 from labctl.errors import InvalidInput
 
 file_option = click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Kubernetes manifests ('-' for stdin).")
@@ -22,8 +22,7 @@ def _reconcile(handle, old, docs, source, as_json, verb, extra=None):
     if as_json:
         output.emit_json(report)
         return
-    changes = {k: v for k, v in result.plan.summary().items() if v}
-    summary = ", ".join(f"{k} {v}" for k, v in changes.items()) or "no kernel changes"
+    summary = ", ".join(changes(result)) or "no kernel changes"
     output.say(f"lab {handle.name}: {verb} done in {result.seconds:.2f} s ({summary})")
 
 

@@ -34,3 +34,15 @@ def counts(topo: Topology) -> str:
         f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}, "
         f"{services} service{'s' * (services != 1)}"
     )
+
+
+def changes(result) -> list[str]:
+    """What an `up`, `apply`, `delete` or `ready` changed, for people."""
+    out = [f"{k} {v}" for k, v in result.plan.summary().items() if v]
+    if result.restarted:
+        out.append(f"{result.restarted} commands restarted")
+    if result.synced:
+        out.append(f"service rules synced on {', '.join(s.node for s in result.synced)}")
+    if result.policies_synced:
+        out.append(f"network policies synced on {', '.join(p.node for p in result.policies_synced)}")
+    return out

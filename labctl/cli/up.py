@@ -7,7 +7,7 @@ import click
 from labctl import output
 from labctl.cli import require_root
 from labctl.cli import cli
-from labctl.cli.common import counts, json_option
+from labctl.cli.common import changes, counts, json_option
 from labctl.errors import InvalidInput
 from labctl.lab import LabHandle
 
@@ -39,10 +39,6 @@ def up(file: str, resync: bool, as_json: bool) -> None:
     verb = "is up" if result.created else ("is up to date" if not result.changed else "was updated")
     output.say(f"lab {topo.lab.name} {verb} in {result.seconds:.2f} s: {counts(topo)}")
     if not result.created and result.changed:
-        changes = [f"{k} {v}" for k, v in result.plan.summary().items() if v]
-        if result.synced:
-            changes.append(f"service rules synced on {', '.join(s.node for s in result.synced)} ({topo.lab.proxy_mode})")
-        if changes:
-            output.say("  " + ", ".join(changes))
+        output.say("  " + ", ".join(changes(result)))
     if result.created:
         output.say(f"next: labctl status | labctl exec node/{topo.lab.nodes[0].name} -- ip route | labctl down {topo.lab.name}")

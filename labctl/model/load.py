@@ -40,6 +40,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         cluster_domain=spec.get("clusterDomain", LabSpec.cluster_domain),
         load_balancer_pool=spec.get("loadBalancerPool"),
         node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
+        expect=tuple(spec.get("expect") or ()),
         nodes=tuple(Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {})) for n in nodes),
         externals=tuple(External(name=e["name"], ip=e.get("ip")) for e in spec.get("externals") or []),
     )
@@ -138,6 +139,19 @@ def build(
         allocated, found = services.allocate(objs.services, topo.lab, previous, where_of)
         problems += found
         topo = replace(topo, services=(services.kubernetes_service(topo.lab), *allocated))
+    for pol in objs.policies:
+        if pol.namespace not in namespaces:
+            problems.append(Problem(where_of(pol.doc), "metadata.namespace", f"namespace {pol.namespace!r} is not defined: add a Namespace document for it"))
+    seen_pol: dict[str, int] = {}
+    for pol in objs.policies:
+        if pol.key in seen_pol:
+            problems.append(Problem(where_of(pol.doc), "metadata.name", f"network policy {pol.key} is already defined by {where_of(seen_pol[pol.key])}"))
+        seen_pol[pol.key] = pol.doc
+    if topo is not None:
+        topo = replace(topo, policies=tuple(objs.policies))
+        from labctl.policy.verify import check_expectations
+
+        problems += check_expectations(topo, lab.where() if lab is not None else f"Lab {topo.lab.name}")
     if problems:
         order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}
         raise InvalidInput(sorted(_unique(problems), key=lambda p: order.get(p.where, 0)), source=source)

@@ -25,6 +25,7 @@ class Objects:
     pods: list[Pod] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    policies: list = field(default_factory=list)  # labctl.model.policy.NetworkPolicy
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -246,3 +247,16 @@ def _read_service(doc: Document, out: Objects) -> None:
             doc=doc.index,
         )
     )
+
+
+# -- NetworkPolicy ---------------------------------------------------------------------
+
+
+@register("NetworkPolicy", "networking.k8s.io/v1")
+def _read_network_policy(doc: Document, out: Objects) -> None:
+    from labctl.model import policy
+
+    found = policy.check(doc.index, doc.data, lambda _i: doc.where())
+    out.problems += found
+    if not found:
+        out.policies.append(policy.from_manifest(doc.index, doc.data))

@@ -140,6 +140,7 @@ class LabSpec:
     cluster_domain: str = "cluster.local"
     load_balancer_pool: str | None = None
     node_cidr_mask: int = 24
+    expect: tuple[str, ...] = ()  # "FROM -> TO:PORT[/udp] allowed|denied", checked by `labctl verify`
     nodes: tuple[Node, ...] = ()
     externals: tuple[External, ...] = ()
 
@@ -164,6 +165,7 @@ class Topology:
     pods: tuple[Pod, ...] = ()
     deployments: tuple[Deployment, ...] = ()
     services: tuple[Service, ...] = ()
+    policies: tuple = ()  # labctl.model.policy.NetworkPolicy
     documents: tuple[dict[str, Any], ...] = ()  # the Kubernetes manifests as given (for apply/delete)
     ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
     readiness: dict[str, bool] = field(default_factory=dict)  # pod -> ready, set with `labctl ready`
@@ -196,6 +198,7 @@ class Topology:
         lab = dict(d["lab"])
         lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
         lab["externals"] = tuple(External(**e) for e in lab["externals"])
+        lab["expect"] = tuple(lab.get("expect") or ())
         pods = []
         for p in d["pods"]:
             p = dict(p)
@@ -215,12 +218,16 @@ class Topology:
             sv["external_ips"] = tuple(sv["external_ips"])
             sv["static_endpoints"] = tuple(sv["static_endpoints"])
             services.append(Service(**sv))
+        from labctl.model.policy import from_manifest
+
+        policies = tuple(from_manifest(-i, doc) for i, doc in enumerate(d["documents"], start=1) if doc.get("kind") == "NetworkPolicy")
         return Topology(
             lab=LabSpec(**lab),
             namespaces={k: dict(v) for k, v in d["namespaces"].items()},
             pods=tuple(pods),
             deployments=tuple(Deployment(**x) for x in d["deployments"]),
             services=tuple(services),
+            policies=policies,
             documents=tuple(d["documents"]),
             ipam=dict(d.get("ipam") or {}),
             readiness=dict(d.get("readiness") or {}),

@@ -19,6 +19,7 @@ import json
 import random
 import select
 import socket
+import struct
 import time
 from dataclasses import asdict, dataclass
 
@@ -120,10 +121,16 @@ class _Wire:
         for s in [self.out, *self.ins]:
             s.close()
 
-    def exchange(self, pkt, matches, timeout: float):
-        """Send pkt; return (reply, seconds) for the first packet `matches` accepts, or None."""
+    def exchange(self, pkt, matches, timeout: float, dst: str = "", sport: int = 0):
+        """Send pkt; return (reply, seconds) for the first packet `matches` accepts, or None.
+
+        Raw sockets see every packet of their protocol in the namespace, those of
+        other probes running at the same time too: a packet from elsewhere that
+        is not an ICMP error and not for our port is skipped before scapy parses it.
+        """
         from scapy.layers.inet import IP
 
+        src_bytes = socket.inet_aton(dst) if dst else b""
         sent = time.monotonic()
         self.out.sendto(bytes(pkt), (pkt[IP].dst, 0))
         deadline = sent + timeout
@@ -139,6 +146,10 @@ class _Wire:
                     except BlockingIOError:
                         break
                     now = time.monotonic()
+                    if src_bytes and len(data) >= 24 and data[9] in (6, 17):
+                        ihl = (data[0] & 0x0F) * 4
+                        if data[12:16] != src_bytes or struct.unpack_from("!H", data, ihl + 2)[0] != sport:
+                            continue
                     reply = IP(data)
                     if matches(reply):
                         return reply, now - sent
@@ -175,7 +186,8 @@ def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq:
     return matches
 
 
-def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float) -> ProbeResult:
+def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float, fetch: bool = True) -> ProbeResult:
+    """One probe; `fetch` False skips the real connection that reads the responder's JSON (TCP)."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP  # scapy is slow to import: only probes pay for it
 
     with netns.entered(src_netns):
@@ -194,7 +206,7 @@ def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, por
     else:
         pkt = IP(src=src_ip, dst=dst) / ICMP(id=sport, seq=1)
     try:
-        got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq), timeout)
+        got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq), timeout, dst if proto != "icmp" else "", sport)
     finally:
         wire.close()
     if got is None:
@@ -210,7 +222,8 @@ def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, por
         flags = reply[TCP].flags
         if flags.S and flags.A:
             result.verdict = "open"
-            _fill(result, _read_http_json(src_netns, dst, port, timeout))
+            if fetch:
+                _fill(result, _read_http_json(src_netns, dst, port, timeout))
         elif flags.R:
             result.verdict = "refused"
             result.detail = "tcp reset"

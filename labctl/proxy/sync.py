@@ -36,6 +36,12 @@ class NodeSync:
     text: str
     services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
     changed: int  # service ports rendered
+    left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
+
+    @property
+    def replaced_filter(self) -> bool:
+        """Whether the node's iptables filter table was rewritten whole (other chains in it are gone)."""
+        return self.left_iptables or (self.full and self.mode == "iptables")
 
     @property
     def argv(self) -> list[str]:
@@ -137,11 +143,14 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
     syncs, leaving = [], []
     for node in nodes or [n.name for n in topo.lab.nodes]:
         rec = read_record(labdir, node)
+        left = False
         if rec is not None and rec.get("mode") not in (None, topo.lab.proxy_mode):
             leaving.append(_leave(topo, node, rec["mode"]))
+            left = rec["mode"] == "iptables"
             rec = None
         s = _plan_node(topo, node, infos, rec)
         if s is not None:
+            s.left_iptables = left
             syncs.append(s)
     run.apply_all(leaving)
     if not syncs:

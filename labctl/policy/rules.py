@@ -1,0 +1,178 @@
+"""NetworkPolicy enforcement in a node, rendered as iptables chains and ipsets. Pure.
+
+Layout (filter table, in the style of kube-router and Calico's iptables mode):
+
+    FORWARD, INPUT -> LABCTL-NETPOL            (first: before kube-proxy's and flannel's accepts)
+      replies of allowed connections            RETURN (stateful)
+      source in LABCTL-ISO-EGRESS               -> LABCTL-NETPOL-EGRESS
+      destination in LABCTL-ISO-INGRESS         -> LABCTL-NETPOL-INGRESS
+    LABCTL-NETPOL-EGRESS / -INGRESS
+      source (destination) in a policy's target set -> that policy's chain NP-<hash>
+      not marked 0x10000                        REJECT --reject-with icmp-admin-prohibited
+      clear the mark
+    NP-<hash> (one per policy and direction)
+      one rule per (peer, port) of each policy rule: match -> MARK 0x10000
+
+Every selector is an ipset, so a new pod, a label change or a namespace
+relabel changes set members and never a chain: pods isolated here, each
+policy's targets here, each selector peer's pods (hash:ip), each ipBlock
+(hash:net, its excepts as `nomatch`), and each named port resolved on the
+destination pods (hash:ip,port). Chains are the same on every node; sets of
+targets hold this node's pods (each connection is checked once: egress at the
+source's node, ingress at the destination's, after service DNAT).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+
+from labctl.model.objects import Pod, Topology
+from labctl.model.policy import NetworkPolicy, Peer, Port
+from labctl.policy.engine import Engine, Party
+
+MARK = "0x10000"
+MAIN = "LABCTL-NETPOL"
+CHAIN = {"egress": "LABCTL-NETPOL-EGRESS", "ingress": "LABCTL-NETPOL-INGRESS"}
+ISOLATED = {"egress": "LABCTL-ISO-EGRESS", "ingress": "LABCTL-ISO-INGRESS"}
+JUMPS = [("FORWARD", f'-m comment --comment "labctl network policies" -j {MAIN}'), ("INPUT", f'-m comment --comment "labctl network policies" -j {MAIN}')]
+REJECT = "REJECT --reject-with icmp-admin-prohibited"
+
+
+def _h(*parts: object) -> str:
+    return base64.b32encode(hashlib.sha256("/".join(map(str, parts)).encode()).digest()).decode()[:16]
+
+
+def policy_chain(p: NetworkPolicy, direction: str) -> str:
+    return f"NP-{_h(p.key, direction)}"
+
+
+@dataclass
+class IPSet:
+    type: str  # hash:ip | hash:net | hash:ip,port
+    members: set[str] = field(default_factory=set)
+    comment: str = ""
+
+
+@dataclass
+class PolicyRules:
+    """A node's policy chains (filter table) and ipsets."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, IPSet] = field(default_factory=dict)
+
+    def add(self, chain: str, rule: str) -> None:
+        self.chains.setdefault(chain, []).append(f"-A {chain} {rule}")
+
+    def digest(self) -> str:
+        return hashlib.sha1(repr(sorted(self.chains.items())).encode()).hexdigest()[:16]
+
+
+def _c(text: str) -> str:
+    return f'-m comment --comment "{text}"'
+
+
+def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, direction: str, ri: int, pi: int, peer: Peer) -> str:
+    name = f"NP-{_h(p.key, direction, ri, 'peer', pi)}"
+    if peer.ip_block is not None:
+        members = {peer.ip_block.cidr} | {f"{e} nomatch" for e in peer.ip_block.excepts}
+        rules.sets[name] = IPSet("hash:net", members, f"{p.key} {direction} rule {ri} ipBlock")
+    else:
+        members = {pod.ip for pod in engine.topo.pods if pod.ip and engine.peer_matches(peer, p, Party(pod.ip, pod))}
+        rules.sets[name] = IPSet("hash:ip", members, f"{p.key} {direction} rule {ri} peer {pi}")
+    return name
+
+
+def _named_port_set(rules: PolicyRules, name: str, pods: list[Pod], port: Port, what: str) -> str:
+    members = {f"{pod.ip},{port.protocol.lower()}:{cp.port}" for pod in pods if pod.ip for cp in pod.ports() if cp.name == port.port and cp.protocol == port.protocol}
+    rules.sets[name] = IPSet("hash:ip,port", members, what)
+    return name
+
+
+def _port_match(rules: PolicyRules, p: NetworkPolicy, direction: str, ri: int, qi: int, port: Port, targets: list[Pod], all_pods: list[Pod]) -> str:
+    proto = port.protocol.lower()
+    if port.port is None:
+        return f"-p {proto}"
+    if isinstance(port.port, str):
+        # The name is looked up on the destination: the policy's own pods for ingress, the peer for egress.
+        dests = targets if direction == "ingress" else all_pods
+        name = _named_port_set(rules, f"NP-{_h(p.key, direction, ri, 'port', qi)}", dests, port, f"{p.key} {direction} rule {ri} port {port.port}")
+        return f"-p {proto} -m set --match-set {name} dst,dst"
+    span = f"{port.port}:{port.end_port}" if port.end_port else f"{port.port}"
+    return f"-p {proto} -m {proto} --dport {span}"
+
+
+def render(topo: Topology, node: str) -> PolicyRules:
+    engine = Engine(topo)
+    rules = PolicyRules()
+    local = [p for p in topo.pods if p.node == node and p.ip]
+    for direction in ("egress", "ingress"):
+        rules.sets[ISOLATED[direction]] = IPSet("hash:ip", set(), f"pods of this node isolated for {direction}")
+    rules.add(MAIN, f'-m conntrack --ctstate RELATED,ESTABLISHED {_c("replies of allowed connections")} -j RETURN')
+    rules.add(MAIN, f'-m set --match-set {ISOLATED["egress"]} src {_c("pods isolated for egress")} -j {CHAIN["egress"]}')
+    rules.add(MAIN, f'-m set --match-set {ISOLATED["ingress"]} dst {_c("pods isolated for ingress")} -j {CHAIN["ingress"]}')
+    for direction, flag, peer_flag in (("egress", "src", "dst"), ("ingress", "dst", "src")):
+        chain = CHAIN[direction]
+        rules.chains.setdefault(chain, [])
+        for p in sorted(topo.policies, key=lambda x: x.key):
+            if direction.capitalize() not in p.types:
+                continue
+            targets = [pod for pod in local if pod.namespace == p.namespace and p.pod_selector.matches(pod.labels)]
+            rules.sets[ISOLATED[direction]].members |= {pod.ip for pod in targets}
+            tset = f"NP-{_h(p.key, direction)}-T"
+            rules.sets[tset] = IPSet("hash:ip", {pod.ip for pod in targets}, f"pods of this node {p.key} selects")
+            pchain = policy_chain(p, direction)
+            rules.add(chain, f"-m set --match-set {tset} {flag} {_c(p.key)} -j {pchain}")
+            rules.chains.setdefault(pchain, [])
+            for ri, rule in enumerate(p.ingress if direction == "ingress" else p.egress):
+                peers = [f"-m set --match-set {_peer_set(rules, engine, p, direction, ri, pi, peer)} {peer_flag} " for pi, peer in enumerate(rule.peers)] or [""]
+                ports = [_port_match(rules, p, direction, ri, qi, port, targets, topo.pods) + " " for qi, port in enumerate(rule.ports)] or [""]
+                for peer in peers:
+                    for port in ports:
+                        rules.add(pchain, f"{peer}{port}{_c(f'{p.key} {direction} rule {ri}')} -j MARK --set-xmark {MARK}/{MARK}")
+        rules.add(chain, f'-m mark ! --mark {MARK}/{MARK} {_c(f"{direction} allowed by no policy")} -j {REJECT}')
+        rules.add(chain, f"-j MARK --set-xmark 0x0/{MARK}")
+    return rules
+
+
+# -- transactions ---------------------------------------------------------------------
+
+
+def _set_line(name: str, s: IPSet) -> str:
+    return f'create {name} {s.type} family inet comment -exist'
+
+
+def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tuple[str, list[str]]:
+    """`ipset restore` input creating and filling sets (old None: from scratch), and the sets to destroy afterwards."""
+    out = []
+    for name, s in desired.items():
+        before = old.get(name) if old is not None else None
+        if before is None or before[0] != s.type:
+            if before is not None:
+                out.append(f"destroy {name}")
+            out += [_set_line(name, s), f"flush {name}"]
+            out += [f'add {name} {m} comment "{s.comment}"' if " nomatch" not in m else f"add {name} {m}" for m in sorted(s.members)]
+            continue
+        was = set(before[1])
+        out += [f"del {name} {m.split(' ')[0]} -exist" for m in sorted(was - s.members)]
+        out += [f'add {name} {m} comment "{s.comment}" -exist' if " nomatch" not in m else f"add {name} {m} -exist" for m in sorted(s.members - was)]
+    stale = [n for n in (old or {}) if n not in desired]
+    return ("\n".join(out) + "\n" if out else ""), stale
+
+
+def chains_text(rules: PolicyRules, install_jumps: bool) -> str:
+    """`iptables-restore --noflush` input rewriting every policy chain (they are few)."""
+    out = ["*filter"]
+    out += [f":{c} - [0:0]" for c in rules.chains]
+    if install_jumps:
+        out += [f"-I {chain} 1 {rule}" for chain, rule in reversed(JUMPS)]
+    for lines in rules.chains.values():
+        out += lines
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def remove_chains_text(chains: list[str]) -> str:
+    out = ["*filter"] + [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains] + ["COMMIT"]
+    return "\n".join(out) + "\n"

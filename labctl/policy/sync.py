@@ -1,0 +1,101 @@
+"""Programming NetworkPolicy into the nodes: per node, one `ipset restore`
+(create and fill sets), one `iptables-restore --noflush` (the chains, only
+when policies changed) and, when sets went stale, one more `ipset restore`
+to destroy them once no rule refers to them; all nodes in parallel.
+
+A record per node (<statedir>/netpol/<node>.json) says what its sets hold and
+which chains it has, so a relabel is a few `add`/`del` lines. A node whose
+filter table was just replaced (a full sync of kube-proxy's iptables rules,
+which rewrites the table whole) or that has no record gets everything again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from labctl import names
+from labctl.kernel import run
+from labctl.model.objects import Topology
+from labctl.policy import rules as R
+from labctl.state.store import LabDir
+
+
+@dataclass
+class NodePolicySync:
+    node: str
+    sets_text: str
+    chains_text: str
+    destroy_text: str
+    record: dict
+
+    @property
+    def empty(self) -> bool:
+        return not (self.sets_text or self.chains_text or self.destroy_text)
+
+
+def _path(labdir: LabDir, node: str) -> Path:
+    return labdir.path / "netpol" / f"{node}.json"
+
+
+def read_record(labdir: LabDir, node: str) -> dict | None:
+    try:
+        return json.loads(_path(labdir, node).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def forget(labdir: LabDir, node: str) -> None:
+    _path(labdir, node).unlink(missing_ok=True)
+
+
+def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool) -> NodePolicySync:
+    desired = R.render(topo, node)
+    digest = desired.digest()
+    old_sets = rec["sets"] if rec else None
+    sets_text, stale = R.ipset_update(desired.sets, old_sets)
+    fresh = rec is None or table_replaced
+    chains_text = ""
+    if fresh or rec.get("digest") != digest:
+        jumps = fresh if rec is None else table_replaced or not rec.get("jumps")
+        chains_text = R.chains_text(desired, install_jumps=jumps)
+        gone = [c for c in (rec or {}).get("chains", []) if c not in desired.chains and not table_replaced]
+        if gone:
+            chains_text += R.remove_chains_text(gone)
+    destroy = "".join(f"destroy {n}\n" for n in stale)
+    record = {"digest": digest, "chains": list(desired.chains), "jumps": True, "sets": {n: [s.type, sorted(s.members)] for n, s in desired.sets.items()}}
+    return NodePolicySync(node, sets_text, chains_text, destroy, record)
+
+
+def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes: list[str] | None = None) -> list[NodePolicySync]:
+    """Bring every node's policy rules to what `topo` says. `replaced`: nodes whose
+    filter table was rewritten whole since the last policy sync."""
+    lab = topo.lab.name
+    plans = []
+    for node in nodes or [n.name for n in topo.lab.nodes]:
+        rec = read_record(labdir, node)
+        if rec is None and node not in replaced:
+            # No record, but the node may hold our chains and jumps (a sync that crashed):
+            # start from a clean slate so nothing is installed twice.
+            ns = names.node_netns(lab, node)
+            saved = run.output(ns, ["iptables-save", "-t", "filter"])
+            if R.MAIN in saved:
+                mine = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":") and (line.startswith(":LABCTL-NETPOL") or line.startswith(":NP-"))]
+                text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in R.JUMPS if f"-A {c} {r}" in saved) + "COMMIT\n"
+                run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])
+        p = plan_node(topo, node, rec, node in replaced)
+        if not p.empty:
+            plans.append(p)
+    if not plans:
+        return []
+    _path(labdir, plans[0].node).parent.mkdir(exist_ok=True)
+    for p in plans:  # a sync that does not finish leaves no record: the next one starts over
+        forget(labdir, p.node)
+    ns = {p.node: names.node_netns(lab, p.node) for p in plans}
+    run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.sets_text) for p in plans if p.sets_text])
+    run.apply_all([run.Transaction(ns[p.node], ["iptables-restore", "--noflush"], p.chains_text) for p in plans if p.chains_text])
+    run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.destroy_text) for p in plans if p.destroy_text])
+    for p in plans:
+        _path(labdir, p.node).write_text(json.dumps(p.record, separators=(",", ":")))
+    return plans
