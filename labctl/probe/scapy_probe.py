@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 
 from labctl.kernel import netns
 
+# Source ports and sequence numbers from the OS: a probe must be a new flow, never
+# one conntrack still remembers (the random module can be seeded, by test tools too).
+_rng = random.SystemRandom()
 ICMP_UNREACH = 3
 PORT_UNREACH = 3
 PROHIBITED = {9: "net-prohibited", 10: "host-prohibited", 13: "admin-prohibited"}
@@ -197,8 +200,8 @@ def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, por
             return ProbeResult(src_label, dst, target, proto, port, "filtered", detail=f"no route: {e.strerror}")
         wire = _Wire(proto)
     result = ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=src_ip)
-    sport = random.randint(33000, 60999)
-    seq = random.randint(0, 2**31)
+    sport = _rng.randint(33000, 60999)
+    seq = _rng.randint(0, 2**31)
     if proto == "tcp":
         pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
     elif proto == "udp":

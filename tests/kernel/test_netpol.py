@@ -1,0 +1,210 @@
+"""NetworkPolicy in the kernel, checked by `labctl verify` against the engine,
+on the upstream conformance topology (x, y, z; a, b, c; TCP and UDP 80, 81)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labctl.lab import LabHandle
+from labctl.model.documents import parse_text
+from labctl.model.load import build
+from labctl.policy import verify as V
+from tests.conftest import new_lab_name
+from tests.unit.test_policy_engine import CONFORMANCE, np
+
+pytestmark = pytest.mark.kernel
+
+
+class PolicyLab:
+    def __init__(self):
+        self.name = new_lab_name()
+        self.handle = LabHandle(self.name)
+        self.base = CONFORMANCE.replace("name: netpol", f"name: {self.name}")
+
+    def up(self, *policies: dict, text: str | None = None):
+        body = (text or self.base) + "".join("---\n" + yaml.safe_dump(p) for p in policies)
+        topo = build(parse_text(body, "netpol.yaml"), "netpol.yaml", self.handle.applied())
+        return self.handle.up(topo, "netpol.yaml")
+
+    def verify(self):
+        topo = self.handle.applied()
+        done = V.run(topo, V.cases(topo))
+        bad = [c.to_dict() for c in done if c.mismatch]
+        assert not bad, "\n".join(f"{b['from']} -> {b['to']}:{b['port']}/{b['proto']} expected {b['expected']}, kernel {b['verdict']}: {b['why']}" for b in bad[:6])
+        return {(c.src, c.dst, c.port, c.protocol) for c in done if c.observed}
+
+    def node_ns(self, node: str) -> str:
+        return f"{self.name}-{node}"
+
+
+@pytest.fixture(scope="module")
+def plab():
+    if os.geteuid() != 0:
+        pytest.fail("kernel tests need root: sudo scripts/test.sh")
+    lab = PolicyLab()
+    lab.up()
+    yield lab
+    lab.handle.down()
+
+
+def reached(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
+    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto}
+
+
+def test_default_deny_ingress_and_egress(plab):
+    got = plab.verify()
+    assert len(got) == 324, "no policy: everything is open"
+    got = plab.up(np("deny-in"), np("deny-out", ns="y", policyTypes=["Egress"]))
+    got = plab.verify()
+    assert reached(got, "x/a") == {"x/a"}
+    assert {d for s, d, p, pr in got if s == "y/a"} == {"y/a"}
+    assert reached(got, "y/a") >= {"x/a", "z/c"}
+
+
+def test_selectors_and_or_and_match_expressions(plab):
+    plab.up(
+        np("and", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]),
+        np("or", podSelector={"matchLabels": {"pod": "b"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}, {"podSelector": {"matchLabels": {"pod": "c"}}}]}]),
+        np("expr", podSelector={"matchLabels": {"pod": "c"}}, ingress=[{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x", "z"]}]}}]}]),
+    )
+    got = plab.verify()
+    assert reached(got, "x/a") == {"y/b", "x/a"}
+    assert reached(got, "x/b") == {"z/a", "z/b", "z/c", "x/c", "x/b"}
+    assert reached(got, "x/c") == {"y/a", "y/b", "y/c", "x/c"}
+
+
+def test_ports_protocols_ranges_and_named_ports(plab):
+    plab.up(
+        np("named", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]),
+        np("range", podSelector={"matchLabels": {"pod": "b"}}, ingress=[{"ports": [{"port": 80, "endPort": 81, "protocol": "TCP"}]}]),
+        np("udp-all", ns="y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"ports": [{"protocol": "UDP"}]}]),
+        np("egress-named", ns="z", podSelector={"matchLabels": {"pod": "a"}}, policyTypes=["Egress"], egress=[{"ports": [{"port": "serve-80-tcp"}]}]),
+    )
+    got = plab.verify()
+    everyone_but_za = {f"{ns}/{p}" for ns in "xyz" for p in "abc"} - {"z/a"}  # z/a may only send to serve-80-tcp
+    assert reached(got, "x/a", 81, "UDP") == everyone_but_za and reached(got, "x/a", 80, "UDP") == {"x/a"}
+    assert reached(got, "x/b", 81, "TCP") == everyone_but_za and reached(got, "x/b", 80, "UDP") == {"x/b"}
+    assert reached(got, "y/a", 80, "UDP") == everyone_but_za and reached(got, "y/a", 80, "TCP") == {"y/a"}
+    assert {d for s, d, p, pr in got if s == "z/a" and (p, pr) == (81, "TCP")} == {"z/a"}
+
+
+def test_ip_blocks_with_except_and_a_rule_that_rescues(plab):
+    topo = plab.handle.applied()
+    xb = topo.pod("x/b").ip
+    block = {"ipBlock": {"cidr": topo.lab.pod_network, "except": [f"{xb}/32"]}}
+    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}]))
+    assert "x/b" not in reached(plab.verify(), "x/a")
+    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}, {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    assert "x/b" in reached(plab.verify(), "x/a")
+
+
+def test_updates_relabels_and_deletes(plab):
+    deny_b = np("deny-b", podSelector={"matchLabels": {"pod": "b"}})
+    plab.up(deny_b)
+    assert reached(plab.verify(), "x/b") == {"x/b"}
+    node = plab.handle.applied().pod("x/b").node
+    chains_before = _policy_chains(plab, node)
+    relabelled = plab.base.replace("metadata: {name: b, namespace: x, labels: {pod: b}}", "metadata: {name: b, namespace: x, labels: {pod: bee}}")
+    result = plab.up(deny_b, text=relabelled)
+    assert [p.chains_text for p in result.policies_synced] == [""] * len(result.policies_synced), "a relabel touches sets only"
+    assert _policy_chains(plab, node) == chains_before
+    assert len(reached(plab.verify(), "x/b")) == 9, "x/b left the policy's selection"
+    # a namespace relabel moves pods in and out of namespaceSelector peers
+    from_y = np("from-y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}])
+    plab.up(from_y)
+    assert reached(plab.verify(), "x/a") == {"y/a", "y/b", "y/c", "x/a"}
+    plab.up(from_y, text=plab.base.replace("metadata: {name: z, labels: {ns: z}}", "metadata: {name: z, labels: {ns: y}}"))
+    assert reached(plab.verify(), "x/a") == {"y/a", "y/b", "y/c", "z/a", "z/b", "z/c", "x/a"}
+    plab.up()
+    assert len(plab.verify()) == 324, "policies deleted: open again"
+
+
+def test_replies_are_allowed_and_services_see_the_pod(plab):
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "xa", "namespace": "x"}, "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}]}}
+    plab.up(np("deny-in", podSelector={"matchLabels": {"pod": "a"}}), svc)
+    got = plab.verify()
+    assert {d for s, d, p, pr in got if s == "x/a"} == {f"{ns}/{p}" for ns in "xyz" for p in "abc"}, "x/a denies all ingress, yet its own connections get replies"
+    from tests.kernel.conftest import KernelLab
+
+    k = KernelLab(Path("/tmp"), plab.name)
+    assert k.probe("y/a", "svc/x/xa").verdict == "blocked", "through a ClusterIP: the same verdict as the pod"
+    assert k.probe("y/a", "x/a", port=80).verdict == "blocked"
+
+
+def _policy_chains(plab, node) -> str:
+    import subprocess
+
+    out = subprocess.run(["ip", "netns", "exec", plab.node_ns(node), "iptables-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    return "\n".join(line for line in out.splitlines() if line.startswith(("-A LABCTL-NETPOL", "-A NP-", ":NP-", ":LABCTL")))
+
+
+# -- differential: random policies, the kernel against the engine ------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+labels = st.sampled_from([{}, {"matchLabels": {"pod": "a"}}, {"matchLabels": {"pod": "b"}},
+                          {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]},
+                          {"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["a"]}]}])
+ns_labels = st.sampled_from([{}, {"matchLabels": {"ns": "x"}}, {"matchLabels": {"ns": "y"}},
+                             {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y", "z"]}]}])
+
+
+@st.composite
+def peers(draw):
+    kind = draw(st.sampled_from(["pod", "ns", "both", "ip"]))
+    if kind == "pod":
+        return {"podSelector": draw(labels)}
+    if kind == "ns":
+        return {"namespaceSelector": draw(ns_labels)}
+    if kind == "both":
+        return {"podSelector": draw(labels), "namespaceSelector": draw(ns_labels)}
+    cidr = draw(st.sampled_from(["10.245.0.0/16", "10.245.0.0/24", "10.245.1.0/24"]))
+    host = draw(st.integers(2, 6))
+    base = cidr.split("/")[0].rsplit(".", 1)[0]
+    return {"ipBlock": {"cidr": cidr, "except": [f"{base}.{host}/32"]} if cidr.endswith("/24") else {"cidr": cidr}}
+
+
+ports = st.sampled_from([{"port": 80}, {"port": 81, "protocol": "UDP"}, {"protocol": "UDP"}, {"port": 80, "endPort": 81},
+                         {"port": "serve-80-tcp"}, {"port": "serve-81-udp", "protocol": "UDP"}, {"port": "serve-80-udp"}])
+
+
+@st.composite
+def rules(draw, peer_key):
+    rule = {}
+    if draw(st.booleans()):
+        rule[peer_key] = draw(st.lists(peers(), min_size=1, max_size=2))
+    if draw(st.booleans()):
+        rule["ports"] = draw(st.lists(ports, min_size=1, max_size=2))
+    return rule
+
+
+@st.composite
+def policy(draw, index):
+    spec = {"podSelector": draw(labels)}
+    types = draw(st.sampled_from([None, ["Ingress"], ["Egress"], ["Ingress", "Egress"]]))
+    if types:
+        spec["policyTypes"] = types
+    if draw(st.booleans()):
+        spec["ingress"] = draw(st.lists(rules("from"), max_size=2))
+    if draw(st.booleans()):
+        spec["egress"] = draw(st.lists(rules("to"), max_size=2))
+    return np(f"p{index}", ns=draw(st.sampled_from("xyz")), **spec)
+
+
+@st.composite
+def policy_sets(draw):
+    n = draw(st.integers(1, 3))
+    return [draw(policy(i)) for i in range(n)]
+
+
+@settings(max_examples=int(os.environ.get("LABCTL_DIFFERENTIAL_EXAMPLES", "8")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(policy_sets())
+def test_random_policies_kernel_equals_engine(plab, policies):
+    plab.up(*policies)
+    plab.verify()  # asserts zero mismatches over 324 probes
