@@ -74,7 +74,10 @@ def _c(text: str) -> str:
 
 
 def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, direction: str, ri: int, pi: int, peer: Peer) -> str:
-    name = f"NP-{_h(p.key, direction, ri, 'peer', pi)}"
+    # The set type is part of the name: a peer that turns from a selector into an
+    # ipBlock gets a new set, and the old one goes once no chain refers to it.
+    kind = "hash:net" if peer.ip_block is not None else "hash:ip"
+    name = f"NP-{_h(p.key, direction, ri, 'peer', pi, kind)}"
     if peer.ip_block is not None:
         members = {peer.ip_block.cidr} | {f"{e} nomatch" for e in peer.ip_block.excepts}
         rules.sets[name] = IPSet("hash:net", members, f"{p.key} {direction} rule {ri} ipBlock")
@@ -103,37 +106,67 @@ def _port_match(rules: PolicyRules, p: NetworkPolicy, direction: str, ri: int, q
     return f"-p {proto} -m {proto} --dport {span}"
 
 
-def render(topo: Topology, node: str) -> PolicyRules:
+def _cluster_wide(topo: Topology) -> PolicyRules:
+    """What is the same on every node: the chains, and the sets of peers
+    (selectors, ipBlocks) and of egress named ports, which hold pods cluster-wide."""
     engine = Engine(topo)
-    rules = PolicyRules()
+    shared = PolicyRules()
+    shared.add(MAIN, f'-m conntrack --ctstate RELATED,ESTABLISHED {_c("replies of allowed connections")} -j RETURN')
+    shared.add(MAIN, f'-m set --match-set {ISOLATED["egress"]} src {_c("pods isolated for egress")} -j {CHAIN["egress"]}')
+    shared.add(MAIN, f'-m set --match-set {ISOLATED["ingress"]} dst {_c("pods isolated for ingress")} -j {CHAIN["ingress"]}')
+    for direction, flag, peer_flag in (("egress", "src", "dst"), ("ingress", "dst", "src")):
+        chain = CHAIN[direction]
+        shared.chains.setdefault(chain, [])
+        for p in sorted(topo.policies, key=lambda x: x.key):
+            if direction.capitalize() not in p.types:
+                continue
+            pchain = policy_chain(p, direction)
+            shared.add(chain, f"-m set --match-set NP-{_h(p.key, direction)}-T {flag} {_c(p.key)} -j {pchain}")
+            shared.chains.setdefault(pchain, [])
+            for ri, rule in enumerate(p.ingress if direction == "ingress" else p.egress):
+                peers = [f"-m set --match-set {_peer_set(shared, engine, p, direction, ri, pi, peer)} {peer_flag} " for pi, peer in enumerate(rule.peers)] or [""]
+                ports = []
+                for qi, port in enumerate(rule.ports):
+                    # ingress named ports resolve on this node's targets: the set is filled per node
+                    ports.append(_port_match(shared, p, direction, ri, qi, port, [], topo.pods) + " ")
+                for peer in peers:
+                    for port in ports or [""]:
+                        shared.add(pchain, f"{peer}{port}{_c(f'{p.key} {direction} rule {ri}')} -j MARK --set-xmark {MARK}/{MARK}")
+        shared.add(chain, f'-m mark ! --mark {MARK}/{MARK} {_c(f"{direction} allowed by no policy")} -j {REJECT}')
+        shared.add(chain, f"-j MARK --set-xmark 0x0/{MARK}")
+    return shared
+
+
+def _for_node(topo: Topology, shared: PolicyRules, node: str) -> PolicyRules:
+    """The node's own sets: its pods isolated, each policy's targets among them, and
+    ingress named ports resolved on them; the rest is shared."""
+    rules = PolicyRules(chains=shared.chains, sets=dict(shared.sets))
     local = [p for p in topo.pods if p.node == node and p.ip]
     for direction in ("egress", "ingress"):
         rules.sets[ISOLATED[direction]] = IPSet("hash:ip", set(), f"pods of this node isolated for {direction}")
-    rules.add(MAIN, f'-m conntrack --ctstate RELATED,ESTABLISHED {_c("replies of allowed connections")} -j RETURN')
-    rules.add(MAIN, f'-m set --match-set {ISOLATED["egress"]} src {_c("pods isolated for egress")} -j {CHAIN["egress"]}')
-    rules.add(MAIN, f'-m set --match-set {ISOLATED["ingress"]} dst {_c("pods isolated for ingress")} -j {CHAIN["ingress"]}')
-    for direction, flag, peer_flag in (("egress", "src", "dst"), ("ingress", "dst", "src")):
-        chain = CHAIN[direction]
-        rules.chains.setdefault(chain, [])
-        for p in sorted(topo.policies, key=lambda x: x.key):
+    for p in topo.policies:
+        for direction in ("egress", "ingress"):
             if direction.capitalize() not in p.types:
                 continue
             targets = [pod for pod in local if pod.namespace == p.namespace and p.pod_selector.matches(pod.labels)]
             rules.sets[ISOLATED[direction]].members |= {pod.ip for pod in targets}
-            tset = f"NP-{_h(p.key, direction)}-T"
-            rules.sets[tset] = IPSet("hash:ip", {pod.ip for pod in targets}, f"pods of this node {p.key} selects")
-            pchain = policy_chain(p, direction)
-            rules.add(chain, f"-m set --match-set {tset} {flag} {_c(p.key)} -j {pchain}")
-            rules.chains.setdefault(pchain, [])
-            for ri, rule in enumerate(p.ingress if direction == "ingress" else p.egress):
-                peers = [f"-m set --match-set {_peer_set(rules, engine, p, direction, ri, pi, peer)} {peer_flag} " for pi, peer in enumerate(rule.peers)] or [""]
-                ports = [_port_match(rules, p, direction, ri, qi, port, targets, topo.pods) + " " for qi, port in enumerate(rule.ports)] or [""]
-                for peer in peers:
-                    for port in ports:
-                        rules.add(pchain, f"{peer}{port}{_c(f'{p.key} {direction} rule {ri}')} -j MARK --set-xmark {MARK}/{MARK}")
-        rules.add(chain, f'-m mark ! --mark {MARK}/{MARK} {_c(f"{direction} allowed by no policy")} -j {REJECT}')
-        rules.add(chain, f"-j MARK --set-xmark 0x0/{MARK}")
+            rules.sets[f"NP-{_h(p.key, direction)}-T"] = IPSet("hash:ip", {pod.ip for pod in targets}, f"pods of this node {p.key} selects")
+            if direction == "ingress":
+                for ri, rule in enumerate(p.ingress):
+                    for qi, port in enumerate(rule.ports):
+                        if isinstance(port.port, str):
+                            _named_port_set(rules, f"NP-{_h(p.key, direction, ri, 'port', qi)}", targets, port, f"{p.key} {direction} rule {ri} port {port.port}")
     return rules
+
+
+def render_all(topo: Topology, nodes: list[str] | None = None) -> dict[str, PolicyRules]:
+    """Every node's policy rules, computing what they share once."""
+    shared = _cluster_wide(topo)
+    return {n: _for_node(topo, shared, n) for n in (nodes or [x.name for x in topo.lab.nodes])}
+
+
+def render(topo: Topology, node: str) -> PolicyRules:
+    return render_all(topo, [node])[node]
 
 
 # -- transactions ---------------------------------------------------------------------
@@ -148,9 +181,7 @@ def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tupl
     out = []
     for name, s in desired.items():
         before = old.get(name) if old is not None else None
-        if before is None or before[0] != s.type:
-            if before is not None:
-                out.append(f"destroy {name}")
+        if before is None:  # (a set's name includes its type: the type never changes under one name)
             out += [_set_line(name, s), f"flush {name}"]
             out += [f'add {name} {m} comment "{s.comment}"' if " nomatch" not in m else f"add {name} {m}" for m in sorted(s.members)]
             continue

@@ -50,8 +50,8 @@ def forget(labdir: LabDir, node: str) -> None:
     _path(labdir, node).unlink(missing_ok=True)
 
 
-def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool) -> NodePolicySync:
-    desired = R.render(topo, node)
+def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool, desired: R.PolicyRules | None = None) -> NodePolicySync:
+    desired = desired or R.render(topo, node)
     digest = desired.digest()
     old_sets = rec["sets"] if rec else None
     sets_text, stale = R.ipset_update(desired.sets, old_sets)
@@ -73,7 +73,9 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
     filter table was rewritten whole since the last policy sync."""
     lab = topo.lab.name
     plans = []
-    for node in nodes or [n.name for n in topo.lab.nodes]:
+    node_names = nodes or [n.name for n in topo.lab.nodes]
+    rendered = R.render_all(topo, node_names)
+    for node in node_names:
         rec = read_record(labdir, node)
         if rec is None and node not in replaced:
             # No record, but the node may hold our chains and jumps (a sync that crashed):
@@ -84,7 +86,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
                 mine = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":") and (line.startswith(":LABCTL-NETPOL") or line.startswith(":NP-"))]
                 text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in R.JUMPS if f"-A {c} {r}" in saved) + "COMMIT\n"
                 run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])
-        p = plan_node(topo, node, rec, node in replaced)
+        p = plan_node(topo, node, rec, node in replaced, rendered[node])
         if not p.empty:
             plans.append(p)
     if not plans:

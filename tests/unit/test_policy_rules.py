@@ -77,3 +77,13 @@ def test_a_new_policy_rewrites_chains_and_an_unchanged_lab_does_nothing():
     assert "-I FORWARD 1 -m comment --comment \"labctl network policies\" -j LABCTL-NETPOL" in fresh.chains_text
     gone = plan_node(one, "node1", plan_node(two, "node1", rec, False).record, False)
     assert "-X NP-" in gone.chains_text and gone.destroy_text.startswith("destroy NP-")
+
+
+def test_a_peer_changing_kind_gets_a_new_set_and_the_old_goes_after_the_chains():
+    ipb = np("p", ingress=[{"from": [{"ipBlock": {"cidr": "10.245.0.0/16"}}]}])
+    sel = np("p", ingress=[{"from": [{"podSelector": {}}]}])
+    rec = plan_node(lab(ipb), "node1", None, table_replaced=True).record
+    p = plan_node(lab(sel), "node1", rec, table_replaced=False)
+    old = {n for n, (t, _) in rec["sets"].items() if t == "hash:net"}
+    assert old and all(f"destroy {n}" in p.destroy_text for n in old), "destroyed after the chains stop using it"
+    assert "destroy" not in p.sets_text and p.chains_text, "the new set is created first, the chains then point at it"
