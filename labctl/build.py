@@ -8,6 +8,7 @@ pod moving to another node can reuse its namespace name.
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
 from contextlib import ExitStack
 from typing import Callable
@@ -41,6 +42,7 @@ class Builder:
         self._report = progress or _quiet
         self.synced: list = []  # the service-rule transactions of the last create()
         self.policies_synced: list = []  # the nodes whose policy rules changed
+        self.policy_seconds = 0.0
 
     def progress(self, step: str, n: int) -> None:
         self._report(step, n)
@@ -126,7 +128,9 @@ class Builder:
         self.synced = proxy_sync.sync(self.dir, new)
         self.progress("policies", 0)
         replaced = {s.node for s in self.synced if s.replaced_filter}
+        t = time.monotonic()
         self.policies_synced = policy_sync.sync(self.dir, new, replaced)
+        self.policy_seconds = time.monotonic() - t
 
     def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
         lab = spec.name

@@ -40,6 +40,7 @@ class UpResult:
     restarted: int = 0
     synced: list = field(default_factory=list)  # proxy.sync.NodeSync of the nodes whose rules changed
     policies_synced: list = field(default_factory=list)  # policy.sync.NodePolicySync likewise
+    policy_seconds: float = 0.0
 
     @property
     def changed(self) -> bool:
@@ -155,7 +156,8 @@ class LabHandle:
             failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
         return UpResult(
-            self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced, policies_synced=b.policies_synced
+            self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced, policies_synced=b.policies_synced,
+            policy_seconds=b.policy_seconds,
         )
 
     def _clear_debris(self, old: Topology | None) -> None:

@@ -9,10 +9,22 @@ running lab, so `up` and `apply` compare two of them (labctl.reconcile).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def _plain(obj: Any) -> Any:
+    """Dataclasses, tuples and dicts as JSON-ready data (what dataclasses.asdict
+    gives, without its deep copies: writing a big lab's state stays fast)."""
+    if is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 @dataclass(frozen=True)
@@ -191,7 +203,10 @@ class Topology:
     # -- serialisation of the applied state ---------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data for state.json (policies are rebuilt from the documents)."""
+        d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("policies", "documents")}
+        d["documents"] = list(self.documents)  # already plain: parsed YAML
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Topology":

@@ -84,6 +84,17 @@ class Engine:
         for p in topo.policies:
             self.by_namespace.setdefault(p.namespace, []).append(p)
         self.pod_by_ip = {p.ip: p for p in topo.pods if p.ip}
+        self.pods_by_namespace: dict[str, list[Pod]] = {}
+        for p in topo.pods:
+            self.pods_by_namespace.setdefault(p.namespace, []).append(p)
+
+    def peer_pods(self, peer: Peer, policy: NetworkPolicy) -> list[Pod]:
+        """The pods a selector peer of `policy` matches (ipBlock peers match addresses, not pods)."""
+        if peer.namespaces is None:
+            spaces = [policy.namespace]
+        else:
+            spaces = [ns for ns in self.pods_by_namespace if peer.namespaces.matches(self.ns_labels.get(ns, {}))]
+        return [p for ns in spaces for p in self.pods_by_namespace.get(ns, []) if peer.pods is None or peer.pods.matches(p.labels)]
 
     def party(self, ip: str) -> Party:
         pod = self.pod_by_ip.get(ip)
@@ -105,7 +116,12 @@ class Engine:
             return peer.ip_block.contains(other.ip)
         if other.pod is None:
             return False  # selectors match pods only
-        pod = other.pod
+        return self.pod_matches(peer, policy, other.pod)
+
+    def pod_matches(self, peer: Peer, policy: NetworkPolicy, pod: Pod) -> bool:
+        """A selector peer against a pod (ipBlock peers are matched by address)."""
+        if peer.ip_block is not None:
+            return bool(pod.ip) and peer.ip_block.contains(pod.ip)
         if peer.namespaces is None:
             in_scope = pod.namespace == policy.namespace
         else:

@@ -25,6 +25,7 @@ source's node, ingress at the destination's, after service DNAT).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -40,8 +41,13 @@ JUMPS = [("FORWARD", f'-m comment --comment "labctl network policies" -j {MAIN}'
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
 
 
+@functools.lru_cache(maxsize=65536)
+def _hash(text: str) -> str:
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
+
+
 def _h(*parts: object) -> str:
-    return base64.b32encode(hashlib.sha256("/".join(map(str, parts)).encode()).digest()).decode()[:16]
+    return _hash("/".join(map(str, parts)))
 
 
 def policy_chain(p: NetworkPolicy, direction: str) -> str:
@@ -65,42 +71,66 @@ class PolicyRules:
     def add(self, chain: str, rule: str) -> None:
         self.chains.setdefault(chain, []).append(f"-A {chain} {rule}")
 
+    digest_cache: str | None = None
+
     def digest(self) -> str:
-        return hashlib.sha1(repr(sorted(self.chains.items())).encode()).hexdigest()[:16]
+        """A digest of the chains (shared by every node of one render: computed once)."""
+        if self.digest_cache is None:
+            self.digest_cache = hashlib.sha1(repr(sorted(self.chains.items())).encode()).hexdigest()[:16]
+        return self.digest_cache
 
 
 def _c(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
 
-def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, direction: str, ri: int, pi: int, peer: Peer) -> str:
-    # The set type is part of the name: a peer that turns from a selector into an
-    # ipBlock gets a new set, and the old one goes once no chain refers to it.
-    kind = "hash:net" if peer.ip_block is not None else "hash:ip"
-    name = f"NP-{_h(p.key, direction, ri, 'peer', pi, kind)}"
+# Sets are named after what they select, not after the policy that uses them:
+# policies with the same selector share one set (the type is part of the name,
+# so a peer that turns from a selector into an ipBlock gets a new set, and the
+# old one goes once no chain refers to it).
+
+
+def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, peer: Peer) -> str:
     if peer.ip_block is not None:
-        members = {peer.ip_block.cidr} | {f"{e} nomatch" for e in peer.ip_block.excepts}
-        rules.sets[name] = IPSet("hash:net", members, f"{p.key} {direction} rule {ri} ipBlock")
-    else:
-        members = {pod.ip for pod in engine.topo.pods if pod.ip and engine.peer_matches(peer, p, Party(pod.ip, pod))}
-        rules.sets[name] = IPSet("hash:ip", members, f"{p.key} {direction} rule {ri} peer {pi}")
+        b = peer.ip_block
+        name = f"NP-{_h('ipblock', b.cidr, *sorted(b.excepts))}"
+        if name not in rules.sets:
+            members = {b.cidr} | {f"{e} nomatch" for e in b.excepts}
+            rules.sets[name] = IPSet("hash:net", members, f"ipBlock {b.cidr}" + (f" except {','.join(b.excepts)}" if b.excepts else ""))
+        return name
+    scope = p.namespace if peer.namespaces is None else f"namespaces {peer.namespaces}"
+    name = f"NP-{_h('pods', scope, peer.pods)}"
+    if name not in rules.sets:
+        members = {pod.ip for pod in engine.peer_pods(peer, p) if pod.ip}
+        rules.sets[name] = IPSet("hash:ip", members, f"pods {peer.pods or '{}'} in {scope}")
     return name
 
 
 def _named_port_set(rules: PolicyRules, name: str, pods: list[Pod], port: Port, what: str) -> str:
-    members = {f"{pod.ip},{port.protocol.lower()}:{cp.port}" for pod in pods if pod.ip for cp in pod.ports() if cp.name == port.port and cp.protocol == port.protocol}
-    rules.sets[name] = IPSet("hash:ip,port", members, what)
+    if name not in rules.sets:
+        members = {f"{pod.ip},{port.protocol.lower()}:{cp.port}" for pod in pods if pod.ip for cp in pod.ports() if cp.name == port.port and cp.protocol == port.protocol}
+        rules.sets[name] = IPSet("hash:ip,port", members, what)
     return name
 
 
-def _port_match(rules: PolicyRules, p: NetworkPolicy, direction: str, ri: int, qi: int, port: Port, targets: list[Pod], all_pods: list[Pod]) -> str:
+def _ingress_port_set_name(p: NetworkPolicy, port: Port) -> str:
+    """Ingress named ports resolve on the policy's own pods: one set per (selection, name)."""
+    return f"NP-{_h('ingress-port', p.namespace, p.pod_selector, port.port, port.protocol)}"
+
+
+def _target_set(p: NetworkPolicy) -> str:
+    return f"NP-{_h('targets', p.namespace, p.pod_selector)}"
+
+
+def _port_match(rules: PolicyRules, p: NetworkPolicy, direction: str, port: Port, all_pods: list[Pod]) -> str:
     proto = port.protocol.lower()
     if port.port is None:
         return f"-p {proto}"
     if isinstance(port.port, str):
-        # The name is looked up on the destination: the policy's own pods for ingress, the peer for egress.
-        dests = targets if direction == "ingress" else all_pods
-        name = _named_port_set(rules, f"NP-{_h(p.key, direction, ri, 'port', qi)}", dests, port, f"{p.key} {direction} rule {ri} port {port.port}")
+        if direction == "ingress":  # filled per node, from the node's own target pods
+            name = _ingress_port_set_name(p, port)
+        else:  # looked up on the destination: any pod of the cluster serving that name
+            name = _named_port_set(rules, f"NP-{_h('egress-port', port.port, port.protocol)}", all_pods, port, f"pods serving {port.port}/{port.protocol}")
         return f"-p {proto} -m set --match-set {name} dst,dst"
     span = f"{port.port}:{port.end_port}" if port.end_port else f"{port.port}"
     return f"-p {proto} -m {proto} --dport {span}"
@@ -121,14 +151,11 @@ def _cluster_wide(topo: Topology) -> PolicyRules:
             if direction.capitalize() not in p.types:
                 continue
             pchain = policy_chain(p, direction)
-            shared.add(chain, f"-m set --match-set NP-{_h(p.key, direction)}-T {flag} {_c(p.key)} -j {pchain}")
+            shared.add(chain, f"-m set --match-set {_target_set(p)} {flag} {_c(p.key)} -j {pchain}")
             shared.chains.setdefault(pchain, [])
             for ri, rule in enumerate(p.ingress if direction == "ingress" else p.egress):
-                peers = [f"-m set --match-set {_peer_set(shared, engine, p, direction, ri, pi, peer)} {peer_flag} " for pi, peer in enumerate(rule.peers)] or [""]
-                ports = []
-                for qi, port in enumerate(rule.ports):
-                    # ingress named ports resolve on this node's targets: the set is filled per node
-                    ports.append(_port_match(shared, p, direction, ri, qi, port, [], topo.pods) + " ")
+                peers = [f"-m set --match-set {_peer_set(shared, engine, p, peer)} {peer_flag} " for peer in rule.peers] or [""]
+                ports = [_port_match(shared, p, direction, port, topo.pods) + " " for port in rule.ports]
                 for peer in peers:
                     for port in ports or [""]:
                         shared.add(pchain, f"{peer}{port}{_c(f'{p.key} {direction} rule {ri}')} -j MARK --set-xmark {MARK}/{MARK}")
@@ -141,21 +168,24 @@ def _for_node(topo: Topology, shared: PolicyRules, node: str) -> PolicyRules:
     """The node's own sets: its pods isolated, each policy's targets among them, and
     ingress named ports resolved on them; the rest is shared."""
     rules = PolicyRules(chains=shared.chains, sets=dict(shared.sets))
+    rules.digest_cache = shared.digest()
     local = [p for p in topo.pods if p.node == node and p.ip]
     for direction in ("egress", "ingress"):
         rules.sets[ISOLATED[direction]] = IPSet("hash:ip", set(), f"pods of this node isolated for {direction}")
+    targets_of: dict[str, list[Pod]] = {}
     for p in topo.policies:
+        tset = _target_set(p)
+        if tset not in targets_of:
+            targets_of[tset] = [pod for pod in local if pod.namespace == p.namespace and p.pod_selector.matches(pod.labels)]
+            rules.sets[tset] = IPSet("hash:ip", {pod.ip for pod in targets_of[tset]}, f"pods of this node: {p.pod_selector} in {p.namespace}")
         for direction in ("egress", "ingress"):
-            if direction.capitalize() not in p.types:
-                continue
-            targets = [pod for pod in local if pod.namespace == p.namespace and p.pod_selector.matches(pod.labels)]
-            rules.sets[ISOLATED[direction]].members |= {pod.ip for pod in targets}
-            rules.sets[f"NP-{_h(p.key, direction)}-T"] = IPSet("hash:ip", {pod.ip for pod in targets}, f"pods of this node {p.key} selects")
-            if direction == "ingress":
-                for ri, rule in enumerate(p.ingress):
-                    for qi, port in enumerate(rule.ports):
-                        if isinstance(port.port, str):
-                            _named_port_set(rules, f"NP-{_h(p.key, direction, ri, 'port', qi)}", targets, port, f"{p.key} {direction} rule {ri} port {port.port}")
+            if direction.capitalize() in p.types:
+                rules.sets[ISOLATED[direction]].members |= rules.sets[tset].members
+        if "Ingress" in p.types:
+            for rule in p.ingress:
+                for port in rule.ports:
+                    if isinstance(port.port, str):
+                        _named_port_set(rules, _ingress_port_set_name(p, port), targets_of[tset], port, f"pods of this node serving {port.port}/{port.protocol}")
     return rules
 
 

@@ -66,7 +66,7 @@ class LabDir:
         """Atomically replace state.json (a crash leaves the old or the new one)."""
         data = dict(data, version=STATE_VERSION)
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, self.state_file)
 
     @contextmanager
