@@ -8,6 +8,7 @@ only when the egress list is non-empty.
 from __future__ import annotations
 
 import ipaddress
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,6 +42,10 @@ class Selector:
         return True
 
     def __str__(self) -> str:
+        return self.text
+
+    @functools.cached_property
+    def text(self) -> str:  # (computed once: sets and chains are named after it)
         parts = [f"{k}={val}" for k, val in self.match_labels]
         parts += [f"{k} {op.lower()} ({','.join(vals)})" if vals else f"{k} {op.lower()}" for k, op, vals in self.match_expressions]
         return ",".join(parts) or "{}"

@@ -136,10 +136,9 @@ def _port_match(rules: PolicyRules, p: NetworkPolicy, direction: str, port: Port
     return f"-p {proto} -m {proto} --dport {span}"
 
 
-def _cluster_wide(topo: Topology) -> PolicyRules:
+def _cluster_wide(topo: Topology, engine: Engine) -> PolicyRules:
     """What is the same on every node: the chains, and the sets of peers
     (selectors, ipBlocks) and of egress named ports, which hold pods cluster-wide."""
-    engine = Engine(topo)
     shared = PolicyRules()
     shared.add(MAIN, f'-m conntrack --ctstate RELATED,ESTABLISHED {_c("replies of allowed connections")} -j RETURN')
     shared.add(MAIN, f'-m set --match-set {ISOLATED["egress"]} src {_c("pods isolated for egress")} -j {CHAIN["egress"]}')
@@ -164,35 +163,60 @@ def _cluster_wide(topo: Topology) -> PolicyRules:
     return shared
 
 
-def _for_node(topo: Topology, shared: PolicyRules, node: str) -> PolicyRules:
-    """The node's own sets: its pods isolated, each policy's targets among them, and
-    ingress named ports resolved on them; the rest is shared."""
-    rules = PolicyRules(chains=shared.chains, sets=dict(shared.sets))
-    rules.digest_cache = shared.digest()
-    local = [p for p in topo.pods if p.node == node and p.ip]
-    for direction in ("egress", "ingress"):
-        rules.sets[ISOLATED[direction]] = IPSet("hash:ip", set(), f"pods of this node isolated for {direction}")
-    targets_of: dict[str, list[Pod]] = {}
+@dataclass
+class _Selection:
+    """One target set: the pods (cluster-wide) a policy selector picks, and what
+    the node sets built from it need."""
+
+    name: str
+    what: str
+    pods: list[Pod]
+    isolates: set[str] = field(default_factory=set)  # directions
+    named_ports: dict[str, Port] = field(default_factory=dict)  # ingress named-port set -> port
+
+
+def _selections(topo: Topology, engine: Engine) -> list[_Selection]:
+    """Each distinct (namespace, podSelector) of the policies, matched once for all nodes."""
+    out: dict[str, _Selection] = {}
     for p in topo.policies:
         tset = _target_set(p)
-        if tset not in targets_of:
-            targets_of[tset] = [pod for pod in local if pod.namespace == p.namespace and p.pod_selector.matches(pod.labels)]
-            rules.sets[tset] = IPSet("hash:ip", {pod.ip for pod in targets_of[tset]}, f"pods of this node: {p.pod_selector} in {p.namespace}")
-        for direction in ("egress", "ingress"):
-            if direction.capitalize() in p.types:
-                rules.sets[ISOLATED[direction]].members |= rules.sets[tset].members
+        sel = out.get(tset)
+        if sel is None:
+            pods = [pod for pod in engine.pods_by_namespace.get(p.namespace, []) if pod.ip and p.pod_selector.matches(pod.labels)]
+            sel = out[tset] = _Selection(tset, f"pods of this node: {p.pod_selector} in {p.namespace}", pods)
+        sel.isolates.update(d.lower() for d in p.types)
         if "Ingress" in p.types:
             for rule in p.ingress:
                 for port in rule.ports:
                     if isinstance(port.port, str):
-                        _named_port_set(rules, _ingress_port_set_name(p, port), targets_of[tset], port, f"pods of this node serving {port.port}/{port.protocol}")
+                        sel.named_ports[_ingress_port_set_name(p, port)] = port
+    return list(out.values())
+
+
+def _for_node(shared: PolicyRules, selections: list[_Selection], node: str) -> PolicyRules:
+    """The node's own sets: its pods isolated, each policy's targets among them, and
+    ingress named ports resolved on them; the rest is shared."""
+    rules = PolicyRules(chains=shared.chains, sets=dict(shared.sets))
+    rules.digest_cache = shared.digest()
+    for direction in ("egress", "ingress"):
+        rules.sets[ISOLATED[direction]] = IPSet("hash:ip", set(), f"pods of this node isolated for {direction}")
+    for sel in selections:
+        local = [pod for pod in sel.pods if pod.node == node]
+        members = {pod.ip for pod in local}
+        rules.sets[sel.name] = IPSet("hash:ip", members, sel.what)
+        for direction in sel.isolates:
+            rules.sets[ISOLATED[direction]].members |= members
+        for name, port in sel.named_ports.items():
+            _named_port_set(rules, name, local, port, f"pods of this node serving {port.port}/{port.protocol}")
     return rules
 
 
 def render_all(topo: Topology, nodes: list[str] | None = None) -> dict[str, PolicyRules]:
     """Every node's policy rules, computing what they share once."""
-    shared = _cluster_wide(topo)
-    return {n: _for_node(topo, shared, n) for n in (nodes or [x.name for x in topo.lab.nodes])}
+    engine = Engine(topo)
+    shared = _cluster_wide(topo, engine)
+    selections = _selections(topo, engine)
+    return {n: _for_node(shared, selections, n) for n in (nodes or [x.name for x in topo.lab.nodes])}
 
 
 def render(topo: Topology, node: str) -> PolicyRules:
