@@ -52,7 +52,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
             for p in topo.pods
         ],
         "services": services(topo),
-        "policies": [],
+        "policies": policies(topo),
         "responder": responder.status(handle.dir, handle.journal),
     }
 
@@ -89,6 +89,25 @@ def services(topo) -> list[dict[str, Any]]:
                 "internalTrafficPolicy": s.internal_traffic_policy,
                 "sessionAffinity": s.session_affinity,
                 "selector": dict(s.selector) if s.selector else None,
+            }
+        )
+    return out
+
+
+def policies(topo) -> list[dict[str, Any]]:
+    """NetworkPolicies as the contract names them, plus what they select now."""
+    out = []
+    for pol in topo.policies:
+        selected = [p for p in topo.pods if p.namespace == pol.namespace and pol.pod_selector.matches(p.labels)]
+        out.append(
+            {
+                "namespace": pol.namespace,
+                "name": pol.name,
+                "podSelector": str(pol.pod_selector),
+                "policyTypes": list(pol.types),
+                "ingressRules": len(pol.ingress),
+                "egressRules": len(pol.egress),
+                "selects": [p.name for p in selected],
             }
         )
     return out

@@ -23,9 +23,9 @@ labctl status
 bold "Probes on the real datapath (each one must come back as expected):"
 labctl probe toolbox default/web-0 --expect open        # same node: through cni0
 labctl probe toolbox default/web-1 --expect open        # node1 -> node2 inside VXLAN (flannel.1)
-labctl probe toolbox shop/db --port 5432 --expect open  # across namespaces: no policy yet, so open
+labctl probe shop/frontend shop/db --port 5432 --expect open   # allowed by NetworkPolicy shop/db-ingress
 labctl probe shop/frontend shop/db --proto udp --port 8125 --expect open
-labctl probe toolbox shop/db --port 5433 --expect refused   # nothing listens: TCP RST
+labctl probe toolbox default/web-2 --port 8081 --expect refused   # nothing listens: TCP RST
 labctl probe toolbox ext/client --proto icmp --expect open  # leaving the cluster: masqueraded
 labctl probe ext/client node/node2 --proto icmp --expect open
 
@@ -34,6 +34,13 @@ echo "\$ 12 probes to svc/default/web (ClusterIP $(labctl status --json | "$repo
 for i in $(seq 12); do labctl probe toolbox svc/default/web --expect open; done | grep -o "served by [^,)]*" | sort | uniq -c
 labctl probe ext/client svc/default/web-nodeport@nodeport --via node/node3 --expect open   # NodePort 30080 from outside
 labctl probe ext/client svc/shop/db@lb --expect open                                       # LoadBalancer IP: the client's address is kept
+
+bold "NetworkPolicy, enforced in each node's kernel:"
+labctl probe toolbox shop/db --port 5432 --expect blocked   # not the frontend: ICMP admin-prohibited
+echo "\$ labctl verify      # every pod to every served port: Kubernetes semantics against probes"
+labctl verify
+echo "\$ labctl explain toolbox shop/db --port 5432"
+labctl explain toolbox shop/db --port 5432
 
 bold "The datapath, as a learner sees it:"
 echo "\$ labctl exec node/node1 -- ip route"
@@ -49,6 +56,8 @@ The demo lab is up. Try next:
   sudo .venv/bin/labctl exec node/node2 -- tcpdump -ni eth0 udp port 8472     # VXLAN on the wire (then curl again)
   sudo .venv/bin/labctl exec node/node1 -- iptables-save -t nat               # kube-proxy's KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-* and flannel's masquerade
   sudo .venv/bin/labctl ready web-1 false                                     # a failing readiness probe: web-1 leaves the endpoints
+  sudo .venv/bin/labctl exec node/node3 -- iptables-save -t filter            # LABCTL-NETPOL chains, one NP-* chain per policy
+  sudo .venv/bin/labctl exec node/node3 -- ipset list                         # the policy's selectors as sets of pod IPs
   sudo ip netns list                                                          # every node and pod is a namespace
   sudo .venv/bin/labctl down demo                                             # removes all of it
 NEXT

@@ -42,6 +42,10 @@ def down(name: str | None, file: str | None, all_: bool, as_json: bool) -> None:
         output.say("no lab is up")
     for r in results:
         if r["found"]:
-            output.say(f"lab {r['lab']} is down: {r['namespaces']} namespaces removed, {r['processes']} processes stopped")
+            output.say(f"lab {r['lab']} is down: {_n(r['namespaces'], 'namespace')} removed, {_n(r['processes'], 'process', 'processes')} stopped")
         else:
             output.say(f"lab {r['lab']} is not up: nothing to remove")
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"

@@ -1,4 +1,4 @@
-"""labctl status: nodes, externals, pods (services and policies later)."""
+"""labctl status: nodes, externals, pods, services and network policies."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from labctl.status import status as lab_status
 @lab_option
 @json_option
 def status(lab_name: str | None, as_json: bool) -> None:
-    """Show a lab: nodes, externals, pods and where they run."""
+    """Show a lab: nodes, externals, pods, services and network policies."""
     if lab_name and not LabHandle(lab_name).exists():
         raise LabError(f"no lab named {lab_name} is up", hint=_which())
     names = [lab_name] if lab_name else running_labs()
@@ -88,6 +88,21 @@ def _show(r: dict) -> None:
                     _endpoints(s["endpoints"]),
                 )
                 for s in services
+            ],
+        )
+    if r["policies"]:
+        output.say("")
+        output.table(
+            ["NAMESPACE", "NETWORKPOLICY", "POD-SELECTOR", "TYPES", "SELECTS"],
+            [
+                (
+                    p["namespace"],
+                    p["name"],
+                    "<none>" if p["podSelector"] == "{}" else p["podSelector"],
+                    ",".join(p["policyTypes"]),
+                    _endpoints(p["selects"]) if p["selects"] else "-",
+                )
+                for p in r["policies"]
             ],
         )
     output.say(f"\nresponder: {r['responder']}")
