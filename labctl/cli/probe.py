@@ -44,7 +44,9 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
             raise InvalidInput(f"TO {dst!r} declares no {proto} port: give --port")
     else:
         port = None
-    result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout)
+    from labctl.probe import ports
+
+    result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
     if as_json:
         output.emit_json(result.to_dict())
     else:

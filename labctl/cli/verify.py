@@ -48,7 +48,7 @@ def verify(lab_name, timeout, workers, as_json) -> None:
         for c in bad:
             output.say(
                 f"[bold]mismatch[/bold]: {c.src} -> {c.dst}:{c.port}/{c.protocol.lower()} expected "
-                f"{'allowed' if c.expected else 'denied'}, kernel {c.verdict} ({c.why})"
+                f"{'allowed' if c.expected else 'denied'}, kernel {c.verdict}{f' ({c.detail})' if c.detail else ''}: {c.why}"
             )
         output.say(f"{len(done)} checks in {seconds:.2f} s: {len(bad)} mismatch{'es' * (len(bad) != 1)}")
     if bad:

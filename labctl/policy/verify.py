@@ -1,8 +1,10 @@
 """`labctl verify`: what Kubernetes semantics say must be reachable, against
 what the kernel does.
 
-Cases: every pod to every pod, on every port and protocol the destination
-serves (the engine says allowed or denied), plus the Lab's `expect:` lines.
+Cases: every pod and every node to every pod, on every port and protocol the
+destination serves (the engine says allowed or denied), plus the Lab's
+`expect:` lines. Externals have no route to pod addresses (they reach pods
+through NodePorts and LoadBalancer IPs: write `expect:` lines for those).
 Each case is one probe on the real datapath; they run in parallel threads
 (each thread steps into its source's namespace). A case is a mismatch when
 "allowed" and "the probe came back open" disagree.
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 
 from labctl.errors import InvalidInput, Problem
 from labctl.model.objects import Topology
-from labctl.policy.engine import Engine
-from labctl.probe import scapy_probe
+from labctl.policy.engine import Engine, Party
+from labctl.probe import ports, scapy_probe
 from labctl.probe.targets import resolve
 
 EXPECT = re.compile(r"^(?P<src>\S+)\s*->\s*(?P<dst>\S+):(?P<port>[0-9]+)(?:/(?P<proto>tcp|udp))?\s+(?P<verdict>allowed|denied)$", re.I)
@@ -34,6 +36,7 @@ class Case:
     why: str = ""  # the engine's reason, or "expect: ..."
     observed: bool | None = None
     verdict: str | None = None
+    detail: str | None = None  # what the probe saw: the ICMP error and its sender, who answered and whom it saw
 
     @property
     def mismatch(self) -> bool:
@@ -48,6 +51,7 @@ class Case:
             "expected": "allowed" if self.expected else "denied",
             "observed": None if self.observed is None else ("allowed" if self.observed else "denied"),
             "verdict": self.verdict,
+            "detail": self.detail,
             "why": self.why,
         }
 
@@ -72,6 +76,21 @@ def check_expectations(topo: Topology, where: str) -> list[Problem]:
     return out
 
 
+def node_source_ip(topo: Topology, node: str, dst) -> str:
+    """The address a pod sees when a node connects to it (what an ipBlock is matched
+    against): its own node's `cni0` address; from another node, over VXLAN the
+    sender's `flannel.1` address (its pod CIDR's first address, the route's
+    preferred source), over host-gw the sender's node IP (flannel masquerades
+    non-pod sources into the pod network to the outgoing address, which is it)."""
+    import ipaddress
+
+    n = topo.lab.node(node)
+    cidr = ipaddress.ip_network(n.pod_cidr)
+    if dst.node == node:
+        return str(cidr.network_address + 1)
+    return str(cidr.network_address) if topo.lab.overlay == "vxlan" else n.ip
+
+
 def cases(topo: Topology) -> list[Case]:
     engine = Engine(topo)
     out = []
@@ -83,6 +102,17 @@ def cases(topo: Topology) -> list[Case]:
                 d = engine.pods(src, dst, cp.port, cp.protocol)
                 why = f"egress: {d.egress.explain()}; ingress: {d.ingress.explain()}"
                 out.append(Case(src.key, dst.key, cp.port, cp.protocol, d.allowed, why))
+    for node in topo.lab.nodes:
+        for dst in topo.pods:
+            if not dst.ip:
+                continue
+            src = Party(node_source_ip(topo, node.name, dst), node=node.name)
+            for cp in dst.served_ports():
+                if cp.protocol not in PROBED:
+                    continue
+                d = engine.check(src, Party(dst.ip, dst), cp.port, cp.protocol)
+                why = f"from {src.ip}; ingress: {d.ingress.explain()}"
+                out.append(Case(f"node/{node.name}", dst.key, cp.port, cp.protocol, d.allowed, why))
     for text in topo.lab.expect:
         src, dst, port, proto, ok = parse_expectation(text)
         out.append(Case(src, dst, port, proto, ok, f"expect: {text}"))
@@ -92,16 +122,20 @@ def cases(topo: Topology) -> list[Case]:
 def run(topo: Topology, todo: list[Case], timeout: float = 1.0, workers: int = 32) -> list[Case]:
     """Probe every case, in parallel; fills `observed` and `verdict`."""
 
-    def one(case: Case) -> Case:
+    base = ports.reserve(topo.lab.name, len(todo))
+
+    def one(item: tuple[int, Case]) -> Case:
+        i, case = item
         a = resolve(topo, case.src, role="FROM")
         b = resolve(topo, case.dst, role="TO")
-        r = scapy_probe.probe(a.label, a.netns, b.ip, b.label, case.protocol.lower(), case.port, timeout, fetch=False)
+        r = scapy_probe.probe(a.label, a.netns, b.ip, b.label, case.protocol.lower(), case.port, timeout, fetch=False, sport=ports.port(base, i))
         case.verdict = r.verdict
         case.observed = r.verdict == "open"
+        case.detail = r.detail or (f"served by {r.served_by}, client seen as {r.client_ip_seen}" if r.served_by else None)
         return case
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, todo))
+        return list(pool.map(one, enumerate(todo)))
 
 
 def tables(done: list[Case]) -> list[tuple[str, list[str], list[tuple[str, list[str]]]]]:

@@ -25,8 +25,9 @@ from dataclasses import asdict, dataclass
 
 from labctl.kernel import netns
 
-# Source ports and sequence numbers from the OS: a probe must be a new flow, never
-# one conntrack still remembers (the random module can be seeded, by test tools too).
+# Sequence numbers (and source ports when the caller gives none) from the OS: the
+# random module can be seeded, by test tools too. Callers take source ports from
+# labctl.probe.ports, so a probe is a new flow, never one conntrack still remembers.
 _rng = random.SystemRandom()
 ICMP_UNREACH = 3
 PORT_UNREACH = 3
@@ -189,8 +190,11 @@ def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq:
     return matches
 
 
-def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float, fetch: bool = True) -> ProbeResult:
-    """One probe; `fetch` False skips the real connection that reads the responder's JSON (TCP)."""
+def probe(
+    src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float, fetch: bool = True, sport: int | None = None
+) -> ProbeResult:
+    """One probe; `fetch` False skips the real connection that reads the responder's JSON (TCP).
+    `sport`: the source port (or ICMP id), from labctl.probe.ports; default random."""
     from scapy.layers.inet import ICMP, IP, TCP, UDP  # scapy is slow to import: only probes pay for it
 
     with netns.entered(src_netns):
@@ -200,7 +204,7 @@ def probe(src_label: str, src_netns: str, dst: str, target: str, proto: str, por
             return ProbeResult(src_label, dst, target, proto, port, "filtered", detail=f"no route: {e.strerror}")
         wire = _Wire(proto)
     result = ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=src_ip)
-    sport = _rng.randint(33000, 60999)
+    sport = sport or _rng.randint(33000, 60999)
     seq = _rng.randint(0, 2**31)
     if proto == "tcp":
         pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)

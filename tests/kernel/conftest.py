@@ -83,7 +83,9 @@ class KernelLab:
         b = resolve(topo, dst, role="TO", via=via)
         if proto != "icmp":
             port = port or default_port(b, proto)
-        return scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout)
+        from labctl.probe import ports
+
+        return scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
 
     def pod_ip(self, key: str) -> str:
         if "/" not in key:

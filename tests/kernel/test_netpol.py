@@ -34,7 +34,7 @@ class PolicyLab:
         topo = self.handle.applied()
         done = V.run(topo, V.cases(topo))
         bad = [c.to_dict() for c in done if c.mismatch]
-        assert not bad, "\n".join(f"{b['from']} -> {b['to']}:{b['port']}/{b['proto']} expected {b['expected']}, kernel {b['verdict']}: {b['why']}" for b in bad[:6])
+        assert not bad, "\n".join(f"{b['from']} -> {b['to']}:{b['port']}/{b['proto']} expected {b['expected']}, kernel {b['verdict']} ({b['detail']}): {b['why']}" for b in bad[:6])
         return {(c.src, c.dst, c.port, c.protocol) for c in done if c.observed}
 
     def node_ns(self, node: str) -> str:
@@ -52,15 +52,27 @@ def plab():
 
 
 def reached(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
-    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto}
+    """The pods that reached dst (node sources are checked on their own)."""
+    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto and not s.startswith("node/")}
+
+
+def pod_pairs(open_: set) -> set:
+    return {c for c in open_ if not c[0].startswith("node/")}
+
+
+def from_nodes(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
+    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto and s.startswith("node/")}
 
 
 def test_default_deny_ingress_and_egress(plab):
     got = plab.verify()
-    assert len(got) == 324, "no policy: everything is open"
+    assert len(pod_pairs(got)) == 324, "no policy: everything is open"
+    assert len(got) == 324 + 2 * 36, "nodes reach every pod too"
     got = plab.up(np("deny-in"), np("deny-out", ns="y", policyTypes=["Egress"]))
     got = plab.verify()
     assert reached(got, "x/a") == {"x/a"}
+    node_of_xa = plab.handle.applied().pod("x/a").node
+    assert from_nodes(got, "x/a") == {f"node/{node_of_xa}"}, "only the pod's own node gets past a default deny"
     assert {d for s, d, p, pr in got if s == "y/a"} == {"y/a"}
     assert reached(got, "y/a") >= {"x/a", "z/c"}
 
@@ -97,9 +109,28 @@ def test_ip_blocks_with_except_and_a_rule_that_rescues(plab):
     xb = topo.pod("x/b").ip
     block = {"ipBlock": {"cidr": topo.lab.pod_network, "except": [f"{xb}/32"]}}
     plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}]))
-    assert "x/b" not in reached(plab.verify(), "x/a")
+    got = plab.verify()
+    assert "x/b" not in reached(got, "x/a")
+    assert from_nodes(got, "x/a") == {"node/node1", "node/node2"}, "over VXLAN a remote node comes from its flannel.1 address, in the pod network"
     plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}, {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
     assert "x/b" in reached(plab.verify(), "x/a")
+
+
+def test_nodes_over_host_gw_come_from_their_node_ip():
+    lab = PolicyLab()
+    text = lab.base.replace("  nodes:\n", "  overlay: host-gw\n  nodes:\n")
+    assert "host-gw" in text
+    node_net = {"ipBlock": {"cidr": "10.10.30.0/24"}}
+    try:
+        lab.up(np("from-nodes", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [node_net]}]), text=text)
+        got = lab.verify()
+        assert reached(got, "x/a") == {"x/a"}, "pods are not in the node network"
+        assert from_nodes(got, "x/a") == {"node/node1", "node/node2"}, "the remote node is seen with its node IP, inside the ipBlock"
+        lab.up(np("from-nodes", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"ipBlock": {"cidr": "10.10.31.0/24"}}]}]), text=text)
+        own = lab.handle.applied().pod("x/a").node
+        assert from_nodes(lab.verify(), "x/a") == {f"node/{own}"}
+    finally:
+        lab.handle.down()
 
 
 def test_updates_relabels_and_deletes(plab):
@@ -117,10 +148,15 @@ def test_updates_relabels_and_deletes(plab):
     from_y = np("from-y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}])
     plab.up(from_y)
     assert reached(plab.verify(), "x/a") == {"y/a", "y/b", "y/c", "x/a"}
+    from labctl.status import status
+
+    shown = {(p["namespace"], p["name"]): p for p in status(plab.handle)["policies"]}
+    assert shown[("x", "from-y")]["selects"] == ["a"] and shown[("x", "from-y")]["policyTypes"] == ["Ingress"]
+    assert list(shown) == [("x", "from-y")], "deny-b was deleted (not in the file any more)"
     plab.up(from_y, text=plab.base.replace("metadata: {name: z, labels: {ns: z}}", "metadata: {name: z, labels: {ns: y}}"))
     assert reached(plab.verify(), "x/a") == {"y/a", "y/b", "y/c", "z/a", "z/b", "z/c", "x/a"}
     plab.up()
-    assert len(plab.verify()) == 324, "policies deleted: open again"
+    assert len(pod_pairs(plab.verify())) == 324, "policies deleted: open again"
 
 
 def test_replies_are_allowed_and_services_see_the_pod(plab):

@@ -34,3 +34,21 @@ def test_unknown_targets_suggest_names(topo):
 def test_default_port_is_the_first_of_the_protocol(topo):
     web = resolve(topo, "web", role="TO")
     assert default_port(web, "tcp") == 8080 and default_port(web, "udp") == 53 and default_port(web, "icmp") is None
+
+
+def test_probe_ports_walk_the_range_per_lab(tmp_path, monkeypatch):
+    from labctl.probe import ports
+    from labctl.state import store
+
+    monkeypatch.setattr(store, "STATE_ROOT", tmp_path)
+    store.LabDir("lab1").create()
+    a = ports.reserve("lab1", 400)
+    b = ports.reserve("lab1", 1)
+    assert b == ports.port(a, 400), "the next block starts where the last one ended"
+    block = {ports.port(a, i) for i in range(400)}
+    assert len(block) == 400 and all(ports.LOW <= p < ports.HIGH for p in block)
+    assert ports.port(ports.HIGH - 1, 1) == ports.LOW, "it wraps around"
+    # 28,000 probes later, the first port comes back, not before
+    c = ports.reserve("lab1", ports.SPAN - 401)
+    assert ports.reserve("lab1") == a and c == ports.port(a, 401)
+    assert ports.LOW <= ports.reserve("no-such-lab") < ports.HIGH
