@@ -87,6 +87,7 @@ def test_vxlan_objects_are_laid_out_as_flannel_does(lab):
     assert port["master"] == "cni0" and port["linkinfo"]["info_slave_data"]["hairpin"] is True
     assert lab.sh(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
     assert lab.sh(ns, "sysctl", "-n", "net.bridge.bridge-nf-call-iptables").strip() == "1"
+    assert lab.sh(ns, "sysctl", "-n", "net.ipv4.icmp_ratelimit").strip() == "0", "denied probes get their ICMP error at once"
     assert "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG" in lab.sh(ns, "iptables-save")
 
 

@@ -28,7 +28,7 @@ def root_view() -> dict:
         "routes": run("ip", "route", "show", "table", "all"),
         "iptables": strip_comments(run("iptables-save")),
         "nft": run("nft", "list", "ruleset"),
-        "sysctl": run("sysctl", "net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"),
+        "sysctl": run("sysctl", "net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.ipv4.icmp_ratelimit"),
     }
 
 

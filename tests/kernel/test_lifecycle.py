@@ -191,4 +191,4 @@ def test_down_is_idempotent_and_reports_an_unknown_lab(lab):
     second = lab.cli("down", lab.name)
     assert second.returncode == 0 and "is not up" in second.stdout
     assert not [n for n in netns.listed() if n.startswith(lab.name + "-")]
-    assert re.search(r"processes stopped", first.stdout)
+    assert re.search(r"4 namespaces removed, 1 process stopped", first.stdout)
