@@ -7,8 +7,8 @@ only when the egress list is non-empty.
 
 from __future__ import annotations
 
-import ipaddress
 import functools
+import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -161,18 +161,6 @@ def _selector_problems(d: dict[str, Any] | None, w: str, path: str) -> list[Prob
     return out
 
 
-def _cidr(value: str, w: str, path: str, out: list[Problem]) -> ipaddress.IPv4Network | None:
-    try:
-        net = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        out.append(Problem(w, path, f"{value!r} is not a valid CIDR (host bits must be zero)"))
-        return None
-    if net.version != 4:
-        out.append(Problem(w, path, f"{value!r}: only IPv4 is supported"))
-        return None
-    return net
-
-
 def check(doc_index: int, data: dict[str, Any], where: Callable[[int], str]) -> list[Problem]:
     """What the API server refuses in a NetworkPolicy, with field paths."""
     w = where(doc_index)
@@ -196,9 +184,9 @@ def check(doc_index: int, data: dict[str, Any], where: Callable[[int], str]) -> 
                 out += _selector_problems(peer.get("podSelector"), w, f"{pp}.podSelector")
                 out += _selector_problems(peer.get("namespaceSelector"), w, f"{pp}.namespaceSelector")
                 if block:
-                    net = _cidr(block.get("cidr", ""), w, f"{pp}.ipBlock.cidr", out)
+                    net = v.parse_cidr(str(block.get("cidr", "")), w, f"{pp}.ipBlock.cidr", out)
                     for ei, exc in enumerate(block.get("except") or []):
-                        sub = _cidr(exc, w, f"{pp}.ipBlock.except[{ei}]", out)
+                        sub = v.parse_cidr(str(exc), w, f"{pp}.ipBlock.except[{ei}]", out)
                         if net is not None and sub is not None and not (sub.subnet_of(net) and sub != net):
                             out.append(Problem(w, f"{pp}.ipBlock.except[{ei}]", f"{sub} must be a strict subset of cidr {net}"))
             for qi, port in enumerate(rule.get("ports") or []):

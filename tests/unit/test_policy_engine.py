@@ -193,7 +193,7 @@ def test_explanations_name_policies_and_rules():
         ({"ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}]}, "spec.ingress[0].from[0]", "may not be combined"),
         ({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}}]}]}, "spec.egress[0].to[0].ipBlock.except[0]", "strict subset"),
         ({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}]}]}, "spec.egress[0].to[0].ipBlock.except[0]", "strict subset"),
-        ({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}, "spec.egress[0].to[0].ipBlock.cidr", "not a valid CIDR"),
+        ({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.1/8"}}]}]}, "spec.egress[0].to[0].ipBlock.cidr", "has host bits set; did you mean 10.0.0.0/8?"),
         ({"ingress": [{"ports": [{"endPort": 90}]}]}, "spec.ingress[0].ports[0].endPort", "may only be set with a port"),
         ({"ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort", "must be at least port 90"),
         ({"ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}, "spec.ingress[0].ports[0].endPort", "named port"),
