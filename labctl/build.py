@@ -17,7 +17,9 @@ from labctl import failpoints, names, overlay
 from labctl.errors import LabError
 from labctl.kernel import netns, procs, run
 from labctl.kernel.nl import Batch
+from labctl.model import dns
 from labctl.model.objects import Container, LabSpec, Pod, Topology
+from labctl.plumbing import etc
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
 from labctl.plumbing import underlay
@@ -89,6 +91,7 @@ class Builder:
                 pod_plumbing.remove_host_end(b, spec, pod)
             b.commit()
         self.delete_namespaces([names.pod_netns(lab, p.namespace, p.name) for p in plan.remove_pods])
+        etc.remove(self.journal, lab, plan.remove_pods)
         if plan.remove_nodes:
             backend = overlay.backend(spec.overlay)
             staying = [n for n in new.lab.nodes if n.name not in {a.name for a in plan.add_nodes}]
@@ -120,6 +123,7 @@ class Builder:
         self._uplinks(plan, spec)
         self._nodes(plan, new)
         self._pods(plan, new)
+        etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
         self.progress("responder", 0)
         responder.apply(self.dir, self.journal, new)
         for pod in plan.add_pods + plan.commands_changed:
@@ -212,6 +216,7 @@ class Builder:
             journal=self.journal,
             log=self.dir.logs / f"{pod.namespace}_{pod.name}_{container.name}.log",
             netns=names.pod_netns(topo.lab.name, pod.namespace, pod.name),
+            env=dns.service_env(topo, pod),  # as kubelet sets them when the container starts
         )
 
     def start_commands(self, topo: Topology, pod: Pod) -> None:

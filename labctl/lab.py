@@ -28,7 +28,7 @@ from labctl.responder import control as responder
 from labctl.state.journal import Journal
 from labctl.state.store import LabDir, labs
 
-ETC_NETNS = "/etc/netns"
+ETC_NETNS = "/etc/netns"  # labctl.plumbing.etc writes pods' files there
 
 
 @dataclass
@@ -183,6 +183,10 @@ class LabHandle:
         for n in debris:
             netns.delete(n)
         self.journal.release_netns(debris)
+        stale = [f for f in owned.files if os.path.basename(f) in set(debris)]  # pods' /etc/netns/<netns>
+        for f in stale:
+            _remove_file(f, self.name)
+        self.journal.release_files(stale)
 
     def _check_free(self, p: Plan, topo: Topology) -> None:
         """Refuse to build over namespaces this lab did not make."""

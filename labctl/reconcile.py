@@ -34,6 +34,7 @@ class Plan:
     add_pods: list[Pod] = field(default_factory=list)
     remove_pods: list[Pod] = field(default_factory=list)
     commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
+    files_changed: list[Pod] = field(default_factory=list)  # pods whose resolv.conf or hosts must be written again
 
     def namespaces_to_create(self, lab: str) -> list[str]:
         """The namespaces this plan makes, in the order they are made."""
@@ -62,6 +63,7 @@ class Plan:
             or self.add_pods
             or self.remove_pods
             or self.commands_changed
+            or self.files_changed
         )
 
     def summary(self) -> dict[str, int]:
@@ -105,6 +107,15 @@ def _command_signature(p: Pod) -> tuple:
     return tuple((c.name, c.command) for c in p.containers if c.command is not None)
 
 
+def _files_signature(p: Pod) -> tuple:
+    """What a pod's /etc/netns files depend on, besides the lab's DNS settings."""
+    return (p.hostname, p.subdomain, p.dns_policy, repr(sorted(p.dns_config.items())))
+
+
+def _lab_dns(spec: LabSpec) -> tuple:
+    return (spec.dns, spec.cluster_domain, spec.service_network)
+
+
 def plan(old: Topology | None, new: Topology) -> Plan:
     if old is None:
         return Plan(
@@ -136,7 +147,10 @@ def plan(old: Topology | None, new: Topology) -> Plan:
         elif (o.node, o.ip) != (pod.node, pod.ip):
             p.remove_pods.append(o)
             p.add_pods.append(pod)
-        elif _command_signature(o) != _command_signature(pod):
-            p.commands_changed.append(pod)
+        else:
+            if _command_signature(o) != _command_signature(pod):
+                p.commands_changed.append(pod)
+            if _files_signature(o) != _files_signature(pod) or _lab_dns(old.lab) != _lab_dns(new.lab):
+                p.files_changed.append(pod)
     p.remove_pods += [o for key, o in before.items() if key not in after]
     return p

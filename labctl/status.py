@@ -7,6 +7,7 @@ from typing import Any
 
 from labctl import names
 from labctl.kernel import netns
+from labctl.model import dns
 from labctl.lab import LabHandle
 from labctl.responder import control as responder
 
@@ -14,7 +15,7 @@ from labctl.responder import control as responder
 def status(handle: LabHandle) -> dict[str, Any]:
     topo = handle.applied()
     if topo is None:
-        return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": []}
+        return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": [], "dns": None}
     lab = topo.lab
     present = set(netns.listed())
     return {
@@ -53,6 +54,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         ],
         "services": services(topo),
         "policies": policies(topo),
+        "dns": dns.describe(topo),
         "responder": responder.status(handle.dir, handle.journal),
     }
 

@@ -9,7 +9,10 @@ import yaml
 
 
 def lab_doc(name: str = "t", **spec: Any) -> dict:
+    """A Lab document. Without the cluster DNS unless asked (`dns=True`): it has
+    its own tests, and the others count pods, addresses and rules."""
     spec.setdefault("nodes", [{"name": "node1"}, {"name": "node2"}])
+    spec.setdefault("dns", False)
     return {"apiVersion": "labctl/v1", "kind": "Lab", "metadata": {"name": name}, "spec": spec}
 
 

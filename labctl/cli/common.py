@@ -26,6 +26,8 @@ def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
 
 
 def counts(topo: Topology) -> str:
+    from labctl.model import dns
+
     namespaces = {p.namespace for p in topo.pods}
     services = len(topo.services)
     return (
@@ -33,6 +35,7 @@ def counts(topo: Topology) -> str:
         f"{len(topo.lab.externals)} external{'s' * (len(topo.lab.externals) != 1)}, "
         f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}, "
         f"{services} service{'s' * (services != 1)}"
+        + (f", cluster DNS at {dns.service_ip(topo.lab)}" if dns.system_objects(topo.lab) else "")
     )
 
 

@@ -20,7 +20,9 @@ def exec_(lab_name: str | None, target: str, command: tuple[str, ...]) -> None:
     """Run COMMAND inside TARGET (NS/POD, POD, node/NAME, ext/NAME).
 
     As `ip netns exec` does (it is what runs), the pod's files under
-    /etc/netns/<netns>/ (its resolv.conf) replace those of /etc.
+    /etc/netns/<netns>/ (its resolv.conf and hosts) replace those of /etc. In a
+    pod, COMMAND also gets the service environment variables kubelet sets
+    (WEB_SERVICE_HOST, WEB_SERVICE_PORT, ...).
 
     \b
       labctl exec node/node1 -- ip route
@@ -35,4 +37,9 @@ def exec_(lab_name: str | None, target: str, command: tuple[str, ...]) -> None:
     ep = resolve(topo, target, role="TARGET")
     if ep.netns is None:
         raise InvalidInput(f"TARGET {target!r}: exec runs in a pod, node/NAME or ext/NAME")
-    os.execvp("ip", ["ip", "netns", "exec", ep.netns, *command])
+    env = dict(os.environ)
+    if ep.pod is not None:
+        from labctl.model import dns
+
+        env.update(dns.service_env(topo, ep.pod))
+    os.execvpe("ip", ["ip", "netns", "exec", ep.netns, *command], env)

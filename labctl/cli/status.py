@@ -105,7 +105,11 @@ def _show(r: dict) -> None:
                 for p in r["policies"]
             ],
         )
-    output.say(f"\nresponder: {r['responder']}")
+    d = r.get("dns")
+    if d:
+        up = f", other names forwarded to {d['upstream']}" if d["upstream"] else ", other names SERVFAIL (no dnsUpstream)"
+        output.say(f"\ncluster DNS: {d['service']} at {d['ip']} (pod {d['pod']} {d['podIP']} on {d['node']}), zone {d['zone']}{up}")
+    output.say(f"{'' if d else chr(10)}responder: {r['responder']}")
 
 
 def _endpoints(eps: list[str]) -> str:

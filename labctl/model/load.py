@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from labctl.errors import InvalidInput, Problem
-from labctl.model import schema, services, validate
+from labctl.model import dns, schema, services, validate
 from labctl.model.documents import Document, read_file
 from labctl.model.manifests import KINDS, Objects, accepted_kinds
 from labctl.model.objects import External, LabSpec, Node, Topology
@@ -38,6 +38,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         proxy_mode=spec.get("proxyMode", LabSpec.proxy_mode),
         dns=spec.get("dns", LabSpec.dns),
         cluster_domain=spec.get("clusterDomain", LabSpec.cluster_domain),
+        dns_upstream=spec.get("dnsUpstream"),
         load_balancer_pool=spec.get("loadBalancerPool"),
         node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
         expect=tuple(spec.get("expect") or ()),
@@ -126,8 +127,13 @@ def build(
             found = validate.hosts(spec, where)
         problems += found
         found += names_found
+        problems += dns.check_lab(spec, where)
+        clash = dns.reserved(spec, objs.pods, objs.services, where_of)
+        problems += clash
         if not found:
-            topo, found = resolve(spec, namespaces, objs.pods, objs.deployments, [d.data for d in k8s], previous, where, where_of)
+            # the cluster DNS pod comes last: it does not shift the addresses of the lab's own pods
+            pods_in = objs.pods + ([dns.dns_pod(spec)] if dns.system_objects(spec) and not clash else [])
+            topo, found = resolve(spec, namespaces, pods_in, objs.deployments, [d.data for d in k8s], previous, where, where_of)
             problems += found
             problems += validate.hosts(topo.lab, where)
             problems += validate.interface_names(topo)
@@ -138,7 +144,8 @@ def build(
     if topo is not None and not found:
         allocated, found = services.allocate(objs.services, topo.lab, previous, where_of)
         problems += found
-        topo = replace(topo, services=(services.kubernetes_service(topo.lab), *allocated))
+        system = [services.kubernetes_service(topo.lab)] + ([dns.dns_service(topo.lab)] if dns.system_objects(topo.lab) else [])
+        topo = replace(topo, services=(*system, *allocated))
     for pol in objs.policies:
         if pol.namespace not in namespaces:
             problems.append(Problem(where_of(pol.doc), "metadata.namespace", f"namespace {pol.namespace!r} is not defined: add a Namespace document for it"))

@@ -115,6 +115,9 @@ def pod_from_spec(
         owner=owner,
         hostname=spec.get("hostname"),
         subdomain=spec.get("subdomain"),
+        dns_policy=spec.get("dnsPolicy") or "ClusterFirst",
+        dns_config=dict(spec.get("dnsConfig") or {}),
+        service_links=spec.get("enableServiceLinks", True) is not False,
         ready=ready,
         doc=doc.index,
     )

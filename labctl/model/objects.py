@@ -52,6 +52,9 @@ class Pod:
     owner: str | None = None  # the Deployment that made it
     hostname: str | None = None
     subdomain: str | None = None
+    dns_policy: str = "ClusterFirst"  # ClusterFirst | ClusterFirstWithHostNet | Default | None
+    dns_config: dict[str, Any] = field(default_factory=dict, hash=False)  # spec.dnsConfig as given
+    service_links: bool = True  # spec.enableServiceLinks: service environment variables in `labctl exec`
     ready: bool = True  # a failed readiness probe takes a pod out of its services' endpoints
     doc: int = 0  # index of the document it came from, for messages
 
@@ -150,6 +153,7 @@ class LabSpec:
     proxy_mode: str = "iptables"
     dns: bool = True
     cluster_domain: str = "cluster.local"
+    dns_upstream: str | None = None  # "IP" or "IP:PORT": where the cluster DNS forwards other names
     load_balancer_pool: str | None = None
     node_cidr_mask: int = 24
     expect: tuple[str, ...] = ()  # "FROM -> TO:PORT[/udp] allowed|denied", checked by `labctl verify`

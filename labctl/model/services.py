@@ -189,8 +189,12 @@ def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, 
             out[i] = replace(s, cluster_ip=old.cluster_ip)
             used[old.cluster_ip] = s.key
             pool.reserve(old.cluster_ip)
+    owned = {owner: ip for ip, owner in reserved.items()}
     for i, s in enumerate(out):
         if s.type == "ExternalName" or s.headless or out[i].cluster_ip:
+            continue
+        if s.key in owned:  # a kube-dns of your own (dns: false) gets the DNS address, as on a cluster
+            out[i] = replace(s, cluster_ip=owned[s.key])
             continue
         try:
             out[i] = replace(s, cluster_ip=str(pool.allocate()))

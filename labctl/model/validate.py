@@ -11,6 +11,7 @@ from typing import Callable
 
 from labctl import names
 from labctl.errors import Problem
+from labctl.model import dns
 from labctl.model.objects import DEFAULT_NAMESPACES, LabSpec, Pod, Topology
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -229,6 +230,7 @@ def pods(topo_pods: list[Pod], spec: LabSpec | None, namespaces: dict[str, dict[
         if pod.owner is None:
             problems += label_problems(pod.labels, w, f"{meta}.labels")
         problems += _containers(pod, w, spec_path)
+        problems += dns.check_pod(pod, w, spec_path)
         netns = names.pod_netns(spec.name if spec else "lab", pod.namespace, pod.name)
         if len(netns) > names.NETNS_NAME_MAX:
             problems.append(Problem(w, "metadata.name", f"too long: the namespace name {netns[:40]}... exceeds 255 characters"))

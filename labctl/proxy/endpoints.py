@@ -94,6 +94,18 @@ class PodIndex:
         return [p for p in smallest if selects(service, p)]
 
 
+def ready_pods(topo: Topology, service: Service, index: PodIndex | None = None) -> list[Pod]:
+    """The pods behind a service whatever its ports (a headless service's DNS
+    addresses): selected, with an address, ready or published when not ready."""
+    pods = (index or PodIndex(topo.pods)).select(service)
+    return sorted((p for p in pods if p.ip and (p.ready or service.publish_not_ready)), key=lambda p: ipaddress.IPv4Address(p.ip))
+
+
+def target_port(pod: Pod, port: ServicePort) -> int | None:
+    """The pod's port a service port's targetPort names (None: the pod lacks it)."""
+    return _target(pod, port)
+
+
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         by_ip = {n.ip: n.name for n in topo.lab.nodes}

@@ -19,17 +19,24 @@ SERVED = ("TCP", "UDP")
 
 
 def config(topo: Topology) -> dict:
+    from labctl.model import dns
     from labctl.proxy.lb import announcements
 
     pods = []
     for p in topo.pods:
         ports = [[cp.port, cp.protocol] for cp in p.served_ports() if cp.protocol in SERVED]
         if ports:
-            pods.append(
-                {"key": p.key, "netns": names.pod_netns(topo.lab.name, p.namespace, p.name), "node": p.node, "ip": p.ip, "ports": ports}
-            )
+            entry = {"key": p.key, "netns": names.pod_netns(topo.lab.name, p.namespace, p.name), "node": p.node, "ip": p.ip, "ports": ports}
+            if dns.is_system(p):
+                entry["dns"] = [[dns.PORT, "UDP"], [dns.PORT, "TCP"]]
+            pods.append(entry)
     announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
-    return {"pods": pods, "announce": announce}
+    cfg: dict = {"pods": pods, "announce": announce}
+    if dns.system_objects(topo.lab):
+        from labctl.dns.records import zone
+
+        cfg["dns"] = zone(topo)
+    return cfg
 
 
 def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:

@@ -9,30 +9,36 @@ and serves them all from one epoll loop:
 - TCP: an HTTP/1.0 server; any request gets 200 and a JSON body naming the pod
   and the client address as the pod saw it (so NAT is visible).
 - UDP: every datagram is answered with the same JSON.
+- DNS: on the cluster DNS pod's port 53 (UDP and TCP), the cluster zone's
+  records (labctl.dns.server; dnspython is imported only then), forwarding
+  other names from a thread inside the pod's namespace.
 
 It reads its configuration from <statedir>/responder.json and is told to
 reload it over a unix socket (<statedir>/responder.sock): `ping`, `reload`,
 each answered `ok ...` or `error ...` once done, so callers synchronise on the
 answer rather than on time. Only the standard library and labctl.kernel.netns
-are imported, to start fast.
+are imported at start, to start fast.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import resource
 import selectors
 import signal
 import socket
+import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
 from labctl.kernel import netns
 from labctl.responder import arp
 
-PROTOCOL = 2  # bumped whenever the config or the control protocol changes
+PROTOCOL = 3  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
 MAX_REQUEST = 8192
 
@@ -44,6 +50,7 @@ class Binding:
     ip: str
     port: int
     proto: str  # TCP | UDP
+    dns: bool = False  # the cluster DNS pod's port 53: answered by the DNS server
 
     def body(self, client: tuple[str, int]) -> bytes:
         return json.dumps(
@@ -66,6 +73,7 @@ class Conn:
     since: float
     inbuf: bytearray = field(default_factory=bytearray)
     out: bytes | None = None
+    open_: bool = True  # DNS over TCP: a connection carries queries until the client closes it
 
 
 class Responder:
@@ -77,6 +85,10 @@ class Responder:
         self.sockets: dict[tuple[str, int, str], tuple[socket.socket, Binding]] = {}
         self.conns: dict[int, Conn] = {}
         self.speakers: dict[str, tuple[socket.socket, bytes, set[str]]] = {}  # node netns -> ARP socket, MAC, IPs
+        self.dns = None  # labctl.dns.server.Answerer, when the lab has a cluster DNS
+        self.dns_netns: str | None = None
+        self.forwarded: queue.SimpleQueue = queue.SimpleQueue()  # (Conn or (sock, peer), reply) from forwarding threads
+        self.wake_r, self.wake_w = socket.socketpair()
         self.running = True
 
     # -- configuration -------------------------------------------------------
@@ -85,10 +97,20 @@ class Responder:
         with open(self.config_path) as f:
             config = json.load(f)
         wanted: dict[tuple[str, int, str], tuple[str, Binding]] = {}
+        dns_ports = set()
         for pod in config["pods"]:
             for port, proto in pod["ports"]:
-                b = Binding(pod["key"], pod["node"], pod["ip"], port, proto)
+                b = Binding(pod["key"], pod["node"], pod["ip"], port, proto, dns=[port, proto] in (pod.get("dns") or []))
                 wanted[(pod["key"], port, proto)] = (pod["netns"], b)
+                if b.dns:
+                    dns_ports.add((pod["key"], port, proto))
+                    self.dns_netns = pod["netns"]
+        if config.get("dns"):
+            from labctl.dns.server import Answerer
+
+            self.dns = Answerer(config["dns"])
+        else:
+            self.dns = None
         for key in [k for k in self.sockets if k not in wanted]:
             sock, _ = self.sockets.pop(key)
             self.sel.unregister(sock)
@@ -103,6 +125,7 @@ class Responder:
         for key, (ns, b) in wanted.items():
             if key in self.sockets:
                 self.sockets[key][1].ip = b.ip
+                self.sockets[key][1].dns = b.dns
                 continue
             by_ns.setdefault(ns, []).append((key, b))
         for ns, items in by_ns.items():
@@ -185,6 +208,9 @@ class Responder:
             self._close(c)
             return
         c.inbuf += data
+        if c.binding.dns and self.dns is not None:
+            self._read_dns(c)
+            return
         if b"\r\n\r\n" in c.inbuf or b"\n\n" in c.inbuf or len(c.inbuf) >= MAX_REQUEST:
             self._respond(c)
 
@@ -207,6 +233,10 @@ class Responder:
             self._close(c)
             return
         c.out = c.out[n:]
+        if not c.out and c.binding.dns:
+            c.out = None
+            self.sel.modify(c.sock, selectors.EVENT_READ, ("conn", c))
+            return
         if not c.out:
             try:
                 c.sock.shutdown(socket.SHUT_WR)
@@ -225,15 +255,86 @@ class Responder:
     def _udp(self, sock: socket.socket, b: Binding) -> None:
         while True:
             try:
-                _, peer = sock.recvfrom(65535)
+                data, peer = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return
+            if b.dns and self.dns is not None:
+                reply = self._dns(data, False, (sock, peer))
+                if reply is None:
+                    continue
+            else:
+                reply = b.body(peer) + b"\n"
             try:
-                sock.sendto(b.body(peer) + b"\n", peer)
+                sock.sendto(reply, peer)
             except OSError:
                 pass
+
+    # -- DNS -----------------------------------------------------------------
+
+    def _dns(self, wire: bytes, tcp: bool, back) -> bytes | None:
+        """The answer to send now, or None (dropped, or forwarded: the answer
+        comes back through self.forwarded to `back`, a Conn or (socket, peer))."""
+        from labctl.dns.server import FORWARD
+
+        answerer = self.dns
+        reply = answerer.handle(wire, tcp)
+        if reply is not FORWARD:
+            return reply  # type: ignore[return-value]
+
+        def ask() -> None:
+            try:
+                with netns.entered(self.dns_netns):
+                    answer = answerer.forward(wire, tcp)
+            except Exception as e:  # the thread must hand something back
+                print(f"dns forward: {e}", flush=True)
+                return
+            self.forwarded.put((back, answer))
+            try:
+                self.wake_w.send(b"x")
+            except OSError:
+                pass
+
+        threading.Thread(target=ask, daemon=True).start()
+        return None
+
+    def _forwarded(self) -> None:
+        try:
+            self.wake_r.recv(4096)
+        except OSError:
+            pass
+        while True:
+            try:
+                back, answer = self.forwarded.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(back, Conn):
+                if back.sock.fileno() in self.conns:
+                    self._send_dns(back, answer)
+            else:
+                sock, peer = back
+                try:
+                    sock.sendto(answer, peer)
+                except OSError:
+                    pass
+
+    def _read_dns(self, c: Conn) -> None:
+        """DNS over TCP: two-byte length, message; as many as the client sends."""
+        while len(c.inbuf) >= 2:
+            (n,) = struct.unpack("!H", c.inbuf[:2])
+            if len(c.inbuf) < 2 + n:
+                return
+            wire = bytes(c.inbuf[2 : 2 + n])
+            del c.inbuf[: 2 + n]
+            c.since = time.monotonic()
+            reply = self._dns(wire, True, c)
+            if reply is not None:
+                self._send_dns(c, reply)
+
+    def _send_dns(self, c: Conn, reply: bytes) -> None:
+        c.out = (c.out or b"") + struct.pack("!H", len(reply)) + reply
+        self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", c))
 
     def _control(self, server: socket.socket) -> None:
         try:
@@ -263,6 +364,10 @@ class Responder:
     def _sweep(self) -> None:
         now = time.monotonic()
         for c in list(self.conns.values()):
+            if c.binding.dns:
+                if now - c.since > 10 * IDLE_REPLY:
+                    self._close(c)
+                continue
             if c.out is None and now - c.since > IDLE_REPLY:
                 self._respond(c)
             elif now - c.since > 10 * IDLE_REPLY:
@@ -277,6 +382,8 @@ class Responder:
         server.bind(self.control_path)
         server.listen(16)
         self.sel.register(server, selectors.EVENT_READ, ("control", None))
+        self.wake_r.setblocking(False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, ("forwarded", None))
         print(f"responder for {self.statedir}: {self.reload()}", flush=True)
         while self.running:
             for key, events in self.sel.select(timeout=0.25 if self.conns else None):
@@ -295,6 +402,8 @@ class Responder:
                     arp.answer(sock, mac, ips)
                 elif role == "control":
                     self._control(key.fileobj)
+                elif role == "forwarded":
+                    self._forwarded()
             if self.conns:
                 self._sweep()
         server.close()

@@ -65,14 +65,21 @@ class Journal:
         self.append([{"op": "release", "kind": "proc", "key": key}])
 
     def file(self, path: str) -> None:
-        self.append([{"op": "file", "path": path}])
+        self.files([path])
+
+    def files(self, paths: Iterable[str]) -> None:
+        self.append({"op": "file", "path": p} for p in paths)
 
     def release_file(self, path: str) -> None:
-        self.append([{"op": "release", "kind": "file", "path": path}])
+        self.release_files([path])
+
+    def release_files(self, paths: Iterable[str]) -> None:
+        self.append({"op": "release", "kind": "file", "path": p} for p in paths)
 
     def replay(self) -> Owned:
         owned = Owned()
         seen: dict[str, None] = {}
+        files: dict[str, None] = {}
         try:
             lines = self.path.read_text().splitlines()
         except FileNotFoundError:
@@ -90,15 +97,15 @@ class Journal:
             elif op == "pid" and e["key"] in owned.procs:
                 owned.procs[e["key"]].update(pid=e["pid"], start=e.get("start"))
             elif op == "file":
-                if e["path"] not in owned.files:
-                    owned.files.append(e["path"])
+                files[e["path"]] = None
             elif op == "release":
                 kind = e.get("kind")
                 if kind == "netns":
                     seen.pop(e["name"], None)
                 elif kind == "proc":
                     owned.procs.pop(e["key"], None)
-                elif kind == "file" and e["path"] in owned.files:
-                    owned.files.remove(e["path"])
+                elif kind == "file":
+                    files.pop(e["path"], None)
         owned.netns = list(seen)
+        owned.files = list(files)
         return owned

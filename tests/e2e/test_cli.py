@@ -35,7 +35,7 @@ def cli_lab(root, tmp_path):
 def test_validate_needs_no_root_and_creates_nothing():
     p = as_nobody("validate", "topologies/demo.yaml")
     assert p.returncode == 0, p.stderr
-    assert "valid: lab demo, 3 nodes, 1 external, 6 pods in 2 namespaces" in p.stdout
+    assert "valid: lab demo, 3 nodes, 1 external, 7 pods in 3 namespaces, 5 services, cluster DNS at 10.96.0.10" in p.stdout
     j = json.loads(as_nobody("validate", "topologies/demo.yaml", "--json").stdout)
     assert j["valid"] and [n["ip"] for n in j["nodes"]] == ["10.10.20.10", "10.10.20.11", "10.10.20.12"]
 
@@ -106,20 +106,17 @@ def test_up_status_probe_exec_down_json(cli_lab):
     assert down["found"] and down["namespaces"] == 6
 
 
-def test_exec_gives_the_pods_resolv_conf_like_ip_netns_exec(cli_lab):
+def test_exec_gives_the_pods_etc_files_like_ip_netns_exec(cli_lab):
     name, path = cli_lab
     run_labctl("up", str(path))
     etc = Path("/etc/netns") / names.pod_netns(name, "default", "a")
-    etc.mkdir(parents=True)
-    try:
-        (etc / "resolv.conf").write_text("nameserver 10.96.0.10\nsearch default.svc.cluster.local\n")
-        out = run_labctl("exec", "--lab", name, "a", "--", "cat", "/etc/resolv.conf").stdout
-        assert "nameserver 10.96.0.10" in out
-        other = run_labctl("exec", "--lab", name, "b", "--", "cat", "/etc/resolv.conf").stdout
-        assert "10.96.0.10" not in other
-    finally:
-        (etc / "resolv.conf").unlink()
-        etc.rmdir()
+    ip = json.loads(run_labctl("status", "--lab", name, "--json").stdout)["pods"][0]["ip"]
+    out = run_labctl("exec", "--lab", name, "a", "--", "cat", "/etc/hosts").stdout
+    assert f"{ip}\ta\n" in out and out == (etc / "hosts").read_text(), "kubelet's managed hosts file, mounted by ip netns exec"
+    resolv = run_labctl("exec", "--lab", name, "a", "--", "cat", "/etc/resolv.conf").stdout
+    assert resolv == Path("/etc/resolv.conf").read_text(), "no cluster DNS in this lab: the node's resolv.conf (kubelet's Default)"
+    run_labctl("down", name)
+    assert not etc.exists(), "down removes the pod's /etc/netns directory"
 
 
 def test_blocked_and_filtered_verdicts_from_real_rules(cli_lab):

@@ -14,7 +14,7 @@ from labctl.model.documents import parse_text
 from labctl.model.load import build
 from labctl.policy import verify as V
 from tests.conftest import new_lab_name
-from tests.unit.test_policy_engine import CONFORMANCE, np
+from tests.unit.test_policy_engine import CONFORMANCE, PODS, np
 
 pytestmark = pytest.mark.kernel
 
@@ -52,12 +52,13 @@ def plab():
 
 
 def reached(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
-    """The pods that reached dst (node sources are checked on their own)."""
-    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto and not s.startswith("node/")}
+    """The conformance pods that reached dst (nodes and the DNS pod are checked on their own)."""
+    return {s for s, d, p, pr in open_ if d == dst and p == port and pr == proto and s in PODS}
 
 
 def pod_pairs(open_: set) -> set:
-    return {c for c in open_ if not c[0].startswith("node/")}
+    """Between the conformance pods (verify also checks the cluster DNS pod)."""
+    return {c for c in open_ if c[0] in PODS and c[1] in PODS}
 
 
 def from_nodes(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
@@ -67,7 +68,8 @@ def from_nodes(open_: set, dst: str, port=80, proto="TCP") -> set[str]:
 def test_default_deny_ingress_and_egress(plab):
     got = plab.verify()
     assert len(pod_pairs(got)) == 324, "no policy: everything is open"
-    assert len(got) == 324 + 2 * 36, "nodes reach every pod too"
+    assert len({c for c in got if c[1] in PODS and c[0] != "kube-system/coredns"}) == 324 + 2 * 36, "nodes reach every pod too"
+    assert ("x/a", "kube-system/coredns", 53, "UDP") in got, "the cluster DNS pod is a pod like the others"
     got = plab.up(np("deny-in"), np("deny-out", ns="y", policyTypes=["Egress"]))
     got = plab.verify()
     assert reached(got, "x/a") == {"x/a"}
@@ -163,7 +165,7 @@ def test_replies_are_allowed_and_services_see_the_pod(plab):
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "xa", "namespace": "x"}, "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}]}}
     plab.up(np("deny-in", podSelector={"matchLabels": {"pod": "a"}}), svc)
     got = plab.verify()
-    assert {d for s, d, p, pr in got if s == "x/a"} == {f"{ns}/{p}" for ns in "xyz" for p in "abc"}, "x/a denies all ingress, yet its own connections get replies"
+    assert {d for s, d, p, pr in got if s == "x/a"} == set(PODS) | {"kube-system/coredns"}, "x/a denies all ingress, yet its own connections get replies"
     from tests.kernel.conftest import KernelLab
 
     k = KernelLab(Path("/tmp"), plab.name)
