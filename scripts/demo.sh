@@ -35,6 +35,16 @@ for i in $(seq 12); do labctl probe toolbox svc/default/web --expect open; done 
 labctl probe ext/client svc/default/web-nodeport@nodeport --via node/node3 --expect open   # NodePort 30080 from outside
 labctl probe ext/client svc/shop/db@lb --expect open                                       # LoadBalancer IP: the client's address is kept
 
+bold "Cluster DNS (kube-system/kube-dns at 10.96.0.10), from inside a pod:"
+echo "\$ labctl exec toolbox -- cat /etc/resolv.conf"
+labctl exec toolbox -- cat /etc/resolv.conf
+echo "\$ labctl exec toolbox -- getent hosts web"
+labctl exec toolbox -- getent hosts web
+echo "\$ labctl exec toolbox -- dig +short SRV _http._tcp.web.default.svc.cluster.local"
+labctl exec toolbox -- dig +short SRV _http._tcp.web.default.svc.cluster.local
+echo "\$ labctl exec toolbox -- curl -s http://web.default/"
+labctl exec toolbox -- curl -s --max-time 3 http://web.default/
+
 bold "NetworkPolicy, enforced in each node's kernel:"
 labctl probe toolbox shop/db --port 5432 --expect blocked   # not the frontend: ICMP admin-prohibited
 echo "\$ labctl verify      # every pod to every served port: Kubernetes semantics against probes"
@@ -52,7 +62,8 @@ cat <<'NEXT'
 
 The demo lab is up. Try next:
 
-  sudo .venv/bin/labctl exec toolbox -- curl -s http://10.244.1.2:8080/      # who answered, and whom it saw
+  sudo .venv/bin/labctl exec toolbox -- curl -s http://web.default/          # by name: who answered, and whom it saw
+  sudo .venv/bin/labctl exec shop/frontend -- dig db.shop.svc.cluster.local    # the cluster DNS, as on a cluster (try +search, -x, SRV)
   sudo .venv/bin/labctl exec node/node2 -- tcpdump -ni eth0 udp port 8472     # VXLAN on the wire (then curl again)
   sudo .venv/bin/labctl exec node/node1 -- iptables-save -t nat               # kube-proxy's KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-* and flannel's masquerade
   sudo .venv/bin/labctl ready web-1 false                                     # a failing readiness probe: web-1 leaves the endpoints

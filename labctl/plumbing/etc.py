@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from labctl import names
+from labctl import failpoints, names
 from labctl.model import dns
 from labctl.model.objects import Pod, Topology
 from labctl.state.journal import Journal
@@ -37,7 +37,8 @@ def write(journal: Journal, topo: Topology, pods: list[Pod], new: set[str]) -> N
     lab = topo.lab.name
     journal.files(str(pod_dir(lab, p)) for p in pods if p.key in new)
     host = _host_resolv()
-    for pod in pods:
+    for i, pod in enumerate(pods):
+        failpoints.hit("files", i)
         d = pod_dir(lab, pod)
         d.mkdir(parents=True, exist_ok=True)
         _replace(d / "hosts", dns.hosts_file(topo, pod))

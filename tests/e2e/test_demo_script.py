@@ -24,6 +24,8 @@ def test_demo_script_brings_up_and_verifies_the_demo(root):
         assert "svc/shop/db@lb (10.10.20.200:5432/tcp): open (served by shop/db, client seen as 10.10.20.100" in p.stdout
         assert p.stdout.count("served by default/web-") >= 3  # the load-balancing tally
         assert "default/toolbox -> shop/db (10.244.2.3:5432/tcp): blocked" in p.stdout  # NetworkPolicy shop/db-ingress
+        assert "nameserver 10.96.0.10" in p.stdout and "10.96.0.11      web.default.svc.cluster.local" in p.stdout
+        assert "0 100 80 web.default.svc.cluster.local." in p.stdout and '"pod": "default/web-' in p.stdout
         assert ": 0 mismatches" in p.stdout and "isolated by shop/db-ingress" in p.stdout
         assert "Try next" in p.stdout
         # running it again is fine: up is idempotent

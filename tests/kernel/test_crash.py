@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,7 @@ FAILPOINTS = [
     "nodes:1",  # one node configured
     "pods:3",  # some pods wired
     "spawned:1",  # the responder started, its pid not yet journaled
+    "files:2",  # some pods' /etc/netns files written
     "rules:0",  # service rules written, their records not
     "state:1",  # everything built, the applied state not yet written
 ]
@@ -43,12 +45,13 @@ def leftovers(lab) -> dict:
         "namespaces": [n for n in netns.listed() if n.startswith(lab.name + "-")],
         "processes": procs.marked(lab.name),
         "records": LabDir(lab.name).exists(),
+        "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")],
     }
 
 
 def docs(lab):
     web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
-    return (lab.doc(nodes=[{"name": "n1"}, {"name": "n2"}], externals=[{"name": "x"}]), deployment("web", 4), pod("p"), web)
+    return (lab.doc(nodes=[{"name": "n1"}, {"name": "n2"}], externals=[{"name": "x"}], dns=True), deployment("web", 4), pod("p"), web)
 
 
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
@@ -57,24 +60,28 @@ def test_down_after_kill_9_during_up_leaves_nothing(lab, failpoint):
     assert p.returncode == -9, f"the failpoint did not fire: {p.returncode} {p.stderr}"
     down = run_labctl("down", lab.name)
     assert "is down" in down.stdout
-    assert leftovers(lab) == {"namespaces": [], "processes": [], "records": False}
+    assert leftovers(lab) == {"namespaces": [], "processes": [], "records": False, "files": []}
 
 
-@pytest.mark.parametrize("failpoint", ["namespaces:7", "pods:3", "spawned:1", "rules:0", "state:1"])
+@pytest.mark.parametrize("failpoint", ["namespaces:7", "pods:3", "spawned:1", "files:2", "rules:0", "state:1"])
 def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
     assert crash_up(lab, failpoint, *docs(lab)).returncode == -9
     path = lab.write(*docs(lab))
     run_labctl("up", str(path))
     topo = lab.topo
-    assert len(topo.pods) == 5
+    assert len(topo.pods) == 6
     for p in topo.pods:
-        assert lab.probe("p", p.key).served_by == p.key
+        if p.key != "kube-system/coredns":
+            assert lab.probe("p", p.key).served_by == p.key
+    web = topo.service("default/web").cluster_ip
+    assert lab.sh(lab.pod_ns("p"), "getent", "hosts", "web").split()[:1] == [web], "the cluster DNS answers"
     assert lab.probe("p", "svc/default/web").served_by.startswith("default/web-"), "the service rules are whole again"
     assert len([x for x in procs.marked(lab.name)]) == 1, "exactly one responder"
     assert sorted(n for n in netns.listed() if n.startswith(lab.name + "-")) == sorted(
-        [f"{lab.name}-underlay", f"{lab.name}-n1", f"{lab.name}-n2", f"{lab.name}-x", f"{lab.name}-default.p"]
+        [f"{lab.name}-underlay", f"{lab.name}-n1", f"{lab.name}-n2", f"{lab.name}-x", f"{lab.name}-default.p", f"{lab.name}-kube-system.coredns"]
         + [f"{lab.name}-default.web-{i}" for i in range(4)]
     )
+    assert sorted(str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")) == sorted(f"/etc/netns/{n}" for n in netns.listed() if n.startswith(lab.name + "-") and "." in n), "one /etc/netns directory per pod"
 
 
 def test_a_namespace_file_left_half_made_is_removed(lab):
