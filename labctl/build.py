@@ -118,7 +118,7 @@ class Builder:
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
         if plan.add_pods or plan.new_lab:
-            responder.start(self.dir, self.journal, spec.name)
+            responder.start(self.dir, self.journal, spec.name, dns=dns.system_objects(spec))
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)

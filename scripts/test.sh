@@ -21,4 +21,10 @@ if [ -n "$left" ]; then
   echo "$left" >&2
   exit 1
 fi
-echo "==> no namespace left behind"
+files=$(ls /etc/netns 2>/dev/null | grep -E '^(lt[0-9a-f]{5}|demo)-' || true)
+if [ -n "$files" ]; then
+  echo "test.sh: the suite left pods' /etc/netns directories behind:" >&2
+  echo "$files" >&2
+  exit 1
+fi
+echo "==> no namespace (or /etc/netns file) left behind"

@@ -93,12 +93,13 @@ def _protocol() -> int:
     return PROTOCOL
 
 
-def start(labdir: LabDir, journal: Journal, lab: str) -> None:
+def start(labdir: LabDir, journal: Journal, lab: str, dns: bool = False) -> None:
     """Start the responder with nothing to serve yet, unless it runs: its start-up
-    then overlaps the building of the lab, and `apply` has it reload."""
+    (and, for a lab with a cluster DNS, the import of dnspython) then overlaps
+    the building of the lab, and `apply` has it reload."""
     if running(labdir, journal) is None:
         if not labdir.file("responder.json").exists():
-            labdir.file("responder.json").write_text(json.dumps({"pods": [], "announce": {}}))
+            labdir.file("responder.json").write_text(json.dumps({"pods": [], "announce": {}, "preload": ["dns"] if dns else []}))
         _spawn(labdir, journal, lab)
 
 
