@@ -101,7 +101,11 @@ class Answerer:
         qname = q.question[0].name
         if not self._ours(qname):
             return FORWARD if self.upstream else self._status(q, dns.rcode.SERVFAIL, tcp)
-        return self._finish(q, self._answer(q), tcp)
+        try:
+            return self._finish(q, self._answer(q), tcp)
+        except Exception as e:  # a record this code cannot render must not take the server down
+            print(f"dns: {qname}: {type(e).__name__}: {e}", flush=True)
+            return self._status(q, dns.rcode.SERVFAIL, tcp)
 
     # -- answering ---------------------------------------------------------------------
 

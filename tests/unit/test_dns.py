@@ -268,3 +268,9 @@ def test_a_pods_files_are_rewritten_when_what_they_say_changes():
     assert [x.key for x in p.files_changed] == ["default/b"] and not p.add_pods and not p.remove_pods
     domain = load(dump(lab_doc(dns=True, clusterDomain="lab.test"), pod("a"), pod("b")), previous=before)
     assert {x.key for x in plan(before, domain).files_changed} == {"default/a", "default/b", "kube-system/coredns"}
+
+
+def test_a_record_that_cannot_be_rendered_is_a_servfail_not_a_crash(answerer):
+    broken = Answerer({**zone(dns_lab()), "records": {**zone(dns_lab())["records"], "bad.cluster.local.": {"A": ["not-an-address"]}}})
+    assert ask(broken, "bad.cluster.local").rcode() == dns.rcode.SERVFAIL
+    assert ask(broken, "kube-dns.kube-system.svc.cluster.local").rcode() == dns.rcode.NOERROR
