@@ -12,6 +12,7 @@ fi
 "$repo/scripts/setup.sh" >/dev/null
 cd "$repo"
 labctl() { "$repo/.venv/bin/labctl" "$@"; }
+export LABCTL_LAB=demo  # other labs may be up: every command below means this one
 bold() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 
 bold "\$ labctl up topologies/demo.yaml"

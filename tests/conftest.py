@@ -43,11 +43,13 @@ def ours(name: str) -> bool:
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
-    """After the whole session: no test lab's namespace, records or process."""
+    """After the whole session: no namespace, records or process of a lab this
+    session made (another run on the same machine may have labs of its own)."""
     before = set(netns.listed())
+    before_labs = set(labs())
     yield
     left_ns = [n for n in netns.listed() if n not in before and (ours(n) or n.startswith("demo-"))]
-    left_labs = [lab for lab in labs() if lab.startswith(TEST_PREFIX)]
+    left_labs = [lab for lab in labs() if lab.startswith(TEST_PREFIX) and lab not in before_labs]
     left_procs = [p for lab in left_labs for p in procs.marked(lab)]
     for lab in left_labs:  # clean up for the next run, then fail loudly
         subprocess.run(labctl_cmd() + ["down", lab], capture_output=True)

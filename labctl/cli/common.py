@@ -9,7 +9,10 @@ from labctl.model.objects import Topology
 from labctl.errors import LabError
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
-lab_option = click.option("--lab", "lab_name", metavar="NAME", help="The lab (may be left out when exactly one is up).")
+lab_option = click.option(
+    "--lab", "lab_name", metavar="NAME", envvar="LABCTL_LAB", show_envvar=True,
+    help="The lab (may be left out when exactly one is up).",
+)
 
 
 def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
