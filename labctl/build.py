@@ -179,7 +179,7 @@ class Builder:
             b.commit()
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
-                if spec.proxy_mode != "iptables":  # in iptables mode the proxy's full sync writes flannel's chains too
+                if spec.proxy_mode == "nftables":  # in iptables and IPVS modes the proxy's full sync writes flannel's chains too
                     transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
                 self.progress("nodes", 1)
         run.apply_all(transactions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,11 +65,19 @@ def check_host(topo: Topology) -> None:
     run.require("nsenter", "util-linux")
     run.require("iptables-restore", "iptables")
     run.require("ip", "iproute2")
+    if not os.path.isdir("/proc/sys/net/bridge"):
+        # a module on stock distribution kernels, loaded as kubeadm's prerequisites load it
+        subprocess.run(["modprobe", "-q", "br_netfilter"], capture_output=True)
+        if not os.path.isdir("/proc/sys/net/bridge"):
+            raise HostLacks(
+                "this kernel has no br_netfilter (modprobe br_netfilter failed): bridged pod traffic would bypass the service and policy rules",
+                hint="load it (modprobe br_netfilter) or use a kernel that has it",
+            )
     if topo.policies:
         run.require("ipset", "ipset")
     from labctl.proxy.sync import require_mode
 
-    require_mode(topo.lab.proxy_mode)
+    require_mode(topo.lab.proxy_mode, topo.lab.ipvs_scheduler)
     sctp = any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports())
     sctp |= any(p.protocol == "SCTP" for s in topo.services if s.proxied for p in s.ports)
     if sctp:

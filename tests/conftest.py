@@ -56,6 +56,21 @@ def nothing_left_behind():
     assert not left_ns and not left_labs and not left_procs, f"left behind: namespaces {left_ns}, labs {left_labs}, pids {left_procs}"
 
 
+@pytest.fixture(autouse=True)
+def stock_kernel_features(request):
+    """A test marked stock_kernel fails at once, naming the way to run it, on a kernel without
+    IPVS (this CI host's kernel has neither IPVS nor netem; Debian's stock kernel has both)."""
+    if request.node.get_closest_marker("stock_kernel") is None:
+        return
+    from labctl.errors import HostLacks
+    from labctl.proxy import ipvs_kernel
+
+    try:
+        ipvs_kernel.require()
+    except HostLacks as e:
+        pytest.fail(f"{e.message}: this test needs a stock distribution kernel; run it with `sudo scripts/vm-test.sh`", pytrace=False)
+
+
 @pytest.fixture
 def root():
     if os.geteuid() != 0:

@@ -36,6 +36,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         node_port_range=spec.get("nodePortRange", LabSpec.node_port_range),
         overlay=spec.get("overlay", LabSpec.overlay),
         proxy_mode=spec.get("proxyMode", LabSpec.proxy_mode),
+        ipvs_scheduler=spec.get("ipvsScheduler", LabSpec.ipvs_scheduler),
         dns=spec.get("dns", LabSpec.dns),
         cluster_domain=spec.get("clusterDomain", LabSpec.cluster_domain),
         dns_upstream=spec.get("dnsUpstream"),

@@ -151,6 +151,7 @@ class LabSpec:
     node_port_range: str = "30000-32767"
     overlay: str = "vxlan"
     proxy_mode: str = "iptables"
+    ipvs_scheduler: str = "rr"
     dns: bool = True
     cluster_domain: str = "cluster.local"
     dns_upstream: str | None = None  # "IP" or "IP:PORT": where the cluster DNS forwards other names

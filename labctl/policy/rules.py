@@ -37,7 +37,22 @@ MARK = "0x10000"
 MAIN = "LABCTL-NETPOL"
 CHAIN = {"egress": "LABCTL-NETPOL-EGRESS", "ingress": "LABCTL-NETPOL-INGRESS"}
 ISOLATED = {"egress": "LABCTL-ISO-EGRESS", "ingress": "LABCTL-ISO-INGRESS"}
-JUMPS = [("FORWARD", f'-m comment --comment "labctl network policies" -j {MAIN}'), ("INPUT", f'-m comment --comment "labctl network policies" -j {MAIN}')]
+_JUMP = f'-m comment --comment "labctl network policies" -j {MAIN}'
+JUMPS = [("FORWARD", _JUMP), ("INPUT", _JUMP)]
+
+
+def jumps(proxy_mode: str = "iptables", pod_network: str = "") -> list[tuple[str, str]]:
+    """Where the policy chain is entered. In IPVS mode a pod's connection to a
+    service is not forwarded: it enters INPUT addressed to the service IP
+    (skipped: not yet translated) and leaves through OUTPUT once IPVS has chosen
+    the endpoint, where it is checked like forwarded traffic."""
+    if proxy_mode != "ipvs":
+        return JUMPS
+    return [
+        ("FORWARD", _JUMP),
+        ("INPUT", f"-m set ! --match-set KUBE-IPVS-IPS dst {_JUMP}"),
+        ("OUTPUT", f"-s {pod_network} -m ipvs --ipvs {_JUMP}"),
+    ]
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
 
 
@@ -246,12 +261,12 @@ def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tupl
     return ("\n".join(out) + "\n" if out else ""), stale
 
 
-def chains_text(rules: PolicyRules, install_jumps: bool) -> str:
+def chains_text(rules: PolicyRules, install_jumps: bool, entry: list[tuple[str, str]] = JUMPS) -> str:
     """`iptables-restore --noflush` input rewriting every policy chain (they are few)."""
     out = ["*filter"]
     out += [f":{c} - [0:0]" for c in rules.chains]
     if install_jumps:
-        out += [f"-I {chain} 1 {rule}" for chain, rule in reversed(JUMPS)]
+        out += [f"-I {chain} 1 {rule}" for chain, rule in reversed(entry)]
     for lines in rules.chains.values():
         out += lines
     out.append("COMMIT")

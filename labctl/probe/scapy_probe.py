@@ -72,11 +72,21 @@ def _classify_icmp(icmp) -> tuple[str, str]:
     return "filtered", f"icmp type {int(icmp.type)} code {code}"
 
 
-def _read_http_json(src_netns: str, dst: str, port: int, timeout: float) -> dict | None:
+def _read_http_json(src_netns: str, dst: str, port: int, timeout: float, sport: int = 0) -> dict | None:
+    """GET / over a real connection from the probe's own source port: the probe's
+    SYN was answered and reset, so this is the same flow again and a load
+    balancer that keeps per-client state (IPVS reuses the connection entry)
+    sends it to the endpoint that answered the SYN, instead of the next one."""
     with netns.entered(src_netns):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with s:
         s.settimeout(timeout)
+        if sport:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("", sport))
+            except OSError:
+                pass  # taken: any port will do
         try:
             s.connect((dst, port))
             s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: labctl-probe\r\n\r\n".encode())
@@ -230,7 +240,7 @@ def probe(
         if flags.S and flags.A:
             result.verdict = "open"
             if fetch:
-                _fill(result, _read_http_json(src_netns, dst, port, timeout))
+                _fill(result, _read_http_json(src_netns, dst, port, timeout, sport))
         elif flags.R:
             result.verdict = "refused"
             result.detail = "tcp reset"

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labctl import failpoints, names
-from labctl.errors import HostLacks
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.plumbing.node import masquerade_chains
-from labctl.proxy import iptables, nftables
+from labctl.proxy import iptables, ipvs, nftables
 from labctl.proxy.endpoints import ServicePortInfo, service_ports
 from labctl.state.store import LabDir
 
-MODES = ("iptables", "nftables")
+MODES = ("iptables", "nftables", "ipvs")
 RECORD_VERSION = 2
 
 
@@ -38,10 +37,12 @@ class NodeSync:
     changed: int  # service ports rendered
     left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
 
+    extra: dict | None = None  # IPVS mode: what the record keeps besides the services (sets, addresses)
+
     @property
     def replaced_filter(self) -> bool:
         """Whether the node's iptables filter table was rewritten whole (other chains in it are gone)."""
-        return self.left_iptables or (self.full and self.mode == "iptables")
+        return self.left_iptables or (self.full and self.mode in ("iptables", "ipvs"))
 
     @property
     def argv(self) -> list[str]:
@@ -90,13 +91,14 @@ def forget(labdir: LabDir, node: str) -> None:
     _pending_path(labdir, node).unlink(missing_ok=True)
 
 
-def require_mode(mode: str) -> None:
+def require_mode(mode: str, scheduler: str = "rr") -> None:
     if mode == "ipvs":
-        raise HostLacks(
-            "proxyMode ipvs needs the kernel's ip_vs module, which labctl does not drive yet",
-            hint="use proxyMode iptables or nftables",
-        )
-    if mode == "nftables":
+        from labctl.proxy import ipvs_kernel
+
+        run.require("iptables-restore", "iptables")
+        run.require("ipset", "ipset")
+        ipvs_kernel.require(scheduler)
+    elif mode == "nftables":
         run.require("nft", "nftables")
     else:
         run.require("iptables-restore", "iptables")
@@ -128,12 +130,20 @@ def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, len(pieces))
 
 
-def _leave(topo: Topology, node: str, old_mode: str) -> run.Transaction:
+def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
     """Remove a node's rules of the mode it is leaving (when proxyMode changed)."""
     ns = names.node_netns(topo.lab.name, node)
-    if old_mode == "iptables":  # back to flannel's chains alone
-        return run.Transaction(ns, ["iptables-restore"], iptables.full(None, masquerade_chains(topo.lab, topo.lab.node(node))))
-    return run.Transaction(ns, ["nft", "-f", "-"], f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n")
+    if old_mode in ("iptables", "ipvs"):  # back to flannel's chains alone
+        flannel = run.Transaction(ns, ["iptables-restore"], iptables.full(None, masquerade_chains(topo.lab, topo.lab.node(node))))
+        if old_mode == "iptables":
+            return [flannel]
+        from labctl.proxy import ipvs_kernel
+
+        run.apply_all([flannel])
+        ipvs_kernel.flush(ns)
+        ipvs_kernel.remove_device(ns)
+        return [run.Transaction(ns, ["ipset", "restore"], ipvs.ipset_destroy())]
+    return [run.Transaction(ns, ["nft", "-f", "-"], f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n")]
 
 
 def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list[NodeSync]:
@@ -145,10 +155,10 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
         rec = read_record(labdir, node)
         left = False
         if rec is not None and rec.get("mode") not in (None, topo.lab.proxy_mode):
-            leaving.append(_leave(topo, node, rec["mode"]))
-            left = rec["mode"] == "iptables"
+            leaving += _leave(topo, node, rec["mode"])
+            left = rec["mode"] in ("iptables", "ipvs")
             rec = None
-        s = _plan_node(topo, node, infos, rec)
+        s = (_plan_ipvs if topo.lab.proxy_mode == "ipvs" else _plan_node)(topo, node, infos, rec)
         if s is not None:
             s.left_iptables = left
             syncs.append(s)
@@ -158,9 +168,61 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
     for s in syncs:  # pending until its transaction is in: a crash in between means a full sync next time
         _pending_path(labdir, s.node).parent.mkdir(exist_ok=True)
         _pending_path(labdir, s.node).touch()
-    run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
+    if topo.lab.proxy_mode == "ipvs":
+        _apply_ipvs(topo, syncs)
+    else:
+        run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
     failpoints.hit("rules")
     for s in syncs:
-        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services})
+        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {})})
         _pending_path(labdir, s.node).unlink()
     return syncs
+
+
+# -- IPVS mode -------------------------------------------------------------------------
+
+
+def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None) -> NodeSync | None:
+    """The node's IPVS state; with a record of the same mode, only set members and
+    addresses that changed (virtual servers are always diffed against the kernel's table)."""
+    want = ipvs.render(topo, node, infos)
+    fps = {i.key: {"fp": i.fingerprint(node)} for i in infos}
+    extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}, "ipvs": want}
+    if rec is not None and rec.get("mode") == "ipvs":
+        changed = sum(1 for k, v in fps.items() if rec["services"].get(k) != v) + sum(1 for k in rec["services"] if k not in fps)
+        if not changed:
+            return None
+        text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
+        return NodeSync(node, "ipvs", False, text, fps, changed, extra=extra)
+    text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
+    return NodeSync(node, "ipvs", True, text, fps, len(fps), extra=extra)
+
+
+def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
+    """Sets first (the rules match on them), then the rules (full syncs), addresses, the IPVS table;
+    stale addresses last. Nodes in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from labctl.kernel import netns
+    from labctl.proxy import ipvs_kernel
+
+    lab = topo.lab.name
+    ns = {s.node: names.node_netns(lab, s.node) for s in syncs}
+    run.apply_all([run.Transaction(ns[s.node], ["ipset", "restore"], ipvs.ipset_full(s.extra["ipvs"].sets)) for s in syncs if s.full])
+    run.apply_all([run.Transaction(ns[s.node], ["ipset", "restore"], s.text) for s in syncs if not s.full and s.text])
+    run.apply_all([run.Transaction(ns[s.node], ["iptables-restore"], s.text) for s in syncs if s.full])
+
+    def one(s: NodeSync) -> None:
+        want: ipvs.NodeIpvs = s.extra["ipvs"]
+        if s.full:
+            netns.write_sysctls(ns[s.node], ipvs.SYSCTLS)
+        have = ipvs_kernel.addresses(ns[s.node])
+        ipvs_kernel.set_addresses(ns[s.node], sorted(want.addresses - (have or set())), [], create=have is None)
+        ipvs_kernel.apply(ns[s.node], ipvs.diff(ipvs_kernel.read(ns[s.node]), want.servers))
+        ipvs_kernel.set_addresses(ns[s.node], [], sorted((have or set()) - want.addresses))
+
+    with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
+        for f in [pool.submit(one, s) for s in syncs]:
+            f.result()
+    for s in syncs:
+        s.extra.pop("ipvs")

@@ -1,4 +1,4 @@
-"""Services on the real datapath, in both proxy modes."""
+"""Services on the real datapath, in every proxy mode (IPVS in the VM of scripts/vm-test.sh)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from tests.helpers import deployment, pod
 from tests.unit.test_services import svc
 
 pytestmark = pytest.mark.kernel
-MODES = ["iptables", "nftables"]
+IPVS = pytest.param("ipvs", marks=pytest.mark.stock_kernel)
+MODES = ["iptables", "nftables", IPVS]
+
+
+def no_local(mode: str) -> str:
+    """A node without a local endpoint for a Local policy: iptables and nftables drop;
+    IPVS has a virtual server without real servers, and the kernel answers port unreachable."""
+    return "refused" if mode == "ipvs" else "filtered"
 
 
 def web(name, node, labels=None):
@@ -72,7 +79,7 @@ def test_node_port_local_policy_keeps_the_client_and_drops_elsewhere(lab, mode):
     r = lab.probe("ext/client", "svc/default/np@nodeport", via="node/node1")
     assert r.verdict == "open" and r.client_ip_seen == client_ip, "Local: the backend sees the real client"
     r = lab.probe("ext/client", "svc/default/np@nodeport", via="node/node2", timeout=0.5)
-    assert r.verdict == "filtered", "a node without a local endpoint drops"
+    assert r.verdict == no_local(mode), "a node without a local endpoint does not forward"
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -118,11 +125,12 @@ def test_internal_traffic_policy_local(lab, mode):
     lab_with(lab, mode, web("a", "node1"), pod("near", node="node1", ports=()), pod("far", node="node2", ports=()),
              svc("itp", {"app": "web"}, internalTrafficPolicy="Local", ports=((80, 8080),)))
     assert lab.probe("near", "svc/default/itp").served_by == "default/a"
-    assert lab.probe("far", "svc/default/itp", timeout=0.5).verdict == "filtered"
+    assert lab.probe("far", "svc/default/itp", timeout=0.5).verdict == no_local(mode)
 
 
-def test_external_ips(lab):
-    lab_with(lab, "iptables", web("a", "node1"), pod("client", node="node2", ports=()),
+@pytest.mark.parametrize("mode", ["iptables", IPVS])
+def test_external_ips(lab, mode):
+    lab_with(lab, mode, web("a", "node1"), pod("client", node="node2", ports=()),
              svc("eip", {"app": "web"}, externalIPs=["192.0.2.10"], ports=((80, 8080),)))
     r = lab.probe("client", "192.0.2.10", port=80)
     assert r.verdict == "open" and r.served_by == "default/a"
@@ -146,6 +154,9 @@ def test_endpoints_follow_pods_and_readiness(lab, mode):
 
 def _chain_dump(lab, mode, chain):
     ns = lab.node_ns("node1")
+    if mode == "ipvs":  # alpha's virtual server and its real servers, without counters
+        vip = lab.topo.service("default/alpha").cluster_ip
+        return [line.split()[:3] for line in lab.sh(ns, "ipvsadm", "-Ln", "-t", f"{vip}:80").splitlines()[3:]]
     if mode == "iptables":
         return [line for line in lab.sh(ns, "iptables-save", "-t", "nat").splitlines() if line.startswith(f"-A {chain} ")]
     return lab.sh(ns, "nft", "list", "chain", "ip", "kube-proxy", chain)
@@ -187,3 +198,89 @@ def test_resync_undoes_rules_edited_by_hand(lab):
     assert lab_with(lab, "iptables", *docs).synced == [], "a partial sync trusts its record"
     lab.cli("up", str(lab.file), "--resync")
     assert lab.probe("client", "svc/default/web").served_by == "default/a"
+
+
+@pytest.mark.stock_kernel
+def test_ipvs_mode_lays_out_the_node_as_kube_proxy_does(lab):
+    docs = [web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()),
+            svc("web", {"app": "web"}, type="NodePort", sessionAffinity="ClientIP", ports=((80, 8080),))]
+    lab_with(lab, "ipvs", *docs, ipvsScheduler="wrr")
+    topo, ns = lab.topo, lab.node_ns("node1")
+    vip, node_ip = topo.service("default/web").cluster_ip, topo.lab.nodes[0].ip
+    np = topo.service("default/web").ports[0].node_port
+    out = lab.sh(ns, "ipvsadm", "-Ln")
+    a, b = lab.pod_ip("a"), lab.pod_ip("b")
+    for addr in (f"{vip}:80", f"{node_ip}:{np}"):
+        block = out.split(f"TCP  {addr} ")[1].split("TCP  ")[0]
+        assert block.startswith("wrr persistent 10800"), block
+        assert re.search(rf"-> {a}:8080\s+Masq\s+1", block) and re.search(rf"-> {b}:8080\s+Masq\s+1", block), block
+    dev = lab.jsh(ns, "ip", "-j", "-d", "addr", "show", "dev", "kube-ipvs0")[0]
+    assert dev["linkinfo"]["info_kind"] == "dummy" and "UP" not in dev["flags"]
+    assert {x["local"] for x in dev["addr_info"]} == {vip, "10.96.0.1"}, "every ClusterIP on kube-ipvs0"
+    sets = lab.sh(ns, "ipset", "list", "KUBE-CLUSTER-IP")
+    assert f"{vip},tcp:80" in sets and "10.96.0.1,tcp:443" in sets
+    assert str(np) in lab.sh(ns, "ipset", "list", "KUBE-NODE-PORT-TCP")
+    assert f"{a},tcp:8080,{a}" in lab.sh(ns, "ipset", "list", "KUBE-LOOP-BACK")
+    nat = lab.sh(ns, "iptables-save", "-t", "nat")
+    assert "-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE" in nat
+    assert "KUBE-SVC-" not in nat, "no per-service chains in IPVS mode"
+    assert lab.sh(ns, "sysctl", "-n", "net.ipv4.vs.conntrack").strip() == "1"
+    # a service port that does not exist on a service IP is refused by KUBE-IPVS-FILTER
+    assert lab.probe("client", vip, port=81, timeout=1).verdict in ("refused", "blocked")
+    # incremental: a new endpoint adds one real server and touches nothing else
+    result = lab_with(lab, "ipvs", *docs, web("c", "node2"), ipvsScheduler="wrr")
+    assert [s.full for s in result.synced] == [False, False]
+    assert f"-> {lab.pod_ip('c')}:8080" in lab.sh(ns, "ipvsadm", "-Ln", "-t", f"{vip}:80")
+    # and a removed service leaves no virtual server, address or set member behind
+    lab_with(lab, "ipvs", *docs[:3], ipvsScheduler="wrr")
+    assert vip not in lab.sh(ns, "ipvsadm", "-Ln") and vip not in lab.sh(ns, "ip", "addr", "show", "dev", "kube-ipvs0")
+    assert vip not in lab.sh(ns, "ipset", "list", "KUBE-CLUSTER-IP")
+
+
+@pytest.mark.stock_kernel
+def test_switching_to_ipvs_and_back(lab):
+    docs = [web("a", "node1"), pod("client", node="node2", ports=()), svc("web", {"app": "web"}, ports=((80, 8080),))]
+    lab_with(lab, "iptables", *docs)
+    lab_with(lab, "ipvs", *docs)
+    ns = lab.node_ns("node2")
+    assert "KUBE-SVC-" not in lab.sh(ns, "iptables-save") and "kube-ipvs0" in lab.sh(ns, "ip", "link")
+    assert lab.probe("client", "svc/default/web").served_by == "default/a"
+    lab_with(lab, "nftables", *docs)
+    assert "TCP " not in lab.sh(ns, "ipvsadm", "-Ln") and "kube-ipvs0" not in lab.sh(ns, "ip", "link")
+    assert "KUBE-" not in lab.sh(ns, "iptables-save") and "KUBE-" not in lab.sh(ns, "ipset", "list", "-n")
+    assert lab.probe("client", "svc/default/web").served_by == "default/a"
+
+
+def test_ipvs_mode_on_a_kernel_without_ip_vs_is_exit_3_and_creates_nothing(lab):
+    from labctl.proxy import ipvs_kernel
+
+    if ipvs_kernel._loaded():
+        pytest.skip("this kernel has IPVS: the refusal is tested on the host suite")
+    path = lab.write(lab.doc(proxyMode="ipvs"), pod("a"))
+    p = lab.cli("up", str(path), check=False)
+    assert p.returncode == 3, p.stderr
+    assert "proxyMode ipvs needs the kernel's ip_vs module" in p.stderr and "scripts/vm-test.sh" in p.stderr
+    from labctl.kernel import netns
+    from labctl.state.store import LabDir
+
+    assert not [n for n in netns.listed() if n.startswith(lab.name + "-")] and not LabDir(lab.name).exists()
+
+
+@pytest.mark.stock_kernel
+def test_network_policy_holds_for_service_traffic_in_ipvs_mode(lab):
+    """A pod's connection to a ClusterIP is not forwarded in IPVS mode (it is
+    delivered locally, then sent by IPVS): policy must still see it."""
+    allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-from-ok"},
+             "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "ok"}}}]}]}}
+    no_egress = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "mute"},
+                 "spec": {"podSelector": {"matchLabels": {"egress": "none"}}, "policyTypes": ["Egress"]}}
+    lab_with(lab, "ipvs", web("a", "node1"), pod("ok", node="node1", ports=(), labels={"role": "ok"}),
+             pod("bad", node="node1", ports=(), labels={"role": "bad"}), pod("far", node="node2", ports=(), labels={"role": "bad"}),
+             pod("mute", node="node2", ports=(), labels={"role": "ok", "egress": "none"}),
+             svc("web", {"app": "web"}, ports=((80, 8080),)), allow, no_egress)
+    assert lab.probe("ok", "svc/default/web").served_by == "default/a", "allowed, on the same node"
+    assert lab.probe("bad", "svc/default/web", timeout=1).verdict == "blocked", "ingress checked after IPVS, same node"
+    assert lab.probe("far", "svc/default/web", timeout=1).verdict == "blocked", "ingress checked at the endpoint's node"
+    assert lab.probe("mute", "svc/default/web", timeout=1).verdict == "blocked", "egress checked at the source's node"
+    assert lab.probe("ok", "node/node1", proto="icmp").verdict == "open"
