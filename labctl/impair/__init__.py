@@ -1,0 +1,1 @@
+"""Link impairment: delay, jitter, loss and rate limits on the underlay link of a node or external."""

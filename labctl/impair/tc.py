@@ -1,0 +1,109 @@
+"""Link impairment rendered as `tc` commands. Pure.
+
+An impairment applies to what leaves the target's eth0 (its underlay link),
+as `tc qdisc ... netem` on a host or containerlab's `tools netem` do: a delay
+of 50 ms on node2 adds 50 ms to every round trip through node2's link.
+
+- rate alone: a token bucket (tbf), which every kernel with traffic control has;
+- delay, jitter or loss (with or without a rate): netem, which needs the
+  kernel's sch_netem (stock distribution kernels have it, this CI host not).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from labctl.errors import InvalidInput
+
+_TIME = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
+_LOSS = re.compile(r"^(\d+(?:\.\d+)?)%$")
+_BITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
+
+
+@dataclass(frozen=True)
+class Impairment:
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate_bps: float = 0.0  # 0: no limit
+
+    @property
+    def empty(self) -> bool:
+        return not (self.delay_ms or self.jitter_ms or self.loss_pct or self.rate_bps)
+
+    @property
+    def needs_netem(self) -> bool:
+        return bool(self.delay_ms or self.jitter_ms or self.loss_pct)
+
+    def describe(self) -> str:
+        parts = []
+        if self.delay_ms:
+            parts.append(f"delay {self.delay_ms:g}ms" + (f" ±{self.jitter_ms:g}ms" if self.jitter_ms else ""))
+        if self.loss_pct:
+            parts.append(f"loss {self.loss_pct:g}%")
+        if self.rate_bps:
+            parts.append(f"rate {_rate_text(self.rate_bps)}")
+        return ", ".join(parts) or "none"
+
+
+def _rate_text(bps: float) -> str:
+    for unit, f in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
+        if bps >= f and bps % f == 0:
+            return f"{bps / f:g}{unit}"
+    return f"{bps:g}bit"
+
+
+def parse_time(field: str, text: str | None) -> float:
+    if text is None:
+        return 0.0
+    m = _TIME.match(text.strip())
+    if not m:
+        raise InvalidInput(f"--{field} {text!r}: a duration such as 20ms, 1.5ms, 500us or 1s")
+    v = float(m.group(1))
+    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
+
+
+def parse_loss(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    m = _LOSS.match(text.strip())
+    if not m or float(m.group(1)) > 100:
+        raise InvalidInput(f"--loss {text!r}: a percentage from 0% to 100%, such as 1% or 0.5%")
+    return float(m.group(1))
+
+
+def parse_rate(text: str | None) -> float:
+    if text is None:
+        return 0.0
+    m = _RATE.match(text.strip().lower())
+    if not m or float(m.group(1)) <= 0:
+        raise InvalidInput(f"--rate {text!r}: a rate such as 10mbit, 512kbit or 1gbit (tc's units; kbps = kilobytes/s)")
+    return float(m.group(1)) * _BITS[m.group(2)]
+
+
+def parse(delay: str | None = None, jitter: str | None = None, loss: str | None = None, rate: str | None = None) -> Impairment:
+    imp = Impairment(parse_time("delay", delay), parse_time("jitter", jitter), parse_loss(loss), parse_rate(rate))
+    if imp.jitter_ms and not imp.delay_ms:
+        raise InvalidInput("--jitter needs --delay (netem varies the delay by the jitter)")
+    return imp
+
+
+def commands(imp: Impairment, dev: str = "eth0") -> list[list[str]]:
+    """The `tc` argument lists that set the impairment (replacing any before), or clear it."""
+    if imp.empty:
+        return [["qdisc", "del", "dev", dev, "root"]]
+    if imp.needs_netem:
+        argv = ["qdisc", "replace", "dev", dev, "root", "netem"]
+        if imp.delay_ms:
+            argv += ["delay", f"{imp.delay_ms:g}ms"] + ([f"{imp.jitter_ms:g}ms"] if imp.jitter_ms else [])
+        if imp.loss_pct:
+            argv += ["loss", f"{imp.loss_pct:g}%"]
+        if imp.rate_bps:
+            argv += ["rate", f"{imp.rate_bps:.0f}bit"]
+        return [argv]
+    # a token bucket: a burst of at least one MTU-sized packet per timer tick, 50 ms of queue
+    burst = max(1600, int(imp.rate_bps / 8 / 250))
+    limit = max(3000, int(imp.rate_bps / 8 * 0.05))
+    return [["qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{imp.rate_bps:.0f}bit", "burst", str(burst), "limit", str(limit)]]
