@@ -34,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ ! -x "$repo/.venv/bin/vng" ]; then
   say "installing virtme-ng into .venv"
-  "$repo/.venv/bin/pip" install -q virtme-ng
+  "$repo/.venv/bin/pip" install -q "virtme-ng>=1.42,<2"
 fi
 
 kernel=$(ls -1 /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
