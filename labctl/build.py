@@ -122,6 +122,7 @@ class Builder:
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)
+        self._links(plan, new)
         self._pods(plan, new)
         etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
         self.progress("responder", 0)
@@ -183,6 +184,17 @@ class Builder:
                     transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
                 self.progress("nodes", 1)
         run.apply_all(transactions)
+
+    def _links(self, plan: Plan, new: Topology) -> None:
+        """Link impairments the topology file sets (or no longer sets) on nodes and externals."""
+        if not plan.links:
+            return
+        from labctl.impair import kernel as impair, tc
+
+        lab = new.lab.name
+        for kind, name, link in plan.links:
+            ns = names.node_netns(lab, name) if kind == "node" else names.external_netns(lab, name)
+            impair.set_link(ns, tc.from_spec(link))
 
     def _pods(self, plan: Plan, new: Topology) -> None:
         spec = new.lab

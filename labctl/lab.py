@@ -73,6 +73,14 @@ def check_host(topo: Topology) -> None:
                 "this kernel has no br_netfilter (modprobe br_netfilter failed): bridged pod traffic would bypass the service and policy rules",
                 hint="load it (modprobe br_netfilter) or use a kernel that has it",
             )
+    links = [h.link for h in (*topo.lab.nodes, *topo.lab.externals) if h.link]
+    if links:
+        from labctl.impair import tc
+        from labctl.impair.kernel import NO_NETEM_HINT
+
+        run.require("tc", "iproute2")
+        if any(tc.from_spec(x).needs_netem for x in links) and not tc.netem_available():
+            raise HostLacks("the topology sets a link delay, jitter or loss, which need the kernel's netem (sch_netem); this kernel has none", hint=NO_NETEM_HINT)
     if topo.policies:
         run.require("ipset", "ipset")
     from labctl.proxy.sync import require_mode

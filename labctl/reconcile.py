@@ -35,6 +35,7 @@ class Plan:
     remove_pods: list[Pod] = field(default_factory=list)
     commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
     files_changed: list[Pod] = field(default_factory=list)  # pods whose resolv.conf or hosts must be written again
+    links: list[tuple[str, str, dict]] = field(default_factory=list)  # ("node" | "ext", name, link): impairments to (re)apply
 
     def namespaces_to_create(self, lab: str) -> list[str]:
         """The namespaces this plan makes, in the order they are made."""
@@ -64,6 +65,7 @@ class Plan:
             or self.remove_pods
             or self.commands_changed
             or self.files_changed
+            or self.links
         )
 
     def summary(self) -> dict[str, int]:
@@ -74,6 +76,7 @@ class Plan:
             "externalsRemoved": len(self.remove_externals),
             "podsAdded": len(self.add_pods),
             "podsRemoved": len(self.remove_pods),
+            "linksChanged": len(self.links),
         }
 
 
@@ -123,6 +126,7 @@ def plan(old: Topology | None, new: Topology) -> Plan:
             add_nodes=list(new.lab.nodes),
             add_externals=list(new.lab.externals),
             add_pods=list(new.pods),
+            links=_links(None, new),
         )
     problems = _fixed_changes(old.lab, new.lab)
     problems += _host_changes(list(old.lab.nodes), list(new.lab.nodes), "node", ("ip", "pod_cidr"))
@@ -153,4 +157,12 @@ def plan(old: Topology | None, new: Topology) -> Plan:
             if _files_signature(o) != _files_signature(pod) or _lab_dns(old.lab) != _lab_dns(new.lab):
                 p.files_changed.append(pod)
     p.remove_pods += [o for key, o in before.items() if key not in after]
+    p.links = _links(old, new)
     return p
+
+
+def _links(old: Topology | None, new: Topology) -> list[tuple[str, str, dict]]:
+    """Hosts whose link impairment differs from what was applied (an empty one: cleared)."""
+    was = {} if old is None else {("node", n.name): n.link for n in old.lab.nodes} | {("ext", e.name): e.link for e in old.lab.externals}
+    hosts = [("node", n.name, n.link) for n in new.lab.nodes] + [("ext", e.name, e.link) for e in new.lab.externals]
+    return [(kind, name, dict(link)) for kind, name, link in hosts if was.get((kind, name), {}) != link]

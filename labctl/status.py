@@ -23,6 +23,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "state": "up",
         "overlay": lab.overlay,
         "proxyMode": lab.proxy_mode,
+        "ipvsScheduler": lab.ipvs_scheduler if lab.proxy_mode == "ipvs" else None,
         "networks": {"node": lab.node_network, "pod": lab.pod_network, "service": lab.service_network},
         "nodes": [
             {

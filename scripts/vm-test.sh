@@ -4,6 +4,7 @@
 #   sudo scripts/vm-test.sh                       # the tests marked stock_kernel
 #   sudo scripts/vm-test.sh tests/kernel -k ipvs  # any pytest arguments
 #   sudo scripts/vm-test.sh --shell               # a root shell in the VM, the repo writable
+#   sudo scripts/vm-test.sh --exec "CMD"          # run CMD in the repo inside the VM (benchmarks/bench_ipvs.py)
 #
 # Boots Debian's stock kernel (linux-image-amd64) under QEMU with virtme-ng,
 # sharing this machine's root filesystem read-only (the repo writable, /etc
@@ -44,12 +45,21 @@ if [ -z "$kernel" ]; then
 fi
 
 shell=0
+exec_cmd=""
 args=()
-for a in "$@"; do
-  if [ "$a" = "--shell" ]; then shell=1; else args+=("$a"); fi
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --shell) shell=1 ;;
+    --exec) exec_cmd="${2:?--exec needs a command}"; shift ;;
+    *) args+=("$1") ;;
+  esac
+  shift
 done
 [ ${#args[@]} -gt 0 ] || args=(-m stock_kernel)
 inner="cd $(printf %q "$repo") && LABCTL_IN_VM=1 PYTHONDONTWRITEBYTECODE=1 .venv/bin/python -m pytest -p no:cacheprovider $(printf '%q ' "${args[@]}")"
+if [ -n "$exec_cmd" ]; then
+  inner="cd $(printf %q "$repo") && PYTHONDONTWRITEBYTECODE=1 $exec_cmd"
+fi
 
 vng=(
   "$repo/.venv/bin/vng" --run "$kernel" --disable-kvm --cpus 2 --memory 2G
@@ -60,11 +70,12 @@ if [ "$shell" = 1 ]; then
   say "booting $(basename "$kernel") (exit the shell to stop the VM)"
   exec "${vng[@]}"
 fi
-say "booting $(basename "$kernel") under QEMU (no KVM): pytest ${args[*]}"
+say "booting $(basename "$kernel") under QEMU (no KVM): ${exec_cmd:-pytest ${args[*]}}"
 start=$(date +%s)
 set +e
-"${vng[@]}" --exec "$inner"
-rc=$?
+# through a pipe: QEMU reopens a file it is given as its console and truncates it (a CI log with it)
+"${vng[@]}" --exec "$inner" </dev/null 2>&1 | cat
+rc=${PIPESTATUS[0]}
 set -e
-echo "vm-test.sh: the VM suite took $(( $(date +%s) - start )) s (boot included), exit $rc"
+echo "vm-test.sh: the VM run took $(( $(date +%s) - start )) s (boot included), exit $rc"
 exit $rc

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import click
 
 from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab
-from labctl.errors import HostLacks, InvalidInput, KernelError
+from labctl.errors import InvalidInput
 from labctl.impair import tc
+from labctl.impair.kernel import current, set_link
 from labctl.kernel import run
 from labctl.probe.targets import resolve
-
-
-def _tc(ns: str, argv: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(run.in_netns(ns, ["tc", *argv]), capture_output=True, text=True)
-
-
-def current(ns: str) -> str:
-    """The root qdisc of the target's eth0, as `tc qdisc show` prints it."""
-    p = _tc(ns, ["qdisc", "show", "dev", "eth0", "root"])
-    return p.stdout.strip()
 
 
 @cli.command()
@@ -46,6 +35,8 @@ def link(lab_name, target, delay, jitter, loss, rate, clear, as_json) -> None:
 
     Delay and loss need the kernel's netem (sch_netem): on a kernel without
     it, exit 3 and nothing changes. Rate limits alone work on every kernel.
+    The topology file can set the same on a node or external (`link:`); the
+    next `labctl up` puts back what the file says for links it changed.
     """
     if not target.startswith(("node/", "ext/")):
         raise InvalidInput(f"TARGET {target!r}: link impairs a node's or an external's underlay link: node/NAME or ext/NAME")
@@ -64,18 +55,7 @@ def link(lab_name, target, delay, jitter, loss, rate, clear, as_json) -> None:
         else:
             output.say(f"{target} eth0: {shown or 'no qdisc'}")
         return
-    for argv in tc.commands(imp):
-        p = _tc(ep.netns, argv)
-        if p.returncode == 0:
-            continue
-        if imp.empty and ("No such file" in p.stderr or "Cannot delete qdisc with handle of zero" in p.stderr):
-            continue  # nothing to clear
-        if imp.needs_netem and ("unknown" in p.stderr.lower() or "No such file" in p.stderr):
-            raise HostLacks(
-                f"delay, jitter and loss need the kernel's netem (sch_netem), which this kernel lacks: {p.stderr.strip()}",
-                hint="--rate alone works here (tbf); for netem use a stock distribution kernel: scripts/vm-test.sh",
-            )
-        raise KernelError(f"`ip netns exec {ep.netns} tc {' '.join(argv)}` failed: {p.stderr.strip()}")
+    set_link(ep.netns, imp)
     shown = current(ep.netns)
     if as_json:
         output.emit_json({"target": target, "impairment": imp.describe(), "qdisc": shown})

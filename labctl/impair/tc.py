@@ -55,39 +55,59 @@ def _rate_text(bps: float) -> str:
     return f"{bps:g}bit"
 
 
-def parse_time(field: str, text: str | None) -> float:
+def parse_time(field: str, text: str | None, flag: str = "--") -> float:
     if text is None:
         return 0.0
-    m = _TIME.match(text.strip())
+    m = _TIME.match(str(text).strip())
     if not m:
-        raise InvalidInput(f"--{field} {text!r}: a duration such as 20ms, 1.5ms, 500us or 1s")
+        raise InvalidInput(f"{flag}{field} {text!r}: a duration such as 20ms, 1.5ms, 500us or 1s")
     v = float(m.group(1))
     return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
 
 
-def parse_loss(text: str | None) -> float:
+def parse_loss(text: str | None, flag: str = "--") -> float:
     if text is None:
         return 0.0
-    m = _LOSS.match(text.strip())
+    m = _LOSS.match(str(text).strip())
     if not m or float(m.group(1)) > 100:
-        raise InvalidInput(f"--loss {text!r}: a percentage from 0% to 100%, such as 1% or 0.5%")
+        raise InvalidInput(f"{flag}loss {text!r}: a percentage from 0% to 100%, such as 1% or 0.5%")
     return float(m.group(1))
 
 
-def parse_rate(text: str | None) -> float:
+def parse_rate(text: str | None, flag: str = "--") -> float:
     if text is None:
         return 0.0
-    m = _RATE.match(text.strip().lower())
+    m = _RATE.match(str(text).strip().lower())
     if not m or float(m.group(1)) <= 0:
-        raise InvalidInput(f"--rate {text!r}: a rate such as 10mbit, 512kbit or 1gbit (tc's units; kbps = kilobytes/s)")
+        raise InvalidInput(f"{flag}rate {text!r}: a rate such as 10mbit, 512kbit or 1gbit (tc's units; kbps = kilobytes/s)")
     return float(m.group(1)) * _BITS[m.group(2)]
 
 
-def parse(delay: str | None = None, jitter: str | None = None, loss: str | None = None, rate: str | None = None) -> Impairment:
-    imp = Impairment(parse_time("delay", delay), parse_time("jitter", jitter), parse_loss(loss), parse_rate(rate))
+def parse(delay: str | None = None, jitter: str | None = None, loss: str | None = None, rate: str | None = None, flag: str = "--") -> Impairment:
+    """The impairment the options (flag "--") or a topology's link fields (flag "") describe."""
+    imp = Impairment(parse_time("delay", delay, flag), parse_time("jitter", jitter, flag), parse_loss(loss, flag), parse_rate(rate, flag))
     if imp.jitter_ms and not imp.delay_ms:
-        raise InvalidInput("--jitter needs --delay (netem varies the delay by the jitter)")
+        raise InvalidInput(f"{flag}jitter needs {flag}delay (netem varies the delay by the jitter)")
     return imp
+
+
+def from_spec(link: dict | None) -> Impairment:
+    """A node's or external's `link:` field of the Lab document."""
+    link = link or {}
+    return parse(link.get("delay"), link.get("jitter"), link.get("loss"), link.get("rate"), flag="")
+
+
+def netem_available() -> bool:
+    """Whether this kernel has netem (loaded, built in, or a module modprobe can load), without touching it."""
+    import os
+    import subprocess
+
+    if os.path.isdir("/sys/module/sch_netem"):
+        return True
+    try:
+        return subprocess.run(["modprobe", "-n", "-q", "sch_netem"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def commands(imp: Impairment, dev: str = "eth0") -> list[list[str]]:

@@ -43,8 +43,9 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         load_balancer_pool=spec.get("loadBalancerPool"),
         node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
         expect=tuple(spec.get("expect") or ()),
-        nodes=tuple(Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {})) for n in nodes),
-        externals=tuple(External(name=e["name"], ip=e.get("ip")) for e in spec.get("externals") or []),
+        nodes=tuple(Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}),
+                          link=dict(n.get("link") or {})) for n in nodes),
+        externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
     )
 
 

@@ -126,12 +126,14 @@ class Node:
     ip: str | None = None
     pod_cidr: str | None = None
     labels: dict[str, str] = field(default_factory=dict, hash=False)
+    link: dict[str, str] = field(default_factory=dict, hash=False)  # impairment of its underlay link (delay, jitter, loss, rate)
 
 
 @dataclass(frozen=True)
 class External:
     name: str
     ip: str | None = None
+    link: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

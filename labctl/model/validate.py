@@ -150,6 +150,28 @@ def host_names(spec: LabSpec, where: str) -> list[Problem]:
                 seen[h.name] = path
     for i, n in enumerate(spec.nodes):
         problems += label_problems(n.labels, where, f"spec.nodes[{i}].labels")
+    for group, items in (("nodes", spec.nodes), ("externals", spec.externals)):
+        for i, h in enumerate(items):
+            problems += _link_problems(h.link, where, f"spec.{group}[{i}].link")
+    return problems
+
+
+def _link_problems(link: dict, where: str, path: str) -> list[Problem]:
+    """Each field of a host's `link:` as `labctl link` would read it."""
+    from labctl.errors import InvalidInput
+    from labctl.impair import tc
+
+    problems = []
+    checks = {"delay": lambda v: tc.parse_time("delay", v, ""), "jitter": lambda v: tc.parse_time("jitter", v, ""),
+              "loss": lambda v: tc.parse_loss(v, ""), "rate": lambda v: tc.parse_rate(v, "")}
+    for key, check in checks.items():
+        if key in link:
+            try:
+                check(link[key])
+            except InvalidInput as e:
+                problems.append(Problem(where, f"{path}.{key}", str(e)[len(key) + 1:]))
+    if "jitter" in link and "delay" not in link:
+        problems.append(Problem(where, f"{path}.jitter", "needs delay (netem varies the delay by the jitter)"))
     return problems
 
 

@@ -75,8 +75,11 @@ def _dest(ip: str, port: int):
     return IPVSDest(addr=ip, port=port, fwd_method=FWD_MASQ, weight=1)
 
 
-def read(ns: str) -> dict[tuple[str, str, int], VirtualServer]:
-    """The node's IPVS table (virtual servers with address, port and protocol)."""
+def read(ns: str, dests_of: set | None = None, assumed: dict | None = None) -> dict[tuple[str, str, int], VirtualServer]:
+    """The node's IPVS table: every virtual server (one dump), with the real
+    servers of those in `dests_of` (one dump each; None: all of them). The
+    others get their real servers from `assumed` (what the last sync wrote),
+    so a one-service change reads one service's real servers, not 10,000."""
     from pyroute2.ipvs import IPVSDest, IPVSService
 
     out = {}
@@ -85,14 +88,14 @@ def read(ns: str) -> dict[tuple[str, str, int], VirtualServer]:
             svc = IPVSService.from_message(msg)
             if svc.get("fwmark") or svc.get("protocol") not in PROTO_NAME:
                 continue
-            dests = []
-            for d in s.dest("dump", service=svc):
-                dest = IPVSDest.from_message(d)
-                dests.append((dest["addr"], dest["port"]))
+            key = (svc["addr"], PROTO_NAME[svc["protocol"]], svc["port"])
+            if dests_of is None or key in dests_of or key not in (assumed or {}):
+                dests = tuple(sorted((d["addr"], d["port"]) for d in map(IPVSDest.from_message, s.dest("dump", service=svc))))
+            else:
+                dests = assumed[key].dests
             flags = svc.get("flags", {})
             flags = flags.get("flags", 0) if isinstance(flags, dict) else flags
-            vs = VirtualServer(svc["addr"], PROTO_NAME[svc["protocol"]], svc["port"], svc.get("sched_name", ""),
-                               svc.get("timeout", 0) if flags & SVC_F_PERSISTENT else 0, tuple(sorted(dests)))
+            vs = VirtualServer(*key, svc.get("sched_name", ""), svc.get("timeout", 0) if flags & SVC_F_PERSISTENT else 0, dests)
             out[vs.key] = vs
     return out
 

@@ -186,13 +186,15 @@ def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     """The node's IPVS state; with a record of the same mode, only set members and
     addresses that changed (virtual servers are always diffed against the kernel's table)."""
     want = ipvs.render(topo, node, infos)
-    fps = {i.key: {"fp": i.fingerprint(node)} for i in infos}
+    fps = {i.key: {"fp": f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}"} for i in infos}
     extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}, "ipvs": want}
     if rec is not None and rec.get("mode") == "ipvs":
-        changed = sum(1 for k, v in fps.items() if rec["services"].get(k) != v) + sum(1 for k in rec["services"] if k not in fps)
+        moved = {k for k, v in fps.items() if rec["services"].get(k) != v}
+        changed = len(moved) + sum(1 for k in rec["services"] if k not in fps)
         if not changed:
             return None
         text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
+        extra["moved"] = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
         return NodeSync(node, "ipvs", False, text, fps, changed, extra=extra)
     text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
     return NodeSync(node, "ipvs", True, text, fps, len(fps), extra=extra)
@@ -218,7 +220,9 @@ def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
             netns.write_sysctls(ns[s.node], ipvs.SYSCTLS)
         have = ipvs_kernel.addresses(ns[s.node])
         ipvs_kernel.set_addresses(ns[s.node], sorted(want.addresses - (have or set())), [], create=have is None)
-        ipvs_kernel.apply(ns[s.node], ipvs.diff(ipvs_kernel.read(ns[s.node]), want.servers))
+        # a full sync reads every real server back; a partial one those of the service ports that moved
+        current = ipvs_kernel.read(ns[s.node], None if s.full else s.extra["moved"], want.servers)
+        ipvs_kernel.apply(ns[s.node], ipvs.diff(current, want.servers))
         ipvs_kernel.set_addresses(ns[s.node], [], sorted((have or set()) - want.addresses))
 
     with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
@@ -226,3 +230,4 @@ def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
             f.result()
     for s in syncs:
         s.extra.pop("ipvs")
+        s.extra.pop("moved", None)

@@ -48,6 +48,38 @@ def test_rate_limit_with_a_token_bucket_then_cleared(lab):
     assert json.loads(link(lab, "node/node1", "--json").stdout)["qdisc"].startswith("qdisc noqueue")
 
 
+def test_links_set_in_the_topology_file_follow_it(lab):
+    nodes = [{"name": "node1"}, {"name": "node2", "link": {"rate": "20mbit"}}]
+    docs = lambda nodes: (lab.doc(nodes=nodes, externals=[{"name": "client"}]), pod("a"))  # noqa: E731
+    lab.up(*docs(nodes))
+    node2, node1 = lab.node_ns("node2"), lab.node_ns("node1")
+    assert "tbf" in lab.sh(node2, "tc", "qdisc", "show", "dev", "eth0") and "rate 20Mbit" in lab.sh(node2, "tc", "qdisc", "show", "dev", "eth0")
+    assert "noqueue" in lab.sh(node1, "tc", "qdisc", "show", "dev", "eth0")
+    again = lab.up(*docs(nodes))
+    assert again.plan.empty() and not again.to_dict()["changed"], "a second up changes nothing"
+    client_ip = lab.topo.lab.externals[0].ip
+    assert throughput_mbit(lab, node2, f"{lab.name}-client", client_ip) < 24
+    lab.up(*docs([{"name": "node1"}, {"name": "node2", "link": {"rate": "50mbit"}}]))
+    assert "rate 50Mbit" in lab.sh(node2, "tc", "qdisc", "show", "dev", "eth0")
+    lab.up(*docs([{"name": "node1"}, {"name": "node2"}]))
+    assert "noqueue" in lab.sh(node2, "tc", "qdisc", "show", "dev", "eth0"), "dropped from the file: cleared"
+
+
+def test_a_topology_delay_without_netem_is_exit_3_and_creates_nothing(lab):
+    """On this CI host's kernel; where netem exists the lab comes up with the delay."""
+    from labctl.impair import tc
+    from labctl.kernel import netns
+    from labctl.state.store import LabDir
+
+    path = lab.write(lab.doc(nodes=[{"name": "node1", "link": {"delay": "20ms"}}]), pod("a"))
+    p = lab.cli("up", str(path), check=False)
+    if tc.netem_available():
+        assert p.returncode == 0 and "delay 20ms" in lab.sh(lab.node_ns("node1"), "tc", "qdisc", "show", "dev", "eth0")
+        return
+    assert p.returncode == 3 and "netem" in p.stderr, p.stderr
+    assert not [n for n in netns.listed() if n.startswith(lab.name + "-")] and not LabDir(lab.name).exists()
+
+
 def test_bad_impairments_are_exit_2_and_change_nothing(lab):
     lab.up(lab.doc(), pod("a"))
     for args, msg in [(["--delay", "5"], "a duration such as 20ms"), (["--loss", "150%"], "a percentage"),
@@ -82,6 +114,9 @@ def rtts(lab, src: str, dst: str, n: int = 8) -> list[float]:
 def test_netem_delay_grows_the_round_trip_and_loss_drops(lab):
     lab.up(lab.doc(externals=[{"name": "client"}]), pod("a"))
     before = statistics.median(rtts(lab, "ext/client", "node/node2"))
+    # as the topology file sets it: a far zone for node1
+    lab.up(lab.doc(nodes=[{"name": "node1", "link": {"delay": "60ms"}}, {"name": "node2"}], externals=[{"name": "client"}]), pod("a"))
+    assert 58 <= statistics.median(rtts(lab, "ext/client", "node/node1")) - before <= 120
     out = link(lab, "node/node2", "--delay", "80ms", "--jitter", "1ms").stdout
     assert "delay 80ms ±1ms" in out and "netem" in out
     after = statistics.median(rtts(lab, "ext/client", "node/node2"))
