@@ -68,7 +68,7 @@ def sync(topo, record, full_read: bool = False):
         ipvs_kernel.set_addresses(NS, sorted(want.addresses - (have or set())), [], create=have is None)
         current = ipvs_kernel.read(NS, None if (s.full or full_read) else s.extra["moved"], want.servers)
         diff = ipvs.diff(current, want.servers)
-        changes = len(diff)
+        changes = diff.requests
         ipvs_kernel.apply(NS, diff)
         record = {"mode": "ipvs", "services": s.services, "sets": s.extra["sets"]}
     return time.perf_counter() - t, record, changes
@@ -115,9 +115,9 @@ def main() -> int:
         "partial_ms": round(part_s * 1000, 1), "partial_changes": part_changes, "reread_ms": round(reread_s * 1000, 1),
         "partial_vs_reread": round(reread_s / part_s, 1),
     }
-    print(f"IPVS, {n} services x 5 endpoints ({objects} virtual and real servers, {count} real servers read back by ipvsadm)")
-    print(f"  full sync          {full_s:8.2f} s    {row['per_object_us']:8.0f} us per object")
-    print(f"  naive (ipvsadm)    {row['naive_per_object_us']:8.0f} us per object ({naive_ops} execs): {row['naive_ratio']:.0f}x slower")
+    print(f"IPVS, {n} services x 5 endpoints ({objects} virtual and real servers written, {count} real servers read back by ipvsadm)")
+    print(f"  full sync          {full_s:8.2f} s    {row['per_object_us']:8.0f} us per virtual or real server")
+    print(f"  naive (ipvsadm)    {row['naive_per_object_us']:8.0f} us per virtual or real server ({naive_ops} execs): {row['naive_ratio']:.0f}x slower")
     print(f"  one endpoint moved {row['partial_ms']:8.1f} ms   ({part_changes} netlink changes)")
     print(f"  same, reading every virtual server back {row['reread_ms']:8.1f} ms: the partial sync is {row['partial_vs_reread']:.1f}x faster")
     out = REPO / "benchmarks/results"

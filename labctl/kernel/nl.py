@@ -88,7 +88,8 @@ def _encode(msg, msg_type: int, nl_flags: int) -> bytes:
     return bytes(msg.data)
 
 
-def _classes():
+def bare_pyroute2() -> None:
+    """Make pyroute2's message modules importable without its package __init__ (see _classes)."""
     if "pyroute2" not in sys.modules:
         # pyroute2/__init__.py imports every pyroute2 API (IPRoute, NDB, nftables,
         # conntrack...): about 0.2 s, a fifth of the demo's whole `up`. Its message
@@ -100,6 +101,10 @@ def _classes():
         bare.__spec__ = spec
         bare.__file__ = spec.origin
         sys.modules["pyroute2"] = bare
+
+
+def _classes():
+    bare_pyroute2()
     from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
     from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
     from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -137,12 +142,17 @@ class Batch:
 
     netns: str | None
     requests: list[Request] = field(default_factory=list)
+    protocol: int = socket.NETLINK_ROUTE  # NETLINK_GENERIC for generic netlink families (IPVS)
 
     def __len__(self) -> int:
         return len(self.requests)
 
     def _add(self, data: bytes, what: str, ok: Iterable[int] = ()) -> None:
         self.requests.append(Request(data, what, frozenset(ok)))
+
+    def add(self, data: bytes, what: str, ok: Iterable[int] = ()) -> None:
+        """An encoded request (with NLM_F_REQUEST | NLM_F_ACK) that `what` describes."""
+        self._add(data, what, ok)
 
     # -- links ---------------------------------------------------------------
 
@@ -283,7 +293,7 @@ class Batch:
         if not self.requests:
             return
         with netns.entered(self.netns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, self.protocol)
         try:
             failures = _send_all(sock, self.requests)
         finally:

@@ -279,6 +279,11 @@ class Changes:
     def __len__(self) -> int:
         return len(self.add) + len(self.set) + len(self.remove) + len(self.add_dests) + len(self.remove_dests)
 
+    @property
+    def requests(self) -> int:
+        """Netlink requests these changes take (a new virtual server: one, plus one per real server)."""
+        return len(self) + sum(len(vs.dests) for vs in self.add)
+
 
 def diff(current: dict[tuple[str, str, int], VirtualServer], desired: dict[tuple[str, str, int], VirtualServer]) -> Changes:
     ch = Changes()
