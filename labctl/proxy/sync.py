@@ -183,8 +183,9 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
 
 
 def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None) -> NodeSync | None:
-    """The node's IPVS state; with a record of the same mode, only set members and
-    addresses that changed (virtual servers are always diffed against the kernel's table)."""
+    """The node's IPVS state. With a record of the same mode: nothing when no service
+    port's fingerprint moved, else the set members that changed, and the moved ports'
+    virtual servers to read back (the others are as the last sync left them)."""
     want = ipvs.render(topo, node, infos)
     fps = {i.key: {"fp": f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}"} for i in infos}
     extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}, "ipvs": want}
