@@ -112,17 +112,21 @@ def rtts(lab, src: str, dst: str, n: int = 8) -> list[float]:
 
 @pytest.mark.stock_kernel
 def test_netem_delay_grows_the_round_trip_and_loss_drops(lab):
+    """netem holds every packet at least the delay less the jitter: the fastest
+    round trip shows it, whatever the (emulated, noisy) CPU adds on top."""
     lab.up(lab.doc(externals=[{"name": "client"}]), pod("a"))
-    before = statistics.median(rtts(lab, "ext/client", "node/node2"))
+    before = min(rtts(lab, "ext/client", "node/node2"))
+    assert before < 40, before
     out = link(lab, "node/node2", "--delay", "80ms", "--jitter", "1ms").stdout
     assert "delay 80ms ±1ms" in out and "netem" in out
-    after = statistics.median(rtts(lab, "ext/client", "node/node2"))
-    assert 78 <= after - before <= 140, (before, after)
-    assert statistics.median(rtts(lab, "ext/client", "node/node1")) < before + 40, "other links are untouched"
+    after = rtts(lab, "ext/client", "node/node2")
+    assert min(after) >= 79 and statistics.median(after) - before <= 160, (before, after)
+    assert min(rtts(lab, "ext/client", "node/node1")) < 40, "other links are untouched"
     link(lab, "node/node2", "--loss", "100%")
     assert lab.probe("ext/client", "node/node2", proto="icmp", timeout=0.5).verdict == "filtered"
     link(lab, "node/node2", "--clear")
-    assert statistics.median(rtts(lab, "ext/client", "node/node2")) < before + 40
+    assert min(rtts(lab, "ext/client", "node/node2")) < 40
     # as the topology file sets it: a far zone for node1
     lab.up(lab.doc(nodes=[{"name": "node1", "link": {"delay": "60ms"}}, {"name": "node2"}], externals=[{"name": "client"}]), pod("a"))
-    assert 58 <= statistics.median(rtts(lab, "ext/client", "node/node1")) - before <= 120
+    far = rtts(lab, "ext/client", "node/node1")
+    assert min(far) >= 60 and statistics.median(far) - before <= 140, (before, far)
