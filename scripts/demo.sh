@@ -70,6 +70,7 @@ The demo lab is up. Try next:
   sudo .venv/bin/labctl ready web-1 false                                     # a failing readiness probe: web-1 leaves the endpoints
   sudo .venv/bin/labctl exec node/node3 -- iptables-save -t filter            # LABCTL-NETPOL chains, one NP-* chain per policy
   sudo .venv/bin/labctl exec node/node3 -- ipset list                         # the policy's selectors as sets of pod IPs
+  sudo .venv/bin/labctl link node/node2 --rate 10mbit                         # a slow link (tc tbf on node2's eth0); --delay/--loss need netem
   sudo ip netns list                                                          # every node and pod is a namespace
   sudo .venv/bin/labctl down demo                                             # removes all of it
 NEXT
