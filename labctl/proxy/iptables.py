@@ -229,16 +229,24 @@ def full(ruleset: Ruleset | None, flannel: Chains) -> str:
     """The node's nat and filter tables, whole: built-in chains, kube-proxy's jumps
     first, then flannel's, kube-proxy's chains and flannel's. For `iptables-restore`
     without --noflush. With no ruleset: flannel's alone (leaving iptables mode)."""
+    if ruleset is None:
+        return tables_text(Chains({}, []), flannel)
+    jumps = [(t, c, r) for t in TABLES for c, r in JUMPS[t]]
+    return tables_text(Chains(ruleset.tables, jumps), flannel)
+
+
+def tables_text(ours: Chains, flannel: Chains) -> str:
+    """The nat and filter tables whole, for `iptables-restore` without --noflush:
+    built-in chains, our jumps first (as kube-proxy inserts them), then flannel's,
+    our chains, then flannel's. The IPVS mode writes its few chains with it too."""
     out: list[str] = []
     for table in TABLES:
-        ours = ruleset.tables[table] if ruleset else {}
-        theirs = flannel.chains.get(table, {})
+        mine, theirs = ours.chains.get(table, {}), flannel.chains.get(table, {})
         out.append(f"*{table}")
         out += [f":{c} ACCEPT [0:0]" for c in BUILTIN[table]]
-        out += [f":{c} - [0:0]" for c in list(ours) + list(theirs)]
-        out += [f"-A {c} {r}" for c, r in JUMPS[table]] if ruleset else []
-        out += [f"-A {c} {r}" for t, c, r in flannel.jumps if t == table]
-        for lines in list(ours.values()) + list(theirs.values()):
+        out += [f":{c} - [0:0]" for c in list(mine) + list(theirs)]
+        out += [f"-A {c} {r}" for t, c, r in ours.jumps + flannel.jumps if t == table]
+        for lines in list(mine.values()) + list(theirs.values()):
             out += lines
         out.append("COMMIT")
     return "\n".join(out) + "\n"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from labctl.model.objects import Topology
 from labctl.plumbing.node import Chains
 from labctl.proxy.endpoints import ServicePortInfo, service_ports
-from labctl.proxy.iptables import MASQ_MARK
+from labctl.proxy.iptables import MASQ_MARK, tables_text
 from labctl.proxy.policy import decide
 
 DEVICE = "kube-ipvs0"
@@ -244,23 +244,9 @@ def chains(cluster_cidr: str) -> Chains:
     return Chains({"nat": nat, "filter": filt}, jumps)
 
 
-BUILTIN = {"nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"), "filter": ("INPUT", "FORWARD", "OUTPUT")}
-
-
 def full(ours: Chains, flannel: Chains) -> str:
-    """The node's nat and filter tables whole (kube-proxy's jumps first, then flannel's), for
-    `iptables-restore` without --noflush."""
-    out: list[str] = []
-    for table in ("filter", "nat"):
-        mine, theirs = ours.chains.get(table, {}), flannel.chains.get(table, {})
-        out.append(f"*{table}")
-        out += [f":{c} ACCEPT [0:0]" for c in BUILTIN[table]]
-        out += [f":{c} - [0:0]" for c in list(mine) + list(theirs)]
-        out += [f"-A {c} {r}" for t, c, r in ours.jumps + flannel.jumps if t == table]
-        for lines in list(mine.values()) + list(theirs.values()):
-            out += lines
-        out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    """The node's nat and filter tables whole (kube-proxy's jumps first, then flannel's)."""
+    return tables_text(ours, flannel)
 
 
 # -- reconciling virtual servers -----------------------------------------------------
