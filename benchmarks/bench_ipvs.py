@@ -38,7 +38,7 @@ from bench_proxy import topology  # noqa: E402
 from labctl.kernel import netns, run  # noqa: E402
 from labctl.proxy import ipvs, ipvs_kernel  # noqa: E402
 from labctl.proxy.endpoints import service_ports  # noqa: E402
-from labctl.proxy.sync import _plan_ipvs  # noqa: E402
+from labctl.proxy.sync import _plan_ipvs, apply_ipvs_node  # noqa: E402
 
 NS = "labctl-bench-ipvs"
 
@@ -53,25 +53,15 @@ def fresh_namespace() -> None:
 
 
 def sync(topo, record, full_read: bool = False):
-    """What labctl's sync does for one node in IPVS mode; returns (seconds, record, changes)."""
+    """What labctl's sync does for one node in IPVS mode; returns (seconds, record, netlink requests)."""
     topo = replace(topo, lab=replace(topo.lab, proxy_mode="ipvs"))
     t = time.perf_counter()
     s = _plan_ipvs(topo, "node1", service_ports(topo), record)
-    changes = 0
+    requests = 0
     if s is not None:
-        want: ipvs.NodeIpvs = s.extra["ipvs"]
-        if s.full:
-            run.apply_all([run.Transaction(NS, ["ipset", "restore"], ipvs.ipset_full(want.sets))])
-        elif s.text:
-            run.apply_all([run.Transaction(NS, ["ipset", "restore"], s.text)])
-        have = ipvs_kernel.addresses(NS)
-        ipvs_kernel.set_addresses(NS, sorted(want.addresses - (have or set())), [], create=have is None)
-        current = ipvs_kernel.read(NS, None if (s.full or full_read) else s.extra["moved"], want.servers)
-        diff = ipvs.diff(current, want.servers)
-        changes = diff.requests
-        ipvs_kernel.apply(NS, diff)
-        record = {"mode": "ipvs", "services": s.services, "sets": s.extra["sets"]}
-    return time.perf_counter() - t, record, changes
+        requests = apply_ipvs_node(NS, s, full_read)
+        record = {"mode": "ipvs", "services": s.services, **s.extra}
+    return time.perf_counter() - t, record, requests
 
 
 def naive(n: int) -> tuple[float, int]:

@@ -11,7 +11,9 @@ of 50 ms on node2 adds 50 ms to every round trip through node2's link.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 from labctl.errors import InvalidInput
@@ -99,9 +101,6 @@ def from_spec(link: dict | None) -> Impairment:
 
 def netem_available() -> bool:
     """Whether this kernel has netem (loaded, built in, or a module modprobe can load), without touching it."""
-    import os
-    import subprocess
-
     if os.path.isdir("/sys/module/sch_netem"):
         return True
     try:

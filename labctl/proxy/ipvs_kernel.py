@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from labctl.errors import HostLacks, KernelError
-from labctl.kernel import netns
+from labctl.kernel import netns, run
 from labctl.proxy.ipvs import DEVICE, Changes, VirtualServer
 
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": socket.IPPROTO_SCTP}
@@ -191,7 +191,7 @@ def flush(ns: str) -> None:
 
 
 def _ip(ns: str, *argv: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["nsenter", f"--net={netns.path(ns)}", "--", "ip", *argv], input=input, capture_output=True, text=True)
+    return subprocess.run(run.in_netns(ns, ["ip", *argv]), input=input, capture_output=True, text=True)
 
 
 def addresses(ns: str) -> set[str] | None:

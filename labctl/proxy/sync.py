@@ -37,7 +37,9 @@ class NodeSync:
     changed: int  # service ports rendered
     left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
 
-    extra: dict | None = None  # IPVS mode: what the record keeps besides the services (sets, addresses)
+    extra: dict | None = None  # IPVS mode: what the record keeps besides the services (the sets' members)
+    ipvs_state: "ipvs.NodeIpvs | None" = None  # IPVS mode: the rendered node
+    moved: set | None = None  # IPVS mode, partial sync: virtual servers whose real servers are read back
 
     @property
     def replaced_filter(self) -> bool:
@@ -188,47 +190,48 @@ def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     virtual servers to read back (the others are as the last sync left them)."""
     want = ipvs.render(topo, node, infos)
     fps = {i.key: {"fp": f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}"} for i in infos}
-    extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}, "ipvs": want}
+    extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}}
     if rec is not None and rec.get("mode") == "ipvs":
         moved = {k for k, v in fps.items() if rec["services"].get(k) != v}
         changed = len(moved) + sum(1 for k in rec["services"] if k not in fps)
         if not changed:
             return None
         text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
-        extra["moved"] = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
-        return NodeSync(node, "ipvs", False, text, fps, changed, extra=extra)
+        reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
+        return NodeSync(node, "ipvs", False, text, fps, changed, extra=extra, ipvs_state=want, moved=reread)
     text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
-    return NodeSync(node, "ipvs", True, text, fps, len(fps), extra=extra)
+    return NodeSync(node, "ipvs", True, text, fps, len(fps), extra=extra, ipvs_state=want)
 
 
-def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
-    """Sets first (the rules match on them), then the rules (full syncs), addresses, the IPVS table;
-    stale addresses last. Nodes in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def apply_ipvs_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
+    """One node's IPVS sync: sets first (the rules match on them), the rules (full
+    syncs), sysctls, new addresses, the IPVS table, stale addresses last. Returns
+    the netlink requests sent to the IPVS table."""
     from labctl.kernel import netns
     from labctl.proxy import ipvs_kernel
 
+    want = s.ipvs_state
+    assert want is not None
+    sets = ipvs.ipset_full(want.sets) if s.full else s.text
+    run.apply_all([run.Transaction(ns, ["ipset", "restore"], sets)] if sets else [])
+    if s.full:
+        run.apply_all([run.Transaction(ns, ["iptables-restore"], s.text)])
+        netns.write_sysctls(ns, ipvs.SYSCTLS)
+    have = ipvs_kernel.addresses(ns)
+    ipvs_kernel.set_addresses(ns, sorted(want.addresses - (have or set())), [], create=have is None)
+    # a full sync reads every real server back; a partial one those of the service ports that moved
+    current = ipvs_kernel.read(ns, None if s.full or full_read else s.moved, want.servers)
+    changes = ipvs.diff(current, want.servers)
+    ipvs_kernel.apply(ns, changes)
+    ipvs_kernel.set_addresses(ns, [], sorted((have or set()) - want.addresses))
+    return changes.requests
+
+
+def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
+    """Every node's IPVS sync, nodes in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
     lab = topo.lab.name
-    ns = {s.node: names.node_netns(lab, s.node) for s in syncs}
-    run.apply_all([run.Transaction(ns[s.node], ["ipset", "restore"], ipvs.ipset_full(s.extra["ipvs"].sets)) for s in syncs if s.full])
-    run.apply_all([run.Transaction(ns[s.node], ["ipset", "restore"], s.text) for s in syncs if not s.full and s.text])
-    run.apply_all([run.Transaction(ns[s.node], ["iptables-restore"], s.text) for s in syncs if s.full])
-
-    def one(s: NodeSync) -> None:
-        want: ipvs.NodeIpvs = s.extra["ipvs"]
-        if s.full:
-            netns.write_sysctls(ns[s.node], ipvs.SYSCTLS)
-        have = ipvs_kernel.addresses(ns[s.node])
-        ipvs_kernel.set_addresses(ns[s.node], sorted(want.addresses - (have or set())), [], create=have is None)
-        # a full sync reads every real server back; a partial one those of the service ports that moved
-        current = ipvs_kernel.read(ns[s.node], None if s.full else s.extra["moved"], want.servers)
-        ipvs_kernel.apply(ns[s.node], ipvs.diff(current, want.servers))
-        ipvs_kernel.set_addresses(ns[s.node], [], sorted((have or set()) - want.addresses))
-
     with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
-        for f in [pool.submit(one, s) for s in syncs]:
+        for f in [pool.submit(apply_ipvs_node, names.node_netns(lab, s.node), s) for s in syncs]:
             f.result()
-    for s in syncs:
-        s.extra.pop("ipvs")
-        s.extra.pop("moved", None)
