@@ -13,7 +13,9 @@ For each proxy mode, in a scratch namespace standing for one node:
 
 Goals (issue #3): 10,000 services in under 5 s in either mode; a one-service
 change in a 10,000-service node under 200 ms; at least 50x faster per rule
-than the naive way. Results also go to benchmarks/results/bench_proxy.json.
+than the naive way. "floor" is the smallest transaction there is (one new
+chain with one rule) on the 10,000-service node: what any change costs in
+the tool and the kernel before labctl's own work. Results also go to benchmarks/results/bench_proxy.json.
 """
 
 from __future__ import annotations
@@ -86,6 +88,21 @@ def sync(mode: str, topo: Topology, record):
     return total, tool, rec, (ns.rules if ns else 0)
 
 
+FLOOR = {  # the smallest change a sync can make: one new chain with one rule, one transaction
+    "iptables": (["iptables-restore", "--noflush"], "*nat\n:LABCTL-BENCH-FLOOR - [0:0]\n-A LABCTL-BENCH-FLOOR -j RETURN\nCOMMIT\n"),
+    "nftables": (["nft", "-f", "-"], f"add chain {nftables.TABLE} labctl-bench-floor\nadd rule {nftables.TABLE} labctl-bench-floor return\n"),
+}
+
+
+def floor(mode: str) -> float:
+    """The tool's and the kernel's fixed cost of any transaction on the node as it is
+    (the table's cache read back, the whole table validated on commit)."""
+    argv, text = FLOOR[mode]
+    t = time.perf_counter()
+    run.apply_all([run.Transaction(NS, argv, text)])
+    return time.perf_counter() - t
+
+
 def naive(mode: str, n: int) -> tuple[float, int]:
     """One exec per rule, as a shell script calling iptables / nft would."""
     fresh_namespace()
@@ -150,16 +167,18 @@ def main() -> int:
                     part_s, part_tool, _, _ = sync(mode, topology(n, bump=n // 2), record)
                     row["partial_ms"] = round(part_s * 1000, 1)
                     row["partial_tool_ms"] = round(part_tool * 1000, 1)
+                    row["floor_ms"] = round(floor(mode) * 1000, 1)
                 results.append(row)
     finally:
         netns.delete(NS)
-    print(f"{'mode':>9} {'services':>9} {'rules':>8} {'full sync':>10} {'(tool)':>8} {'per rule':>10} {'naive/rule':>11} {'speed-up':>9} {'1-svc change':>13} {'(tool)':>8}")
+    print(f"{'mode':>9} {'services':>9} {'rules':>8} {'full sync':>10} {'(tool)':>8} {'per rule':>10} {'naive/rule':>11} {'speed-up':>9} {'1-svc change':>13} {'(tool)':>8} {'floor':>8}")
     for r in results:
         part = f"{r['partial_ms']:.0f} ms" if "partial_ms" in r else ""
         part_tool = f"{r['partial_tool_ms']:.0f} ms" if "partial_tool_ms" in r else ""
+        fl = f"{r['floor_ms']:.0f} ms" if "floor_ms" in r else ""
         print(
             f"{r['mode']:>9} {r['services']:>9} {r['rules']:>8} {r['full_s']:>9.2f}s {r['full_tool_s']:>7.2f}s {r['per_rule_us']:>8.1f}us "
-            f"{r['naive_per_rule_us']:>9.0f}us {r['naive_ratio']:>8.0f}x {part:>13} {part_tool:>8}"
+            f"{r['naive_per_rule_us']:>9.0f}us {r['naive_ratio']:>8.0f}x {part:>13} {part_tool:>8} {fl:>8}"
         )
         if r["services"] == 10000:
             ok &= r["full_s"] < GOAL_FULL_S and r.get("partial_ms", 0) < GOAL_PARTIAL_MS

@@ -9,15 +9,16 @@ endpoint of it). Endpoints are listed in address order.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
+import socket
 from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
 
 from labctl.model.objects import Pod, Service, ServicePort, Topology
 from labctl.proxy import names
 
 
-@dataclass(frozen=True)
-class Endpoint:
+class Endpoint(NamedTuple):
     ip: str
     port: int
     node: str | None
@@ -36,18 +37,18 @@ class ServicePortInfo:
     port: ServicePort
     endpoints: tuple[Endpoint, ...]
 
-    @property
+    @cached_property
     def spn(self) -> str:
         return names.port_name_string(self.service.namespace, self.service.name, self.port.name)
 
-    @property
+    @cached_property
     def proto(self) -> str:
         return self.port.protocol.lower()
 
     def local(self, node: str) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints if e.node == node)
 
-    @property
+    @cached_property
     def key(self) -> str:
         return f"{self.spn}/{self.proto}"
 
@@ -98,7 +99,7 @@ def ready_pods(topo: Topology, service: Service, index: PodIndex | None = None) 
     """The pods behind a service whatever its ports (a headless service's DNS
     addresses): selected, with an address, ready or published when not ready."""
     pods = (index or PodIndex(topo.pods)).select(service)
-    return sorted((p for p in pods if p.ip and (p.ready or service.publish_not_ready)), key=lambda p: ipaddress.IPv4Address(p.ip))
+    return sorted((p for p in pods if p.ip and (p.ready or service.publish_not_ready)), key=lambda p: socket.inet_aton(p.ip))
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
@@ -109,11 +110,7 @@ def target_port(pod: Pod, port: ServicePort) -> int | None:
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         by_ip = {n.ip: n.name for n in topo.lab.nodes}
-        out = []
-        for addr in service.static_endpoints:
-            ip, _, p = addr.rpartition(":")
-            out.append(Endpoint(ip, int(p), by_ip.get(ip), None))
-        return tuple(out)
+        return tuple(Endpoint(ip, int(p), by_ip.get(ip), None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
     out = []
     for pod in (index or PodIndex(topo.pods)).select(service):
         if pod.ip is None or not (pod.ready or service.publish_not_ready):
@@ -121,7 +118,7 @@ def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodInd
         target = _target(pod, port)
         if target is not None:
             out.append(Endpoint(pod.ip, target, pod.node, pod.key))
-    return tuple(sorted(out, key=lambda e: (ipaddress.IPv4Address(e.ip), e.port)))
+    return tuple(sorted(out, key=lambda e: (socket.inet_aton(e.ip), e.port)))
 
 
 def service_ports(topo: Topology, proxied_only: bool = True) -> list[ServicePortInfo]:

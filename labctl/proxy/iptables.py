@@ -5,7 +5,9 @@ KUBE-EXT-, KUBE-SEP-) and the rules it adds to the shared top-level chains
 (KUBE-SERVICES, KUBE-NODEPORTS, KUBE-EXTERNAL-SERVICES), laid out as
 kube-proxy lays them out: chain names, comments, statistic load balancing,
 masquerade marks, traffic policies, affinity with `-m recent`, REJECT/DROP in
-the filter table.
+the filter table. Past 1,000 endpoints in all, kube-proxy's "large cluster
+mode" drops the comments of the endpoint jumps and the KUBE-SEP- rules, as it
+does to keep big tables small; so does this renderer.
 
 Two kinds of transaction:
 - full: the node's whole nat and filter tables (flannel's chains too) in one
@@ -31,6 +33,7 @@ from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
 from labctl.proxy.policy import decide
 
 MASQ_MARK = "0x4000"
+LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 TABLES = ("filter", "nat")
 TOP = {
     "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
@@ -92,30 +95,39 @@ def _match(info: ServicePortInfo, comment: str, dport: int, extra: str = "") -> 
     return f"-p {info.proto} {_c(comment)}{extra} -m {info.proto} --dport {dport}"
 
 
-def _endpoint_jumps(piece: Piece, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...]) -> None:
+def large_cluster(infos: list[ServicePortInfo]) -> bool:
+    """kube-proxy's large cluster mode: more than 1,000 endpoints over all service ports."""
+    return sum(len(i.endpoints) for i in infos) > LARGE_CLUSTER_ENDPOINTS
+
+
+def _endpoint_jumps(piece: Piece, chain: str, info: ServicePortInfo, eps: tuple[Endpoint, ...], large: bool) -> None:
     spn = info.spn
     if info.service.session_affinity == "ClientIP":
         for ep in eps:
             sep = names.ipt_sep(spn, info.proto, ep.addr)
             t = info.service.affinity_timeout
-            piece.add(chain, f'{_c(f"{spn} -> {ep.addr}")} -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {t} --reap -j {sep}')
+            comment = "" if large else f'{_c(f"{spn} -> {ep.addr}")} '
+            piece.add(chain, f"{comment}-m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {t} --reap -j {sep}")
     n = len(eps)
     for i, ep in enumerate(eps):
         sep = names.ipt_sep(spn, info.proto, ep.addr)
-        stat = f" -m statistic --mode random --probability {1.0 / (n - i):0.10f}" if i < n - 1 else ""
-        piece.add(chain, f'{_c(f"{spn} -> {ep.addr}")}{stat} -j {sep}')
+        stat = f"-m statistic --mode random --probability {1.0 / (n - i):0.10f} " if i < n - 1 else ""
+        comment = "" if large else f'{_c(f"{spn} -> {ep.addr}")} '
+        piece.add(chain, f"{comment}{stat}-j {sep}")
 
 
-def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint) -> None:
+def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint, large: bool) -> None:
     spn = info.spn
     sep = names.ipt_sep(spn, info.proto, ep.addr)
-    piece.add(sep, f"-s {ep.ip}/32 {_c(spn)} -j KUBE-MARK-MASQ")
+    comment = "" if large else f" {_c(spn)}"
+    piece.add(sep, f"-s {ep.ip}/32{comment} -j KUBE-MARK-MASQ")
     recent = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if info.service.session_affinity == "ClientIP" else ""
-    piece.add(sep, f"-p {info.proto} {_c(spn)}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
+    piece.add(sep, f"-p {info.proto}{comment}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
 
 
-def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> Piece:
-    """The chains and top-level rules of one service port, on one node."""
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: bool = False) -> Piece:
+    """The chains and top-level rules of one service port, on one node (`large`:
+    kube-proxy's large cluster mode, see large_cluster)."""
     piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
     pol = decide(info, node)
@@ -160,11 +172,11 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> Piece
             if pol.has_external:
                 piece.add(ext, f"-j {svl}")
     if pol.uses_cluster:
-        _endpoint_jumps(piece, svc, info, pol.endpoints)
+        _endpoint_jumps(piece, svc, info, pol.endpoints, large)
     if pol.uses_local:
-        _endpoint_jumps(piece, svl, info, pol.local)
+        _endpoint_jumps(piece, svl, info, pol.local, large)
     for ep in pol.reached():
-        _endpoint_chain(piece, info, ep)
+        _endpoint_chain(piece, info, ep, large)
     return piece
 
 
@@ -219,7 +231,8 @@ def assemble(pieces: list[Piece]) -> Ruleset:
 def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> Ruleset:
     """The KUBE-* chains of one node, assembled in kube-proxy's order."""
     infos = infos if infos is not None else service_ports(topo)
-    return assemble([render_service(i, node, topo.lab.pod_network) for i in infos])
+    large = large_cluster(infos)
+    return assemble([render_service(i, node, topo.lab.pod_network, large) for i in infos])
 
 
 # -- transactions ---------------------------------------------------------------------

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 
-def _b32(text: str) -> str:
-    return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()
+def _b32(text: str, chars: int) -> str:
+    """The first `chars` (a multiple of 8, up to 48) characters of base32(sha256(text)):
+    encoding only the bytes they come from (5 per 8 characters) is the same text, faster."""
+    return base64.b32encode(hashlib.sha256(text.encode()).digest()[: chars * 5 // 8]).decode()
 
 
 def port_name_string(namespace: str, name: str, port_name: str | None) -> str:
@@ -25,15 +28,17 @@ def port_name_string(namespace: str, name: str, port_name: str | None) -> str:
 
 
 def ipt_chain(prefix: str, spn: str, protocol: str) -> str:
-    return prefix + _b32(spn + protocol)[:16]
+    return prefix + _b32(spn + protocol, 16)
 
 
+@lru_cache(maxsize=1 << 16)  # a service port's rules name each endpoint chain two or three times
 def ipt_sep(spn: str, protocol: str, endpoint: str) -> str:
-    return "KUBE-SEP-" + _b32(spn + protocol + endpoint)[:16]
+    return "KUBE-SEP-" + _b32(spn + protocol + endpoint, 16)
 
 
+@lru_cache(maxsize=1 << 16)
 def _nft_base(name: str) -> str:
-    return _b32(name)[:8] + "-" + name
+    return _b32(name, 8) + "-" + name
 
 
 def nft_base(namespace: str, svc: str, protocol: str, port_name: str | None) -> str:

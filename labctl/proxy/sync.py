@@ -106,25 +106,28 @@ def require_mode(mode: str, scheduler: str = "rr") -> None:
         run.require("iptables-restore", "iptables")
 
 
-def _render(mode: str, info: ServicePortInfo, node: str, cidr: str):
-    return (iptables if mode == "iptables" else nftables).render_service(info, node, cidr)
-
-
 def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None) -> NodeSync | None:
     mode = topo.lab.proxy_mode
     cidr = topo.lab.pod_network
-    fps = {i.key: i.fingerprint(node) for i in infos}
+    large = mode == "iptables" and iptables.large_cluster(infos)  # crossing it changes every service's rules
+    fps = {i.key: i.fingerprint(node) + ("+large" if large else "") for i in infos}
+
+    def _render(i: ServicePortInfo):
+        if mode == "iptables":
+            return iptables.render_service(i, node, cidr, large)
+        return nftables.render_service(i, node, cidr)
+
     usable = rec is not None and rec.get("mode") == mode
     if usable:
         old = rec["services"]
-        changed = {i.key: _render(mode, i, node, cidr) for i in infos if old.get(i.key, {}).get("fp") != fps[i.key]}
+        changed = {i.key: _render(i) for i in infos if old.get(i.key, {}).get("fp") != fps[i.key]}
         changed.update({k: None for k in old if k not in fps})
         module = iptables if mode == "iptables" else nftables
         text = module.partial(changed, old, fps)
         services = {k: v for k, v in old.items() if k in fps}
         services.update({k: piece.record(fps[k]) for k, piece in changed.items() if piece is not None})
         return NodeSync(node, mode, False, text, services, len(changed)) if text else None
-    pieces = {i.key: _render(mode, i, node, cidr) for i in infos}
+    pieces = {i.key: _render(i) for i in infos}
     if mode == "iptables":
         text = iptables.full(iptables.assemble(list(pieces.values())), masquerade_chains(topo.lab, topo.lab.node(node)))
     else:

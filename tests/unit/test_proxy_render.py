@@ -207,6 +207,49 @@ def test_a_record_of_another_mode_means_a_full_sync():
     assert node_sync(topo, rec=dict(rec, mode="nftables")).full
 
 
+
+def many_services(n: int, per_service: int = 5):
+    """n ClusterIP services with static endpoints (no pods), as the benchmark builds them."""
+    from labctl.model.objects import LabSpec, Node, Service, ServicePort, Topology
+
+    spec = LabSpec(name="big", service_network="10.96.0.0/12", nodes=(Node("node1", "10.10.20.10", "10.244.0.0/24"),))
+    return Topology(
+        lab=spec,
+        services=tuple(
+            Service(
+                namespace="big", name=f"s{i}", cluster_ip=f"10.96.{1 + i // 250}.{1 + i % 250}",
+                ports=(ServicePort(port=80, name="http", target_port=8080),),
+                static_endpoints=tuple(f"10.128.{i // 50}.{(i % 50) * 5 + k}:8080" for k in range(per_service)),
+            )
+            for i in range(n)
+        ),
+    )
+
+
+def test_large_cluster_mode_drops_the_endpoint_comments_past_1000_endpoints():
+    def rules_of(topo, service):
+        nat = chains(iptables.render(topo, "node1"), "nat")
+        svc = names.ipt_chain("KUBE-SVC-", f"big/{service}:http", "tcp")
+        sep = names.ipt_sep(f"big/{service}:http", "tcp", "10.128.0.0:8080")
+        return nat["KUBE-SERVICES"][0], nat[svc], nat[sep]
+
+    top, svc, sep = rules_of(many_services(200), "s0")  # 1,000 endpoints: not yet
+    assert all("--comment" in r for r in svc + sep)
+    top, svc, sep = rules_of(many_services(201), "s0")  # 1,005
+    assert '--comment "big/s0:http cluster IP"' in top and '--comment "big/s0:http cluster IP"' in svc[0], "dispatch and masquerade rules keep theirs"
+    assert not any("--comment" in r for r in svc[1:] + sep)
+    assert svc[1].split(" ", 2)[2].startswith("-m statistic --mode random --probability 0.2000000000 -j KUBE-SEP-")
+    assert sep == [f"-A {sep[0].split()[1]} -s 10.128.0.0/32 -j KUBE-MARK-MASQ", f"-A {sep[0].split()[1]} -p tcp -m tcp -j DNAT --to-destination 10.128.0.0:8080"]
+
+
+def test_crossing_the_large_cluster_threshold_rewrites_every_service():
+    rec = as_record(node_sync(many_services(200)))
+    ns = node_sync(many_services(201), rec=rec)
+    assert not ns.full and ns.changed == 201
+    rec = as_record(ns)
+    ns = node_sync(many_services(202), rec=rec)
+    assert ns.changed == 1, "past the threshold, one new service is one change"
+
 # -- nftables -------------------------------------------------------------------------------
 
 
