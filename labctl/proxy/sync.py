@@ -19,7 +19,7 @@ from labctl import failpoints, names
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.plumbing.node import masquerade_chains
-from labctl.proxy import iptables, ipvs, nftables
+from labctl.proxy import conntrack, iptables, ipvs, nftables
 from labctl.proxy.endpoints import ServicePortInfo, service_ports
 from labctl.state.store import LabDir
 
@@ -35,6 +35,7 @@ class NodeSync:
     text: str
     services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
     changed: int  # service ports rendered
+    touched: frozenset[str] = frozenset()  # keys of the service ports rendered or removed
     left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
 
     extra: dict | None = None  # IPVS mode: what the record keeps besides the services (the sets' members)
@@ -126,13 +127,13 @@ def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
         text = module.partial(changed, old, fps)
         services = {k: v for k, v in old.items() if k in fps}
         services.update({k: piece.record(fps[k]) for k, piece in changed.items() if piece is not None})
-        return NodeSync(node, mode, False, text, services, len(changed)) if text else None
+        return NodeSync(node, mode, False, text, services, len(changed), frozenset(changed)) if text else None
     pieces = {i.key: _render(i) for i in infos}
     if mode == "iptables":
         text = iptables.full(iptables.assemble(list(pieces.values())), masquerade_chains(topo.lab, topo.lab.node(node)))
     else:
         text = nftables.full(nftables.assemble(list(pieces.values())), topo.lab.service_network)
-    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, len(pieces))
+    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, len(pieces), frozenset(pieces))
 
 
 def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
@@ -155,9 +156,11 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
     """Bring every node's service rules to what `topo` says; returns the transactions run."""
     infos = service_ports(topo)
     lab = topo.lab.name
-    syncs, leaving = [], []
+    syncs, leaving, udp_before = [], [], {}
     for node in nodes or [n.name for n in topo.lab.nodes]:
         rec = read_record(labdir, node)
+        if rec is not None or _pending_path(labdir, node).exists():  # a new node has no conntrack entries yet
+            udp_before[node] = [tuple(f) for f in (rec or {}).get("udp", [])]
         left = False
         if rec is not None and rec.get("mode") not in (None, topo.lab.proxy_mode):
             leaving += _leave(topo, node, rec["mode"])
@@ -178,10 +181,31 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
     else:
         run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
     failpoints.hit("rules")
+    fronts = {s.node: conntrack.targets(infos, topo.lab.node(s.node).ip) for s in syncs}
     for s in syncs:
-        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {})})
+        udp = sorted(fronts[s.node])
+        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {}), "udp": udp})
         _pending_path(labdir, s.node).unlink()
+    _clean_udp(topo, syncs, fronts, udp_before)
     return syncs
+
+
+def _clean_udp(topo: Topology, syncs: list[NodeSync], fronts: dict, before: dict) -> None:
+    """After a sync that changed a UDP service port (or removed one), delete the node's
+    conntrack entries that still translate to an address that is no endpoint of it;
+    nodes in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = []
+    for s in syncs:
+        if s.node not in before or not any(k.endswith("/udp") for k in s.touched):
+            continue
+        frontends = dict(fronts[s.node])
+        frontends.update({(ip, port): frozenset() for ip, port in before[s.node] if (ip, port) not in frontends})
+        work.append((names.node_netns(topo.lab.name, s.node), frontends))
+    if work:
+        with ThreadPoolExecutor(max_workers=min(8, len(work))) as pool:
+            list(pool.map(lambda w: conntrack.clean(*w), work))
 
 
 # -- IPVS mode -------------------------------------------------------------------------
@@ -196,14 +220,15 @@ def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}}
     if rec is not None and rec.get("mode") == "ipvs":
         moved = {k for k, v in fps.items() if rec["services"].get(k) != v}
-        changed = len(moved) + sum(1 for k in rec["services"] if k not in fps)
+        removed = {k for k in rec["services"] if k not in fps}
+        changed = len(moved) + len(removed)
         if not changed:
             return None
         text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
         reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
-        return NodeSync(node, "ipvs", False, text, fps, changed, extra=extra, ipvs_state=want, moved=reread)
+        return NodeSync(node, "ipvs", False, text, fps, changed, frozenset(moved | removed), extra=extra, ipvs_state=want, moved=reread)
     text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
-    return NodeSync(node, "ipvs", True, text, fps, len(fps), extra=extra, ipvs_state=want)
+    return NodeSync(node, "ipvs", True, text, fps, len(fps), frozenset(fps), extra=extra, ipvs_state=want)
 
 
 def apply_ipvs_node(ns: str, s: NodeSync, full_read: bool = False) -> int:

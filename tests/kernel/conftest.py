@@ -77,7 +77,8 @@ class KernelLab:
     def jsh(self, ns: str, *argv: str):
         return json.loads(self.sh(ns, *argv) or "null")
 
-    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 1.0, via: str | None = None):
+    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 1.0, via: str | None = None, sport: int | None = None):
+        """A probe as `labctl probe` makes it (`sport`: this source port, so that probes are one flow)."""
         topo = self.topo
         a = resolve(topo, src, role="FROM")
         b = resolve(topo, dst, role="TO", via=via)
@@ -85,7 +86,7 @@ class KernelLab:
             port = port or default_port(b, proto)
         from labctl.probe import ports
 
-        return scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
+        return scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=sport or ports.reserve(topo.lab.name))
 
     def pod_ip(self, key: str) -> str:
         if "/" not in key:

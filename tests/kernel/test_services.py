@@ -153,6 +153,29 @@ def test_endpoints_follow_pods_and_readiness(lab, mode):
     assert lab.probe("client", "svc/default/web").served_by == "default/web-0"
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_udp_flow_leaves_an_endpoint_that_is_gone(lab, mode):
+    """One UDP flow (same source port) sticks to its endpoint through conntrack, until
+    that endpoint leaves the service: then the flow's entry is deleted, as kube-proxy
+    does, and the next datagram goes to a ready endpoint."""
+    s = svc("dns", {"app": "web"}, ports=((53, 5353),))
+    s["spec"]["ports"][0]["protocol"] = "UDP"
+    lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()), s)
+    flow = {"proto": "udp", "port": 53, "sport": 45353}
+    first = lab.probe("client", "svc/default/dns", **flow)
+    assert first.verdict == "open"
+    assert {lab.probe("client", "svc/default/dns", **flow).served_by for _ in range(5)} == {first.served_by}, "one flow, one endpoint"
+    other = ({"default/a", "default/b"} - {first.served_by}).pop()
+    lab.cli("ready", "--lab", lab.name, first.served_by.split("/")[1], "false")
+    after = lab.probe("client", "svc/default/dns", **flow)
+    assert after.verdict == "open" and after.served_by == other, (first, after)
+    entries = lab.sh(lab.node_ns("node1"), "conntrack", "-L", "-p", "udp", "--sport", "45353")
+    assert f"src={lab.pod_ip(other)}" in entries and f"src={lab.pod_ip(first.served_by)}" not in entries, entries
+    # a service removed: its flows go too
+    lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()))
+    assert "dport=53" not in lab.sh(lab.node_ns("node1"), "conntrack", "-L", "-p", "udp", "--sport", "45353")
+
+
 def _chain_dump(lab, mode, chain):
     ns = lab.node_ns("node1")
     if mode == "ipvs":  # alpha's virtual server and its real servers, without counters
