@@ -125,10 +125,8 @@ class Builder:
         self._links(plan, new)
         self._pods(plan, new)
         etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
-        self.progress("responder", 0)
-        responder.apply(self.dir, self.journal, new)
-        for pod in plan.add_pods + plan.commands_changed:
-            self.start_commands(new, pod)
+        # the rules first: a relabel or a moved endpoint takes effect without waiting on
+        # the responder's reload (which, for a new lab, has had the build to start up)
         self.progress("services", 0)
         self.synced = proxy_sync.sync(self.dir, new)
         self.progress("policies", 0)
@@ -136,6 +134,10 @@ class Builder:
         t = time.monotonic()
         self.policies_synced = policy_sync.sync(self.dir, new, replaced)
         self.policy_seconds = time.monotonic() - t
+        self.progress("responder", 0)
+        responder.apply(self.dir, self.journal, new)
+        for pod in plan.add_pods + plan.commands_changed:
+            self.start_commands(new, pod)
 
     def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
         lab = spec.name

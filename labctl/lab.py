@@ -103,6 +103,7 @@ class LabHandle:
         self.name = name
         self.dir = LabDir(name)
         self.journal = Journal(self.dir.journal)
+        self._applied: tuple[tuple[int, int, int], Topology | None] | None = None  # (state file identity, topology)
 
     # -- reading -------------------------------------------------------------
 
@@ -110,8 +111,18 @@ class LabHandle:
         return self.dir.exists()
 
     def applied(self) -> Topology | None:
-        state = self.dir.read_state()
-        return Topology.from_dict(state["topology"]) if state else None
+        """The running lab's topology. Read once per version of state.json (it is
+        replaced whole, never edited), so `apply`, which reads it to merge and
+        again under the lab's lock, parses it once."""
+        try:
+            st = self.dir.state_file.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if self._applied is None or self._applied[0] != key:
+            state = self.dir.read_state()
+            self._applied = (key, Topology.from_dict(state["topology"]) if state else None)
+        return self._applied[1]
 
     def state(self) -> dict[str, Any] | None:
         return self.dir.read_state()

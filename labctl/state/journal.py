@@ -35,6 +35,8 @@ class Owned:
 class Journal:
     def __init__(self, path: Path):
         self.path = Path(path)
+        # replay's memory: the bytes parsed so far, and what they say (netns, procs, files)
+        self._seen: tuple[bytes, dict[str, None], dict[str, dict], dict[str, None]] | None = None
 
     def append(self, entries: Iterable[dict]) -> None:
         data = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
@@ -77,35 +79,42 @@ class Journal:
         self.append({"op": "release", "kind": "file", "path": p} for p in paths)
 
     def replay(self) -> Owned:
-        owned = Owned()
-        seen: dict[str, None] = {}
-        files: dict[str, None] = {}
+        """What the lab owns now. The journal only grows, by whole lines: when the
+        file still begins with what was parsed last time, only the rest is parsed."""
         try:
-            lines = self.path.read_text().splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
-            return owned
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line cannot happen with O_APPEND writes, but never trust it
-            op = e.get("op")
-            if op == "netns":
-                seen[e["name"]] = None
-            elif op == "proc":
-                owned.procs[e["key"]] = {"token": e["token"]}
-            elif op == "pid" and e["key"] in owned.procs:
-                owned.procs[e["key"]].update(pid=e["pid"], start=e.get("start"))
-            elif op == "file":
-                files[e["path"]] = None
-            elif op == "release":
-                kind = e.get("kind")
-                if kind == "netns":
-                    seen.pop(e["name"], None)
-                elif kind == "proc":
-                    owned.procs.pop(e["key"], None)
-                elif kind == "file":
-                    files.pop(e["path"], None)
-        owned.netns = list(seen)
-        owned.files = list(files)
-        return owned
+            self._seen = None
+            return Owned()
+        if self._seen is None or not data.startswith(self._seen[0]):
+            self._seen = (b"", {}, {}, {})
+        parsed, netns, procs, files = self._seen
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        for line in data[len(parsed) : end].decode().splitlines():
+            _apply(line, netns, procs, files)
+        self._seen = (data[:end], netns, procs, files)
+        return Owned(list(netns), {k: dict(v) for k, v in procs.items()}, list(files))
+
+
+def _apply(line: str, netns: dict[str, None], procs: dict[str, dict], files: dict[str, None]) -> None:
+    try:
+        e = json.loads(line)
+    except json.JSONDecodeError:
+        return  # a torn line cannot happen with O_APPEND writes, but never trust it
+    op = e.get("op")
+    if op == "netns":
+        netns[e["name"]] = None
+    elif op == "proc":
+        procs[e["key"]] = {"token": e["token"]}
+    elif op == "pid" and e["key"] in procs:
+        procs[e["key"]].update(pid=e["pid"], start=e.get("start"))
+    elif op == "file":
+        files[e["path"]] = None
+    elif op == "release":
+        kind = e.get("kind")
+        if kind == "netns":
+            netns.pop(e["name"], None)
+        elif kind == "proc":
+            procs.pop(e["key"], None)
+        elif kind == "file":
+            files.pop(e["path"], None)

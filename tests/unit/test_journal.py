@@ -39,3 +39,26 @@ def test_garbage_lines_are_skipped_and_missing_journal_is_empty(tmp_path):
     assert j.replay().netns == []
     (tmp_path / "journal").write_text('{"op": "netns", "name": "a"}\nnot json\n{"op": "netns", "name": "b"}\n')
     assert j.replay().netns == ["a", "b"]
+
+
+def test_replay_reads_appended_lines_and_notices_a_journal_made_anew(tmp_path):
+    path = tmp_path / "journal"
+    j = Journal(path)
+    j.netns(["a", "b"])
+    owned = j.replay()
+    owned.netns.append("mutated by a caller")
+    owned2 = j.replay()
+    assert owned2.netns == ["a", "b"], "a caller's copy is its own"
+    Journal(path).release_netns(["a"])  # another process appends
+    with open(path, "a") as f:
+        f.write('{"op":"netns","na')  # a line being written
+    assert j.replay().netns == ["b"]
+    with open(path, "a") as f:
+        f.write('me":"c"}\n')
+    assert j.replay().netns == ["b", "c"]
+    path.unlink()
+    assert j.replay().netns == []
+    Journal(path).netns(["z"])  # down, then up again: a new journal
+    assert j.replay().netns == ["z"]
+    path.write_text('{"op":"netns","name":"y"}\n{"op":"netns","name":"b"}\n')  # same length, other content
+    assert j.replay().netns == ["y", "b"]
