@@ -42,7 +42,11 @@ cleanup() {
 trap cleanup EXIT
 tar -C "$root" -xf "$base"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
-cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+# this machine's way out, not labctl's needs: a CA its egress proxy signs with
+# (installed with the ca-certificates package) and pip told to trust it
+mkdir -p "$root/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$root/etc/pip.conf"
 mkdir -p "$root/home/vagrant/labctl"
 git -C "$repo" archive HEAD | tar -C "$root/home/vagrant/labctl" -xf -
 for m in proc sys dev run tmp; do
