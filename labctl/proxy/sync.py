@@ -34,13 +34,16 @@ class NodeSync:
     full: bool
     text: str
     services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
-    changed: int  # service ports rendered
-    touched: frozenset[str] = frozenset()  # keys of the service ports rendered or removed
+    touched: frozenset[str]  # keys of the service ports rendered or removed
     left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
 
     extra: dict | None = None  # IPVS mode: what the record keeps besides the services (the sets' members)
     ipvs_state: "ipvs.NodeIpvs | None" = None  # IPVS mode: the rendered node
     moved: set | None = None  # IPVS mode, partial sync: virtual servers whose real servers are read back
+
+    @property
+    def changed(self) -> int:
+        return len(self.touched)
 
     @property
     def replaced_filter(self) -> bool:
@@ -127,13 +130,13 @@ def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
         text = module.partial(changed, old, fps)
         services = {k: v for k, v in old.items() if k in fps}
         services.update({k: piece.record(fps[k]) for k, piece in changed.items() if piece is not None})
-        return NodeSync(node, mode, False, text, services, len(changed), frozenset(changed)) if text else None
+        return NodeSync(node, mode, False, text, services, frozenset(changed)) if text else None
     pieces = {i.key: _render(i) for i in infos}
     if mode == "iptables":
         text = iptables.full(iptables.assemble(list(pieces.values())), masquerade_chains(topo.lab, topo.lab.node(node)))
     else:
         text = nftables.full(nftables.assemble(list(pieces.values())), topo.lab.service_network)
-    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, len(pieces), frozenset(pieces))
+    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, frozenset(pieces))
 
 
 def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
@@ -221,14 +224,13 @@ def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     if rec is not None and rec.get("mode") == "ipvs":
         moved = {k for k, v in fps.items() if rec["services"].get(k) != v}
         removed = {k for k in rec["services"] if k not in fps}
-        changed = len(moved) + len(removed)
-        if not changed:
+        if not moved and not removed:
             return None
         text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
         reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
-        return NodeSync(node, "ipvs", False, text, fps, changed, frozenset(moved | removed), extra=extra, ipvs_state=want, moved=reread)
+        return NodeSync(node, "ipvs", False, text, fps, frozenset(moved | removed), extra=extra, ipvs_state=want, moved=reread)
     text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
-    return NodeSync(node, "ipvs", True, text, fps, len(fps), frozenset(fps), extra=extra, ipvs_state=want)
+    return NodeSync(node, "ipvs", True, text, fps, frozenset(fps), extra=extra, ipvs_state=want)
 
 
 def apply_ipvs_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
