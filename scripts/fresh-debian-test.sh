@@ -40,6 +40,8 @@ cleanup() {
   if [ -z "${LABCTL_FRESH_KEEP:-}" ]; then rm -rf "$root"; else echo "kept: $root"; fi
 }
 trap cleanup EXIT
+mount --bind "$root" "$root"  # / a mount point in the chroot, as `ip netns exec` expects
+mounted+=("$root")
 tar -C "$root" -xf "$base"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # this machine's way out, not labctl's needs: a CA its egress proxy signs with

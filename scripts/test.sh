@@ -3,7 +3,8 @@
 # kernel tests (real namespaces and packets) and end-to-end runs of the CLI
 # and scripts. Exits non-zero on any failure.
 #
-#   sudo scripts/test.sh                 # everything
+#   sudo scripts/test.sh                 # everything (then the stock-kernel VM tests and the
+#                                        # provisioning path on a bare Debian 12)
 #   sudo scripts/test.sh tests/unit      # any pytest arguments
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,4 +38,7 @@ if [ $# -eq 0 ]; then
   # IPVS and netem need a stock distribution kernel: the tests that use them run in a VM
   echo "==> pytest -m stock_kernel (Debian's stock kernel in a VM)"
   scripts/vm-test.sh
+  # the Vagrant VM's provisioning path, on a Debian 12 that has nothing installed
+  echo "==> scripts/fresh-debian-test.sh (setup.sh --link, then up/probe/down, on a bare Debian 12)"
+  scripts/fresh-debian-test.sh
 fi
