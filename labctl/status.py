@@ -86,6 +86,7 @@ def services(topo) -> list[dict[str, Any]]:
                 "endpoints": all_eps,
                 "loadBalancerIP": s.load_balancer_ip if s.type == "LoadBalancer" else None,
                 "announcedBy": speaker(topo, s),
+                "loadBalancerSourceRanges": list(s.load_balancer_source_ranges),
                 "externalIPs": list(s.external_ips),
                 "externalName": s.external_name,
                 "externalTrafficPolicy": s.external_traffic_policy,

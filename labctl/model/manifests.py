@@ -205,18 +205,10 @@ def _read_deployment(doc: Document, out: Objects) -> None:
 
 # -- Service -------------------------------------------------------------------
 
-_UNSUPPORTED_SERVICE_FIELDS = {
-    "loadBalancerSourceRanges": "source ranges on load balancers (KUBE-FW chains)",
-}
-
-
 @register("Service", "v1")
 def _read_service(doc: Document, out: Objects) -> None:
     meta = doc.data["metadata"]
     spec = doc.data.get("spec") or {}
-    for fld, meaning in _UNSUPPORTED_SERVICE_FIELDS.items():
-        if spec.get(fld):
-            out.problems.append(Problem(doc.where(), f"spec.{fld}", f"{meaning} are not supported by labctl yet"))
     affinity = spec.get("sessionAffinity") or "None"
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
     ports = tuple(
@@ -247,6 +239,7 @@ def _read_service(doc: Document, out: Objects) -> None:
             external_name=spec.get("externalName"),
             publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
             allocate_lb_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
+            load_balancer_source_ranges=tuple(str(r).strip() for r in spec.get("loadBalancerSourceRanges") or ()),
             doc=doc.index,
         )
     )

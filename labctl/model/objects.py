@@ -99,6 +99,7 @@ class Service:
     external_name: str | None = None
     publish_not_ready: bool = False
     allocate_lb_node_ports: bool = True
+    load_balancer_source_ranges: tuple[str, ...] = ()  # CIDRs allowed to the LoadBalancer IP (KUBE-FW-)
     static_endpoints: tuple[str, ...] = ()  # "ip:port" for services without a selector (the built-in kubernetes)
     doc: int = 0
 
@@ -239,6 +240,7 @@ class Topology:
             sv["ports"] = tuple(ServicePort(**p) for p in sv["ports"])
             sv["external_ips"] = tuple(sv["external_ips"])
             sv["static_endpoints"] = tuple(sv["static_endpoints"])
+            sv["load_balancer_source_ranges"] = tuple(sv.get("load_balancer_source_ranges") or ())
             services.append(Service(**sv))
         from labctl.model.policy import from_manifest
 

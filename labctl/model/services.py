@@ -156,6 +156,13 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
         bad("spec.type", "LoadBalancer services need spec.loadBalancerPool in the Lab document (first-last on the node network)")
     if s.load_balancer_ip and s.type != "LoadBalancer":
         bad("spec.loadBalancerIP", "only applies to type LoadBalancer")
+    if s.load_balancer_source_ranges:
+        if s.type != "LoadBalancer":
+            bad("spec.loadBalancerSourceRanges", "only applies to type LoadBalancer")
+        for i, cidr in enumerate(s.load_balancer_source_ranges):
+            v.parse_cidr(cidr, w, f"spec.loadBalancerSourceRanges[{i}]", problems)
+        if spec is not None and spec.proxy_mode == "ipvs":
+            bad("spec.loadBalancerSourceRanges", "is not supported with proxyMode ipvs yet (it is with iptables and nftables)")
     return problems
 
 

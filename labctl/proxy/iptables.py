@@ -125,15 +125,17 @@ def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint, large: bo
     piece.add(sep, f"-p {info.proto}{comment}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
 
 
-def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: bool = False) -> Piece:
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: bool = False, node_ip: str | None = None) -> Piece:
     """The chains and top-level rules of one service port, on one node (`large`:
-    kube-proxy's large cluster mode, see large_cluster)."""
+    kube-proxy's large cluster mode, see large_cluster; `node_ip`: the node's
+    address, which loadBalancerSourceRanges may cover)."""
     piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
     pol = decide(info, node)
     svc = names.ipt_chain("KUBE-SVC-", spn, proto)
     svl = names.ipt_chain("KUBE-SVL-", spn, proto)
     ext = names.ipt_chain("KUBE-EXT-", spn, proto)
+    fw = names.ipt_chain("KUBE-FW-", spn, proto)
     internal_chain = svl if pol.internal_local else svc
 
     # Dispatch: the nat table's KUBE-SERVICES and KUBE-NODEPORTS.
@@ -141,10 +143,15 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
         piece.add_top("nat", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
     if pol.has_endpoints:
         for what, ip in pol.externals:
-            piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {ext}")
+            target = fw if pol.firewalled and what == "loadbalancer IP" else ext
+            piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {target}")
         if pol.node_port:
             piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, pol.node_port)} -j {ext}")
 
+    # loadBalancerSourceRanges: what KUBE-FW- did not send on keeps the LoadBalancer IP, and is dropped.
+    if pol.firewalled:
+        for ip in pol.load_balancer_ips:
+            piece.add_top("filter", "KUBE-PROXY-FIREWALL", f"-d {ip}/32 {_match(info, f'{spn} traffic not accepted by {fw}', p.port)} -j DROP")
     # Refusals in the filter table: no endpoints -> REJECT, no local ones -> DROP.
     target = "REJECT --reject-with icmp-port-unreachable" if pol.refusal == "reject" else "DROP"
     why = "has no endpoints" if pol.refusal == "reject" else "has no local endpoints"
@@ -161,6 +168,13 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     # The service's own chains.
     if pol.has_internal:
         piece.add(internal_chain, f"! -s {cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
+    if pol.firewalled:
+        sources = list(pol.source_ranges)
+        if node_ip is not None and pol.covers(node_ip):  # a node reaching a LoadBalancer IP it holds comes from that IP
+            sources += [f"{ip}/32" for ip in pol.load_balancer_ips]
+        for cidr in sources:
+            piece.add(fw, f'-s {cidr} {_c(f"{spn} loadbalancer IP")} -j {ext}')
+        piece.add(fw, _c(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
     if pol.externally:
         if not pol.external_local:
             piece.add(ext, f'{_c(f"masquerade traffic for {spn} external destinations")} -j KUBE-MARK-MASQ')
@@ -232,7 +246,8 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
     """The KUBE-* chains of one node, assembled in kube-proxy's order."""
     infos = infos if infos is not None else service_ports(topo)
     large = large_cluster(infos)
-    return assemble([render_service(i, node, topo.lab.pod_network, large) for i in infos])
+    node_ip = topo.lab.node(node).ip
+    return assemble([render_service(i, node, topo.lab.pod_network, large, node_ip) for i in infos])
 
 
 # -- transactions ---------------------------------------------------------------------

@@ -109,8 +109,9 @@ def _dispatch(r: NftPiece, chain: str, info: ServicePortInfo, eps: tuple[Endpoin
     r.add(chain, f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
 
 
-def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> NftPiece:
-    """The chains, map elements and affinity sets of one service port, on one node."""
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, node_ip: str | None = None) -> NftPiece:
+    """The chains, map elements and affinity sets of one service port, on one node
+    (`node_ip`: the node's address, which loadBalancerSourceRanges may cover)."""
     r = NftPiece()
     s, p, proto = info.service, info.port, info.proto
     pol = decide(info, node)
@@ -132,6 +133,14 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str) -> NftPi
             r.element("service-ips", k, f"goto {ext}")
         if not pol.has_external:
             r.element("no-endpoint-services", k, verdict)
+    if pol.firewalled:  # checked before DNAT (filter-prerouting): other sources are dropped
+        fw = f"firewall-{base}"
+        sources = list(pol.source_ranges)
+        if node_ip is not None and pol.covers(node_ip):
+            sources += pol.load_balancer_ips
+        for ip in pol.load_balancer_ips:
+            r.element("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {fw}")
+        r.add(fw, f"ip saddr != {{ {', '.join(sources)} }} drop")
     if pol.node_port:
         if pol.has_endpoints:
             r.element("service-nodeports", f"{proto} . {pol.node_port}", f"goto {ext}")
@@ -177,7 +186,7 @@ def assemble(pieces: list[NftPiece]) -> NftRules:
 
 def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> NftRules:
     infos = infos if infos is not None else service_ports(topo)
-    return assemble([render_service(i, node, topo.lab.pod_network) for i in infos])
+    return assemble([render_service(i, node, topo.lab.pod_network, topo.lab.node(node).ip) for i in infos])
 
 
 # -- scripts ---------------------------------------------------------------------------

@@ -6,13 +6,15 @@ policy, and what happens when there are none. Pure; both renderers use it.
     internalTrafficPolicy is Local, else all of them;
     external traffic (NodePort, LoadBalancer IP, externalIPs) likewise with
     externalTrafficPolicy; pod and node traffic to an external destination
-    is short-circuited to the cluster endpoints.
+    is short-circuited to the cluster endpoints. With loadBalancerSourceRanges,
+    only those sources reach the LoadBalancer IP (others are dropped).
     No endpoints at all: reject. Endpoints, but none local for a Local
     policy: drop.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo
@@ -26,6 +28,20 @@ class PortPolicy:
     node_port: int | None
     internal_local: bool
     external_local: bool
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges (only on LoadBalancer services)
+
+    @property
+    def load_balancer_ips(self) -> list[str]:
+        return [ip for what, ip in self.externals if what == "loadbalancer IP"]
+
+    @property
+    def firewalled(self) -> bool:
+        """Traffic to the LoadBalancer IP is filtered by source (KUBE-FW- / firewall- chains)."""
+        return bool(self.source_ranges and self.load_balancer_ips)
+
+    def covers(self, ip: str) -> bool:
+        a = ipaddress.IPv4Address(ip)
+        return any(a in ipaddress.ip_network(c) for c in self.source_ranges)
 
     @property
     def has_endpoints(self) -> bool:
@@ -80,4 +96,5 @@ def decide(info: ServicePortInfo, node: str) -> PortPolicy:
         node_port=p.node_port if s.wants_node_ports else None,
         internal_local=s.internal_traffic_policy == "Local",
         external_local=s.external_traffic_policy == "Local",
+        source_ranges=s.load_balancer_source_ranges if s.type == "LoadBalancer" else (),
     )

@@ -116,10 +116,12 @@ def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     large = mode == "iptables" and iptables.large_cluster(infos)  # crossing it changes every service's rules
     fps = {i.key: i.fingerprint(node) + ("+large" if large else "") for i in infos}
 
+    node_ip = topo.lab.node(node).ip
+
     def _render(i: ServicePortInfo):
         if mode == "iptables":
-            return iptables.render_service(i, node, cidr, large)
-        return nftables.render_service(i, node, cidr)
+            return iptables.render_service(i, node, cidr, large, node_ip)
+        return nftables.render_service(i, node, cidr, node_ip)
 
     usable = rec is not None and rec.get("mode") == mode
     if usable:

@@ -121,6 +121,31 @@ def test_load_balancer_ip_answers_externals(lab, mode):
     assert neigh and neigh[0]["lladdr"] == node2_mac, "node2 (the one with the endpoint) answers ARP for the IP"
 
 
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
+    externals = [{"name": "client", "ip": "10.10.20.100"}, {"name": "other", "ip": "10.10.20.101"}]
+    lb = svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.100/32"])
+    lab_with(lab, mode, web("a", "node2"), pod("inside", node="node1", ports=()), lb, externals=externals)
+    r = lab.probe("ext/client", "svc/default/lb@lb")
+    assert r.verdict == "open" and r.served_by == "default/a"
+    assert lab.probe("ext/other", "svc/default/lb@lb", timeout=0.5).verdict == "filtered", "outside the ranges: dropped"
+    assert lab.probe("inside", "svc/default/lb@lb", timeout=0.5).verdict == "filtered", "pods are sources like any other"
+    assert lab.probe("ext/other", "svc/default/lb@nodeport", timeout=0.5).verdict == "open", "the NodePort is not filtered"
+    ip = lab.topo.service("default/lb").load_balancer_ip
+    if mode == "iptables":
+        fw = names.ipt_chain("KUBE-FW-", "default/lb", "tcp")
+        assert f"-A {fw} -s 10.10.20.100/32" in lab.sh(lab.node_ns("node1"), "iptables-save", "-t", "nat")
+        assert f"-d {ip}/32 -p tcp -m comment" in lab.sh(lab.node_ns("node1"), "iptables", "-S", "KUBE-PROXY-FIREWALL")
+    else:
+        listing = lab.sh(lab.node_ns("node1"), "nft", "list", "table", "ip", "kube-proxy")
+        assert f"{ip} . tcp . 80 : goto firewall-" in listing and "ip saddr != 10.10.20.100 drop" in listing, listing
+    # the ranges removed: a partial sync, and everyone is let in
+    del lb["spec"]["loadBalancerSourceRanges"]
+    lab_with(lab, mode, web("a", "node2"), pod("inside", node="node1", ports=()), lb, externals=externals)
+    assert lab.probe("ext/other", "svc/default/lb@lb").verdict == "open"
+    assert lab.probe("inside", "svc/default/lb@lb").verdict == "open"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_internal_traffic_policy_local(lab, mode):
     lab_with(lab, mode, web("a", "node1"), pod("near", node="node1", ports=()), pod("far", node="node2", ports=()),

@@ -134,9 +134,35 @@ def full_shapes():
         svc("itp", {"app": "web"}, internalTrafficPolicy="Local", ports=((80, 8080),)),
         svc("sticky", {"app": "web"}, sessionAffinity="ClientIP", ports=((80, 8080),)),
         svc("empty", {"app": "none"}, type="NodePort"),
+        svc("fw", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24"]),
         pods=[web_pod("a", "node1"), web_pod("b", "node1")],
         loadBalancerPool="10.10.20.200-10.10.20.201",
     )
+
+
+def test_load_balancer_source_ranges_iptables_golden():
+    lb = svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.96/27", "192.0.2.0/24"])
+    topo = topo_with(lb, pods=[web_pod("a", "node1")], loadBalancerPool="10.10.20.200-10.10.20.201")
+    rs = iptables.render(topo, "node1")
+    nat, filt = chains(rs, "nat"), chains(rs, "filter")
+    fw, ext = names.ipt_chain("KUBE-FW-", "default/db", "tcp"), names.ipt_chain("KUBE-EXT-", "default/db", "tcp")
+    assert f'-A KUBE-SERVICES -d 10.10.20.200/32 -p tcp -m comment --comment "default/db loadbalancer IP" -m tcp --dport 80 -j {fw}' in nat["KUBE-SERVICES"]
+    assert nat[fw] == [
+        f'-A {fw} -s 10.10.20.96/27 -m comment --comment "default/db loadbalancer IP" -j {ext}',
+        f'-A {fw} -s 192.0.2.0/24 -m comment --comment "default/db loadbalancer IP" -j {ext}',
+        f'-A {fw} -m comment --comment "other traffic to default/db will be dropped by KUBE-PROXY-FIREWALL"',
+    ], "node1 (10.10.20.10) is outside the ranges: no rule for its own LoadBalancer-IP-sourced traffic"
+    assert filt["KUBE-PROXY-FIREWALL"] == [
+        f'-A KUBE-PROXY-FIREWALL -d 10.10.20.200/32 -p tcp -m comment --comment "default/db traffic not accepted by {fw}" -m tcp --dport 80 -j DROP'
+    ]
+    covering = topo_with(svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24"]),
+                         pods=[web_pod("a", "node1")], loadBalancerPool="10.10.20.200-10.10.20.201")
+    rules = chains(iptables.render(covering, "node1"), "nat")[fw]
+    assert f'-A {fw} -s 10.10.20.200/32 -m comment --comment "default/db loadbalancer IP" -j {ext}' in rules, "the node is in a range: its LB-sourced traffic too"
+    nft = nftables.render(covering, "node1")
+    fwc = "firewall-" + names.nft_base("default", "db", "tcp", None)
+    assert nft.maps["firewall-ips"] == {"10.10.20.200 . tcp . 80": f"goto {fwc}"}
+    assert nft.chains[fwc] == ["ip saddr != { 10.10.20.0/24, 10.10.20.200 } drop"]
 
 
 def test_every_iptables_jump_target_is_defined():
@@ -147,6 +173,9 @@ def test_every_iptables_jump_target_is_defined():
         for table, chs in rs.tables.items():
             for rules in chs.values():
                 for r in rules:
+                    if " -j " not in r:  # KUBE-FW-'s last rule only counts what falls through
+                        assert "will be dropped by KUBE-PROXY-FIREWALL" in r, r
+                        continue
                     target = r.split(" -j ")[1].split()[0]
                     assert target in chs or target in targets, f"{node} {table}: {r}"
 

@@ -91,11 +91,23 @@ def test_allocations_are_stable_against_the_running_lab():
         ({"sessionAffinity": "Sticky"}, "spec.sessionAffinity: must be None or ClientIP"),
         ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}, "timeoutSeconds: 0 is out of range"),
         ({"externalIPs": ["1.2.3"]}, "spec.externalIPs[0]: '1.2.3' is not an IPv4 address"),
-        ({"loadBalancerSourceRanges": ["10.0.0.0/8"]}, "spec.loadBalancerSourceRanges: source ranges on load balancers"),
+        ({"loadBalancerSourceRanges": ["10.0.0.0/8"]}, "spec.loadBalancerSourceRanges: only applies to type LoadBalancer"),
     ],
 )
 def test_service_spec_problems(spec, expect):
     assert expect in one(dump(lab_doc(), svc("a", {"app": "a"}, **spec)))
+
+
+def test_load_balancer_source_ranges_are_cidrs_and_not_for_ipvs_yet():
+    lb = {"type": "LoadBalancer", "loadBalancerSourceRanges": [" 10.10.20.0/25", "10.10.20.300/32", "10.0.0.1/8"]}
+    msgs = problems(dump(lab_doc(**LB), svc("a", {"app": "a"}, **lb)))
+    assert any("spec.loadBalancerSourceRanges[1]: '10.10.20.300/32' is not a CIDR" in m for m in msgs), msgs
+    assert any("spec.loadBalancerSourceRanges[2]: '10.0.0.1/8' has host bits set; did you mean 10.0.0.0/8?" in m for m in msgs), msgs
+    assert len(msgs) == 2, "the first one is fine once its spaces are stripped, as kube-proxy does"
+    ok = {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.10.20.0/25"]}
+    assert load(dump(lab_doc(**LB), svc("a", {"app": "a"}, **ok))).service("default/a").load_balancer_source_ranges == ("10.10.20.0/25",)
+    msg = one(dump(lab_doc(proxyMode="ipvs", **LB), svc("a", {"app": "a"}, **ok)))
+    assert "spec.loadBalancerSourceRanges: is not supported with proxyMode ipvs yet" in msg
 
 
 def test_port_problems():
