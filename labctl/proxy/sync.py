@@ -98,6 +98,7 @@ def forget(labdir: LabDir, node: str) -> None:
 
 
 def require_mode(mode: str, scheduler: str = "rr") -> None:
+    run.require("conntrack", "conntrack")  # stale UDP entries are deleted after syncs, in every mode
     if mode == "ipvs":
         from labctl.proxy import ipvs_kernel
 
