@@ -58,10 +58,10 @@ class ServicePortInfo:
         facts = (
             s.namespace, s.name, s.type, s.cluster_ip, s.external_ips, s.load_balancer_ip, s.external_traffic_policy,
             s.internal_traffic_policy, s.session_affinity, s.affinity_timeout, s.allocate_lb_node_ports, s.load_balancer_source_ranges,
-            p.port, p.protocol, p.name, p.node_port, p is s.ports[0],
-            tuple((e.ip, e.port, e.node) for e in self.endpoints), node,
+            p.port, p.protocol, p.name, p.node_port, p is s.ports[0], node,
         )
-        return hashlib.sha1(repr(facts).encode()).hexdigest()[:16]
+        eps = ",".join([f"{e.ip}:{e.port}@{e.node}" for e in self.endpoints])  # cheaper than the repr of nested tuples
+        return hashlib.sha1(f"{facts!r}{eps}".encode()).hexdigest()[:16]
 
 
 def _target(pod: Pod, port: ServicePort) -> int | None:
