@@ -6,6 +6,9 @@ the query must go to the upstream (`forward`, run by the responder in a
 thread inside the DNS pod's namespace, so the forwarded query leaves from the
 pod, through its node, as CoreDNS's would).
 
+    <a-b-c-d>.<ns>.pod.<zone>  A a.b.c.d, for any well-formed address and
+                               namespace (CoreDNS's `pods insecure`, kubeadm's
+                               default)
     in the cluster zone        authoritative: the records, NODATA for a name
                                that exists without that type (or only has names
                                under it), NXDOMAIN otherwise; SOA in the
@@ -118,7 +121,7 @@ class Answerer:
         question = q.question[0]
         qname, qtype = question.name, question.rdtype
         key = qname.to_text().lower()
-        node = self.records.get(key)
+        node = self.records.get(key) or self._pod(qname)
         if node is None:
             r.set_rcode(dns.rcode.NOERROR if key in self.existing else dns.rcode.NXDOMAIN)
             r.authority.append(self.soa)
@@ -145,6 +148,17 @@ class Answerer:
                     if addrs:
                         r.additional.append(self._rrset(target, "A", addrs))
         return r
+
+    def _pod(self, qname: dns.name.Name) -> dict[str, list[Any]] | None:
+        """`<a-b-c-d>.<ns>.pod.<zone>`: an A record of the address the name spells."""
+        labels = qname.relativize(self.origin).labels if qname.is_subdomain(self.origin) else ()
+        if len(labels) != 3 or labels[2].lower() != b"pod":
+            return None
+        try:
+            ip = ipaddress.IPv4Address(labels[0].decode().replace("-", "."))
+        except ValueError:
+            return None
+        return {"A": [str(ip)]}
 
     def _status(self, q: dns.message.Message, rcode: int, tcp: bool) -> bytes:
         r = dns.message.make_response(q)

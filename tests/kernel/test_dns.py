@@ -136,6 +136,7 @@ def test_records_of_the_specification(dlab):
     assert dlab.short("client", "-x", a) == ["alpha.db.default.svc.cluster.local."]
     assert dlab.short("client", "search.default.svc.cluster.local", "CNAME") == ["www.example.com."]
     assert dlab.short("client", "dns-version.cluster.local", "TXT") == ['"1.1.0"']
+    assert dlab.short("client", f"{a.replace('.', '-')}.default.pod.cluster.local") == [a], "pods insecure: the name spells the address"
     assert status(dlab.dig("client", "nope.default.svc.cluster.local")) == "NXDOMAIN"
     assert status(dlab.dig("client", "nobody.default.svc.cluster.local")) == "NXDOMAIN", "headless without a ready endpoint"
     assert status(dlab.dig("client", "web.default.svc.cluster.local", "AAAA")) == "NOERROR", "the name exists: no data"

@@ -174,6 +174,16 @@ def test_nxdomain_nodata_and_empty_non_terminals(answerer):
     assert ask(answerer, "dns-version.cluster.local", "TXT").answer[0][0].strings == (b"1.1.0",)
 
 
+def test_pod_names_spell_their_address_as_coredns_pods_insecure_does(answerer):
+    m = ask(answerer, "10-244-1-7.shop.pod.cluster.local")
+    assert answers(m) == ["10.244.1.7"] and m.flags & dns.flags.AA
+    assert answers(ask(answerer, "10-244-0-2.Default.POD.cluster.local")) == ["10.244.0.2"]
+    nodata = ask(answerer, "10-244-1-7.shop.pod.cluster.local", "AAAA")
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer and nodata.authority
+    for bad in ("10-244-1.shop.pod.cluster.local", "10-244-1-300.shop.pod.cluster.local", "x.10-244-1-7.shop.pod.cluster.local"):
+        assert ask(answerer, bad).rcode() == dns.rcode.NXDOMAIN, bad
+
+
 def test_cname_is_chased_inside_the_zone(answerer):
     m = ask(answerer, "ext.shop.svc.cluster.local")
     assert [r.rdtype for r in m.answer] == [dns.rdatatype.CNAME, dns.rdatatype.A] and answers(m) == ["10.96.0.11", "web.default.svc.cluster.local."]
