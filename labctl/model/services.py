@@ -161,8 +161,6 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
             bad("spec.loadBalancerSourceRanges", "only applies to type LoadBalancer")
         for i, cidr in enumerate(s.load_balancer_source_ranges):
             v.parse_cidr(cidr, w, f"spec.loadBalancerSourceRanges[{i}]", problems)
-        if spec is not None and spec.proxy_mode == "ipvs":
-            bad("spec.loadBalancerSourceRanges", "is not supported with proxyMode ipvs yet (it is with iptables and nftables)")
     return problems
 
 

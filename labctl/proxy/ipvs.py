@@ -13,7 +13,11 @@ What a node holds, as kube-proxy's IPVS proxier lays it out:
   KUBE-LOOP-BACK, KUBE-NODE-PORT-TCP, ...);
 - those few rules: the masquerade mark for service traffic from outside the
   pod network, the hairpin masquerade, NodePort and LoadBalancer marks,
-  KUBE-IPVS-FILTER (a service IP on a port that is no service: rejected).
+  KUBE-IPVS-FILTER (a service IP on a port that is no service: rejected),
+  KUBE-SOURCE-RANGES-FIREWALL (loadBalancerSourceRanges: a LoadBalancer IP
+  in KUBE-LOAD-BALANCER-FW is let in only from KUBE-LOAD-BALANCER-SOURCE-CIDR).
+  Rules on sets are always written (kube-proxy leaves out those of empty
+  sets): an empty set matches nothing, so the datapath is the same.
 
 Traffic policies as kube-proxy's IPVS mode applies them: a Local policy gives
 the virtual server only this node's endpoints (none: the kernel answers ICMP
@@ -52,6 +56,9 @@ SETS = {
     "KUBE-EXTERNAL-IP-LOCAL": ("hash:ip,port", ""),
     "KUBE-LOAD-BALANCER": ("hash:ip,port", ""),
     "KUBE-LOAD-BALANCER-LOCAL": ("hash:ip,port", ""),
+    "KUBE-LOAD-BALANCER-FW": ("hash:ip,port", ""),
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR": ("hash:ip,port,net", ""),
+    "KUBE-LOAD-BALANCER-SOURCE-IP": ("hash:ip,port,ip", ""),
     "KUBE-NODE-PORT-TCP": ("bitmap:port", " range 0-65535"),
     "KUBE-NODE-PORT-LOCAL-TCP": ("bitmap:port", " range 0-65535"),
     "KUBE-NODE-PORT-UDP": ("bitmap:port", " range 0-65535"),
@@ -67,6 +74,9 @@ COMMENTS = {
     "KUBE-EXTERNAL-IP-LOCAL": "Kubernetes service external ip + port with externalTrafficPolicy=local",
     "KUBE-LOAD-BALANCER": "Kubernetes service lb portal",
     "KUBE-LOAD-BALANCER-LOCAL": "Kubernetes service load balancer ip + port with externalTrafficPolicy=local",
+    "KUBE-LOAD-BALANCER-FW": "Kubernetes service load balancer ip + port for load balancer with sourceRange",
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR": "Kubernetes service load balancer ip + port + source cidr for packet filter purpose",
+    "KUBE-LOAD-BALANCER-SOURCE-IP": "Kubernetes service load balancer ip + port + source IP for packet filter purpose",
     "KUBE-NODE-PORT-TCP": "Kubernetes nodeport TCP port for masquerade purpose",
     "KUBE-NODE-PORT-LOCAL-TCP": "Kubernetes nodeport TCP port with externalTrafficPolicy=local",
     "KUBE-NODE-PORT-UDP": "Kubernetes nodeport UDP port for masquerade purpose",
@@ -139,6 +149,12 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
             out.sets[f"KUBE-{kind}"].add(entry)
             if pol.external_local:
                 out.sets[f"KUBE-{kind}-LOCAL"].add(entry)
+            if kind == "LOAD-BALANCER" and pol.firewalled:
+                out.sets["KUBE-LOAD-BALANCER-FW"].add(entry)
+                for cidr in pol.source_ranges:
+                    out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in _hash_nets(cidr))
+                if pol.covers(node_ip):  # the node's own traffic to an IP it holds comes from that IP
+                    out.sets["KUBE-LOAD-BALANCER-SOURCE-IP"].add(f"{entry},{ip}")
             out.add(_vs(info, ip, p.port, external, sched))
         if pol.node_port:
             np = pol.node_port
@@ -153,6 +169,12 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
             out.add(_vs(info, node_ip, np, external, sched))
     out.sets["KUBE-IPVS-IPS"] = set(out.addresses)
     return out
+
+
+def _hash_nets(cidr: str) -> list[str]:
+    """A source range as hash:net members: they cannot hold a /0 (kube-proxy's own
+    add then fails and the range lets nothing in), so 0.0.0.0/0 is its two halves."""
+    return ["0.0.0.0/1", "128.0.0.0/1"] if cidr.endswith("/0") else [cidr]
 
 
 # -- ipsets ---------------------------------------------------------------------------
@@ -224,6 +246,10 @@ def chains(cluster_cidr: str) -> Chains:
     n("KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
     n("KUBE-POSTROUTING", f'{_c("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully')
 
+    f("KUBE-PROXY-FIREWALL", f'{_c(COMMENTS["KUBE-LOAD-BALANCER-FW"])} -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL')
+    for s in ("KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-LOAD-BALANCER-SOURCE-IP"):
+        f("KUBE-SOURCE-RANGES-FIREWALL", f"{_c(COMMENTS[s])} -m set --match-set {s} dst,dst,src -j RETURN")
+    f("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP")
     f("KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
     f("KUBE-FORWARD", f'{_c("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT')
     f("KUBE-FORWARD", f'{_c("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT')

@@ -121,7 +121,7 @@ def test_load_balancer_ip_answers_externals(lab, mode):
     assert neigh and neigh[0]["lladdr"] == node2_mac, "node2 (the one with the endpoint) answers ARP for the IP"
 
 
-@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("mode", MODES)
 def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
     externals = [{"name": "client", "ip": "10.10.20.100"}, {"name": "other", "ip": "10.10.20.101"}]
     lb = svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.100/32"])
@@ -136,9 +136,12 @@ def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
         fw = names.ipt_chain("KUBE-FW-", "default/lb", "tcp")
         assert f"-A {fw} -s 10.10.20.100/32" in lab.sh(lab.node_ns("node1"), "iptables-save", "-t", "nat")
         assert f"-d {ip}/32 -p tcp -m comment" in lab.sh(lab.node_ns("node1"), "iptables", "-S", "KUBE-PROXY-FIREWALL")
-    else:
+    elif mode == "nftables":
         listing = lab.sh(lab.node_ns("node1"), "nft", "list", "table", "ip", "kube-proxy")
         assert f"{ip} . tcp . 80 : goto firewall-" in listing and "ip saddr != 10.10.20.100 drop" in listing, listing
+    else:
+        members = lab.sh(lab.node_ns("node1"), "ipset", "list", "KUBE-LOAD-BALANCER-SOURCE-CIDR")
+        assert f"{ip},tcp:80,10.10.20.100" in members, members
     # the ranges removed: a partial sync, and everyone is let in
     del lb["spec"]["loadBalancerSourceRanges"]
     lab_with(lab, mode, web("a", "node2"), pod("inside", node="node1", ports=()), lb, externals=externals)

@@ -89,6 +89,21 @@ def test_remaining_iptables_rules_as_kube_proxy_writes_them():
     assert "KUBE-SVC-" not in text and "KUBE-SEP-" not in text
 
 
+def test_load_balancer_source_ranges_as_kube_proxy_sets_and_rules():
+    lb = svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24", "0.0.0.0/0"])
+    topo = topo_with(lb, proxyMode="ipvs", loadBalancerPool="10.10.20.200-10.10.20.201")
+    n = ipvs.render(topo, "node1")
+    e = "10.10.20.200,tcp:80"
+    assert n.sets["KUBE-LOAD-BALANCER-FW"] == {e}
+    assert n.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"] == {f"{e},10.10.20.0/24", f"{e},0.0.0.0/1", f"{e},128.0.0.0/1"}, "a /0 cannot be a hash:net member"
+    assert n.sets["KUBE-LOAD-BALANCER-SOURCE-IP"] == {f"{e},10.10.20.200"}, "node1 is inside a range: its traffic sourced from the LB IP too"
+    text = ipvs.full(ipvs.chains("10.244.0.0/16"), ipvs.Chains({}, []))
+    assert '-A KUBE-PROXY-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port for load balancer with sourceRange" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL' in text
+    assert '-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port + source cidr for packet filter purpose" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN' in text
+    assert text.index("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN") < text.index("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP")
+    assert not ipvs.render(topo_with(proxyMode="ipvs"), "node1").sets["KUBE-LOAD-BALANCER-FW"]
+
+
 def test_scheduler_is_validated_by_the_schema():
     with pytest.raises(InvalidInput) as e:
         topo_with(ipvsScheduler="fastest")

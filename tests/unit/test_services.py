@@ -98,7 +98,7 @@ def test_service_spec_problems(spec, expect):
     assert expect in one(dump(lab_doc(), svc("a", {"app": "a"}, **spec)))
 
 
-def test_load_balancer_source_ranges_are_cidrs_and_not_for_ipvs_yet():
+def test_load_balancer_source_ranges_are_cidrs():
     lb = {"type": "LoadBalancer", "loadBalancerSourceRanges": [" 10.10.20.0/25", "10.10.20.300/32", "10.0.0.1/8"]}
     msgs = problems(dump(lab_doc(**LB), svc("a", {"app": "a"}, **lb)))
     assert any("spec.loadBalancerSourceRanges[1]: '10.10.20.300/32' is not a CIDR" in m for m in msgs), msgs
@@ -106,8 +106,6 @@ def test_load_balancer_source_ranges_are_cidrs_and_not_for_ipvs_yet():
     assert len(msgs) == 2, "the first one is fine once its spaces are stripped, as kube-proxy does"
     ok = {"type": "LoadBalancer", "loadBalancerSourceRanges": ["10.10.20.0/25"]}
     assert load(dump(lab_doc(**LB), svc("a", {"app": "a"}, **ok))).service("default/a").load_balancer_source_ranges == ("10.10.20.0/25",)
-    msg = one(dump(lab_doc(proxyMode="ipvs", **LB), svc("a", {"app": "a"}, **ok)))
-    assert "spec.loadBalancerSourceRanges: is not supported with proxyMode ipvs yet" in msg
 
 
 def test_port_problems():
