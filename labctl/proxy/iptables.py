@@ -169,10 +169,8 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     if pol.has_internal:
         piece.add(internal_chain, f"! -s {cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
     if pol.firewalled:
-        sources = list(pol.source_ranges)
-        if node_ip is not None and pol.covers(node_ip):  # a node reaching a LoadBalancer IP it holds comes from that IP
-            sources += [f"{ip}/32" for ip in pol.load_balancer_ips]
-        for cidr in sources:
+        for src in pol.allowed_sources(node_ip):
+            cidr = src if "/" in src else f"{src}/32"
             piece.add(fw, f'-s {cidr} {_c(f"{spn} loadbalancer IP")} -j {ext}')
         piece.add(fw, _c(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
     if pol.externally:

@@ -151,10 +151,11 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
                 out.sets[f"KUBE-{kind}-LOCAL"].add(entry)
             if kind == "LOAD-BALANCER" and pol.firewalled:
                 out.sets["KUBE-LOAD-BALANCER-FW"].add(entry)
-                for cidr in pol.source_ranges:
-                    out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in _hash_nets(cidr))
-                if pol.covers(node_ip):  # the node's own traffic to an IP it holds comes from that IP
-                    out.sets["KUBE-LOAD-BALANCER-SOURCE-IP"].add(f"{entry},{ip}")
+                for src in pol.allowed_sources(node_ip):  # ranges (hash:net), the LB IP itself (hash:ip)
+                    if "/" in src:
+                        out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in _hash_nets(src))
+                    else:
+                        out.sets["KUBE-LOAD-BALANCER-SOURCE-IP"].add(f"{entry},{src}")
             out.add(_vs(info, ip, p.port, external, sched))
         if pol.node_port:
             np = pol.node_port

@@ -135,12 +135,9 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, node_ip:
             r.element("no-endpoint-services", k, verdict)
     if pol.firewalled:  # checked before DNAT (filter-prerouting): other sources are dropped
         fw = f"firewall-{base}"
-        sources = list(pol.source_ranges)
-        if node_ip is not None and pol.covers(node_ip):
-            sources += pol.load_balancer_ips
         for ip in pol.load_balancer_ips:
             r.element("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {fw}")
-        r.add(fw, f"ip saddr != {{ {', '.join(sources)} }} drop")
+        r.add(fw, f"ip saddr != {{ {', '.join(pol.allowed_sources(node_ip))} }} drop")
     if pol.node_port:
         if pol.has_endpoints:
             r.element("service-nodeports", f"{proto} . {pol.node_port}", f"goto {ext}")

@@ -43,6 +43,12 @@ class PortPolicy:
         a = ipaddress.IPv4Address(ip)
         return any(a in ipaddress.ip_network(c) for c in self.source_ranges)
 
+    def allowed_sources(self, node_ip: str | None) -> list[str]:
+        """Who may reach the LoadBalancer IP: the ranges, plus the IP itself when the
+        node is in a range (a node's own traffic to an IP it holds comes from it)."""
+        own = self.load_balancer_ips if node_ip is not None and self.covers(node_ip) else []
+        return list(self.source_ranges) + own
+
     @property
     def has_endpoints(self) -> bool:
         return bool(self.endpoints)
