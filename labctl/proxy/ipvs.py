@@ -194,8 +194,10 @@ def ipset_full(sets: dict[str, set[str]]) -> str:
 def ipset_update(sets: dict[str, set[str]], old: dict[str, list[str]]) -> str:
     """`ipset restore` input for the members that changed (empty: nothing to do)."""
     out = []
-    for name in SETS:
+    for name, (kind, opts) in SETS.items():
         was, will = set(old.get(name, ())), sets.get(name, set())
+        if name not in old and will:  # a set this node's record does not know (made by an older labctl)
+            out.append(f"create {name} {kind}{opts} -exist")
         out += [f"del {name} {m}" for m in sorted(was - will)]
         out += [f"add {name} {m}" for m in sorted(will - was)]
     return "\n".join(out) + "\n" if out else ""

@@ -75,6 +75,9 @@ def test_ipset_transactions():
     upd = ipvs.ipset_update({"KUBE-CLUSTER-IP": {"10.96.0.1,tcp:443", "10.96.0.9,udp:53"}}, {"KUBE-CLUSTER-IP": ["10.96.0.1,tcp:443", "10.96.0.8,tcp:80"]})
     assert upd == "del KUBE-CLUSTER-IP 10.96.0.8,tcp:80\nadd KUBE-CLUSTER-IP 10.96.0.9,udp:53\n"
     assert ipvs.ipset_update({"KUBE-CLUSTER-IP": {"a"}}, {"KUBE-CLUSTER-IP": ["a"]}) == ""
+    # a record written before a set existed (an older labctl): the set is made before its members
+    older = ipvs.ipset_update({"KUBE-CLUSTER-IP": {"a"}, "KUBE-LOAD-BALANCER-FW": {"b"}}, {"KUBE-CLUSTER-IP": ["a"]})
+    assert older == "create KUBE-LOAD-BALANCER-FW hash:ip,port -exist\nadd KUBE-LOAD-BALANCER-FW b\n"
 
 
 def test_remaining_iptables_rules_as_kube_proxy_writes_them():
