@@ -16,7 +16,11 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "fresh-debian-test.sh: debootstrap and chroot need root: sudo $0" >&2
   exit 3
 fi
-command -v debootstrap >/dev/null || { say "installing debootstrap"; apt-get install -y -q --no-install-recommends debootstrap >/dev/null; }
+if ! command -v debootstrap >/dev/null; then
+  say "installing debootstrap"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null
+fi
 mirror=$(awk '/^URIs:/ && $2 ~ /debian$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 mirror=${mirror:-http://deb.debian.org/debian}
 
