@@ -109,7 +109,9 @@ class Builder:
 
     # -- creation ----------------------------------------------------------------
 
-    def create(self, plan: Plan, new: Topology) -> None:
+    def create(self, plan: Plan, new: Topology, previous: Topology | None = None) -> None:
+        """Carry out the plan's creations and sync the rules (`previous`: the lab's
+        applied topology, which the rule syncs plan from)."""
         spec = new.lab
         for n in plan.add_nodes:  # a new node namespace holds no rules, whatever a record says
             proxy_sync.forget(self.dir, n.name)
@@ -128,7 +130,7 @@ class Builder:
         # the rules first: a relabel or a moved endpoint takes effect without waiting on
         # the responder's reload (which, for a new lab, has had the build to start up)
         self.progress("services", 0)
-        self.synced = proxy_sync.sync(self.dir, new)
+        self.synced = proxy_sync.sync(self.dir, new, previous=previous)
         self.progress("policies", 0)
         replaced = {s.node for s in self.synced if s.replaced_filter}
         t = time.monotonic()

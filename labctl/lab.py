@@ -179,10 +179,13 @@ class LabHandle:
             b = Builder(self.dir, self.journal, progress)
             if old is not None:
                 b.remove(p, old, topo)
-            b.create(p, topo)
+            b.create(p, topo, old)
             restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
             failpoints.hit("state")
             self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
+            from labctl.proxy.sync import confirm
+
+            confirm(self.dir)  # the state now describes what the rules were synced from
         return UpResult(
             self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced, policies_synced=b.policies_synced,
             policy_seconds=b.policy_seconds,

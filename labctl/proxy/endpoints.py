@@ -121,11 +121,33 @@ def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodInd
     return tuple(sorted(out, key=lambda e: (socket.inet_aton(e.ip), e.port)))
 
 
-def service_ports(topo: Topology, proxied_only: bool = True) -> list[ServicePortInfo]:
+def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | None = None) -> list[ServicePortInfo]:
+    """Every port of every (proxied) service with its endpoints; `only`: of those services alone."""
     index = PodIndex(topo.pods)
     return [
         ServicePortInfo(s, p, endpoints(topo, s, p, index))
         for s in topo.services
-        if s.proxied or not proxied_only
+        if (s.proxied or not proxied_only) and (only is None or s.key in only)
         for p in s.ports
     ]
+
+
+def affected_services(old: Topology | None, new: Topology) -> set[str] | None:
+    """Keys of the services whose ports' rules may differ between two topologies:
+    those whose own spec differs, and those selecting (before or after) a pod that
+    differs. None when that cannot be told (no old topology, or the Lab changed):
+    every service then. What kube-proxy's change tracker does with API events."""
+    if old is None or old.lab != new.lab:
+        return None
+    was = {s.key: s for s in old.services}
+    now = {s.key: s for s in new.services}
+    out = {k for k in was.keys() | now.keys() if was.get(k) != now.get(k)}
+    pods_was = {p.key: p for p in old.pods}
+    pods_now = {p.key: p for p in new.pods}
+    moved = [p for k in pods_was.keys() | pods_now.keys() if pods_was.get(k) != pods_now.get(k) for p in (pods_was.get(k), pods_now.get(k)) if p is not None]
+    if moved:
+        by_ns: dict[str, list[Service]] = {}
+        for s in (*was.values(), *now.values()):
+            by_ns.setdefault(s.namespace, []).append(s)
+        out |= {s.key for p in moved for s in by_ns.get(p.namespace, ()) if selects(s, p)}
+    return out

@@ -20,11 +20,11 @@ from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.plumbing.node import masquerade_chains
 from labctl.proxy import conntrack, iptables, ipvs, nftables
-from labctl.proxy.endpoints import ServicePortInfo, service_ports
+from labctl.proxy.endpoints import ServicePortInfo, affected_services, service_ports
 from labctl.state.store import LabDir
 
 MODES = ("iptables", "nftables", "ipvs")
-RECORD_VERSION = 2
+RECORD_VERSION = 3  # 3: per service port, its endpoint count and UDP frontends
 
 
 @dataclass
@@ -35,6 +35,7 @@ class NodeSync:
     text: str
     services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
     touched: frozenset[str]  # keys of the service ports rendered or removed
+    udp: dict | None = None  # the touched UDP ports' frontends -> their endpoints now (stale conntrack entries)
     left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
 
     extra: dict | None = None  # IPVS mode: what the record keeps besides the services (the sets' members)
@@ -111,35 +112,74 @@ def require_mode(mode: str, scheduler: str = "rr") -> None:
         run.require("iptables-restore", "iptables")
 
 
-def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None) -> NodeSync | None:
+RESCAN = object()  # a scoped plan cannot be made: plan again with every service port
+
+
+def _service_of(key: str) -> str:
+    """The service key (ns/name) of a service port key (ns/name[:port]/proto)."""
+    return key.rsplit("/", 1)[0].split(":", 1)[0]
+
+
+def _entry(info: ServicePortInfo, node_ip: str) -> dict:
+    """What a node's record keeps of a service port besides its rules: its endpoint
+    count (kube-proxy's large-cluster threshold counts them all) and its UDP frontends."""
+    return {"eps": len(info.endpoints), "udp": sorted(conntrack.targets([info], node_ip))}
+
+
+def _udp_frontends(infos: dict[str, ServicePortInfo], touched, old: dict, node_ip: str) -> dict:
+    """The frontends of the touched UDP service ports -> the endpoints now (none for a
+    frontend that went away): where stale conntrack entries may point."""
+    out: dict = {}
+    for k in touched:
+        if k.endswith("/udp"):
+            out.update({tuple(fe): frozenset() for fe in old.get(k, {}).get("udp", [])})
+    for k in touched:
+        if k.endswith("/udp") and k in infos:
+            out.update(conntrack.targets([infos[k]], node_ip))
+    return out
+
+
+def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dict | None, scope: set[str] | None = None):
+    """The node's iptables or nftables sync; None when nothing changed. `scope`: `infos`
+    holds only these services' ports (the others are as the record says), or RESCAN
+    when that is not enough to plan."""
     mode = topo.lab.proxy_mode
     cidr = topo.lab.pod_network
-    large = mode == "iptables" and iptables.large_cluster(infos)  # crossing it changes every service's rules
-    fps = {i.key: i.fingerprint(node) + ("+large" if large else "") for i in infos}
-
     node_ip = topo.lab.node(node).ip
+    usable = rec is not None and rec.get("mode") == mode
+    old = rec["services"] if usable else {}
+    kept = {k: v for k, v in old.items() if _service_of(k) not in scope} if scope is not None else {}
+    if scope is not None and (not usable or any("eps" not in v for v in kept.values())):
+        return RESCAN
+    total = sum(v["eps"] for v in kept.values()) + sum(len(i.endpoints) for i in infos)
+    large = mode == "iptables" and total > iptables.LARGE_CLUSTER_ENDPOINTS
+    if any(v["fp"].endswith("+large") != large for v in kept.values()):
+        return RESCAN  # crossing kube-proxy's large-cluster threshold changes every service's rules
+    fps = {i.key: i.fingerprint(node) + ("+large" if large else "") for i in infos}
+    by_key = {i.key: i for i in infos}
 
     def _render(i: ServicePortInfo):
         if mode == "iptables":
             return iptables.render_service(i, node, cidr, large, node_ip)
         return nftables.render_service(i, node, cidr, node_ip)
 
-    usable = rec is not None and rec.get("mode") == mode
     if usable:
-        old = rec["services"]
         changed = {i.key: _render(i) for i in infos if old.get(i.key, {}).get("fp") != fps[i.key]}
-        changed.update({k: None for k in old if k not in fps})
+        changed.update({k: None for k in old if k not in fps and k not in kept})
         module = iptables if mode == "iptables" else nftables
         text = module.partial(changed, old, fps)
-        services = {k: v for k, v in old.items() if k in fps}
-        services.update({k: piece.record(fps[k]) for k, piece in changed.items() if piece is not None})
-        return NodeSync(node, mode, False, text, services, frozenset(changed)) if text else None
+        services = dict(kept)
+        services.update({k: {**old[k], **_entry(i, node_ip)} for k, i in by_key.items() if k in old and k not in changed})
+        services.update({k: {**piece.record(fps[k]), **_entry(by_key[k], node_ip)} for k, piece in changed.items() if piece is not None})
+        udp = _udp_frontends(by_key, changed, old, node_ip)
+        return NodeSync(node, mode, False, text, services, frozenset(changed), udp) if text else None
     pieces = {i.key: _render(i) for i in infos}
     if mode == "iptables":
         text = iptables.full(iptables.assemble(list(pieces.values())), masquerade_chains(topo.lab, topo.lab.node(node)))
     else:
         text = nftables.full(nftables.assemble(list(pieces.values())), topo.lab.service_network)
-    return NodeSync(node, mode, True, text, {k: p.record(fps[k]) for k, p in pieces.items()}, frozenset(pieces))
+    services = {k: {**p.record(fps[k]), **_entry(by_key[k], node_ip)} for k, p in pieces.items()}
+    return NodeSync(node, mode, True, text, services, frozenset(pieces), _udp_frontends(by_key, pieces, {}, node_ip))
 
 
 def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
@@ -158,21 +198,51 @@ def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
     return [run.Transaction(ns, ["nft", "-f", "-"], f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n")]
 
 
-def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list[NodeSync]:
-    """Bring every node's service rules to what `topo` says; returns the transactions run."""
-    infos = service_ports(topo)
+def _unconfirmed(labdir: LabDir) -> Path:
+    return labdir.path / "proxy" / "unconfirmed"
+
+
+def confirm(labdir: LabDir) -> None:
+    """The lab's state now says what the last sync was made from: the next sync may
+    plan from the difference between that state and its topology."""
+    _unconfirmed(labdir).unlink(missing_ok=True)
+
+
+def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previous: Topology | None = None) -> list[NodeSync]:
+    """Bring every node's service rules to what `topo` says; returns the transactions run.
+    `previous`: the topology the records were synced from (the lab's state), so that only
+    the services it differs in are looked at; without it, every service port is."""
     lab = topo.lab.name
-    syncs, leaving, udp_before = [], [], {}
+    mode = topo.lab.proxy_mode
+    # a sync whose state was never written (a crash in between) leaves records the state does not describe
+    scope = affected_services(previous, topo) if previous is not None and not _unconfirmed(labdir).exists() else None
+    _unconfirmed(labdir).parent.mkdir(exist_ok=True)
+    _unconfirmed(labdir).touch()
+    everything: list[ServicePortInfo] | None = None
+
+    def all_ports() -> list[ServicePortInfo]:
+        nonlocal everything
+        if everything is None:
+            everything = service_ports(topo)
+        return everything
+
+    scoped = service_ports(topo, only=scope) if scope is not None and mode != "ipvs" else None
+    syncs, leaving, known = [], [], set()
     for node in nodes or [n.name for n in topo.lab.nodes]:
         rec = read_record(labdir, node)
         if rec is not None or _pending_path(labdir, node).exists():  # a new node has no conntrack entries yet
-            udp_before[node] = [tuple(f) for f in (rec or {}).get("udp", [])]
+            known.add(node)
         left = False
-        if rec is not None and rec.get("mode") not in (None, topo.lab.proxy_mode):
+        if rec is not None and rec.get("mode") not in (None, mode):
             leaving += _leave(topo, node, rec["mode"])
             left = rec["mode"] in ("iptables", "ipvs")
             rec = None
-        s = (_plan_ipvs if topo.lab.proxy_mode == "ipvs" else _plan_node)(topo, node, infos, rec)
+        if mode == "ipvs":
+            s = _plan_ipvs(topo, node, all_ports(), rec)
+        else:
+            s = _plan_node(topo, node, scoped, rec, scope) if scoped is not None else RESCAN
+            if s is RESCAN:
+                s = _plan_node(topo, node, all_ports(), rec)
         if s is not None:
             s.left_iptables = left
             syncs.append(s)
@@ -182,36 +252,27 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None) -> list
     for s in syncs:  # pending until its transaction is in: a crash in between means a full sync next time
         _pending_path(labdir, s.node).parent.mkdir(exist_ok=True)
         _pending_path(labdir, s.node).touch()
-    if topo.lab.proxy_mode == "ipvs":
+    if mode == "ipvs":
         _apply_ipvs(topo, syncs)
     else:
         run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
     failpoints.hit("rules")
-    fronts = {s.node: conntrack.targets(infos, topo.lab.node(s.node).ip) for s in syncs}
     for s in syncs:
-        udp = sorted(fronts[s.node])
-        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {}), "udp": udp})
+        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {})})
         _pending_path(labdir, s.node).unlink()
-    _clean_udp(topo, syncs, fronts, udp_before)
+    _clean_udp(topo, [s for s in syncs if s.node in known and s.udp])
     return syncs
 
 
-def _clean_udp(topo: Topology, syncs: list[NodeSync], fronts: dict, before: dict) -> None:
+def _clean_udp(topo: Topology, syncs: list[NodeSync]) -> None:
     """After a sync that changed a UDP service port (or removed one), delete the node's
     conntrack entries that still translate to an address that is no endpoint of it;
     nodes in parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
-    work = []
-    for s in syncs:
-        if s.node not in before or not any(k.endswith("/udp") for k in s.touched):
-            continue
-        frontends = dict(fronts[s.node])
-        frontends.update({(ip, port): frozenset() for ip, port in before[s.node] if (ip, port) not in frontends})
-        work.append((names.node_netns(topo.lab.name, s.node), frontends))
-    if work:
-        with ThreadPoolExecutor(max_workers=min(8, len(work))) as pool:
-            list(pool.map(lambda w: conntrack.clean(*w), work))
+    if syncs:
+        with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
+            list(pool.map(lambda s: conntrack.clean(names.node_netns(topo.lab.name, s.node), s.udp), syncs))
 
 
 # -- IPVS mode -------------------------------------------------------------------------
@@ -222,18 +283,24 @@ def _plan_ipvs(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     port's fingerprint moved, else the set members that changed, and the moved ports'
     virtual servers to read back (the others are as the last sync left them)."""
     want = ipvs.render(topo, node, infos)
-    fps = {i.key: {"fp": f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}"} for i in infos}
+    node_ip = topo.lab.node(node).ip
+    by_key = {i.key: i for i in infos}
+    fps = {i.key: f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}" for i in infos}
+    services = {k: {"fp": fp, **_entry(by_key[k], node_ip)} for k, fp in fps.items()}
     extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}}
     if rec is not None and rec.get("mode") == "ipvs":
-        moved = {k for k, v in fps.items() if rec["services"].get(k) != v}
-        removed = {k for k in rec["services"] if k not in fps}
+        old = rec["services"]
+        moved = {k for k, fp in fps.items() if old.get(k, {}).get("fp") != fp}
+        removed = {k for k in old if k not in fps}
         if not moved and not removed:
             return None
         text = ipvs.ipset_update(want.sets, rec.get("sets", {}))
         reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
-        return NodeSync(node, "ipvs", False, text, fps, frozenset(moved | removed), extra=extra, ipvs_state=want, moved=reread)
+        udp = _udp_frontends(by_key, moved | removed, old, node_ip)
+        return NodeSync(node, "ipvs", False, text, services, frozenset(moved | removed), udp, extra=extra, ipvs_state=want, moved=reread)
     text = ipvs.full(ipvs.chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
-    return NodeSync(node, "ipvs", True, text, fps, frozenset(fps), extra=extra, ipvs_state=want)
+    udp = _udp_frontends(by_key, fps, {}, node_ip)
+    return NodeSync(node, "ipvs", True, text, services, frozenset(fps), udp, extra=extra, ipvs_state=want)
 
 
 def apply_ipvs_node(ns: str, s: NodeSync, full_read: bool = False) -> int:

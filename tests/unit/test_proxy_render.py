@@ -191,6 +191,47 @@ def as_record(ns):
     return {"mode": ns.mode, "services": ns.services}
 
 
+def test_a_plan_from_the_difference_equals_the_plan_from_every_service():
+    """What `up` does with the lab's state at hand: only the services that differ, or
+    select a pod that differs, are looked at; the transaction and the record must be
+    those of a plan that looks at every service."""
+    from dataclasses import replace
+
+    from labctl.proxy.endpoints import affected_services, service_ports
+    from labctl.proxy.sync import RESCAN, _plan_node
+
+    dns = svc("dns", {"app": "web"}, ports=((53, 8080),))
+    dns["spec"]["ports"][0]["protocol"] = "UDP"
+    pods = [web_pod("a", "node1"), web_pod("b", "node2"), web_pod("o", "node2", labels={"app": "other"})]
+    for mode in ("iptables", "nftables"):
+        base = topo_with(web_http(), dns, svc("other", {"app": "other"}, ports=((81, 8080),)), pods=pods, proxyMode=mode,
+                         loadBalancerPool="10.10.20.200-10.10.20.201")
+        rec = as_record(node_sync(base))
+        a, b, o = base.pod("default/a"), base.pod("default/b"), base.pod("default/o")
+        other = base.service("default/other")
+        variants = {
+            "relabel out": replace(base, pods=(a, replace(b, labels={"app": "none"}), o)),
+            "not ready": replace(base, pods=(replace(a, ready=False), b, o)),
+            "pod gone": replace(base, pods=(a, o)),
+            "pod added": replace(base, pods=(a, b, o, replace(b, name="c", ip="10.244.1.9"))),
+            "service changed": replace(base, services=tuple(replace(s, session_affinity="ClientIP") if s is other else s for s in base.services)),
+            "service gone": replace(base, services=tuple(s for s in base.services if s is not other)),
+            "service added": replace(base, services=base.services + (replace(other, name="more", cluster_ip="10.96.0.99"),)),
+            "nothing": base,
+        }
+        for what, new in variants.items():
+            scope = affected_services(base, new)
+            full = _plan_node(new, "node1", service_ports(new), rec)
+            scoped = _plan_node(new, "node1", service_ports(new, only=scope), rec, scope)
+            assert scoped is not RESCAN, what
+            assert (scoped is None) == (full is None), what
+            if full is not None:
+                assert (scoped.text, scoped.services, scoped.touched, scoped.udp) == (full.text, full.services, full.touched, full.udp), (mode, what)
+            assert len(scope) <= 2, (what, scope)
+        assert affected_services(base, variants["not ready"]) == {"default/web", "default/dns"}
+        assert affected_services(None, base) is None and affected_services(base, replace(base, lab=replace(base.lab, name="x"))) is None
+
+
 def test_full_sync_replaces_the_tables_with_flannel_and_kube_proxy_chains():
     ns = node_sync(topo_with(web_http()))
     assert ns.full and ns.argv == ["iptables-restore"]
@@ -272,8 +313,15 @@ def test_large_cluster_mode_drops_the_endpoint_comments_past_1000_endpoints():
 
 
 def test_crossing_the_large_cluster_threshold_rewrites_every_service():
+    from labctl.proxy.endpoints import affected_services, service_ports
+    from labctl.proxy.sync import RESCAN, _plan_node
+
     rec = as_record(node_sync(many_services(200)))
-    ns = node_sync(many_services(201), rec=rec)
+    base, grown = many_services(200), many_services(201)
+    scope = affected_services(base, grown)
+    assert scope == {"big/s200"}
+    assert _plan_node(grown, "node1", service_ports(grown, only=scope), rec, scope) is RESCAN, "one new service, but every one's rules change"
+    ns = node_sync(grown, rec=rec)
     assert not ns.full and ns.changed == 201
     rec = as_record(ns)
     ns = node_sync(many_services(202), rec=rec)
