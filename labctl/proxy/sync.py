@@ -4,9 +4,12 @@ nodes in parallel.
 Each node has a record (<statedir>/proxy/<node>.json): the mode, and per
 service port a fingerprint of everything its rules depend on plus what its
 rules put in the kernel. With a record, a sync is partial: only service ports
-whose fingerprint changed are rendered and written. Without one (a new node,
-a record left pending by a sync that never finished, a changed proxyMode) the
-sync is full and replaces the node's tables, so it is always safe.
+whose fingerprint changed are rendered and written; and with the lab's state
+(the topology the records were synced from) only the services that differ
+from it, or select a pod that differs, are fingerprinted at all. Without a
+record (a new node, a record left pending by a sync that never finished, a
+changed proxyMode) the sync is full and replaces the node's tables, so it is
+always safe.
 """
 
 from __future__ import annotations
