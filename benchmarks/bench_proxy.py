@@ -37,7 +37,7 @@ from labctl.kernel import netns, run  # noqa: E402
 from labctl.model.objects import LabSpec, Node, Service, ServicePort, Topology  # noqa: E402
 from labctl.proxy import iptables, nftables  # noqa: E402
 from labctl.proxy.endpoints import affected_services, service_ports  # noqa: E402
-from labctl.proxy.sync import RESCAN, _plan_node  # noqa: E402
+from labctl.proxy.sync import plan_node  # noqa: E402
 
 NS = "labctl-bench-proxy"
 GOAL_FULL_S = 5.0
@@ -79,13 +79,9 @@ def sync(mode: str, topo: Topology, record, previous: Topology | None = None):
     record, rules written)."""
     topo = replace(topo, lab=replace(topo.lab, proxy_mode=mode))
     t = time.perf_counter()
-    ns = RESCAN
-    if previous is not None:
-        previous = replace(previous, lab=replace(previous.lab, proxy_mode=mode))
-        scope = affected_services(previous, topo)
-        ns = _plan_node(topo, "node1", service_ports(topo, only=scope), record, scope)
-    if ns is RESCAN:
-        ns = _plan_node(topo, "node1", service_ports(topo), record)
+    scope = affected_services(replace(previous, lab=topo.lab), topo) if previous is not None else None
+    scoped = service_ports(topo, only=scope) if scope is not None else None
+    ns = plan_node(topo, "node1", record, scope, scoped, lambda: service_ports(topo))
     tool = 0.0
     if ns is not None:
         t_tool = time.perf_counter()

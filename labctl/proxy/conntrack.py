@@ -19,6 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
+from labctl.errors import KernelError
 from labctl.kernel import run
 from labctl.proxy.endpoints import ServicePortInfo
 
@@ -73,11 +74,14 @@ def stale(entries: list[Entry], frontends: dict[tuple[str, int], frozenset[str]]
 
 
 def clean(ns: str, frontends: dict[tuple[str, int], frozenset[str]]) -> int:
-    """Delete a node's stale UDP service entries; returns how many were deleted."""
+    """Delete a node's stale UDP service entries; returns how many were stale. One
+    delete per frontend and stale reply source, however many clients' flows it holds."""
     if not frontends:
         return 0
     gone = stale(parse(run.output(ns, ["conntrack", "-L", "-p", "udp"])), frontends)
-    for e in gone:  # exit 1 when the entry expired meanwhile: nothing left to do
-        argv = ["conntrack", "-D", "-p", "udp", "-s", e.src, "-d", e.dst, "--sport", str(e.sport), "--dport", str(e.dport)]
-        subprocess.run(run.in_netns(ns, argv), capture_output=True)
+    for dst, dport, reply_src in sorted({(e.dst, e.dport, e.reply_src) for e in gone}):
+        argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", dst, "--orig-port-dst", str(dport), "--reply-src", reply_src]
+        p = subprocess.run(run.in_netns(ns, argv), capture_output=True, text=True)
+        if p.returncode not in (0, 1):  # 1: the entries expired meanwhile
+            raise KernelError(f"`ip netns exec {ns} {' '.join(argv)}` failed: {p.stderr.strip()}")
     return len(gone)

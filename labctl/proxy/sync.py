@@ -185,6 +185,13 @@ def _plan_node(topo: Topology, node: str, infos: list[ServicePortInfo], rec: dic
     return NodeSync(node, mode, True, text, services, frozenset(pieces), _udp_frontends(by_key, pieces, {}, node_ip))
 
 
+def plan_node(topo: Topology, node: str, rec: dict | None, scope: set[str] | None, scoped: list[ServicePortInfo] | None, all_ports) -> NodeSync | None:
+    """The node's iptables or nftables sync: from the ports of the services in `scope`
+    (`scoped`) when that is enough, else from every port (`all_ports()`)."""
+    s = _plan_node(topo, node, scoped, rec, scope) if scoped is not None else RESCAN
+    return _plan_node(topo, node, all_ports(), rec) if s is RESCAN else s
+
+
 def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
     """Remove a node's rules of the mode it is leaving (when proxyMode changed)."""
     ns = names.node_netns(topo.lab.name, node)
@@ -243,9 +250,7 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
         if mode == "ipvs":
             s = _plan_ipvs(topo, node, all_ports(), rec)
         else:
-            s = _plan_node(topo, node, scoped, rec, scope) if scoped is not None else RESCAN
-            if s is RESCAN:
-                s = _plan_node(topo, node, all_ports(), rec)
+            s = plan_node(topo, node, rec, scope, scoped, all_ports)
         if s is not None:
             s.left_iptables = left
             syncs.append(s)
@@ -267,15 +272,22 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
     return syncs
 
 
-def _clean_udp(topo: Topology, syncs: list[NodeSync]) -> None:
-    """After a sync that changed a UDP service port (or removed one), delete the node's
-    conntrack entries that still translate to an address that is no endpoint of it;
-    nodes in parallel."""
+def _each_node(topo: Topology, syncs: list[NodeSync], work) -> None:
+    """work(node namespace, sync) for every node's sync, nodes in parallel; the first error is raised."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if syncs:
-        with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
-            list(pool.map(lambda s: conntrack.clean(names.node_netns(topo.lab.name, s.node), s.udp), syncs))
+    if not syncs:
+        return
+    lab = topo.lab.name
+    with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
+        for f in [pool.submit(work, names.node_netns(lab, s.node), s) for s in syncs]:
+            f.result()
+
+
+def _clean_udp(topo: Topology, syncs: list[NodeSync]) -> None:
+    """After a sync that changed a UDP service port (or removed one), delete the node's
+    conntrack entries that still translate to an address that is no endpoint of it."""
+    _each_node(topo, syncs, lambda ns, s: conntrack.clean(ns, s.udp))
 
 
 # -- IPVS mode -------------------------------------------------------------------------
@@ -332,9 +344,4 @@ def apply_ipvs_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
 
 def _apply_ipvs(topo: Topology, syncs: list[NodeSync]) -> None:
     """Every node's IPVS sync, nodes in parallel."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    lab = topo.lab.name
-    with ThreadPoolExecutor(max_workers=min(8, len(syncs))) as pool:
-        for f in [pool.submit(apply_ipvs_node, names.node_netns(lab, s.node), s) for s in syncs]:
-            f.result()
+    _each_node(topo, syncs, apply_ipvs_node)
