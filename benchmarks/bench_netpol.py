@@ -44,7 +44,7 @@ from labctl.policy import rules as R  # noqa: E402
 from labctl.policy import sync as policy_sync  # noqa: E402
 from labctl.probe import ports  # noqa: E402
 from labctl.probe import scapy_probe  # noqa: E402
-from labctl.probe.targets import resolve  # noqa: E402
+from labctl.model.targets import resolve  # noqa: E402
 
 LAB = "benchnp"
 NODES, NAMESPACES, PODS_PER_NS, POLICIES_PER_NS = 10, 10, 50, 20

@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl import ipam, names  # noqa: E402
+from labctl.model import ipam, names  # noqa: E402
 
 LABCTL = [str(REPO / ".venv/bin/labctl")]
 GOALS = {"20x10": 1.5, "50x20": 2.0}

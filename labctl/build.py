@@ -13,7 +13,8 @@ from collections import defaultdict
 from contextlib import ExitStack
 from typing import Callable
 
-from labctl import failpoints, names, overlay
+from labctl import failpoints, overlay
+from labctl.model import names
 from labctl.errors import LabError
 from labctl.kernel import netns, procs, run
 from labctl.kernel.nl import Batch

@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl import failpoints, names
+from labctl import failpoints
+from labctl.model import names
 from labctl.errors import HostLacks, InvalidInput, LabError
 from labctl.kernel import netns, procs, run
 from labctl.model.objects import Pod, Topology

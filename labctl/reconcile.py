@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl import names
+from labctl.model import names
 from labctl.errors import InvalidInput, Problem
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel import netns
 from labctl.model import dns
 from labctl.lab import LabHandle

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import yaml
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def lab_doc(name: str = "t", **spec: Any) -> dict:

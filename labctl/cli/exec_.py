@@ -9,7 +9,7 @@ import click
 from labctl.cli import cli, require_root
 from labctl.cli.common import lab_option, running_lab
 from labctl.errors import InvalidInput
-from labctl.probe.targets import resolve
+from labctl.model.targets import resolve
 
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

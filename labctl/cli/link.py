@@ -11,7 +11,7 @@ from labctl.errors import InvalidInput
 from labctl.impair import tc
 from labctl.impair.kernel import current, set_link
 from labctl.kernel import run
-from labctl.probe.targets import resolve
+from labctl.model.targets import resolve
 
 
 @cli.command()

@@ -9,7 +9,7 @@ from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab
 from labctl.errors import CheckFailed, InvalidInput
 from labctl.probe import scapy_probe
-from labctl.probe.targets import default_port, resolve
+from labctl.model.targets import default_port, resolve
 
 VERDICTS = ("open", "refused", "blocked", "filtered")
 

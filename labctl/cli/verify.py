@@ -7,7 +7,8 @@ import time
 
 import click
 
-from labctl import names, output
+from labctl import output
+from labctl.model import names
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab
 from labctl.errors import CheckFailed, InvalidInput
@@ -68,7 +69,7 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
     Needs no root: it reads the applied topology."""
     from labctl.policy.engine import Engine
     from labctl.policy.rules import CHAIN, ISOLATED, policy_chain
-    from labctl.probe.targets import default_port, resolve
+    from labctl.model.targets import default_port, resolve
 
     _, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")

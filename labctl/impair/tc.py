@@ -1,4 +1,4 @@
-"""Link impairment rendered as `tc` commands. Pure.
+"""Link impairment rendered as `tc` commands (parsed in labctl.model.impairment).
 
 An impairment applies to what leaves the target's eth0 (its underlay link),
 as `tc qdisc ... netem` on a host or containerlab's `tools netem` do: a delay
@@ -12,92 +12,11 @@ of 50 ms on node2 adds 50 ms to every round trip through node2's link.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-from dataclasses import dataclass
 
-from labctl.errors import InvalidInput
+from labctl.model.impairment import Impairment, from_spec, parse, parse_loss, parse_rate, parse_time
 
-_TIME = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")
-_RATE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)$")
-_LOSS = re.compile(r"^(\d+(?:\.\d+)?)%$")
-_BITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9}
-
-
-@dataclass(frozen=True)
-class Impairment:
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss_pct: float = 0.0
-    rate_bps: float = 0.0  # 0: no limit
-
-    @property
-    def empty(self) -> bool:
-        return not (self.delay_ms or self.jitter_ms or self.loss_pct or self.rate_bps)
-
-    @property
-    def needs_netem(self) -> bool:
-        return bool(self.delay_ms or self.jitter_ms or self.loss_pct)
-
-    def describe(self) -> str:
-        parts = []
-        if self.delay_ms:
-            parts.append(f"delay {self.delay_ms:g}ms" + (f" ±{self.jitter_ms:g}ms" if self.jitter_ms else ""))
-        if self.loss_pct:
-            parts.append(f"loss {self.loss_pct:g}%")
-        if self.rate_bps:
-            parts.append(f"rate {_rate_text(self.rate_bps)}")
-        return ", ".join(parts) or "none"
-
-
-def _rate_text(bps: float) -> str:
-    for unit, f in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
-        if bps >= f and bps % f == 0:
-            return f"{bps / f:g}{unit}"
-    return f"{bps:g}bit"
-
-
-def parse_time(field: str, text: str | None, flag: str = "--") -> float:
-    if text is None:
-        return 0.0
-    m = _TIME.match(str(text).strip())
-    if not m:
-        raise InvalidInput(f"{flag}{field} {text!r}: a duration such as 20ms, 1.5ms, 500us or 1s")
-    v = float(m.group(1))
-    return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
-
-
-def parse_loss(text: str | None, flag: str = "--") -> float:
-    if text is None:
-        return 0.0
-    m = _LOSS.match(str(text).strip())
-    if not m or float(m.group(1)) > 100:
-        raise InvalidInput(f"{flag}loss {text!r}: a percentage from 0% to 100%, such as 1% or 0.5%")
-    return float(m.group(1))
-
-
-def parse_rate(text: str | None, flag: str = "--") -> float:
-    if text is None:
-        return 0.0
-    m = _RATE.match(str(text).strip().lower())
-    if not m or float(m.group(1)) <= 0:
-        raise InvalidInput(f"{flag}rate {text!r}: a rate such as 10mbit, 512kbit or 1gbit (tc's units; kbps = kilobytes/s)")
-    return float(m.group(1)) * _BITS[m.group(2)]
-
-
-def parse(delay: str | None = None, jitter: str | None = None, loss: str | None = None, rate: str | None = None, flag: str = "--") -> Impairment:
-    """The impairment the options (flag "--") or a topology's link fields (flag "") describe."""
-    imp = Impairment(parse_time("delay", delay, flag), parse_time("jitter", jitter, flag), parse_loss(loss, flag), parse_rate(rate, flag))
-    if imp.jitter_ms and not imp.delay_ms:
-        raise InvalidInput(f"{flag}jitter needs {flag}delay (netem varies the delay by the jitter)")
-    return imp
-
-
-def from_spec(link: dict | None) -> Impairment:
-    """A node's or external's `link:` field of the Lab document."""
-    link = link or {}
-    return parse(link.get("delay"), link.get("jitter"), link.get("loss"), link.get("rate"), flag="")
-
+__all__ = ["Impairment", "from_spec", "parse", "parse_loss", "parse_rate", "parse_time", "netem_available", "commands"]
 
 def netem_available() -> bool:
     """Whether this kernel has netem (loaded, built in, or a module modprobe can load), without touching it."""

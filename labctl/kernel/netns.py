@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from labctl.names import NETNS_DIR
+from labctl.model.names import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000

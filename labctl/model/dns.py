@@ -22,7 +22,8 @@ import ipaddress
 import re
 from typing import Any
 
-from labctl.errors import Problem
+from labctl.model.errors import Problem
+from labctl.model.fields import dns1123_label
 from labctl.model.objects import Container, ContainerPort, LabSpec, Pod, Service, ServicePort, Topology
 
 NAMESPACE = "kube-system"
@@ -226,7 +227,6 @@ def describe(topo: Topology) -> dict[str, Any] | None:
 
 def check_pod(pod: Pod, where: str, spec_path: str) -> list[Problem]:
     """dnsPolicy, dnsConfig, hostname and subdomain, as the API server checks them."""
-    from labctl.model.validate import dns1123_label
 
     out: list[Problem] = []
     if pod.dns_policy not in POLICIES:

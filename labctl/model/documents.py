@@ -14,7 +14,12 @@ from typing import Any
 
 import yaml
 
-from labctl.errors import InvalidInput, Problem
+from labctl.model.errors import InvalidInput, Problem, short_repr
+
+
+def _printable(text: str) -> str:
+    """A name as messages show it: as is when it is short and printable, else quoted and cut."""
+    return text if len(text) <= 80 and text.isprintable() else short_repr(text, 60)
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Document:
         return (self.kind, (self.namespace or "default") if scoped else None, self.name)
 
     def ident(self) -> str:
-        kind, ns, name = self.key
+        kind, ns, name = (_printable(x) if x else x for x in self.key)
         if not name:
             return kind
         return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
@@ -86,15 +91,42 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+MAX_DEPTH = 100  # a Deployment is about 12 levels deep; the API server's JSON decoder allows 10,000
+MAX_NODES = 1_000_000  # scalars, sequences and mappings of a document, aliases counted each time they are used
+
+
+def _check_shape(node: yaml.Node, index: int, source: str) -> None:
+    """Refuse a document nested deeper than MAX_DEPTH, or larger than MAX_NODES
+    once its aliases are expanded (a "billion laughs"), before it is built."""
+    stack = [(node, 1)]
+    count = 0
+    while stack:
+        n, depth = stack.pop()
+        count += 1
+        if depth > MAX_DEPTH:
+            raise InvalidInput([Problem(f"document {index} (line {node.start_mark.line + 1})", "", f"nested more than {MAX_DEPTH} levels deep")], source=source)
+        if count > MAX_NODES:
+            raise InvalidInput([Problem(f"document {index} (line {node.start_mark.line + 1})", "", f"has more than {MAX_NODES:,} values once its aliases are expanded")], source=source)
+        if isinstance(n, yaml.SequenceNode):
+            stack += [(c, depth + 1) for c in n.value]
+        elif isinstance(n, yaml.MappingNode):
+            stack += [(c, depth + 1) for kv in n.value for c in kv]
+
+
 def parse_text(text: str, source: str) -> list[Document]:
     """Split YAML text into documents; empty documents are skipped but counted."""
-    loader = _StrictLoader(text)
     docs: list[Document] = []
     index = 0
+    loader = None
     try:
+        loader = _StrictLoader(text)
         while loader.check_node():
-            node = loader.get_node()
             index += 1
+            try:
+                node = loader.get_node()
+            except RecursionError:
+                raise InvalidInput([Problem(f"document {index}", "", f"nested more than {MAX_DEPTH} levels deep")], source=source) from None
+            _check_shape(node, index, source)
             data = loader.construct_document(node)
             if data is None:
                 continue
@@ -105,7 +137,8 @@ def parse_text(text: str, source: str) -> list[Document]:
         problem = getattr(e, "problem", None) or str(e)
         raise InvalidInput([Problem(where, "", f"invalid YAML: {problem}")], source=source) from e
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return docs
 
 

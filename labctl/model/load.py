@@ -7,19 +7,18 @@ and raised together as one InvalidInput (exit 2).
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Any, Iterable
 
-from labctl.errors import InvalidInput, Problem
-from labctl.model import dns, schema, services, validate
+from labctl.model.errors import InvalidInput, Problem, short_repr
+from labctl.model import dns, fields, schema, services, validate
 from labctl.model.documents import Document, read_file
+from labctl.model.expect import check_expectations
 from labctl.model.manifests import KINDS, Objects, accepted_kinds
 from labctl.model.objects import External, LabSpec, Node, Topology
 from labctl.model.resolve import resolve
 
 LAB_API_VERSION = "labctl/v1"
-LAB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
 
 
 def spec_from_lab(data: dict[str, Any]) -> LabSpec:
@@ -49,6 +48,24 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
     )
 
 
+def _null_items(where: str, data: Any) -> list[Problem]:
+    """Null list items (`ports: [null]`), which the schemas let through; the API
+    server would decode them as empty objects and refuse those."""
+    out: list[Problem] = []
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            stack += [(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()]
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                if v is None:
+                    out.append(Problem(where, f"{path}[{i}]", "must not be null"))
+                else:
+                    stack.append((v, f"{path}[{i}]"))
+    return out
+
+
 def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> tuple[Document | None, list[Document]]:
     lab: Document | None = None
     k8s: list[Document] = []
@@ -68,18 +85,19 @@ def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> 
                 lab = d
                 problems += schema.validate_lab(d.where(), d.data)
             continue
-        if kind not in KINDS:
-            what = f"unknown kind {kind!r}" if isinstance(kind, str) else "missing kind"
+        if not isinstance(kind, str) or kind not in KINDS:
+            what = f"unknown kind {short_repr(kind)}" if kind is not None else "missing kind"
             problems.append(Problem(d.where(), "kind", f"{what}; labctl accepts Lab ({LAB_API_VERSION}), {accepted_kinds()}"))
             continue
         k = KINDS[kind]
         if d.data.get("apiVersion") != k.api_version:
-            problems.append(Problem(d.where(), "apiVersion", f"{kind} is {k.api_version!r}, not {d.data.get('apiVersion')!r}"))
+            problems.append(Problem(d.where(), "apiVersion", f"{kind} is {k.api_version!r}, not {short_repr(d.data.get('apiVersion'))}"))
             continue
         # Manifests of a running lab were validated when they were applied.
-        found = [] if d.index <= 0 else schema.validate_kubernetes(d.where(), kind, k.api_version, d.data)
-        if not found and not (d.data.get("metadata") or {}).get("name"):
-            found = [Problem(d.where(), "metadata.name", "is required")]
+        found = [] if d.index <= 0 else schema.validate_kubernetes(d.where(), kind, k.api_version, d.data) + _null_items(d.where(), d.data)
+        meta = d.data.get("metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
+            found.append(Problem(d.where(), "metadata.name", "is required"))
         problems += found
         # A document whose only faults are unknown fields is well typed: read it
         # anyway, so its other problems are reported in the same run.
@@ -158,8 +176,6 @@ def build(
         seen_pol[pol.key] = pol.doc
     if topo is not None:
         topo = replace(topo, policies=tuple(objs.policies))
-        from labctl.policy.verify import check_expectations
-
         problems += check_expectations(topo, lab.where() if lab is not None else f"Lab {topo.lab.name}")
     if problems:
         order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}
@@ -188,7 +204,7 @@ def lab_name_of_docs(docs: list[Document]) -> str | None:
     """The lab's name, if the first document is a Lab that has one."""
     if docs and isinstance(docs[0].data, dict) and docs[0].data.get("kind") == "Lab":
         name = (docs[0].data.get("metadata") or {}).get("name")
-        if isinstance(name, str) and LAB_NAME.match(name):
+        if not fields.lab_name(name):
             return name
     return None
 

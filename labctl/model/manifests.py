@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from labctl.errors import Problem
+from labctl.model.errors import Problem
+from labctl.model.fields import label_problems
+from labctl.model import policy
 from labctl.model.documents import Document
 from labctl.model.objects import Container, ContainerPort, Deployment, Pod, Service, ServicePort
 
@@ -178,6 +180,8 @@ def _read_deployment(doc: Document, out: Objects) -> None:
     tmeta = template.get("metadata") or {}
     labels = tmeta.get("labels") or {}
     selector = spec.get("selector") or {}
+    out.problems += policy.selector_problems(selector, doc.where(), "spec.selector")
+    out.problems += label_problems(labels, doc.where(), "spec.template.metadata.labels")
     if not labels:
         out.problems.append(Problem(doc.where(), "spec.template.metadata.labels", "must not be empty: the selector has to match the pods"))
     elif not _selector_matches(selector, labels):
@@ -250,8 +254,6 @@ def _read_service(doc: Document, out: Objects) -> None:
 
 @register("NetworkPolicy", "networking.k8s.io/v1")
 def _read_network_policy(doc: Document, out: Objects) -> None:
-    from labctl.model import policy
-
     found = policy.check(doc.index, doc.data, lambda _i: doc.where())
     out.problems += found
     if not found:

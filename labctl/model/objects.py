@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from labctl.model.policy import from_manifest
+
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -242,8 +244,6 @@ class Topology:
             sv["static_endpoints"] = tuple(sv["static_endpoints"])
             sv["load_balancer_source_ranges"] = tuple(sv.get("load_balancer_source_ranges") or ())
             services.append(Service(**sv))
-        from labctl.model.policy import from_manifest
-
         policies = tuple(from_manifest(-i, doc) for i, doc in enumerate(d["documents"], start=1) if doc.get("kind") == "NetworkPolicy")
         return Topology(
             lab=LabSpec(**lab),

@@ -12,8 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from labctl.errors import Problem
-from labctl.model import validate as v
+from labctl.model.errors import Problem
+from labctl.model import fields as v
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -144,13 +144,22 @@ def from_manifest(doc_index: int, data: dict[str, Any]) -> NetworkPolicy:
 # -- validation ------------------------------------------------------------------------
 
 
-def _selector_problems(d: dict[str, Any] | None, w: str, path: str) -> list[Problem]:
+def selector_problems(d: dict[str, Any] | None, w: str, path: str) -> list[Problem]:
+    """A label selector as the API server checks it: matchLabels as labels, each
+    expression's key a label key, its values label values, and its operator's rules."""
     out: list[Problem] = []
     if not d:
         return out
     out += v.label_problems(d.get("matchLabels") or {}, w, f"{path}.matchLabels")
     for i, e in enumerate(d.get("matchExpressions") or []):
         p = f"{path}.matchExpressions[{i}]"
+        why = v.label_key(e.get("key"))
+        if why:
+            out.append(Problem(w, f"{p}.key", why))
+        for j, value in enumerate(e.get("values") or []):
+            why = v.label_value(value)
+            if why:
+                out.append(Problem(w, f"{p}.values[{j}]", why))
         op = e.get("operator")
         if op not in OPERATORS:
             out.append(Problem(w, f"{p}.operator", f"must be one of {', '.join(OPERATORS)}, not {op!r}"))
@@ -166,7 +175,7 @@ def check(doc_index: int, data: dict[str, Any], where: Callable[[int], str]) -> 
     w = where(doc_index)
     spec = data.get("spec") or {}
     out: list[Problem] = []
-    out += _selector_problems(spec.get("podSelector"), w, "spec.podSelector")
+    out += selector_problems(spec.get("podSelector"), w, "spec.podSelector")
     for i, t in enumerate(spec.get("policyTypes") or []):
         if t not in ("Ingress", "Egress"):
             out.append(Problem(w, f"spec.policyTypes[{i}]", f"must be Ingress or Egress, not {t!r}"))
@@ -181,8 +190,8 @@ def check(doc_index: int, data: dict[str, Any], where: Callable[[int], str]) -> 
                     out.append(Problem(w, pp, "must specify podSelector, namespaceSelector or ipBlock"))
                 if has_sel and block:
                     out.append(Problem(w, pp, "ipBlock may not be combined with podSelector or namespaceSelector"))
-                out += _selector_problems(peer.get("podSelector"), w, f"{pp}.podSelector")
-                out += _selector_problems(peer.get("namespaceSelector"), w, f"{pp}.namespaceSelector")
+                out += selector_problems(peer.get("podSelector"), w, f"{pp}.podSelector")
+                out += selector_problems(peer.get("namespaceSelector"), w, f"{pp}.namespaceSelector")
                 if block:
                     net = v.parse_cidr(str(block.get("cidr", "")), w, f"{pp}.ipBlock.cidr", out)
                     for ei, exc in enumerate(block.get("except") or []):

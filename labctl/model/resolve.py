@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from labctl import ipam
-from labctl.errors import Problem
+from labctl.model import ipam
+from labctl.model.errors import Problem
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import jsonschema
 from referencing import Registry, Resource
 
-from labctl.errors import Problem
+from labctl.model.errors import Problem, short_repr
 
 KUBERNETES_VERSION = "1.37.0"  # the schemas of this release judge manifests
 
@@ -46,17 +46,17 @@ def _problems(where: str, validator: jsonschema.protocols.Validator, data: Any) 
             problems.append(Problem(where, field_path(path), err.message.replace("property", "field")))
             continue
         if err.validator == "const":
-            msg = f"must be {err.validator_value!r}, not {err.instance!r}"
+            msg = f"must be {err.validator_value!r}, not {short_repr(err.instance)}"
         elif err.validator == "enum":
             choices = ", ".join(repr(x) for x in err.validator_value)
-            msg = f"must be one of {choices}, not {err.instance!r}"
+            msg = f"must be one of {choices}, not {short_repr(err.instance)}"
         elif err.validator == "type":
             want = err.validator_value
             want = " or ".join(w for w in want if w != "null") if isinstance(want, list) else want
-            msg = f"must be of type {want}, not {type(err.instance).__name__} {err.instance!r}"
+            msg = f"must be of type {want}, not {type(err.instance).__name__} {short_repr(err.instance)}"
         elif err.validator == "pattern":
             desc = err.schema.get("description")
-            msg = f"{err.instance!r} is not valid" + (f": {desc}" if desc else f" (must match {err.validator_value})")
+            msg = f"{short_repr(err.instance)} is not valid" + (f": {desc}" if desc else f" (must match {err.validator_value})")
         else:
             msg = err.message
         problems.append(Problem(where, field_path(path), msg))

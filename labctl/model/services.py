@@ -15,12 +15,11 @@ import re
 from dataclasses import replace
 from typing import Callable
 
-from labctl import ipam
-from labctl.errors import Problem
-from labctl.model import validate as v
+from labctl.model import ipam
+from labctl.model.errors import Problem
+from labctl.model import fields as v
 from labctl.model.objects import LabSpec, Service, ServicePort, Topology
 
-DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 KUBERNETES = "default/kubernetes"
 KUBE_DNS = "kube-system/kube-dns"
@@ -59,8 +58,8 @@ def check(services: list[Service], spec: LabSpec | None, namespaces: dict, where
     seen: dict[str, Service] = {}
     for s in services:
         w = where(s.doc)
-        if len(s.name) > 63 or not DNS1035_LABEL.match(s.name):
-            problems.append(Problem(w, "metadata.name", f"{s.name!r} is not a DNS-1035 label (lower case letters, digits and '-', starting with a letter)"))
+        if v.dns1035_label(s.name):
+            problems.append(Problem(w, "metadata.name", v.dns1035_label(s.name)))
         if s.key in seen:
             problems.append(Problem(w, "metadata.name", f"service {s.key} is already defined by {where(seen[s.key].doc)}"))
         seen[s.key] = s

@@ -6,79 +6,17 @@ Every function returns a list of problems; none raises for bad input.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Callable
 
-from labctl import names
-from labctl.errors import Problem
-from labctl.model import dns
+from labctl.model import dns, names
+from labctl.model import impairment as tc
+from labctl.model.errors import InvalidInput, Problem
+from labctl.model.fields import PROTOCOLS, dns1123_label, dns1123_subdomain, label_problems, lb_pool_range, parse_cidr, port_name
 from labctl.model.objects import DEFAULT_NAMESPACES, LabSpec, Pod, Topology
-
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-PROTOCOLS = ("TCP", "UDP", "SCTP")
-
-
-def dns1123_label(value: str) -> str | None:
-    """None when valid, else why not."""
-    if len(value) > 63:
-        return f"{value!r} is longer than 63 characters"
-    if not DNS1123_LABEL.match(value):
-        return f"{value!r} is not a DNS-1123 label (lower case letters, digits and '-', starting and ending with a letter or digit)"
-    return None
-
-
-def dns1123_subdomain(value: str) -> str | None:
-    if len(value) > 253:
-        return f"{value!r} is longer than 253 characters"
-    if not DNS1123_SUBDOMAIN.match(value):
-        return f"{value!r} is not a DNS-1123 subdomain (lower case letters, digits, '-' and '.')"
-    return None
-
-
-def port_name(value: str) -> str | None:
-    if len(value) > 15:
-        return f"port name {value!r} is longer than 15 characters"
-    if not IANA_SVC_NAME.match(value) or "--" in value or not re.search("[a-z]", value):
-        return f"port name {value!r} is not an IANA service name (lower case letters, digits and single '-', at least one letter)"
-    return None
-
-
-def label_problems(labels: dict[str, str], where: str, path: str) -> list[Problem]:
-    out = []
-    for key, value in labels.items():
-        prefix, _, name = key.rpartition("/")
-        if prefix and dns1123_subdomain(prefix):
-            out.append(Problem(where, f"{path}.{key}", f"label key prefix {prefix!r} is not a DNS-1123 subdomain"))
-        if len(name) > 63 or not LABEL_NAME.match(name):
-            out.append(Problem(where, f"{path}.{key}", f"label key {key!r} is not valid (name part: up to 63 alphanumerics, '-', '_' or '.')"))
-        if len(value) > 63 or (value and not LABEL_NAME.match(value)):
-            out.append(Problem(where, f"{path}.{key}", f"label value {value!r} is not valid (up to 63 alphanumerics, '-', '_' or '.')"))
-    return out
-
 
 # -- networks ------------------------------------------------------------------
 
 _NETWORK_FIELDS = (("nodeNetwork", "node_network"), ("podNetwork", "pod_network"), ("serviceNetwork", "service_network"))
-
-
-def parse_cidr(value: str, where: str, path: str, problems: list[Problem]) -> ipaddress.IPv4Network | None:
-    try:
-        if "/" not in value:
-            raise ValueError(value)
-        loose = ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        problems.append(Problem(where, path, f"{value!r} is not a CIDR (e.g. 10.244.0.0/16)"))
-        return None
-    if loose.version != 4:
-        problems.append(Problem(where, path, f"{value!r}: only IPv4 networks are supported"))
-        return None
-    if loose.network_address != ipaddress.ip_interface(value).ip:
-        problems.append(Problem(where, path, f"{value!r} has host bits set; did you mean {loose}?"))
-        return None
-    return loose
 
 
 def networks(spec: LabSpec, where: str) -> list[Problem]:
@@ -108,11 +46,6 @@ def networks(spec: LabSpec, where: str) -> list[Problem]:
     if spec.load_balancer_pool:
         problems += _lb_pool(spec, nets.get("nodeNetwork"), where)
     return problems
-
-
-def lb_pool_range(pool: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
-    first, _, last = pool.partition("-")
-    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
 
 
 def _lb_pool(spec: LabSpec, node_net, where: str) -> list[Problem]:
@@ -158,9 +91,6 @@ def host_names(spec: LabSpec, where: str) -> list[Problem]:
 
 def _link_problems(link: dict, where: str, path: str) -> list[Problem]:
     """Each field of a host's `link:` as `labctl link` would read it."""
-    from labctl.errors import InvalidInput
-    from labctl.impair import tc
-
     problems = []
     checks = {"delay": lambda v: tc.parse_time("delay", v, ""), "jitter": lambda v: tc.parse_time("jitter", v, ""),
               "loss": lambda v: tc.parse_loss(v, ""), "rate": lambda v: tc.parse_rate(v, "")}

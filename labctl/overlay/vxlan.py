@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from labctl import ipam, names
+from labctl.model import ipam, names
 from labctl.kernel.nl import Batch
 from labctl.model.objects import LabSpec, Node
 from labctl.plumbing.underlay import HOST_ETH0_INDEX

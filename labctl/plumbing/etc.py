@@ -11,7 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from labctl import failpoints, names
+from labctl import failpoints
+from labctl.model import names
 from labctl.model import dns
 from labctl.model.objects import Pod, Topology
 from labctl.state.journal import Journal

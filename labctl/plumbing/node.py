@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from labctl import ipam, names
+from labctl.model import ipam, names
 from labctl.kernel.nl import Batch
 from labctl.model.objects import LabSpec, Node
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel.nl import Batch
 
 SWITCH_BRIDGE_INDEX = 2

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.policy import rules as R

@@ -12,17 +12,15 @@ Each case is one probe on the real datapath; they run in parallel threads
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from labctl.errors import InvalidInput, Problem
+from labctl.model.expect import parse_expectation
 from labctl.model.objects import Topology
 from labctl.policy.engine import Engine, Party
 from labctl.probe import ports, scapy_probe
-from labctl.probe.targets import resolve
+from labctl.model.targets import resolve
 
-EXPECT = re.compile(r"^(?P<src>\S+)\s*->\s*(?P<dst>\S+):(?P<port>[0-9]+)(?:/(?P<proto>tcp|udp))?\s+(?P<verdict>allowed|denied)$", re.I)
 PROBED = ("TCP", "UDP")
 
 
@@ -54,26 +52,6 @@ class Case:
             "detail": self.detail,
             "why": self.why,
         }
-
-
-def parse_expectation(text: str) -> tuple[str, str, int, str, bool]:
-    m = EXPECT.match(text.strip())
-    if not m:
-        raise ValueError(f"{text!r} is not `FROM -> TO:PORT[/udp] allowed|denied`")
-    return m["src"], m["dst"], int(m["port"]), (m["proto"] or "tcp").upper(), m["verdict"].lower() == "allowed"
-
-
-def check_expectations(topo: Topology, where: str) -> list[Problem]:
-    """`expect:` lines must parse and name things the lab has."""
-    out = []
-    for i, text in enumerate(topo.lab.expect):
-        try:
-            src, dst, _port, _proto, _ok = parse_expectation(text)
-            resolve(topo, src, role="FROM")
-            resolve(topo, dst, role="TO")
-        except (ValueError, InvalidInput) as e:
-            out.append(Problem(where, f"spec.expect[{i}]", str(e.message if isinstance(e, InvalidInput) else e)))
-    return out
 
 
 def node_source_ip(topo: Topology, node: str, dst) -> str:

@@ -18,7 +18,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from labctl import failpoints, names
+from labctl import failpoints
+from labctl.model import names
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.plumbing.node import masquerade_chains

@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 
-from labctl import names
+from labctl.model import names
 from labctl.errors import LabError
 from labctl.kernel import procs
 from labctl.model.objects import Topology

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel import netns
 from tests.conftest import REPO, labctl_cmd, new_lab_name, run_labctl
 from tests.helpers import dump, lab_doc, pod

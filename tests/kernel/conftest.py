@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel import netns, procs
 from labctl.lab import LabHandle
 from labctl.model.documents import parse_text
 from labctl.model.load import build
 from labctl.model.objects import Topology
 from labctl.probe import scapy_probe
-from labctl.probe.targets import default_port, resolve
+from labctl.model.targets import default_port, resolve
 from tests.conftest import new_lab_name, run_labctl
 from tests.helpers import dump, lab_doc
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from labctl import names
+from labctl.model import names
 from tests.helpers import pod
 from tests.kernel.conftest import Listener
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from labctl import names
+from labctl.model import names
 from labctl.kernel import netns, procs
 from tests.helpers import deployment, dump, namespace, pod
 

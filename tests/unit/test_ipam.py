@@ -2,7 +2,7 @@ import ipaddress
 
 import pytest
 
-from labctl import ipam
+from labctl.model import ipam
 
 
 def test_pod_pool_starts_after_gateway_and_skips_broadcast():

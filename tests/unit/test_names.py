@@ -1,6 +1,6 @@
 import re
 
-from labctl import names
+from labctl.model import names
 
 
 def test_namespace_names_are_prefixed_and_unambiguous():

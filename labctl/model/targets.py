@@ -12,8 +12,8 @@ import difflib
 import ipaddress
 from dataclasses import dataclass
 
-from labctl import names
-from labctl.errors import InvalidInput
+from labctl.model import names
+from labctl.model.errors import InvalidInput
 from labctl.model.objects import Pod, Service, Topology
 
 
