@@ -28,6 +28,7 @@ from labctl.policy import sync as policy_sync
 from labctl.proxy import sync as proxy_sync
 from labctl.reconcile import Plan
 from labctl.responder import control as responder
+from labctl.state import records
 from labctl.state.journal import Journal
 from labctl.state.store import LabDir
 
@@ -103,8 +104,7 @@ class Builder:
                 b.commit()
             self.delete_namespaces([names.node_netns(lab, n.name) for n in plan.remove_nodes])
             for n in plan.remove_nodes:
-                proxy_sync.forget(self.dir, n.name)
-                policy_sync.forget(self.dir, n.name)
+                records.forget_node(self.dir, n.name)
         if plan.remove_externals:
             self.delete_namespaces([names.external_netns(lab, e.name) for e in plan.remove_externals])
 
@@ -115,8 +115,7 @@ class Builder:
         applied topology, which the rule syncs plan from)."""
         spec = new.lab
         for n in plan.add_nodes:  # a new node namespace holds no rules, whatever a record says
-            proxy_sync.forget(self.dir, n.name)
-            policy_sync.forget(self.dir, n.name)
+            records.forget_node(self.dir, n.name)
         to_create = plan.namespaces_to_create(spec.name)
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
@@ -150,7 +149,7 @@ class Builder:
             return
         b = Batch(names.underlay_netns(lab))
         if plan.new_lab:
-            underlay.switch(b, spec.node_network)
+            underlay.switch(b, lab, spec.node_network)
         with ExitStack() as stack:
             for host, ns, _ in hosts:
                 fd = netns.open_fd(ns)
@@ -228,7 +227,6 @@ class Builder:
         assert container.command is not None
         procs.spawn(
             list(container.command),
-            lab=topo.lab.name,
             key=names.command_key(pod.key, container.name),
             journal=self.journal,
             log=self.dir.logs / f"{pod.namespace}_{pod.name}_{container.name}.log",
@@ -266,3 +264,26 @@ class Builder:
                 n += 1
         return n
 
+
+
+def unlink_debris(old: Topology, debris: list[str]) -> None:
+    """Links that namespaces made by an interrupted run left in namespaces that stay:
+    a pod's veth on each node (its name comes from the pod's, whatever its node), a
+    host's port on the switch. Deleted now, so the same names can be made again at
+    once (the kernel frees a deleted namespace's links asynchronously, and not at all
+    while a socket pins it)."""
+    lab = old.lab.name
+    prefix = len(lab) + 1
+    pods = [n[prefix:].partition(".") for n in debris if "." in n]
+    hosts = [n[prefix:] for n in debris if "." not in n and n != names.underlay_netns(lab)]
+    if pods:
+        for node in old.lab.nodes:
+            b = Batch(names.node_netns(lab, node.name))
+            for ns, _, pod in pods:
+                b.link_del(names.pod_veth(lab, ns, pod))
+            b.commit()
+    if hosts and names.underlay_netns(lab) in netns.listed():
+        b = Batch(names.underlay_netns(lab))
+        for host in hosts:
+            b.link_del(names.switch_port(lab, host))
+        b.commit()

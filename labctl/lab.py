@@ -1,13 +1,16 @@
-"""A lab's life: up (create or reconcile), down, and what it owns.
+"""A lab's life: one path for every change, and down.
 
-    up:    load -> plan against the applied topology -> clear debris of an
-           interrupted run -> remove, then create -> record the applied topology
-    down:  stop the lab's processes -> delete every journaled namespace ->
-           remove the records
+    change (up, apply, delete, ready), under the lab's lock:
+        read the applied state -> compute the desired topology from it (labctl.changes)
+        -> check the host -> plan -> clear debris of an interrupted run
+        -> remove, then create (labctl.build) -> record the applied state
+    down, under the lab's lock:
+        stop the lab's processes -> delete every journaled namespace and file
+        -> remove the records and the lock
 
-Both run under the lab's lock. Nothing of the lab lives in the host's root
-namespace: every link, address, route and rule is inside a namespace the
-journal lists, so deleting the namespaces removes all of it.
+Nothing of the lab lives in the host's root namespace: every link, address,
+route and rule is inside a namespace the journal lists, so deleting the
+namespaces removes all of it.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl import failpoints
-from labctl.model import names
-from labctl.errors import HostLacks, InvalidInput, LabError
+from labctl.changes import Applied, Change, Desire
+from labctl.errors import HostLacks, InvalidInput, LabError, NoSuchLab
 from labctl.kernel import netns, procs, run
+from labctl.manifests_io import stored
+from labctl.model import names
 from labctl.model.objects import Pod, Topology
 from labctl.reconcile import Plan, plan
 from labctl.responder import control as responder
+from labctl.state import records
 from labctl.state.journal import Journal
-from labctl.state.store import LabDir, labs
+from labctl.state.store import LabDir, check_name, labs
 
 ETC_NETNS = "/etc/netns"  # labctl.plumbing.etc writes pods' files there
 
@@ -43,6 +49,7 @@ class UpResult:
     synced: list = field(default_factory=list)  # proxy.sync.NodeSync of the nodes whose rules changed
     policies_synced: list = field(default_factory=list)  # policy.sync.NodePolicySync likewise
     policy_seconds: float = 0.0
+    report: dict[str, Any] = field(default_factory=dict)  # what the command adds (labctl.changes.Change.report)
 
     @property
     def changed(self) -> bool:
@@ -58,6 +65,7 @@ class UpResult:
             "rulesSynced": [{"node": s.node, "mode": s.mode, "full": s.full, "rules": s.rules} for s in self.synced],
             "policiesSynced": [p.node for p in self.policies_synced],
             "seconds": round(self.seconds, 3),
+            **self.report,
         }
 
 
@@ -101,32 +109,40 @@ def check_host(topo: Topology) -> None:
 
 class LabHandle:
     def __init__(self, name: str):
-        self.name = name
-        self.dir = LabDir(name)
+        self.name = check_name(name)
+        self.dir = LabDir(self.name)
         self.journal = Journal(self.dir.journal)
-        self._applied: tuple[tuple[int, int, int], Topology | None] | None = None  # (state file identity, topology)
+        self._applied: tuple[tuple[int, int, int], Applied | None] | None = None  # (state file identity, state)
 
     # -- reading -------------------------------------------------------------
 
     def exists(self) -> bool:
         return self.dir.exists()
 
-    def applied(self) -> Topology | None:
-        """The running lab's topology. Read once per version of state.json (it is
-        replaced whole, never edited), so `apply`, which reads it to merge and
-        again under the lab's lock, parses it once."""
+    def state(self) -> Applied | None:
+        """The running lab's applied state. Read once per version of state.json
+        (it is replaced whole, never edited)."""
         try:
             st = self.dir.state_file.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._applied is None or self._applied[0] != key:
-            state = self.dir.read_state()
-            self._applied = (key, Topology.from_dict(state["topology"]) if state else None)
+            data = self.dir.read_state()
+            applied = None
+            if data:
+                topo = Topology.from_dict(data["topology"])
+                # a state written before file keys were kept: the file owned every object
+                keys = data.get("fileKeys")
+                file_keys = frozenset(tuple(k) for k in keys) if keys is not None else frozenset(d.key for d in stored(topo.documents))
+                applied = Applied(topo, data.get("source", "lab"), file_keys)
+            self._applied = (key, applied)
         return self._applied[1]
 
-    def state(self) -> dict[str, Any] | None:
-        return self.dir.read_state()
+    def applied(self) -> Topology | None:
+        """The running lab's topology."""
+        a = self.state()
+        return a.topology if a else None
 
     def _observe(self, old: Topology | None) -> tuple[Topology | None, list[Pod]]:
         """The applied topology, and its pods whose namespace vanished.
@@ -146,54 +162,78 @@ class LabHandle:
             return None, []
         return old, [p for p in old.pods if names.pod_netns(lab, p.namespace, p.name) not in present]
 
-    # -- up ------------------------------------------------------------------
+    # -- change ----------------------------------------------------------------
 
-    def up(self, topo: Topology, source: str, progress=None, resync: bool = False) -> UpResult:
-        if topo.lab.name != self.name:
-            raise LabError(f"topology is for lab {topo.lab.name}, not {self.name}")
-        check_host(topo)
+    def change(self, desire: Desire, *, create: bool = False, progress=None, resync: bool = False) -> UpResult:
+        """The one path of up, apply, delete and ready: under the lab's lock, read
+        the applied state, compute what the command wants from it, bring the
+        kernel there, record it. `create`: the lab may not exist yet (up)."""
         t0 = time.monotonic()
-        fresh = not self.dir.exists()
-        try:
-            return self._up(topo, source, progress, t0, resync)
-        except LabError as e:
-            if fresh and not self.journal.replay().netns:
-                self.dir.remove()  # nothing was made: leave no records either
-            elif e.hint is None and not isinstance(e, InvalidInput):
-                e.hint = f"`labctl up` again resumes; `labctl down {self.name}` removes what was made"
-            raise
-
-    def _up(self, topo: Topology, source: str, progress, t0: float, resync: bool = False) -> UpResult:
         with self.dir.locked():
-            if resync:
-                from labctl.proxy.sync import forget
+            applied = self.state()
+            if applied is None and not create:
+                if self.dir.exists():
+                    raise NoSuchLab(
+                        f"lab {self.name} did not finish coming up",
+                        hint=f"run `labctl up` with its file again, or `labctl down {self.name}`",
+                    )
+                raise NoSuchLab(f"no lab named {self.name} is up", hint=_which())
+            wanted = desire(applied)  # exit 2 on bad input: nothing is touched
+            if wanted.topology.lab.name != self.name:
+                raise LabError(f"topology is for lab {wanted.topology.lab.name}, not {self.name}")
+            check_host(wanted.topology)  # exit 3: nothing is touched
+            fresh = not self.dir.exists()
+            try:
+                return self._change(applied, wanted, progress, t0, resync)
+            except LabError as e:
+                if fresh and not self.journal.replay().netns:
+                    self.dir.remove()  # nothing was made: leave no records either
+                elif e.hint is None and not isinstance(e, InvalidInput):
+                    e.hint = f"`labctl up` again resumes; `labctl down {self.name}` removes what was made"
+                raise
 
-                for n in topo.lab.nodes:
-                    forget(self.dir, n.name)  # no record: every node's rules are rewritten whole
-            old, lost = self._observe(self.applied())
-            p = plan(old, topo)  # refuses unsupported changes before anything is touched
-            p.rebuild(lost, topo)
-            self._clear_debris(old)
-            self._check_free(p, topo)
-            from labctl.build import Builder  # netlink: only commands that build pay for it
+    def _change(self, applied: Applied | None, wanted: Change, progress, t0: float, resync: bool) -> UpResult:
+        topo = wanted.topology
+        self.dir.create()
+        if resync:
+            for n in topo.lab.nodes:
+                records.forget_node(self.dir, n.name)  # no record: every node's rules are rewritten whole
+        old, lost = self._observe(applied.topology if applied else None)
+        p = plan(old, topo)  # refuses unsupported changes before anything is touched
+        p.rebuild(lost, topo)
+        self._clear_debris(old)
+        self._check_free(p, topo)
+        from labctl.build import Builder  # netlink: only commands that build pay for it
 
-            b = Builder(self.dir, self.journal, progress)
-            if old is not None:
-                b.remove(p, old, topo)
-            b.create(p, topo, old)
-            restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
-            failpoints.hit("state")
-            self.dir.write_state({"lab": self.name, "source": source, "topology": topo.to_dict(), "updated": time.time()})
-            from labctl.proxy.sync import confirm
+        b = Builder(self.dir, self.journal, progress)
+        if old is not None:
+            b.remove(p, old, topo)
+        b.create(p, topo, old)
+        restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
+        failpoints.hit("state")
+        self.dir.write_state(
+            {"lab": self.name, "source": wanted.source, "topology": topo.to_dict(), "fileKeys": sorted(wanted.file_keys, key=str), "updated": time.time()}
+        )
+        from labctl.proxy.sync import confirm
 
-            confirm(self.dir)  # the state now describes what the rules were synced from
+        confirm(self.dir)  # the state now describes what the rules were synced from
         return UpResult(
-            self.name, created=old is None, plan=p, seconds=time.monotonic() - t0, restarted=restarted, synced=b.synced, policies_synced=b.policies_synced,
+            self.name,
+            created=old is None,
+            plan=p,
+            seconds=time.monotonic() - t0,
+            restarted=restarted,
+            synced=b.synced,
+            policies_synced=b.policies_synced,
             policy_seconds=b.policy_seconds,
+            report=wanted.report,
         )
 
     def _clear_debris(self, old: Topology | None) -> None:
-        """Remove what an interrupted run journaled but never completed."""
+        """Remove what an interrupted run journaled but never completed: namespaces the
+        applied topology does not have (and the links they left in the namespaces that
+        stay: a pod's veth on its node, a host's port on the switch), processes it does
+        not run, files of those namespaces."""
         owned = self.journal.replay()
         expected = set(names.lab_namespaces(old)) if old is not None else set()
         debris = [n for n in owned.netns if n not in expected]
@@ -202,16 +242,19 @@ class LabHandle:
             keep_procs.add(responder.KEY)
             keep_procs |= {names.command_key(p.key, c.name) for p in old.pods for c in p.containers if c.command is not None}
         stray = [k for k in owned.procs if k not in keep_procs]
-        if not debris and not stray and old is not None:
+        if not debris and not stray:
             return
-        pids = [owned.procs[k]["pid"] for k in stray if owned.procs[k].get("pid") and procs.alive(owned.procs[k]["pid"], owned.procs[k].get("start"))]
-        if old is None:
-            pids += procs.marked(self.name)
-        inodes = {i for i in (netns.inode(n) for n in debris) if i is not None}
-        pids += procs.in_namespaces(inodes)
+        if old is not None and any("." in n for n in debris):
+            responder.apply(self.dir, self.journal, old)  # its sockets in debris pods pin their namespaces
+        pids = procs.recorded({k: owned.procs[k] for k in stray})
+        pids += procs.in_namespaces({i for i in (netns.inode(n) for n in debris) if i is not None})
         procs.stop(pids)
         for k in stray:
             self.journal.release_proc(k)
+        if old is not None:
+            from labctl.build import unlink_debris
+
+            unlink_debris(old, debris)
         for n in debris:
             netns.delete(n)
         self.journal.release_netns(debris)
@@ -238,14 +281,12 @@ class LabHandle:
 
     def down(self, progress=None) -> dict[str, Any]:
         progress = progress or (lambda step, n: None)
-        if not self.dir.exists():
-            return {"lab": self.name, "found": False, "namespaces": 0, "processes": 0}
         with self.dir.locked():
+            if not self.dir.exists():
+                return {"lab": self.name, "found": False, "namespaces": 0, "processes": 0}
             owned = self.journal.replay()
             inodes = {i for i in (netns.inode(n) for n in owned.netns) if i is not None}
-            pids = procs.marked(self.name) + procs.in_namespaces(inodes)
-            pids += [r["pid"] for r in owned.procs.values() if r.get("pid") and procs.alive(r["pid"], r.get("start"))]
-            pids = sorted(set(pids))
+            pids = sorted(set(procs.recorded(owned.procs) + procs.in_namespaces(inodes)))
             procs.stop(pids)
             removed = 0
             for n in reversed(owned.netns):
@@ -258,8 +299,9 @@ class LabHandle:
 
 
 def _remove_file(path: str, lab: str) -> None:
-    """Remove a journaled file or directory, only where labctl writes them."""
-    if not (path.startswith(f"{ETC_NETNS}/{lab}-") and ".." not in path):
+    """Remove a journaled file or directory, only where labctl writes them: /etc/netns/<lab>-..."""
+    parent, base = os.path.split(path)
+    if parent != ETC_NETNS or not base.startswith(f"{lab}-") or base in (".", ".."):
         return
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -274,13 +316,18 @@ def running_labs() -> list[str]:
     return labs()
 
 
+def _which() -> str:
+    up = running_labs()
+    return f"labs up: {', '.join(up)}" if up else "no lab is up (sudo labctl up topologies/demo.yaml)"
+
+
 def resolve_lab_name(name: str | None) -> str:
-    """--lab may be left out when exactly one lab is up."""
-    if name:
-        return name
+    """--lab (or LABCTL_LAB) may be left out when exactly one lab is up; a name given is checked first."""
+    if name is not None:
+        return check_name(name, "--lab (or LABCTL_LAB)")
     up = running_labs()
     if len(up) == 1:
         return up[0]
     if not up:
-        raise LabError("no lab is up", hint="sudo labctl up topologies/demo.yaml")
+        raise NoSuchLab("no lab is up", hint="sudo labctl up topologies/demo.yaml")
     raise LabError(f"{len(up)} labs are up ({', '.join(up)}): say which with --lab NAME")

@@ -8,12 +8,15 @@ from typing import Any
 from labctl.model import names
 from labctl.kernel import netns
 from labctl.model import dns
+from labctl.errors import NoSuchLab
 from labctl.lab import LabHandle
 from labctl.responder import control as responder
 
 
 def status(handle: LabHandle) -> dict[str, Any]:
     topo = handle.applied()
+    if topo is None and not handle.exists():
+        raise NoSuchLab(f"lab {handle.name} went down while this command ran")
     if topo is None:
         return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": [], "dns": None}
     lab = topo.lab

@@ -8,38 +8,13 @@ state directory or process of any test lab is left.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from labctl.kernel import netns, procs
+from labctl.kernel import netns
 from labctl.state.store import labs
-
-REPO = Path(__file__).resolve().parent.parent
-TEST_PREFIX = "lt"
-
-
-def labctl_cmd() -> list[str]:
-    return [sys.executable, "-m", "labctl"]
-
-
-def run_labctl(*args: str, check: bool = True, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    p = subprocess.run(labctl_cmd() + list(args), capture_output=True, text=True, input=input, env=env, cwd=REPO)
-    if check and p.returncode != 0:
-        raise AssertionError(f"labctl {' '.join(args)} exited {p.returncode}\nstdout: {p.stdout}\nstderr: {p.stderr}")
-    return p
-
-
-def new_lab_name() -> str:
-    return TEST_PREFIX + secrets.token_hex(3)[:5]
-
-
-def ours(name: str) -> bool:
-    return name.startswith(TEST_PREFIX) and len(name) > 7 and name[7] == "-"
-
+from tests.helpers import TEST_PREFIX, lab_processes, labctl_cmd, ours
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
@@ -50,7 +25,7 @@ def nothing_left_behind():
     yield
     left_ns = [n for n in netns.listed() if n not in before and (ours(n) or n.startswith("demo-"))]
     left_labs = [lab for lab in labs() if lab.startswith(TEST_PREFIX) and lab not in before_labs]
-    left_procs = [p for lab in left_labs for p in procs.marked(lab)]
+    left_procs = [p for lab in left_labs for p in lab_processes(lab)]
     for lab in left_labs:  # clean up for the next run, then fail loudly
         subprocess.run(labctl_cmd() + ["down", lab], capture_output=True)
     assert not left_ns and not left_labs and not left_procs, f"left behind: namespaces {left_ns}, labs {left_labs}, pids {left_procs}"

@@ -14,7 +14,7 @@ import traceback
 import click
 
 from labctl import __version__
-from labctl.errors import LabError, NotRoot
+from labctl.errors import LabError, NotRoot, bounded
 
 
 def require_root(command: str) -> None:
@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - last resort: a clear line, the traceback with --debug
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        from labctl.cli.common import gone_meanwhile
+
+        gone = gone_meanwhile()
+        if gone is not None:
+            click.echo(gone.render(), err=True)
+            sys.exit(gone.exit_code)
+        click.echo(f"internal error: {type(e).__name__}: {bounded(str(e))} (run with --debug for the traceback)", err=True)
         sys.exit(1)
     sys.exit(0)

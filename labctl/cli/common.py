@@ -6,7 +6,7 @@ import click
 
 from labctl.lab import LabHandle, resolve_lab_name
 from labctl.model.objects import Topology
-from labctl.errors import LabError
+from labctl.errors import NoSuchLab
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 lab_option = click.option(
@@ -15,17 +15,42 @@ lab_option = click.option(
 )
 
 
-def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
+CURRENT: list[str] = []  # the lab this command works on, for the message when it goes down meanwhile
+
+
+def lab_handle(lab_name: str | None) -> LabHandle:
+    """The lab a command names (--lab, LABCTL_LAB, or the only one up), its name checked first."""
     handle = LabHandle(resolve_lab_name(lab_name))
+    CURRENT[:] = [handle.name]
+    return handle
+
+
+def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
+    handle = lab_handle(lab_name)
     topo = handle.applied()
     if topo is None:
         if handle.exists():
-            raise LabError(
+            raise NoSuchLab(
                 f"lab {handle.name} did not finish coming up",
                 hint=f"run `labctl up` with its file again, or `labctl down {handle.name}`",
             )
-        raise LabError(f"no lab named {handle.name} is up")
+        raise NoSuchLab(f"no lab named {handle.name} is up")
     return handle, topo
+
+
+def still_up(handle: LabHandle) -> None:
+    """After a command that read the lab: if it went down meanwhile, say that (exit 2),
+    not what the vanished namespaces made the command see."""
+    if not handle.exists():
+        raise NoSuchLab(f"lab {handle.name} went down while this command ran")
+
+
+def gone_meanwhile() -> NoSuchLab | None:
+    """When the command's lab went down while it ran (its namespaces vanished under
+    it): the error to show instead of whatever the kernel said."""
+    if CURRENT and not LabHandle(CURRENT[0]).exists():
+        return NoSuchLab(f"lab {CURRENT[0]} went down while this command ran")
+    return None
 
 
 def counts(topo: Topology) -> str:

@@ -24,15 +24,15 @@ def down(name: str | None, file: str | None, all_: bool, as_json: bool) -> None:
     """
     if sum(bool(x) for x in (name, file, all_)) != 1:
         raise InvalidInput("say which lab: labctl down NAME, labctl down -f FILE, or labctl down --all")
-    require_root("down")
     if file:
         from labctl.model.load import lab_name_of
 
         name = lab_name_of(file)
-    names = running_labs() if all_ else [name]
+    handles = [LabHandle(n) for n in (running_labs() if all_ else [name])]  # a name is checked before anything is read
+    require_root("down")
     results = []
-    for lab in names:
-        handle = LabHandle(lab)
+    for handle in handles:
+        lab = handle.name
         with output.progress(f"down {lab}", len(handle.journal.replay().netns), enabled=not as_json) as advance:
             results.append(handle.down(advance))
     if as_json:

@@ -6,7 +6,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab
+from labctl.cli.common import json_option, lab_option, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
 from labctl.probe import scapy_probe
 from labctl.model.targets import default_port, resolve
@@ -35,7 +35,7 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
           svc/NS/NAME@nodeport [--via node/NAME], svc/NS/NAME@lb
     """
     require_root("probe")
-    _, topo = running_lab(lab_name)
+    handle, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")
     b = resolve(topo, dst, role="TO", via=via)
     if proto != "icmp":
@@ -47,6 +47,7 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
     from labctl.probe import ports
 
     result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
+    still_up(handle)
     if as_json:
         output.emit_json(result.to_dict())
     else:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab
-from labctl.errors import InvalidInput
+from labctl.cli.common import json_option, lab_handle, lab_option
 
 
 @cli.command()
@@ -25,18 +22,12 @@ def ready(lab_name, pod, state, as_json) -> None:
     until changed or the pod is deleted; a Pod manifest can also start not
     ready with status.conditions [{type: Ready, status: "False"}].
     """
-    from labctl import manifests_io
-    from labctl.model.load import build
+    from labctl import changes as want
 
-    handle, old = running_lab(lab_name)
     key = pod if "/" in pod else f"default/{pod}"
-    if key not in {p.key for p in old.pods}:
-        raise InvalidInput(f"no pod {key} in lab {handle.name}")
     value = state == "true"
-    marked = replace(old, readiness={**old.readiness, key: value})
-    topo = build(manifests_io.stored(old.documents), handle.state().get("source", "lab"), previous=marked, lab_spec=old.lab)
     require_root("ready")
-    result = handle.up(topo, handle.state().get("source", "lab"))
+    result = lab_handle(lab_name).change(want.ready(key, value))
     if as_json:
         output.emit_json({"pod": key, "ready": value, "seconds": round(result.seconds, 3)})
         return

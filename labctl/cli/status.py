@@ -5,8 +5,9 @@ from __future__ import annotations
 from labctl import output
 from labctl.cli import cli
 from labctl.cli.common import json_option, lab_option
-from labctl.errors import LabError
+from labctl.errors import NoSuchLab
 from labctl.lab import LabHandle, running_labs
+from labctl.state.store import check_name
 from labctl.status import status as lab_status
 
 
@@ -15,8 +16,8 @@ from labctl.status import status as lab_status
 @json_option
 def status(lab_name: str | None, as_json: bool) -> None:
     """Show a lab: nodes, externals, pods, services and network policies."""
-    if lab_name and not LabHandle(lab_name).exists():
-        raise LabError(f"no lab named {lab_name} is up", hint=_which())
+    if lab_name is not None and not LabHandle(check_name(lab_name, "--lab (or LABCTL_LAB)")).exists():
+        raise NoSuchLab(f"no lab named {lab_name} is up", hint=_which())
     names = [lab_name] if lab_name else running_labs()
     reports = [lab_status(LabHandle(n)) for n in names]
     if as_json:

@@ -10,7 +10,7 @@ import click
 from labctl import output
 from labctl.model import names
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab
+from labctl.cli.common import json_option, lab_option, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
 
 
@@ -31,9 +31,10 @@ def verify(lab_name, timeout, workers, as_json) -> None:
     from labctl.policy import verify as V
 
     require_root("verify")
-    _, topo = running_lab(lab_name)
+    handle, topo = running_lab(lab_name)
     t0 = time.monotonic()
     done = V.run(topo, V.cases(topo), timeout=timeout, workers=workers)
+    still_up(handle)
     seconds = time.monotonic() - t0
     bad = [c for c in done if c.mismatch]
     if as_json:

@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+from labctl import failpoints
 from labctl.model.names import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
@@ -124,6 +125,7 @@ def delete(name: str) -> bool:
     if not os.path.lexists(target):
         return False
     _remove(target)
+    failpoints.hit("netns-del")
     return True
 
 

@@ -23,6 +23,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from labctl import failpoints
 from labctl.errors import KernelError
 from labctl.kernel import netns
 
@@ -186,10 +187,14 @@ class Batch:
         data = _link({"index": index, "flags": flags, "change": IFF_UP if up else 0}, attrs, nl_flags=NLM_F_CREATE | NLM_F_EXCL)
         self._add(data, f"ip link add {name} type veth peer name {peer} netns {peer_netns}")
 
-    def bridge(self, name: str, *, index: int = 0, mtu: int | None = None, up: bool = True) -> None:
+    def bridge(self, name: str, *, index: int = 0, mtu: int | None = None, mac: str | None = None, up: bool = True) -> None:
+        """ip link add NAME type bridge [address MAC]: a MAC given is kept whatever ports come and go
+        (without one, the kernel takes the lowest of its ports', which changes under the hosts' ARP caches)."""
         attrs: list = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
+        if mac:
+            attrs.append(("IFLA_ADDRESS", mac))
         data = _link({"index": index, "flags": IFF_UP if up else 0, "change": IFF_UP}, attrs, nl_flags=NLM_F_CREATE | NLM_F_EXCL)
         self._add(data, f"ip link add {name} type bridge")
 
@@ -298,6 +303,7 @@ class Batch:
             failures = _send_all(sock, self.requests)
         finally:
             sock.close()
+        failpoints.hit("netlink")
         if failures:
             where = f" in namespace {self.netns}" if self.netns else ""
             lines = "\n  ".join(str(f) for f in failures[:10])

@@ -1,11 +1,14 @@
-"""Processes a lab starts, and finding them again after a crash.
+"""Processes a lab starts, owned by what the journal records of them.
 
-Every process a lab starts is journaled before it is spawned and carries
-LABCTL_LAB=<lab> in its environment, so `down` finds it even when labctl was
-killed between the spawn and the journal line that records its pid. Processes
-living inside one of the lab's namespaces (a server a user started with
-`labctl exec`, say) are found by their namespace and stopped too: they would
-otherwise keep the namespace, and its interfaces, alive.
+A process is spawned behind a gate: a shell that waits for one line on a
+pipe before it execs the program (same pid, same start time). labctl journals
+the pid and the start time from /proc, then opens the gate. If labctl is
+killed before that, the pipe closes without a line and the gate exits: no
+program ever runs that the journal does not name. `down` stops a process only
+when its pid and start time still match the record (a pid reused by another
+process is left alone), plus whatever runs inside the lab's own namespaces
+(a server a user started with `labctl exec`), found by the namespace's inode.
+Nothing is found by an environment variable a user's shell may also carry.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ import os
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 from labctl import failpoints
 from labctl.state.journal import Journal
 
-MARKER = "LABCTL_LAB"
+# The gate's standard input is the pipe; `read` fails at its end: a gate whose
+# writer died exits instead of running the program, which gets /dev/null instead.
+GATE = ["sh", "-c", 'IFS= read -r go || exit 125; exec "$@" </dev/null', "labctl-gate"]
 
 
 def start_time(pid: int) -> int | None:
@@ -49,56 +53,50 @@ def alive(pid: int, start: int | None = None) -> bool:
 def spawn(
     argv: list[str],
     *,
-    lab: str,
     key: str,
     journal: Journal,
     log: Path,
     netns: str | None = None,
     env: dict[str, str] | None = None,
 ) -> int:
-    """Start a detached process for the lab; journaled before and after."""
-    token = uuid.uuid4().hex
-    journal.proc(key, token)
+    """Start a detached process for the lab, journaled before it runs."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    full_env[MARKER] = lab
-    full_env["LABCTL_PROC"] = token
     if netns is not None:
         # `ip netns exec` gives the process /etc/netns/<ns>/* (resolv.conf) as it does for users.
         argv = ["ip", "netns", "exec", netns] + argv
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=full_env,
-            cwd="/",
-        )
-    failpoints.hit("spawned")
-    journal.pid(key, proc.pid, start_time(proc.pid))
+    gate_r, gate_w = os.pipe()
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                GATE + argv,
+                stdin=gate_r,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=full_env,
+                cwd="/",
+            )
+        os.close(gate_r)
+        gate_r = -1
+        failpoints.hit("spawned")
+        journal.proc(key, proc.pid, start_time(proc.pid))
+        os.write(gate_w, b"go\n")
+    finally:
+        if gate_r >= 0:
+            os.close(gate_r)
+        os.close(gate_w)
     return proc.pid
 
 
-def _environ_has(pid: int, needle: bytes) -> bool:
-    try:
-        data = Path(f"/proc/{pid}/environ").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return False
-    return needle in data.split(b"\0")
+def recorded(owned: dict[str, dict]) -> list[int]:
+    """The journaled processes still running (pid and start time both match)."""
+    return [r["pid"] for r in owned.values() if r.get("pid") and alive(r["pid"], r.get("start"))]
 
 
 def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def marked(lab: str) -> list[int]:
-    """Processes started by the lab (by the marker in their environment)."""
-    needle = f"{MARKER}={lab}".encode()
-    me = os.getpid()
-    return [pid for pid in _pids() if pid != me and _environ_has(pid, needle)]
 
 
 def in_namespaces(inodes: set[int]) -> list[int]:
@@ -141,4 +139,5 @@ def stop(pids: list[int], grace: float = 1.0) -> None:
                 break
             time.sleep(0.01)
         if not pids:
-            return
+            break
+    failpoints.hit("stopped")

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from labctl import failpoints
 from labctl.errors import HostLacks, KernelError
 from labctl.kernel import netns
 
@@ -59,6 +60,7 @@ def apply_all(transactions: list[Transaction]) -> None:
         running.append((t, p))
     failures = []
     for t, p in running:
+        failpoints.hit("restore")
         _, err = p.communicate(t.text)
         if p.returncode != 0:
             ctx = _context(t.text, err)

@@ -29,12 +29,21 @@ def hosts(net: IPv4Network) -> Iterator[IPv4Address]:
 
 
 class AddressPool:
-    """Addresses of one range handed out in order, skipping those in use."""
+    """Addresses of one range handed out in order, skipping those in use and the
+    excluded ranges (a LoadBalancer pool inside the node network)."""
 
-    def __init__(self, first: IPv4Address, last: IPv4Address, used: Iterable[str | IPv4Address] = (), cursor: str | None = None):
+    def __init__(
+        self,
+        first: IPv4Address,
+        last: IPv4Address,
+        used: Iterable[str | IPv4Address] = (),
+        cursor: str | None = None,
+        exclude: Iterable[tuple[IPv4Address, IPv4Address]] = (),
+    ):
         self.first = IPv4Address(first)
         self.last = IPv4Address(last)
         self.used: set[IPv4Address] = {IPv4Address(a) for a in used}
+        self.exclude = [(int(a), int(b)) for a, b in exclude]
         # host-local remembers the last address it gave and starts after it.
         self.cursor = IPv4Address(cursor) if cursor else None
 
@@ -53,26 +62,33 @@ class AddressPool:
         start = 0
         if self.cursor is not None and self.cursor in self:
             start = int(self.cursor) - int(self.first) + 1
-        for i in range(n):
-            ip = IPv4Address(int(self.first) + (start + i) % n)
+        i = 0
+        while i < n:
+            value = int(self.first) + (start + i) % n
+            skip = next((b for a, b in self.exclude if a <= value <= b), None)
+            if skip is not None:  # jump over an excluded range, however large
+                i += min(skip, int(self.last)) - value + 1
+                continue
+            ip = IPv4Address(value)
             if ip not in self.used:
                 self.used.add(ip)
                 self.cursor = ip
                 return ip
+            i += 1
         raise PoolExhausted(f"{self.first}-{self.last}")
 
 
-def node_pool(node_network: str, used: Iterable[str]) -> AddressPool:
+def node_pool(node_network: str, used: Iterable[str], exclude=()) -> AddressPool:
     """Node addresses: .10, .11, ... (.1 is the underlay's gateway)."""
     net = ipaddress.ip_network(node_network)
     first = net.network_address + 10 if net.num_addresses > 12 else net.network_address + 2
-    return AddressPool(first, net.broadcast_address - 1, used)
+    return AddressPool(first, net.broadcast_address - 1, used, exclude=exclude)
 
 
-def external_pool(node_network: str, used: Iterable[str]) -> AddressPool:
+def external_pool(node_network: str, used: Iterable[str], exclude=()) -> AddressPool:
     net = ipaddress.ip_network(node_network)
     first = net.network_address + 100 if net.num_addresses > 102 else net.network_address + 2
-    return AddressPool(first, net.broadcast_address - 1, used)
+    return AddressPool(first, net.broadcast_address - 1, used, exclude=exclude)
 
 
 def pod_pool(pod_cidr: str, used: Iterable[str] = (), cursor: str | None = None) -> AddressPool:

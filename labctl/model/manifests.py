@@ -74,6 +74,8 @@ def _read_namespace(doc: Document, out: Objects) -> None:
 
 # -- Pod and Deployment ------------------------------------------------------
 
+MAX_REPLICAS = 10_000  # a lab's /16 pod network holds 65,534 pods; kube-apiserver allows 2^31-1
+
 _UNSUPPORTED_POD_FIELDS = {
     "hostNetwork": "pods in the node's network namespace",
 }
@@ -190,6 +192,9 @@ def _read_deployment(doc: Document, out: Objects) -> None:
         out.problems.append(Problem(doc.where(), "spec.selector", "must not be empty"))
     if replicas < 0:
         out.problems.append(Problem(doc.where(), "spec.replicas", f"must be 0 or more, not {replicas}"))
+        replicas = 0
+    elif replicas > MAX_REPLICAS:
+        out.problems.append(Problem(doc.where(), "spec.replicas", f"{replicas} is more pods than a lab builds from one Deployment (at most {MAX_REPLICAS:,})"))
         replicas = 0
     out.deployments.append(Deployment(namespace=namespace, name=name, replicas=replicas, doc=doc.index))
     for i in range(replicas):

@@ -62,9 +62,27 @@ def switch_port(lab: str, host: str) -> str:
 
 def vtep_mac(lab: str, node: str) -> str:
     """flannel.1's MAC: stable per lab and node, locally administered unicast."""
-    b = bytearray(bytes.fromhex(_hex(f"vtep/{lab}/{node}", 12)))
+    return _mac(f"vtep/{lab}/{node}")
+
+
+def _mac(key: str) -> str:
+    """A locally administered unicast MAC from a stable key."""
+    b = bytearray(bytes.fromhex(_hex(key, 12)))
     b[0] = (b[0] & 0xFC) | 0x02
     return ":".join(f"{x:02x}" for x in b)
+
+
+def host_mac(lab: str, host: str) -> str:
+    """eth0's MAC on a node or external: stable per lab and host, so a host that leaves
+    and comes back under its address is not hidden by a stale ARP entry of its peers."""
+    return _mac(f"eth0/{lab}/{host}")
+
+
+def bridge_mac(lab: str, host: str, bridge: str) -> str:
+    """A bridge's MAC (cni0 on a node, br0 on the switch), fixed when it is made: a bridge
+    without one takes the lowest MAC of its ports, and changes it when that port leaves,
+    under the ARP caches of every pod that has it as its gateway."""
+    return _mac(f"{bridge}/{lab}/{host}")
 
 
 def command_key(pod_key: str, container: str) -> str:

@@ -8,7 +8,6 @@ running lab, so `up` and `apply` compare two of them (labctl.reconcile).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 

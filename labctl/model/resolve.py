@@ -12,7 +12,8 @@ from dataclasses import replace
 
 from labctl.model import ipam
 from labctl.model.errors import Problem
-from labctl.model.objects import External, LabSpec, Node, Pod, Topology
+from labctl.model.fields import lb_pool_range
+from labctl.model.objects import LabSpec, Pod, Topology
 
 
 def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
@@ -29,17 +30,15 @@ def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, probl
     nodes = [replace(n, ip=keep(n, prev_nodes.get(n.name))) for n in spec.nodes]
     exts = [replace(e, ip=keep(e, prev_exts.get(e.name))) for e in spec.externals]
     used = [h.ip for h in nodes + exts if h.ip]
-    if spec.load_balancer_pool:
-        first, _, last = spec.load_balancer_pool.partition("-")
-        used += [str(ipaddress.IPv4Address(i)) for i in range(int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last)) + 1)]
-    npool = ipam.node_pool(str(node_net), used)
+    lb = [lb_pool_range(spec.load_balancer_pool)] if spec.load_balancer_pool else []
+    npool = ipam.node_pool(str(node_net), used, exclude=lb)
     for i, n in enumerate(nodes):
         if n.ip is None:
             try:
                 nodes[i] = replace(n, ip=str(npool.allocate()))
             except ipam.PoolExhausted:
                 problems.append(Problem(where, f"spec.nodes[{i}].ip", f"nodeNetwork {node_net} has no address left for node {n.name!r}"))
-    epool = ipam.external_pool(str(node_net), used + [n.ip for n in nodes if n.ip])
+    epool = ipam.external_pool(str(node_net), used + [n.ip for n in nodes if n.ip], exclude=lb)
     for i, e in enumerate(exts):
         if e.ip is None:
             try:

@@ -11,7 +11,6 @@ pool, each skipping what is taken.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import replace
 from typing import Callable
 

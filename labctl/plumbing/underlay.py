@@ -22,9 +22,9 @@ def gateway(node_network: str) -> str:
     return str(ipaddress.ip_network(node_network).network_address + 1)
 
 
-def switch(b: Batch, node_network: str) -> None:
+def switch(b: Batch, lab: str, node_network: str) -> None:
     """br0 in the switch namespace, with the gateway address."""
-    b.bridge(names.SWITCH_BRIDGE, index=SWITCH_BRIDGE_INDEX, up=True)
+    b.bridge(names.SWITCH_BRIDGE, index=SWITCH_BRIDGE_INDEX, mac=names.bridge_mac(lab, names.UNDERLAY, names.SWITCH_BRIDGE), up=True)
     b.addr(SWITCH_BRIDGE_INDEX, gateway(node_network), ipaddress.ip_network(node_network).prefixlen, names.SWITCH_BRIDGE)
 
 
@@ -36,6 +36,7 @@ def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -
         host_netns_fd,
         host_netns,
         peer_index=HOST_ETH0_INDEX,
+        peer_mac=names.host_mac(lab, host),
         master=SWITCH_BRIDGE_INDEX,
         up=True,
     )

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from labctl.model.objects import Pod, Topology
 from labctl.model.policy import NetworkPolicy, Peer, Port
-from labctl.policy.engine import Engine, Party
+from labctl.policy.engine import Engine
 
 MARK = "0x10000"
 MAIN = "LABCTL-NETPOL"

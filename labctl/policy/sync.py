@@ -3,7 +3,7 @@
 when policies changed) and, when sets went stale, one more `ipset restore`
 to destroy them once no rule refers to them; all nodes in parallel.
 
-A record per node (<statedir>/netpol/<node>.json) says what its sets hold and
+A record per node (labctl.state.records, kind "netpol") says what its sets hold and
 which chains it has, so a relabel is a few `add`/`del` lines. A node whose
 filter table was just replaced (a full sync of kube-proxy's iptables rules,
 which rewrites the table whole) or that has no record gets everything again.
@@ -11,14 +11,13 @@ which rewrites the table whole) or that has no record gets everything again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from labctl.model import names
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.policy import rules as R
+from labctl.state.records import RecordKind
 from labctl.state.store import LabDir
 
 
@@ -35,19 +34,15 @@ class NodePolicySync:
         return not (self.sets_text or self.chains_text or self.destroy_text)
 
 
-def _path(labdir: LabDir, node: str) -> Path:
-    return labdir.path / "netpol" / f"{node}.json"
+RECORD_VERSION = 1
+
+
+def _records(labdir: LabDir) -> RecordKind:
+    return RecordKind(labdir, "netpol", RECORD_VERSION)
 
 
 def read_record(labdir: LabDir, node: str) -> dict | None:
-    try:
-        return json.loads(_path(labdir, node).read_text())
-    except FileNotFoundError:
-        return None
-
-
-def forget(labdir: LabDir, node: str) -> None:
-    _path(labdir, node).unlink(missing_ok=True)
+    return _records(labdir).read(node)
 
 
 def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool, desired: R.PolicyRules | None = None) -> NodePolicySync:
@@ -72,11 +67,12 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
     """Bring every node's policy rules to what `topo` says. `replaced`: nodes whose
     filter table was rewritten whole since the last policy sync."""
     lab = topo.lab.name
+    store = _records(labdir)
     plans = []
     node_names = nodes or [n.name for n in topo.lab.nodes]
     rendered = R.render_all(topo, node_names)
     for node in node_names:
-        rec = read_record(labdir, node)
+        rec = store.read(node)
         if rec is None and node not in replaced:
             # No record, but the node may hold our chains and jumps (a sync that crashed):
             # start from a clean slate so nothing is installed twice.
@@ -92,13 +88,11 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
             plans.append(p)
     if not plans:
         return []
-    _path(labdir, plans[0].node).parent.mkdir(exist_ok=True)
-    for p in plans:  # a sync that does not finish leaves no record: the next one starts over
-        forget(labdir, p.node)
+    store.begin([p.node for p in plans])  # a sync that does not finish leaves no record: the next one starts over
     ns = {p.node: names.node_netns(lab, p.node) for p in plans}
     run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.sets_text) for p in plans if p.sets_text])
     run.apply_all([run.Transaction(ns[p.node], ["iptables-restore", "--noflush"], p.chains_text) for p in plans if p.chains_text])
     run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.destroy_text) for p in plans if p.destroy_text])
     for p in plans:
-        _path(labdir, p.node).write_text(json.dumps(p.record, separators=(",", ":")))
+        store.write(p.node, p.record)
     return plans

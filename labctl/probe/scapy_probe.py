@@ -170,7 +170,7 @@ class _Wire:
 
 
 def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):
-    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
+    from scapy.layers.inet import ICMP, TCP, UDP, IPerror, TCPerror, UDPerror
 
     def is_error_about_us(r) -> bool:
         if not r.haslayer(ICMP) or int(r[ICMP].type) not in (3, 11, 12) or not r.haslayer(IPerror):

@@ -1,7 +1,7 @@
 """Programming service rules into the nodes: one transaction per node, all
 nodes in parallel.
 
-Each node has a record (<statedir>/proxy/<node>.json): the mode, and per
+Each node has a record (labctl.state.records, kind "proxy"): the mode, and per
 service port a fingerprint of everything its rules depend on plus what its
 rules put in the kernel. With a record, a sync is partial: only service ports
 whose fingerprint changed are rendered and written; and with the lab's state
@@ -14,9 +14,7 @@ always safe.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from labctl import failpoints
 from labctl.model import names
@@ -25,6 +23,7 @@ from labctl.model.objects import Topology
 from labctl.plumbing.node import masquerade_chains
 from labctl.proxy import conntrack, iptables, ipvs, nftables
 from labctl.proxy.endpoints import ServicePortInfo, affected_services, service_ports
+from labctl.state.records import RecordKind
 from labctl.state.store import LabDir
 
 MODES = ("iptables", "nftables", "ipvs")
@@ -70,36 +69,13 @@ def _argv(mode: str, full: bool) -> list[str]:
     return ["nft", "-f", "-"]
 
 
-def _record_path(labdir: LabDir, node: str) -> Path:
-    return labdir.path / "proxy" / f"{node}.json"
-
-
-def _pending_path(labdir: LabDir, node: str) -> Path:
-    return labdir.path / "proxy" / f"{node}.pending"
+def _records(labdir: LabDir) -> RecordKind:
+    return RecordKind(labdir, "proxy", RECORD_VERSION)
 
 
 def read_record(labdir: LabDir, node: str) -> dict | None:
     """The node's record; None when there is none or a sync of it never finished."""
-    if _pending_path(labdir, node).exists():
-        return None
-    try:
-        rec = json.loads(_record_path(labdir, node).read_text())
-    except FileNotFoundError:
-        return None
-    return rec if rec.get("version") == RECORD_VERSION else None
-
-
-def _write_record(labdir: LabDir, node: str, data: dict) -> None:
-    p = _record_path(labdir, node)
-    p.parent.mkdir(exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(data, version=RECORD_VERSION), separators=(",", ":")))
-    tmp.replace(p)
-
-
-def forget(labdir: LabDir, node: str) -> None:
-    _record_path(labdir, node).unlink(missing_ok=True)
-    _pending_path(labdir, node).unlink(missing_ok=True)
+    return _records(labdir).read(node)
 
 
 def require_mode(mode: str, scheduler: str = "rr") -> None:
@@ -209,14 +185,10 @@ def _leave(topo: Topology, node: str, old_mode: str) -> list[run.Transaction]:
     return [run.Transaction(ns, ["nft", "-f", "-"], f"add table {nftables.TABLE}\ndelete table {nftables.TABLE}\n")]
 
 
-def _unconfirmed(labdir: LabDir) -> Path:
-    return labdir.path / "proxy" / "unconfirmed"
-
-
 def confirm(labdir: LabDir) -> None:
     """The lab's state now says what the last sync was made from: the next sync may
     plan from the difference between that state and its topology."""
-    _unconfirmed(labdir).unlink(missing_ok=True)
+    _records(labdir).clear("unconfirmed")
 
 
 def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previous: Topology | None = None) -> list[NodeSync]:
@@ -226,9 +198,9 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
     lab = topo.lab.name
     mode = topo.lab.proxy_mode
     # a sync whose state was never written (a crash in between) leaves records the state does not describe
-    scope = affected_services(previous, topo) if previous is not None and not _unconfirmed(labdir).exists() else None
-    _unconfirmed(labdir).parent.mkdir(exist_ok=True)
-    _unconfirmed(labdir).touch()
+    store = _records(labdir)
+    scope = affected_services(previous, topo) if previous is not None and not store.marked("unconfirmed") else None
+    store.mark("unconfirmed")
     everything: list[ServicePortInfo] | None = None
 
     def all_ports() -> list[ServicePortInfo]:
@@ -240,8 +212,8 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
     scoped = service_ports(topo, only=scope) if scope is not None and mode != "ipvs" else None
     syncs, leaving, known = [], [], set()
     for node in nodes or [n.name for n in topo.lab.nodes]:
-        rec = read_record(labdir, node)
-        if rec is not None or _pending_path(labdir, node).exists():  # a new node has no conntrack entries yet
+        rec = store.read(node)
+        if rec is not None or store.pending(node):  # a new node has no conntrack entries yet
             known.add(node)
         left = False
         if rec is not None and rec.get("mode") not in (None, mode):
@@ -258,17 +230,14 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
     run.apply_all(leaving)
     if not syncs:
         return []
-    for s in syncs:  # pending until its transaction is in: a crash in between means a full sync next time
-        _pending_path(labdir, s.node).parent.mkdir(exist_ok=True)
-        _pending_path(labdir, s.node).touch()
+    store.begin([s.node for s in syncs])  # pending until the transactions are in: a crash in between means a full sync next time
     if mode == "ipvs":
         _apply_ipvs(topo, syncs)
     else:
         run.apply_all([run.Transaction(names.node_netns(lab, s.node), s.argv, s.text) for s in syncs])
     failpoints.hit("rules")
     for s in syncs:
-        _write_record(labdir, s.node, {"mode": s.mode, "services": s.services, **(s.extra or {})})
-        _pending_path(labdir, s.node).unlink()
+        store.write(s.node, {"mode": s.mode, "services": s.services, **(s.extra or {})})
     _clean_udp(topo, [s for s in syncs if s.node in known and s.udp])
     return syncs
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from labctl.model import names
+from labctl import failpoints
 from labctl.errors import LabError
 from labctl.kernel import procs
 from labctl.model.objects import Topology
@@ -70,7 +71,6 @@ def _log_tail(labdir: LabDir) -> str:
 def _spawn(labdir: LabDir, journal: Journal, lab: str) -> int:
     return procs.spawn(
         [sys.executable, "-m", "labctl.responder", str(labdir.path)],
-        lab=lab,
         key=KEY,
         journal=journal,
         log=labdir.file("responder.log"),
@@ -113,6 +113,7 @@ def apply(labdir: LabDir, journal: Journal, topo: Topology) -> None:
         return
     pid = _ensure(labdir, journal, topo.lab.name)
     reply = _wait_ready(labdir, pid, "reload")
+    failpoints.hit("responder")
     if not reply.startswith("ok"):
         raise LabError(f"the responder could not serve every port: {reply}")
 

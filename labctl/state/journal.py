@@ -8,8 +8,7 @@ makes: namespaces (every link, address, route and rule lives inside one and
 goes with it), processes, and files outside the state directory.
 
     {"op": "netns", "name": "demo-node1"}
-    {"op": "proc", "key": "responder", "token": "..."}       before spawning
-    {"op": "pid", "key": "responder", "pid": 123, "start": 456}  after
+    {"op": "proc", "key": "responder", "pid": 123, "start": 456}  spawned, not yet running (see kernel.procs)
     {"op": "file", "path": "/etc/netns/demo-default.web-0"}
     {"op": "release", "kind": "netns", "name": "..."}        removed by a reconcile
 """
@@ -22,13 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from labctl import failpoints
+
 
 @dataclass
 class Owned:
     """What the journal says the lab owns now."""
 
     netns: list[str] = field(default_factory=list)
-    procs: dict[str, dict] = field(default_factory=dict)  # key -> {"token", "pid", "start"}
+    procs: dict[str, dict] = field(default_factory=dict)  # key -> {"pid", "start"}
     files: list[str] = field(default_factory=list)
 
 
@@ -50,6 +51,7 @@ class Journal:
                 view = view[n:]
         finally:
             os.close(fd)
+        failpoints.hit("journal")
 
     def netns(self, names: Iterable[str]) -> None:
         self.append({"op": "netns", "name": n} for n in names)
@@ -57,11 +59,9 @@ class Journal:
     def release_netns(self, names: Iterable[str]) -> None:
         self.append({"op": "release", "kind": "netns", "name": n} for n in names)
 
-    def proc(self, key: str, token: str) -> None:
-        self.append([{"op": "proc", "key": key, "token": token}])
-
-    def pid(self, key: str, pid: int, start: int | None) -> None:
-        self.append([{"op": "pid", "key": key, "pid": pid, "start": start}])
+    def proc(self, key: str, pid: int, start: int | None) -> None:
+        """A process of the lab: its pid and its start time (which tells it from a later process with its pid)."""
+        self.append([{"op": "proc", "key": key, "pid": pid, "start": start}])
 
     def release_proc(self, key: str) -> None:
         self.append([{"op": "release", "kind": "proc", "key": key}])
@@ -105,8 +105,8 @@ def _apply(line: str, netns: dict[str, None], procs: dict[str, dict], files: dic
     if op == "netns":
         netns[e["name"]] = None
     elif op == "proc":
-        procs[e["key"]] = {"token": e["token"]}
-    elif op == "pid" and e["key"] in procs:
+        procs[e["key"]] = {"pid": e["pid"], "start": e.get("start")} if "pid" in e else {}
+    elif op == "pid" and e["key"] in procs:  # written by labctl before 0.2
         procs[e["key"]].update(pid=e["pid"], start=e.get("start"))
     elif op == "file":
         files[e["path"]] = None

@@ -11,7 +11,7 @@ import pytest
 
 from labctl.model import names
 from labctl.kernel import netns
-from tests.conftest import REPO, labctl_cmd, new_lab_name, run_labctl
+from tests.helpers import REPO, labctl_cmd, new_lab_name, run_labctl
 from tests.helpers import dump, lab_doc, pod
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +72,7 @@ def test_up_status_probe_exec_down_json(cli_lab):
     assert up["created"] is True and up["changes"]["podsAdded"] == 2
     st = json.loads(run_labctl("status", "--lab", name, "--json").stdout)
     assert st["lab"] == name
-    assert st["nodes"][0] | {} == st["nodes"][0] and {"name", "ip", "podCIDR"} <= set(st["nodes"][0])
+    assert {"name", "ip", "podCIDR"} <= set(st["nodes"][0])
     assert st["nodes"][0]["ip"] == "10.10.20.10" and st["nodes"][0]["podCIDR"] == "10.244.0.0/24"
     assert st["externals"] == [{"name": "client", "ip": "10.10.20.100", "netns": f"{name}-client", "present": True}]
     a = next(p for p in st["pods"] if p["name"] == "a")
@@ -99,9 +99,6 @@ def test_up_status_probe_exec_down_json(cli_lab):
     assert "10.244.0.2/24" in run_labctl("exec", "--lab", name, "a", "--", "ip", "-4", "addr", "show", "eth0").stdout
     assert "flannel.1" in run_labctl("exec", "--lab", name, "node/node1", "--", "ip", "route").stdout
     assert run_labctl("exec", "--lab", name, "a", "--", "sh", "-c", "exit 7", check=False).returncode == 7
-    # --lab may be left out when exactly one lab is up (none other runs in this test)
-    if len(os.listdir("/run/labctl")) == 1:
-        assert json.loads(run_labctl("status", "--json").stdout)["lab"] == name
     down = json.loads(run_labctl("down", name, "--json").stdout)
     assert down["found"] and down["namespaces"] == 6
 
@@ -137,6 +134,22 @@ def test_unknown_targets_and_missing_lab_are_clear(cli_lab):
     p = run_labctl("probe", "--lab", name, "a", "default/c", check=False)
     assert p.returncode == 2 and "no pod default/c" in p.stderr
     p = run_labctl("status", "--lab", "nosuchlab", check=False)
-    assert p.returncode == 1 and "no lab named nosuchlab is up" in p.stderr
+    assert p.returncode == 2 and "no lab named nosuchlab is up" in p.stderr
     p = run_labctl("exec", "--lab", name, "a", check=False)
     assert p.returncode == 2 and "no command given" in p.stderr
+
+
+def test_the_lab_may_be_left_out_when_exactly_one_is_up(root, tmp_path):
+    """In a state root of its own, so that no other lab on this machine is up there."""
+    name = new_lab_name()
+    path = tmp_path / "lab.yaml"
+    path.write_text(dump(lab_doc(name, nodes=[{"name": "node1"}]), pod("a")))
+    env = dict(os.environ, LABCTL_STATE_DIR=str(tmp_path / "state"))
+    run_labctl("up", str(path), env=env)
+    try:
+        assert json.loads(run_labctl("status", "--json", env=env).stdout)["lab"] == name
+        assert run_labctl("probe", "a", "node/node1", "--proto", "icmp", env=env).returncode == 0
+    finally:
+        run_labctl("down", name, env=env)
+    none = run_labctl("status", "--lab", name, env=env, check=False)
+    assert none.returncode == 2 and f"no lab named {name} is up" in none.stderr

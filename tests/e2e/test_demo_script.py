@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from labctl.kernel import netns
-from tests.conftest import REPO, run_labctl
+from tests.helpers import REPO, run_labctl
 
 pytestmark = pytest.mark.e2e
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from labctl.model import names
-from labctl.kernel import netns, procs
+from labctl.kernel import netns
+from labctl import changes
 from labctl.lab import LabHandle
 from labctl.model.documents import parse_text
-from labctl.model.load import build
 from labctl.model.objects import Topology
 from labctl.probe import scapy_probe
 from labctl.model.targets import default_port, resolve
-from tests.conftest import new_lab_name, run_labctl
+from tests.helpers import lab_processes, new_lab_name, run_labctl
 from tests.helpers import dump, lab_doc
 
 pytestmark = pytest.mark.kernel
@@ -44,8 +44,7 @@ class KernelLab:
         """Bring the lab to these documents (the first is the Lab) through the API."""
         text = dump(*docs)
         self.file.write_text(text)
-        topo = build(parse_text(text, str(self.file)), str(self.file), self.handle.applied())
-        return self.handle.up(topo, str(self.file))
+        return self.handle.change(changes.up(parse_text(text, str(self.file)), str(self.file)), create=True)
 
     def cli(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
         return run_labctl(*args, check=check, input=input)
@@ -94,7 +93,7 @@ class KernelLab:
         return self.topo.pod(key).ip
 
     def owned_pids(self) -> list[int]:
-        return procs.marked(self.name)
+        return lab_processes(self.name)
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.kernel import netns, procs
+from labctl.kernel import netns
 from labctl.state.store import LabDir
-from tests.conftest import labctl_cmd, run_labctl
+from tests.helpers import lab_processes, labctl_cmd, run_labctl
 from tests.helpers import deployment, pod
 
 pytestmark = pytest.mark.kernel
@@ -43,7 +43,7 @@ def crash_up(lab, failpoint: str, *docs) -> subprocess.CompletedProcess:
 def leftovers(lab) -> dict:
     return {
         "namespaces": [n for n in netns.listed() if n.startswith(lab.name + "-")],
-        "processes": procs.marked(lab.name),
+        "processes": lab_processes(lab.name),
         "records": LabDir(lab.name).exists(),
         "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")],
     }
@@ -76,7 +76,7 @@ def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
     web = topo.service("default/web").cluster_ip
     assert lab.sh(lab.pod_ns("p"), "getent", "hosts", "web").split()[:1] == [web], "the cluster DNS answers"
     assert lab.probe("p", "svc/default/web").served_by.startswith("default/web-"), "the service rules are whole again"
-    assert len([x for x in procs.marked(lab.name)]) == 1, "exactly one responder"
+    assert len([x for x in lab_processes(lab.name)]) == 1, "exactly one responder"
     assert sorted(n for n in netns.listed() if n.startswith(lab.name + "-")) == sorted(
         [f"{lab.name}-underlay", f"{lab.name}-n1", f"{lab.name}-n2", f"{lab.name}-x", f"{lab.name}-default.p", f"{lab.name}-kube-system.coredns"]
         + [f"{lab.name}-default.web-{i}" for i in range(4)]

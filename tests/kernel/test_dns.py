@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from labctl.kernel import netns
-from tests.conftest import new_lab_name
-from tests.helpers import deployment, dump, lab_doc, namespace, pod
+from tests.helpers import new_lab_name
+from tests.helpers import deployment, dump, namespace, pod
 from tests.kernel.conftest import KernelLab
 
 pytestmark = pytest.mark.kernel
@@ -132,7 +132,7 @@ def test_records_of_the_specification(dlab):
     assert dlab.short("client", "db.default.svc.cluster.local") == sorted([a, b]), "headless: ready endpoints only (db-c is not ready)"
     assert dlab.short("client", "alpha.db.default.svc.cluster.local") == [a], "hostname.subdomain"
     srv = dlab.dig("client", "+short", "_pg._tcp.db.default.svc.cluster.local", "SRV").splitlines()
-    assert sorted(srv) == sorted([f"0 50 5432 alpha.db.default.svc.cluster.local.", f"0 50 5432 {b.replace('.', '-')}.db.default.svc.cluster.local."])
+    assert sorted(srv) == sorted(["0 50 5432 alpha.db.default.svc.cluster.local.", f"0 50 5432 {b.replace('.', '-')}.db.default.svc.cluster.local."])
     assert dlab.short("client", "-x", a) == ["alpha.db.default.svc.cluster.local."]
     assert dlab.short("client", "search.default.svc.cluster.local", "CNAME") == ["www.example.com."]
     assert dlab.short("client", "dns-version.cluster.local", "TXT") == ['"1.1.0"']

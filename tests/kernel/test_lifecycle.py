@@ -195,3 +195,22 @@ def test_down_is_idempotent_and_reports_an_unknown_lab(lab):
     assert second.returncode == 0 and "is not up" in second.stdout
     assert not [n for n in netns.listed() if n.startswith(lab.name + "-")]
     assert re.search(r"4 namespaces removed, 1 process stopped", first.stdout)
+
+
+def test_a_pod_leaving_changes_no_mac_other_hosts_have_cached(lab):
+    """A bridge takes the lowest MAC of its ports unless given one: when that port's pod
+    left, every pod on the node kept sending to a gateway MAC that was gone (seconds of
+    loss, until ARP noticed). cni0 and the switch's br0 have fixed MACs; so has each
+    host's eth0, so a node that leaves and comes back is not hidden by its peers' ARP."""
+    docs = [lab.doc(), pod("a", node="node1"), pod("b", node="node2")] + [pod(f"z{i}", node="node1") for i in range(6)]
+    lab.up(*docs)
+    cni0 = lab.jsh(lab.node_ns("node1"), "ip", "-j", "link", "show", "cni0")[0]["address"]
+    assert cni0 == names.bridge_mac(lab.name, "node1", "cni0")
+    assert lab.probe("a", "b").served_by == "default/b"  # a caches its gateway's MAC
+    lab.up(*docs[:3])
+    assert lab.jsh(lab.node_ns("node1"), "ip", "-j", "link", "show", "cni0")[0]["address"] == cni0
+    assert lab.probe("a", "b").served_by == "default/b", "at once, with the MAC a has cached"
+    eth0 = lab.jsh(lab.node_ns("node2"), "ip", "-j", "link", "show", "eth0")[0]["address"]
+    assert eth0 == names.host_mac(lab.name, "node2")
+    br0 = lab.jsh(names.underlay_netns(lab.name), "ip", "-j", "link", "show", "br0")[0]["address"]
+    assert br0 == names.bridge_mac(lab.name, "underlay", "br0")

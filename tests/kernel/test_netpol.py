@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from labctl import changes
 from labctl.lab import LabHandle
 from labctl.model.documents import parse_text
-from labctl.model.load import build
 from labctl.policy import verify as V
-from tests.conftest import new_lab_name
-from tests.unit.test_policy_engine import CONFORMANCE, PODS, np
+from tests.helpers import new_lab_name
+from tests.helpers import CONFORMANCE, PODS, np
 
 pytestmark = pytest.mark.kernel
 
@@ -27,8 +27,7 @@ class PolicyLab:
 
     def up(self, *policies: dict, text: str | None = None):
         body = (text or self.base) + "".join("---\n" + yaml.safe_dump(p) for p in policies)
-        topo = build(parse_text(body, "netpol.yaml"), "netpol.yaml", self.handle.applied())
-        return self.handle.up(topo, "netpol.yaml")
+        return self.handle.change(changes.up(parse_text(body, "netpol.yaml"), "netpol.yaml"), create=True)
 
     def verify(self):
         topo = self.handle.applied()

@@ -10,7 +10,7 @@ import pytest
 
 from labctl.proxy import names
 from tests.helpers import deployment, pod
-from tests.unit.test_services import svc
+from tests.helpers import svc
 
 pytestmark = pytest.mark.kernel
 IPVS = pytest.param("ipvs", marks=pytest.mark.stock_kernel)

@@ -14,8 +14,8 @@ from labctl.dns.server import FORWARD, Answerer
 from labctl.model import dns as model_dns
 from labctl.reconcile import plan
 from tests.helpers import dump, lab_doc, namespace, pod
-from tests.unit.test_model import load, one
-from tests.unit.test_services import svc
+from tests.helpers import load, one
+from tests.helpers import svc
 
 
 def dns_lab(*docs, **spec):

@@ -8,7 +8,7 @@ from labctl.errors import InvalidInput
 from labctl.impair import tc
 from labctl.reconcile import plan
 from tests.helpers import dump, lab_doc
-from tests.unit.test_model import load, problems
+from tests.helpers import load, problems
 
 
 def test_units_as_tc_reads_them():

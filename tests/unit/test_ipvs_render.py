@@ -7,8 +7,8 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.proxy import ipvs
-from tests.unit.test_proxy_render import topo_with, web_pod
-from tests.unit.test_services import svc
+from tests.helpers import topo_with, web_pod
+from tests.helpers import svc
 
 
 def test_one_virtual_server_per_ip_protocol_and_port_with_masquerade_real_servers():

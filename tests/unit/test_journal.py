@@ -4,14 +4,13 @@ from labctl.state.journal import Journal
 def test_replay_tracks_creation_and_release(tmp_path):
     j = Journal(tmp_path / "journal")
     j.netns(["l-underlay", "l-node1", "l-default.a"])
-    j.proc("responder", "tok")
-    j.pid("responder", 123, 456)
+    j.proc("responder", 123, 456)
     j.file("/etc/netns/l-default.a")
     j.release_netns(["l-default.a"])
     j.netns(["l-default.b"])
     owned = j.replay()
     assert owned.netns == ["l-underlay", "l-node1", "l-default.b"]
-    assert owned.procs == {"responder": {"token": "tok", "pid": 123, "start": 456}}
+    assert owned.procs == {"responder": {"pid": 123, "start": 456}}
     assert owned.files == ["/etc/netns/l-default.a"]
     j.release_proc("responder")
     j.release_file("/etc/netns/l-default.a")
@@ -27,11 +26,10 @@ def test_a_name_created_again_after_release_is_owned_again(tmp_path):
     assert j.replay().netns == ["x"]
 
 
-def test_an_intent_without_pid_is_still_owned(tmp_path):
-    """kill -9 between spawn and the pid line: down still knows a process was started."""
-    j = Journal(tmp_path / "journal")
-    j.proc("responder", "tok")
-    assert j.replay().procs == {"responder": {"token": "tok"}}
+def test_a_journal_of_an_older_labctl_is_read(tmp_path):
+    """labctl 0.1 wrote an intent line before spawning and the pid after it."""
+    (tmp_path / "journal").write_text('{"op":"proc","key":"responder","token":"t"}\n{"op":"pid","key":"responder","pid":123,"start":456}\n')
+    assert Journal(tmp_path / "journal").replay().procs == {"responder": {"pid": 123, "start": 456}}
 
 
 def test_garbage_lines_are_skipped_and_missing_journal_is_empty(tmp_path):

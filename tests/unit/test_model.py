@@ -2,27 +2,7 @@
 
 import pytest
 
-from labctl.errors import InvalidInput
-from labctl.model.documents import parse_text
-from labctl.model.load import build
-from tests.helpers import deployment, dump, lab_doc, namespace, pod, text
-
-
-def load(s: str, previous=None):
-    return build(parse_text(s, "t.yaml"), "t.yaml", previous)
-
-
-def problems(s: str) -> list[str]:
-    with pytest.raises(InvalidInput) as e:
-        load(s)
-    assert e.value.exit_code == 2
-    return [str(p) for p in e.value.problems]
-
-
-def one(s: str) -> str:
-    found = problems(s)
-    assert len(found) == 1, found
-    return found[0]
+from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, text
 
 
 # -- what a valid file resolves to ------------------------------------------------

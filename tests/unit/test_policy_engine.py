@@ -3,28 +3,13 @@ over the upstream conformance model (namespaces x, y, z; pods a, b, c)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import yaml
 
 from labctl.errors import InvalidInput
-from labctl.model.documents import parse_text
-from labctl.model.load import build
 from labctl.policy.engine import Engine, Party
-
-CONFORMANCE = (Path(__file__).resolve().parents[2] / "topologies/netpol-conformance.yaml").read_text()
-PODS = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]
-
-
-def lab(*policies: dict):
-    text = CONFORMANCE + "".join("---\n" + yaml.safe_dump(p) for p in policies)
-    return build(parse_text(text, "t.yaml"), "t.yaml")
-
-
-def np(name: str, ns: str = "x", **spec) -> dict:
-    spec.setdefault("podSelector", {})
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+from tests.helpers import PODS, np
+from tests.helpers import conformance_lab as lab
 
 
 def allowed(topo, port=80, proto="TCP") -> set[tuple[str, str]]:

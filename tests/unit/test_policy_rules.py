@@ -6,7 +6,8 @@ import yaml
 
 from labctl.policy import rules as R
 from labctl.policy.sync import plan_node
-from tests.unit.test_policy_engine import CONFORMANCE, lab, np
+from tests.helpers import CONFORMANCE, np
+from tests.helpers import conformance_lab as lab
 
 POLICIES = [
     np("deny"),

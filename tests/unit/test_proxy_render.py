@@ -5,20 +5,8 @@ from __future__ import annotations
 import re
 
 from labctl.proxy import iptables, names, nftables
-from tests.helpers import dump, lab_doc, pod
-from tests.unit.test_model import load
-from tests.unit.test_services import svc
-
-
-def web_pod(name, node, port=8080, labels=None):
-    p = pod(name, node=node, ports=(port,), labels=labels or {"app": "web"})
-    p["spec"]["containers"][0]["ports"][0]["name"] = "http"
-    return p
-
-
-def topo_with(*services, pods=None, **lab):
-    pods = pods if pods is not None else [web_pod("a", "node1"), web_pod("b", "node2")]
-    return load(dump(lab_doc(**lab), *pods, *services))
+from tests.helpers import topo_with, web_pod
+from tests.helpers import svc
 
 
 def chains(rs: iptables.Ruleset, table: str) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@ import pytest
 from labctl.errors import InvalidInput
 from labctl.reconcile import plan
 from tests.helpers import dump, lab_doc, pod
-from tests.unit.test_model import load
+from tests.helpers import load
 
 
 def test_a_new_lab_creates_everything():

@@ -7,7 +7,7 @@ from labctl.overlay import hostgw, vxlan
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
 from tests.helpers import dump, lab_doc, pod
-from tests.unit.test_model import load
+from tests.helpers import load
 
 EXPECTED_MASQ = """*nat
 :FLANNEL-POSTRTG - [0:0]

@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 
 from labctl.proxy.endpoints import endpoints, service_ports
-from tests.helpers import deployment, dump, lab_doc, namespace, pod
-from tests.unit.test_model import load, one, problems
-
-
-def svc(name, selector=None, ports=((80, 8080),), namespace="default", **spec):
-    body = {"ports": [{"port": p, "targetPort": t, **({"name": f"p{p}"} if len(ports) > 1 else {})} for p, t in ports]}
-    if selector is not None:
-        body["selector"] = selector
-    body.update(spec)
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+from tests.helpers import deployment, dump, lab_doc, namespace, pod, svc
+from tests.helpers import load, one, problems
 
 
 LB = {"loadBalancerPool": "10.10.20.200-10.10.20.201"}

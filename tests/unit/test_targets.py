@@ -3,7 +3,7 @@ import pytest
 from labctl.errors import InvalidInput
 from labctl.model.targets import default_port, resolve
 from tests.helpers import dump, lab_doc, pod
-from tests.unit.test_model import load
+from tests.helpers import load
 
 
 @pytest.fixture
