@@ -38,7 +38,8 @@ from bench_proxy import topology  # noqa: E402
 from labctl.kernel import netns, run  # noqa: E402
 from labctl.proxy import ipvs, ipvs_kernel  # noqa: E402
 from labctl.proxy.endpoints import service_ports  # noqa: E402
-from labctl.proxy.sync import _plan_ipvs, apply_ipvs_node  # noqa: E402
+from labctl.proxy.ipvs import apply_node  # noqa: E402
+from labctl.proxy.sync import plan_node  # noqa: E402
 
 NS = "labctl-bench-ipvs"
 
@@ -56,10 +57,10 @@ def sync(topo, record, full_read: bool = False):
     """What labctl's sync does for one node in IPVS mode; returns (seconds, record, netlink requests)."""
     topo = replace(topo, lab=replace(topo.lab, proxy_mode="ipvs"))
     t = time.perf_counter()
-    s = _plan_ipvs(topo, "node1", service_ports(topo), record)
+    s = plan_node(topo, "node1", record, None, lambda: service_ports(topo))
     requests = 0
     if s is not None:
-        requests = apply_ipvs_node(NS, s, full_read)
+        requests = apply_node(NS, s, full_read)
         record = {"mode": "ipvs", "services": s.services, **s.extra}
     return time.perf_counter() - t, record, requests
 

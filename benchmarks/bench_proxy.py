@@ -37,6 +37,7 @@ from labctl.kernel import netns, run  # noqa: E402
 from labctl.model.objects import LabSpec, Node, Service, ServicePort, Topology  # noqa: E402
 from labctl.proxy import iptables, nftables  # noqa: E402
 from labctl.proxy.endpoints import affected_services, service_ports  # noqa: E402
+from labctl import registry  # noqa: E402
 from labctl.proxy.sync import plan_node  # noqa: E402
 
 NS = "labctl-bench-proxy"
@@ -81,11 +82,11 @@ def sync(mode: str, topo: Topology, record, previous: Topology | None = None):
     t = time.perf_counter()
     scope = affected_services(replace(previous, lab=topo.lab), topo) if previous is not None else None
     scoped = service_ports(topo, only=scope) if scope is not None else None
-    ns = plan_node(topo, "node1", record, scope, scoped, lambda: service_ports(topo))
+    ns = plan_node(topo, "node1", record, scope, lambda: service_ports(topo), (lambda: scoped) if scoped is not None else None)
     tool = 0.0
     if ns is not None:
         t_tool = time.perf_counter()
-        run.apply_all([run.Transaction(NS, ns.argv, ns.text)])
+        run.apply_all([run.Transaction(NS, registry.proxy_mode(mode).argv(ns.full), ns.text)])
         tool = time.perf_counter() - t_tool
     total = time.perf_counter() - t
     rec = {"mode": mode, "services": ns.services} if ns else record

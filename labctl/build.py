@@ -13,7 +13,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from typing import Callable
 
-from labctl import failpoints, overlay
+from labctl import failpoints, registry
 from labctl.model import names
 from labctl.errors import LabError
 from labctl.kernel import netns, procs, run
@@ -95,7 +95,7 @@ class Builder:
         self.delete_namespaces([names.pod_netns(lab, p.namespace, p.name) for p in plan.remove_pods])
         etc.remove(self.journal, lab, plan.remove_pods)
         if plan.remove_nodes:
-            backend = overlay.backend(spec.overlay)
+            backend = registry.overlay(spec.overlay)
             staying = [n for n in new.lab.nodes if n.name not in {a.name for a in plan.add_nodes}]
             for local in staying:
                 b = Batch(names.node_netns(lab, local.name))
@@ -120,7 +120,7 @@ class Builder:
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
         self.create_namespaces(to_create)
         if plan.add_pods or plan.new_lab:
-            responder.start(self.dir, self.journal, spec.name, dns=dns.system_objects(spec))
+            responder.start(self.dir, self.journal, new)
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)
@@ -166,7 +166,7 @@ class Builder:
         """New nodes: address, cni0, overlay device, sysctls, rules; every node: overlay peers."""
         spec = new.lab
         lab = spec.name
-        backend = overlay.backend(spec.overlay)
+        backend = registry.overlay(spec.overlay)
         added = {n.name for n in plan.add_nodes}
         transactions = []
         for node in spec.nodes:
@@ -174,7 +174,7 @@ class Builder:
             b = Batch(ns)
             if node.name in added:
                 underlay.host_address(b, node.ip, spec.node_network)
-                node_plumbing.cni0(b, spec, node)
+                node_plumbing.cni0(b, spec, node, backend.mtu)
                 backend.device(b, spec, node)
                 peers = [r for r in spec.nodes if r.name != node.name]
             else:
@@ -184,8 +184,7 @@ class Builder:
             b.commit()
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
-                if spec.proxy_mode == "nftables":  # in iptables and IPVS modes the proxy's full sync writes flannel's chains too
-                    transactions.append(run.Transaction(ns, ["iptables-restore", "--noflush"], node_plumbing.masquerade_rules(spec, node)))
+                transactions += registry.proxy_mode(spec.proxy_mode).node_setup(spec, node)
                 self.progress("nodes", 1)
         run.apply_all(transactions)
 
@@ -203,6 +202,7 @@ class Builder:
     def _pods(self, plan: Plan, new: Topology) -> None:
         spec = new.lab
         lab = spec.name
+        mtu = registry.overlay(spec.overlay).mtu
         by_node: dict[str, list[Pod]] = defaultdict(list)
         for pod in plan.add_pods:
             by_node[pod.node].append(pod)
@@ -212,7 +212,7 @@ class Builder:
                 for pod in pods:
                     fd = netns.open_fd(names.pod_netns(lab, pod.namespace, pod.name))
                     stack.callback(os.close, fd)
-                    pod_plumbing.host_end(b, spec, pod, fd)
+                    pod_plumbing.host_end(b, spec, pod, fd, mtu)
                 b.commit()
             node = spec.node(node_name)
             for pod in pods:

@@ -94,7 +94,7 @@ def check_host(topo: Topology) -> None:
         run.require("ipset", "ipset")
     from labctl.proxy.sync import require_mode
 
-    require_mode(topo.lab.proxy_mode, topo.lab.ipvs_scheduler)
+    require_mode(topo.lab)
     sctp = any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports())
     sctp |= any(p.protocol == "SCTP" for s in topo.services if s.proxied for p in s.ports)
     if sctp:

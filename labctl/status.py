@@ -7,7 +7,8 @@ from typing import Any
 
 from labctl.model import names
 from labctl.kernel import netns
-from labctl.model import dns
+from labctl.model.registry import ADDONS
+from labctl import registry
 from labctl.errors import NoSuchLab
 from labctl.lab import LabHandle
 from labctl.responder import control as responder
@@ -18,7 +19,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
     if topo is None and not handle.exists():
         raise NoSuchLab(f"lab {handle.name} went down while this command ran")
     if topo is None:
-        return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": [], "dns": None}
+        return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": [], **{a: None for a in ADDONS}}
     lab = topo.lab
     present = set(netns.listed())
     return {
@@ -26,7 +27,8 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "state": "up",
         "overlay": lab.overlay,
         "proxyMode": lab.proxy_mode,
-        "ipvsScheduler": lab.ipvs_scheduler if lab.proxy_mode == "ipvs" else None,
+        "ipvsScheduler": None,
+        **registry.proxy_mode(lab.proxy_mode).status(lab),
         "networks": {"node": lab.node_network, "pod": lab.pod_network, "service": lab.service_network},
         "nodes": [
             {
@@ -58,7 +60,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         ],
         "services": services(topo),
         "policies": policies(topo),
-        "dns": dns.describe(topo),
+        **{a.name: a.status(topo) for a in registry.addons()},
         "responder": responder.status(handle.dir, handle.journal),
     }
 

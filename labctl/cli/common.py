@@ -54,7 +54,7 @@ def gone_meanwhile() -> NoSuchLab | None:
 
 
 def counts(topo: Topology) -> str:
-    from labctl.model import dns
+    from labctl import registry
 
     namespaces = {p.namespace for p in topo.pods}
     services = len(topo.services)
@@ -63,7 +63,7 @@ def counts(topo: Topology) -> str:
         f"{len(topo.lab.externals)} external{'s' * (len(topo.lab.externals) != 1)}, "
         f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}, "
         f"{services} service{'s' * (services != 1)}"
-        + (f", cluster DNS at {dns.service_ip(topo.lab)}" if dns.system_objects(topo.lab) else "")
+        + "".join(f", {a.summary(topo)}" for a in registry.addons() if a.enabled(topo.lab))
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any, Iterable
 
 from labctl.model.errors import InvalidInput, Problem, short_repr
-from labctl.model import dns, fields, schema, services, validate
+from labctl.model import fields, schema, services, system, validate
 from labctl.model.documents import Document, read_file
 from labctl.model.expect import check_expectations
 from labctl.model.manifests import KINDS, Objects, accepted_kinds
@@ -147,12 +147,14 @@ def build(
             found = validate.hosts(spec, where)
         problems += found
         found += names_found
-        problems += dns.check_lab(spec, where)
-        clash = dns.reserved(spec, objs.pods, objs.services, where_of)
+        for addon in system.SYSTEM_ADDONS:
+            problems += addon.check(spec, where)
+        addons = system.on(spec)
+        clash = [p for a in addons for p in a.clashes(spec, objs.pods, objs.services, where_of)]
         problems += clash
         if not found:
-            # the cluster DNS pod comes last: it does not shift the addresses of the lab's own pods
-            pods_in = objs.pods + ([dns.dns_pod(spec)] if dns.system_objects(spec) and not clash else [])
+            # system pods come last: they do not shift the addresses of the lab's own pods
+            pods_in = objs.pods + ([p for a in addons for p in a.pods(spec)] if not clash else [])
             topo, found = resolve(spec, namespaces, pods_in, objs.deployments, [d.data for d in k8s], previous, where, where_of)
             problems += found
             problems += validate.hosts(topo.lab, where)
@@ -164,8 +166,8 @@ def build(
     if topo is not None and not found:
         allocated, found = services.allocate(objs.services, topo.lab, previous, where_of)
         problems += found
-        system = [services.kubernetes_service(topo.lab)] + ([dns.dns_service(topo.lab)] if dns.system_objects(topo.lab) else [])
-        topo = replace(topo, services=(*system, *allocated))
+        own = [services.kubernetes_service(topo.lab)] + [s for a in system.on(topo.lab) for s in a.services(topo.lab)]
+        topo = replace(topo, services=(*own, *allocated))
     for pol in objs.policies:
         if pol.namespace not in namespaces:
             problems.append(Problem(where_of(pol.doc), "metadata.namespace", f"namespace {pol.namespace!r} is not defined: add a Namespace document for it"))

@@ -165,11 +165,6 @@ class LabSpec:
     nodes: tuple[Node, ...] = ()
     externals: tuple[External, ...] = ()
 
-    @property
-    def mtu(self) -> int:
-        """The pods' MTU: flannel's VXLAN costs 50 bytes of the underlay's 1500."""
-        return 1450 if self.overlay == "vxlan" else 1500
-
     def node(self, name: str) -> Node:
         for n in self.nodes:
             if n.name == name:

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import jsonschema
 from referencing import Registry, Resource
 
+from labctl.model import registry
 from labctl.model.errors import Problem, short_repr
 
 KUBERNETES_VERSION = "1.37.0"  # the schemas of this release judge manifests
@@ -65,7 +66,12 @@ def _problems(where: str, validator: jsonschema.protocols.Validator, data: Any) 
 
 @functools.cache
 def lab_schema() -> dict[str, Any]:
-    return json.loads(resources.files("labctl.model").joinpath("lab.schema.json").read_text())
+    """lab.schema.json, with the names of the registry's proxy modes and overlays as enums."""
+    schema = json.loads(resources.files("labctl.model").joinpath("lab.schema.json").read_text())
+    spec = schema["properties"]["spec"]["properties"]
+    spec["proxyMode"]["enum"] = list(registry.PROXY_MODES)
+    spec["overlay"]["enum"] = list(registry.OVERLAYS)
+    return schema
 
 
 @functools.cache

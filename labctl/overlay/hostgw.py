@@ -8,20 +8,26 @@ from __future__ import annotations
 
 from labctl.kernel.nl import Batch
 from labctl.model.objects import LabSpec, Node
+from labctl.overlay.base import Overlay
 from labctl.plumbing.underlay import HOST_ETH0_INDEX
 
-NAME = "host-gw"
+
+class HostGw(Overlay):
+    name = "host-gw"
+
+    def peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
+        assert remote.ip and remote.pod_cidr
+        b.route(remote.pod_cidr, gateway=remote.ip, oif=HOST_ETH0_INDEX, dev="eth0")
+
+    def remove_peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
+        assert remote.pod_cidr
+        b.route_del(remote.pod_cidr)
+
+    def node_source_ip(self, spec: LabSpec, node: Node) -> str:
+        """The node's own address: flannel masquerades non-pod sources into the pod
+        network to the outgoing address."""
+        assert node.ip
+        return node.ip
 
 
-def device(b: Batch, spec: LabSpec, node: Node) -> None:
-    """host-gw has no device of its own."""
-
-
-def peer(b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
-    assert remote.ip and remote.pod_cidr
-    b.route(remote.pod_cidr, gateway=remote.ip, oif=HOST_ETH0_INDEX, dev="eth0")
-
-
-def remove_peer(b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
-    assert remote.pod_cidr
-    b.route_del(remote.pod_cidr)
+OVERLAY = HostGw()

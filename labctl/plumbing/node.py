@@ -24,10 +24,10 @@ SYSCTLS = {
 }
 
 
-def cni0(b: Batch, spec: LabSpec, node: Node) -> None:
-    """cni0 holds the first address of the node's pod CIDR."""
+def cni0(b: Batch, spec: LabSpec, node: Node, mtu: int) -> None:
+    """cni0 holds the first address of the node's pod CIDR; `mtu`: the overlay's."""
     assert node.pod_cidr
-    b.bridge(names.POD_BRIDGE, index=CNI0_INDEX, mtu=spec.mtu, mac=names.bridge_mac(spec.name, node.name, names.POD_BRIDGE), up=True)
+    b.bridge(names.POD_BRIDGE, index=CNI0_INDEX, mtu=mtu, mac=names.bridge_mac(spec.name, node.name, names.POD_BRIDGE), up=True)
     b.addr(CNI0_INDEX, ipam.gateway(node.pod_cidr), ipaddress.ip_network(node.pod_cidr).prefixlen, names.POD_BRIDGE)
 
 

@@ -16,7 +16,7 @@ from labctl.plumbing.node import CNI0_INDEX
 POD_ETH0_INDEX = 2
 
 
-def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int) -> None:
+def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int, mtu: int) -> None:
     """In the node's namespace: the veth pair, its pod end created as eth0 in the pod."""
     veth = names.pod_veth(spec.name, pod.namespace, pod.name)
     assert pod.ip
@@ -26,7 +26,7 @@ def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int) -> None:
         pod_netns_fd,
         names.pod_netns(spec.name, pod.namespace, pod.name),
         peer_index=POD_ETH0_INDEX,
-        mtu=spec.mtu,
+        mtu=mtu,
         peer_mac=ipam.mac_for_ip(pod.ip),
         master=CNI0_INDEX,
         up=True,

@@ -41,13 +41,11 @@ _JUMP = f'-m comment --comment "labctl network policies" -j {MAIN}'
 JUMPS = [("FORWARD", _JUMP), ("INPUT", _JUMP)]
 
 
-def jumps(proxy_mode: str = "iptables", pod_network: str = "") -> list[tuple[str, str]]:
-    """Where the policy chain is entered. In IPVS mode a pod's connection to a
-    service is not forwarded: it enters INPUT addressed to the service IP
-    (skipped: not yet translated) and leaves through OUTPUT once IPVS has chosen
-    the endpoint, where it is checked like forwarded traffic."""
-    if proxy_mode != "ipvs":
-        return JUMPS
+def ipvs_jumps(pod_network: str) -> list[tuple[str, str]]:
+    """Where the policy chain is entered in IPVS mode (labctl.proxy.ipvs). A pod's
+    connection to a service is not forwarded there: it enters INPUT addressed to
+    the service IP (skipped: not yet translated) and leaves through OUTPUT once
+    IPVS has chosen the endpoint, where it is checked like forwarded traffic."""
     return [
         ("FORWARD", _JUMP),
         ("INPUT", f"-m set ! --match-set KUBE-IPVS-IPS dst {_JUMP}"),

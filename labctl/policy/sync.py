@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from labctl.model import names
+from labctl import registry
 from labctl.kernel import run
 from labctl.model.objects import Topology
 from labctl.policy import rules as R
@@ -54,7 +55,7 @@ def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool,
     chains_text = ""
     if fresh or rec.get("digest") != digest:
         jumps = fresh if rec is None else table_replaced or not rec.get("jumps")
-        chains_text = R.chains_text(desired, install_jumps=jumps, entry=R.jumps(topo.lab.proxy_mode, topo.lab.pod_network))
+        chains_text = R.chains_text(desired, install_jumps=jumps, entry=registry.proxy_mode(topo.lab.proxy_mode).policy_entry(topo.lab))
         gone = [c for c in (rec or {}).get("chains", []) if c not in desired.chains and not table_replaced]
         if gone:
             chains_text += R.remove_chains_text(gone)
@@ -80,7 +81,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
             saved = run.output(ns, ["iptables-save", "-t", "filter"])
             if R.MAIN in saved:
                 mine = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":") and (line.startswith(":LABCTL-NETPOL") or line.startswith(":NP-"))]
-                entries = R.JUMPS + R.jumps("ipvs", topo.lab.pod_network)
+                entries = [e for mode in registry.proxy_modes() for e in mode.policy_entry(topo.lab)]
                 text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in dict.fromkeys(entries) if f"-A {c} {r}" in saved) + "COMMIT\n"
                 run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])
         p = plan_node(topo, node, rec, node in replaced, rendered[node])

@@ -15,6 +15,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from labctl import registry
+from labctl.model import ipam
 from labctl.model.expect import parse_expectation
 from labctl.model.objects import Topology
 from labctl.policy.engine import Engine, Party
@@ -56,17 +58,12 @@ class Case:
 
 def node_source_ip(topo: Topology, node: str, dst) -> str:
     """The address a pod sees when a node connects to it (what an ipBlock is matched
-    against): its own node's `cni0` address; from another node, over VXLAN the
-    sender's `flannel.1` address (its pod CIDR's first address, the route's
-    preferred source), over host-gw the sender's node IP (flannel masquerades
-    non-pod sources into the pod network to the outgoing address, which is it)."""
-    import ipaddress
-
+    against): its own node's `cni0` address; from another node, what the overlay
+    makes it (Overlay.node_source_ip)."""
     n = topo.lab.node(node)
-    cidr = ipaddress.ip_network(n.pod_cidr)
     if dst.node == node:
-        return str(cidr.network_address + 1)
-    return str(cidr.network_address) if topo.lab.overlay == "vxlan" else n.ip
+        return ipam.gateway(n.pod_cidr)
+    return registry.overlay(topo.lab.overlay).node_source_ip(topo.lab, n)
 
 
 def cases(topo: Topology) -> list[Case]:

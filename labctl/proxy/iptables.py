@@ -26,10 +26,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from labctl.model.objects import Topology
-from labctl.plumbing.node import Chains
+from labctl.model.objects import LabSpec, Topology
+from labctl.plan.diff import keyed, members
+from labctl.plumbing.node import Chains, masquerade_chains
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
+from labctl.proxy.mode import RestoreMode
 from labctl.proxy.policy import decide
 
 MASQ_MARK = "0x4000"
@@ -300,16 +302,16 @@ def partial(changed: dict[str, Piece | None], old: dict[str, dict], fps: dict[st
     for k, piece in changed.items():
         before = old.get(k, {"chains": {}, "top": {}})
         now = piece.record(fps[k]) if piece else {"chains": {}, "top": {}}
-        for c, digest in now["chains"].items():
-            if before["chains"].get(c) != digest:
-                decl.add(c)
-                rules += piece.chains[c]
-        stale += [c for c in before["chains"] if c not in now["chains"]]
-        for tc in set(before["top"]) | set(now["top"]):
+        d = keyed(before["chains"], now["chains"])
+        for c in (*d.added, *d.changed):
+            decl.add(c)
+            rules += piece.chains[c]
+        stale += d.removed
+        for tc in dict.fromkeys([*before["top"], *now["top"]]):
             table = tc.split("/", 1)[0]
-            was, will = before["top"].get(tc, []), now["top"].get(tc, [])
-            dels[table] += [_delete(r) for r in was if r not in will]
-            adds[table] += [_insert(r, table) for r in will if r not in was]
+            added, removed = members(before["top"].get(tc, []), now["top"].get(tc, []))
+            dels[table] += [_delete(r) for r in removed]
+            adds[table] += [_insert(r, table) for r in added]
     if not (decl or stale or any(dels.values()) or any(adds.values())):
         return ""
     out = []
@@ -330,3 +332,54 @@ def partial(changed: dict[str, Piece | None], old: dict[str, dict], fps: dict[st
 def chains_in(text: str) -> list[str]:
     """Chains declared in a restore input (for tests and messages)."""
     return re.findall(r"^:(\S+)", text, flags=re.M)
+
+
+# -- the mode ---------------------------------------------------------------------------
+
+
+def explain_chains(info: ServicePortInfo) -> list[str]:
+    """The nat chains a connection to this service port walks, in order."""
+    svc = names.ipt_chain("KUBE-SVC-", info.spn, info.proto)
+    seps = " | ".join(names.ipt_sep(info.spn, info.proto, e.addr) for e in info.endpoints) or "no endpoint: filter KUBE-SERVICES rejects"
+    return [f"nat KUBE-SERVICES -> {svc} ({info.spn}) -> {seps}"]
+
+
+class Iptables(RestoreMode):
+    """kube-proxy's iptables mode: nat and filter tables written with iptables-restore."""
+
+    name = "iptables"
+    replaces_filter = True  # a full sync restores the filter table whole
+
+    def require(self, spec: LabSpec) -> None:
+        from labctl.kernel import run
+
+        run.require("iptables-restore", "iptables")
+
+    def render_service(self, info: ServicePortInfo, node: str, topo: Topology, large: bool) -> Piece:
+        return render_service(info, node, topo.lab.pod_network, large, topo.lab.node(node).ip)
+
+    def partial(self, changed: dict, old: dict[str, dict], fps: dict[str, str]) -> str:
+        return partial(changed, old, fps)
+
+    def full(self, topo: Topology, node: str, pieces: list) -> str:
+        return full(assemble(pieces), masquerade_chains(topo.lab, topo.lab.node(node)))
+
+    def argv(self, full: bool) -> list[str]:
+        return ["iptables-restore"] if full else ["iptables-restore", "--noflush"]
+
+    def large(self, endpoints: int) -> bool:
+        return endpoints > LARGE_CLUSTER_ENDPOINTS
+
+    def leave(self, topo: Topology, node: str) -> None:
+        """Back to flannel's chains alone."""
+        from labctl.kernel import run
+        from labctl.model.names import node_netns
+
+        flannel = full(None, masquerade_chains(topo.lab, topo.lab.node(node)))
+        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["iptables-restore"], flannel)])
+
+    def explain(self, info: ServicePortInfo, node: str) -> list[str]:
+        return explain_chains(info)
+
+
+MODE = Iptables()

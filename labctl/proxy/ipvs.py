@@ -29,10 +29,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.model.objects import Topology
-from labctl.plumbing.node import Chains
+from labctl.model.objects import LabSpec, Topology
+from labctl.plan.diff import keyed, members
+from labctl.plumbing.node import Chains, masquerade_chains
 from labctl.proxy.endpoints import ServicePortInfo, service_ports
 from labctl.proxy.iptables import MASQ_MARK, tables_text
+from labctl.proxy.mode import NodeContext, NodeSync, ProxyMode, entry, udp_frontends
 from labctl.proxy.policy import decide
 
 DEVICE = "kube-ipvs0"
@@ -195,11 +197,12 @@ def ipset_update(sets: dict[str, set[str]], old: dict[str, list[str]]) -> str:
     """`ipset restore` input for the members that changed (empty: nothing to do)."""
     out = []
     for name, (kind, opts) in SETS.items():
-        was, will = set(old.get(name, ())), sets.get(name, set())
+        will = sets.get(name, set())
         if name not in old and will:  # a set this node's record does not know (made by an older labctl)
             out.append(f"create {name} {kind}{opts} -exist")
-        out += [f"del {name} {m}" for m in sorted(was - will)]
-        out += [f"add {name} {m}" for m in sorted(will - was)]
+        added, removed = members(sorted(old.get(name, ())), sorted(will))
+        out += [f"del {name} {m}" for m in removed]
+        out += [f"add {name} {m}" for m in added]
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -301,15 +304,116 @@ class Changes:
 
 
 def diff(current: dict[tuple[str, str, int], VirtualServer], desired: dict[tuple[str, str, int], VirtualServer]) -> Changes:
-    ch = Changes()
-    for key, want in desired.items():
-        have = current.get(key)
-        if have is None:
-            ch.add.append(want)
-            continue
+    d = keyed(current, desired)
+    ch = Changes(add=[desired[k] for k in d.added], remove=[current[k] for k in d.removed])
+    for key in d.changed:
+        have, want = current[key], desired[key]
         if (have.scheduler, have.timeout) != (want.scheduler, want.timeout):
             ch.set.append(want)
-        ch.add_dests += [(want, d) for d in want.dests if d not in have.dests]
-        ch.remove_dests += [(want, d) for d in have.dests if d not in want.dests]
-    ch.remove = [have for key, have in current.items() if key not in desired]
+        added, removed = members(have.dests, want.dests)
+        ch.add_dests += [(want, x) for x in added]
+        ch.remove_dests += [(want, x) for x in removed]
     return ch
+
+
+# -- the mode ---------------------------------------------------------------------------
+
+
+class Ipvs(ProxyMode):
+    """kube-proxy's IPVS mode: virtual servers in the kernel's IPVS table, ipsets,
+    a few iptables rules, service addresses on kube-ipvs0 (labctl.proxy.ipvs_kernel)."""
+
+    name = "ipvs"
+    replaces_filter = True  # a full sync restores the filter table whole
+
+    def require(self, spec: LabSpec) -> None:
+        from labctl.kernel import run
+        from labctl.proxy import ipvs_kernel
+
+        run.require("iptables-restore", "iptables")
+        run.require("ipset", "ipset")
+        ipvs_kernel.require(spec.ipvs_scheduler)
+
+    def plan(self, ctx: NodeContext) -> NodeSync | None:
+        """The node's IPVS state. With a record of this mode: nothing when no service
+        port's fingerprint moved, else the set members that changed, and the moved ports'
+        virtual servers to read back (the others are as the last sync left them)."""
+        topo, node, node_ip, rec = ctx.topo, ctx.node, ctx.node_ip, ctx.record
+        infos = ctx.all_ports()
+        want = render(topo, node, infos)
+        by_key = {i.key: i for i in infos}
+        fps = {i.key: f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}" for i in infos}
+        services = {k: {"fp": fp, **entry(by_key[k], node_ip)} for k, fp in fps.items()}
+        extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}}
+        if rec is not None and rec.get("mode") == self.name:
+            old = rec["services"]
+            d = keyed({k: v.get("fp") for k, v in old.items()}, fps)
+            moved, removed = {*d.added, *d.changed}, set(d.removed)
+            if not moved and not removed:
+                return None
+            text = ipset_update(want.sets, rec.get("sets", {}))
+            reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
+            udp = udp_frontends(by_key, moved | removed, old, node_ip)
+            return NodeSync(node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread, replaces_filter=True)
+        text = full(chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
+        udp = udp_frontends(by_key, fps, {}, node_ip)
+        return NodeSync(node, self.name, True, text, services, frozenset(fps), udp, extra=extra, state=want, replaces_filter=True)
+
+    def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
+        """Every node's IPVS sync, nodes in parallel."""
+        from labctl.proxy.sync import each_node
+
+        each_node(topo, syncs, apply_node)
+
+    def leave(self, topo: Topology, node: str) -> None:
+        """Back to flannel's chains alone, no virtual server, no kube-ipvs0, no set."""
+        from labctl.kernel import run
+        from labctl.model.names import node_netns
+        from labctl.proxy import ipvs_kernel
+        from labctl.proxy.iptables import full as iptables_full
+
+        ns = node_netns(topo.lab.name, node)
+        run.apply_all([run.Transaction(ns, ["iptables-restore"], iptables_full(None, masquerade_chains(topo.lab, topo.lab.node(node))))])
+        ipvs_kernel.flush(ns)
+        ipvs_kernel.remove_device(ns)
+        run.apply_all([run.Transaction(ns, ["ipset", "restore"], ipset_destroy())])
+
+    def policy_entry(self, spec: LabSpec) -> list[tuple[str, str]]:
+        from labctl.policy.rules import ipvs_jumps
+
+        return ipvs_jumps(spec.pod_network)
+
+    def status(self, spec: LabSpec) -> dict:
+        return {"ipvsScheduler": spec.ipvs_scheduler}
+
+    def explain(self, info: ServicePortInfo, node: str) -> list[str]:
+        s = info.service
+        dests = ", ".join(e.addr for e in info.endpoints) or "none: the kernel answers port unreachable"
+        return [f"IPVS virtual server {info.proto.upper()} {s.cluster_ip}:{info.port.port} ({s.session_affinity == 'ClientIP' and 'persistent, ' or ''}Masq) -> {dests}"]
+
+
+def apply_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
+    """One node's IPVS sync: sets first (the rules match on them), the rules (full
+    syncs), sysctls, new addresses, the IPVS table, stale addresses last. Returns
+    the netlink requests sent to the IPVS table."""
+    from labctl.kernel import netns, run
+    from labctl.proxy import ipvs_kernel
+
+    want = s.state
+    assert want is not None
+    sets = ipset_full(want.sets) if s.full else s.text
+    run.apply_all([run.Transaction(ns, ["ipset", "restore"], sets)] if sets else [])
+    if s.full:
+        run.apply_all([run.Transaction(ns, ["iptables-restore"], s.text)])
+        netns.write_sysctls(ns, SYSCTLS)
+    have = ipvs_kernel.addresses(ns)
+    ipvs_kernel.set_addresses(ns, sorted(want.addresses - (have or set())), [], create=have is None)
+    # a full sync reads every real server back; a partial one those of the service ports that moved
+    current = ipvs_kernel.read(ns, None if s.full or full_read else s.moved, want.servers)
+    changes = diff(current, want.servers)
+    ipvs_kernel.apply(ns, changes)
+    ipvs_kernel.set_addresses(ns, [], sorted((have or set()) - want.addresses))
+    return changes.requests
+
+
+MODE = Ipvs()

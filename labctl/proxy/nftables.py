@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from labctl.model.objects import Topology
+from labctl.model.objects import LabSpec, Node, Topology
+from labctl.plan.diff import keyed
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
+from labctl.proxy.mode import RestoreMode
 from labctl.proxy.policy import decide
 
 TABLE = "ip kube-proxy"
@@ -248,19 +250,19 @@ def partial(changed: dict[str, NftPiece | None], old: dict[str, dict], fps: dict
     for k, piece in changed.items():
         before = old.get(k, empty)
         now = piece.record(fps[k]) if piece else empty
-        for name, timeout in now["affinity"].items():
-            if name not in before["affinity"]:
-                sets.append(f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}")
-        for c, digest in now["chains"].items():
-            if before["chains"].get(c) != digest:
-                write.append(c)
-                rules += [f"add rule {t} {c} {rule}" for rule in piece.chains[c]]
-        for name in set(before["elements"]) | set(now["elements"]):
+        affinity = keyed(before["affinity"], now["affinity"])
+        sets += [f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {now['affinity'][name]}s ; }}" for name in affinity.added]
+        chains = keyed(before["chains"], now["chains"])
+        for c in (*chains.added, *chains.changed):
+            write.append(c)
+            rules += [f"add rule {t} {c} {rule}" for rule in piece.chains[c]]
+        for name in dict.fromkeys([*before["elements"], *now["elements"]]):
             was, will = before["elements"].get(name, {}), now["elements"].get(name, {})
-            dels += [f"delete element {t} {name} {{ {key} }}" for key, v in was.items() if will.get(key) != v]
-            adds += [f"add element {t} {name} {_element(name, key, v)}" for key, v in will.items() if was.get(key) != v]
-        stale += [c for c in before["chains"] if c not in now["chains"]]
-        stale_sets += [s_ for s_ in before["affinity"] if s_ not in now["affinity"]]
+            d = keyed(was, will)
+            dels += [f"delete element {t} {name} {{ {key} }}" for key in (*d.changed, *d.removed)]
+            adds += [f"add element {t} {name} {_element(name, key, will[key])}" for key in (*d.added, *d.changed)]
+        stale += chains.removed
+        stale_sets += affinity.removed
     out = sets
     for c in write:
         out += [f"add chain {t} {c}", f"flush chain {t} {c}"]
@@ -269,3 +271,50 @@ def partial(changed: dict[str, NftPiece | None], old: dict[str, dict], fps: dict
     out += [f"delete chain {t} {c}" for c in stale]
     out += [f"delete set {t} {s_}" for s_ in stale_sets]
     return "\n".join(out) + "\n" if out else ""
+
+
+# -- the mode ---------------------------------------------------------------------------
+
+
+class Nftables(RestoreMode):
+    """kube-proxy's nftables mode: one table, `ip kube-proxy`, written with `nft -f`."""
+
+    name = "nftables"
+
+    def require(self, spec: LabSpec) -> None:
+        from labctl.kernel import run
+
+        run.require("nft", "nftables")
+
+    def render_service(self, info: ServicePortInfo, node: str, topo: Topology, large: bool) -> NftPiece:
+        return render_service(info, node, topo.lab.pod_network, topo.lab.node(node).ip)
+
+    def partial(self, changed: dict, old: dict[str, dict], fps: dict[str, str]) -> str:
+        return partial(changed, old, fps)
+
+    def full(self, topo: Topology, node: str, pieces: list) -> str:
+        return full(assemble(pieces), topo.lab.service_network)
+
+    def argv(self, full: bool) -> list[str]:
+        return ["nft", "-f", "-"]
+
+    def node_setup(self, spec: LabSpec, node: Node) -> list:
+        """flannel's chains: in the other modes the proxy's full sync of the iptables tables writes them."""
+        from labctl.kernel import run
+        from labctl.model.names import node_netns
+        from labctl.plumbing.node import masquerade_rules
+
+        return [run.Transaction(node_netns(spec.name, node.name), ["iptables-restore", "--noflush"], masquerade_rules(spec, node))]
+
+    def leave(self, topo: Topology, node: str) -> None:
+        from labctl.kernel import run
+        from labctl.model.names import node_netns
+
+        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["nft", "-f", "-"], f"add table {TABLE}\ndelete table {TABLE}\n")])
+
+    def explain(self, info: ServicePortInfo, node: str) -> list[str]:
+        base = names.nft_base(info.service.namespace, info.service.name, info.proto, info.port.name)
+        return [f"table {TABLE}: chain services, map service-ips -> chain service-{base} -> endpoint-... chains ({len(info.endpoints)} endpoints)"]
+
+
+MODE = Nftables()

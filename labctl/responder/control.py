@@ -8,7 +8,7 @@ import sys
 import time
 
 from labctl.model import names
-from labctl import failpoints
+from labctl import failpoints, registry
 from labctl.errors import LabError
 from labctl.kernel import procs
 from labctl.model.objects import Topology
@@ -20,23 +20,23 @@ SERVED = ("TCP", "UDP")
 
 
 def config(topo: Topology) -> dict:
-    from labctl.model import dns
+    """What the responder serves: every pod's ports, the ARP answers for LoadBalancer
+    IPs, and what each system add-on of the lab adds."""
     from labctl.proxy.lb import announcements
 
+    addons = [a for a in registry.addons() if a.enabled(topo.lab)]
     pods = []
     for p in topo.pods:
         ports = [[cp.port, cp.protocol] for cp in p.served_ports() if cp.protocol in SERVED]
         if ports:
             entry = {"key": p.key, "netns": names.pod_netns(topo.lab.name, p.namespace, p.name), "node": p.node, "ip": p.ip, "ports": ports}
-            if dns.is_system(p):
-                entry["dns"] = [[dns.PORT, "UDP"], [dns.PORT, "TCP"]]
+            for a in addons:
+                entry.update(a.pod_config(topo, p))
             pods.append(entry)
     announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
     cfg: dict = {"pods": pods, "announce": announce}
-    if dns.system_objects(topo.lab):
-        from labctl.dns.records import zone
-
-        cfg["dns"] = zone(topo)
+    for a in addons:
+        cfg.update(a.responder_config(topo))
     return cfg
 
 
@@ -93,13 +93,15 @@ def _protocol() -> int:
     return PROTOCOL
 
 
-def start(labdir: LabDir, journal: Journal, lab: str, dns: bool = False) -> None:
+def start(labdir: LabDir, journal: Journal, topo: Topology) -> None:
     """Start the responder with nothing to serve yet, unless it runs: its start-up
-    (and, for a lab with a cluster DNS, the import of dnspython) then overlaps
-    the building of the lab, and `apply` has it reload."""
+    (and what the lab's add-ons preload, dnspython for the cluster DNS) then
+    overlaps the building of the lab, and `apply` has it reload."""
+    lab = topo.lab.name
     if running(labdir, journal) is None:
         if not labdir.file("responder.json").exists():
-            labdir.file("responder.json").write_text(json.dumps({"pods": [], "announce": {}, "preload": ["dns"] if dns else []}))
+            preload = [m for a in registry.addons() if a.enabled(topo.lab) for m in a.preload]
+            labdir.file("responder.json").write_text(json.dumps({"pods": [], "announce": {}, "preload": preload}))
         _spawn(labdir, journal, lab)
 
 

@@ -10,7 +10,7 @@ and serves them all from one epoll loop:
   and the client address as the pod saw it (so NAT is visible).
 - UDP: every datagram is answered with the same JSON.
 - DNS: on the cluster DNS pod's port 53 (UDP and TCP), the cluster zone's
-  records (labctl.dns.server; dnspython is imported only then), forwarding
+  records (labctl.addons.dns.server; dnspython is imported only then), forwarding
   other names from a thread inside the pod's namespace.
 
 It reads its configuration from <statedir>/responder.json and is told to
@@ -85,7 +85,7 @@ class Responder:
         self.sockets: dict[tuple[str, int, str], tuple[socket.socket, Binding]] = {}
         self.conns: dict[int, Conn] = {}
         self.speakers: dict[str, tuple[socket.socket, bytes, set[str]]] = {}  # node netns -> ARP socket, MAC, IPs
-        self.dns = None  # labctl.dns.server.Answerer, when the lab has a cluster DNS
+        self.dns = None  # labctl.addons.dns.server.Answerer, when the lab has a cluster DNS
         self.dns_netns: str | None = None
         self.forwarded: queue.SimpleQueue = queue.SimpleQueue()  # (Conn or (sock, peer), reply) from forwarding threads
         self.wake_r, self.wake_w = socket.socketpair()
@@ -106,7 +106,7 @@ class Responder:
                     dns_ports.add((pod["key"], port, proto))
                     self.dns_netns = pod["netns"]
         if config.get("dns"):
-            from labctl.dns.server import Answerer
+            from labctl.addons.dns.server import Answerer
 
             self.dns = Answerer(config["dns"])
         else:
@@ -276,7 +276,7 @@ class Responder:
     def _dns(self, wire: bytes, tcp: bool, back) -> bytes | None:
         """The answer to send now, or None (dropped, or forwarded: the answer
         comes back through self.forwarded to `back`, a Conn or (socket, peer))."""
-        from labctl.dns.server import FORWARD
+        from labctl.addons.dns.server import FORWARD
 
         answerer = self.dns
         reply = answerer.handle(wire, tcp)
@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             preload = json.load(f).get("preload") or []
     except (OSError, ValueError):
         preload = []
-    if "dns" in preload:  # dnspython takes ~80 ms to import: while the lab is being built, not on reload
-        threading.Thread(target=__import__, args=("labctl.dns.server",), daemon=True).start()
+    for module in preload:  # add-ons' imports (dnspython, ~80 ms) happen while the lab is built, not on reload
+        if isinstance(module, str) and module.startswith("labctl."):
+            threading.Thread(target=__import__, args=(module,), daemon=True).start()
 
     def stop(*_):
         raise SystemExit(0)

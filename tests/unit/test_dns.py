@@ -9,8 +9,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from labctl.dns.records import zone
-from labctl.dns.server import FORWARD, Answerer
+from labctl.addons.dns.records import zone
+from labctl.addons.dns.server import FORWARD, Answerer
 from labctl.model import dns as model_dns
 from labctl.reconcile import plan
 from tests.helpers import dump, lab_doc, namespace, pod

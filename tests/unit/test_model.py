@@ -2,6 +2,8 @@
 
 import pytest
 
+from labctl import registry
+
 from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, text
 
 
@@ -16,7 +18,7 @@ def test_defaults_resolve_node_ips_cidrs_and_pods():
     assert topo.lab.externals[0].ip == "10.10.20.100"
     placed = {p.name: (p.node, p.ip) for p in topo.pods}
     assert placed == {"a": ("node1", "10.244.0.2"), "b": ("node2", "10.244.1.2"), "c": ("node1", "10.244.0.3")}
-    assert topo.lab.mtu == 1450
+    assert registry.overlay(topo.lab.overlay).mtu == 1450
     assert set(topo.namespaces) >= {"default", "kube-system"}
 
 
@@ -42,7 +44,7 @@ def test_namespaces_carry_their_name_label():
 
 def test_host_gw_keeps_the_full_mtu_and_nodes_default_to_one():
     topo = load(dump({"apiVersion": "labctl/v1", "kind": "Lab", "metadata": {"name": "x"}, "spec": {"overlay": "host-gw"}}))
-    assert topo.lab.mtu == 1500
+    assert registry.overlay(topo.lab.overlay).mtu == 1500
     assert [n.name for n in topo.lab.nodes] == ["node1"]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from labctl import registry
 from labctl.proxy import iptables, names, nftables
 from tests.helpers import topo_with, web_pod
 from tests.helpers import svc
@@ -168,9 +169,17 @@ def test_every_iptables_jump_target_is_defined():
                     assert target in chs or target in targets, f"{node} {table}: {r}"
 
 
+def _plan_node(topo, node, infos, rec, scope=None):
+    """The lab's proxy mode planning one node from these service ports (a scoped plan with `scope`)."""
+    from labctl import registry
+    from labctl.proxy.mode import NodeContext
+
+    ctx = NodeContext(topo, node, rec, scope, lambda: infos, lambda: infos)
+    return registry.proxy_mode(topo.lab.proxy_mode)._plan(ctx, infos, scope)
+
+
 def node_sync(topo, node="node1", rec=None):
     from labctl.proxy.endpoints import service_ports
-    from labctl.proxy.sync import _plan_node
 
     return _plan_node(topo, node, service_ports(topo), rec)
 
@@ -186,7 +195,7 @@ def test_a_plan_from_the_difference_equals_the_plan_from_every_service():
     from dataclasses import replace
 
     from labctl.proxy.endpoints import affected_services, service_ports
-    from labctl.proxy.sync import RESCAN, _plan_node
+    from labctl.proxy.mode import RESCAN
 
     dns = svc("dns", {"app": "web"}, ports=((53, 8080),))
     dns["spec"]["ports"][0]["protocol"] = "UDP"
@@ -222,7 +231,7 @@ def test_a_plan_from_the_difference_equals_the_plan_from_every_service():
 
 def test_full_sync_replaces_the_tables_with_flannel_and_kube_proxy_chains():
     ns = node_sync(topo_with(web_http()))
-    assert ns.full and ns.argv == ["iptables-restore"]
+    assert ns.full and registry.proxy_mode("iptables").argv(ns.full) == ["iptables-restore"]
     text = ns.text
     assert ":POSTROUTING ACCEPT [0:0]" in text and ":FLANNEL-POSTRTG - [0:0]" in text and ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in text
     nat = text[text.index("*nat"):]
@@ -240,7 +249,7 @@ def test_partial_sync_rewrites_only_what_changed():
     assert node_sync(topo, rec=rec) is None, "nothing changed: no transaction"
     grown = topo_with(web_http(), svc("other", {"app": "other"}, ports=((81, 9000),)), pods=pods + [web_pod("b", "node2")])
     ns = node_sync(grown, rec=rec)
-    assert not ns.full and ns.argv == ["iptables-restore", "--noflush"] and ns.changed == 1
+    assert not ns.full and registry.proxy_mode("iptables").argv(ns.full) == ["iptables-restore", "--noflush"] and ns.changed == 1
     declared = iptables.chains_in(ns.text)
     new_sep = names.ipt_sep("default/web:http", "tcp", f"{grown.pod('default/b').ip}:8080")
     assert sorted(declared) == sorted(["KUBE-SVC-CDGGSHYLG3RE2FKL", new_sep]), "only the changed service's chains"
@@ -302,7 +311,7 @@ def test_large_cluster_mode_drops_the_endpoint_comments_past_1000_endpoints():
 
 def test_crossing_the_large_cluster_threshold_rewrites_every_service():
     from labctl.proxy.endpoints import affected_services, service_ports
-    from labctl.proxy.sync import RESCAN, _plan_node
+    from labctl.proxy.mode import RESCAN
 
     rec = as_record(node_sync(many_services(200)))
     base, grown = many_services(200), many_services(201)

@@ -52,8 +52,8 @@ def test_vxlan_device_and_peer_entries_as_flannel_writes_them():
     topo = load(dump(lab_doc(name="demo")))
     n1, n2 = topo.lab.nodes
     b = Batch("demo-node1")
-    vxlan.device(b, topo.lab, n1)
-    vxlan.peer(b, topo.lab, n1, n2)
+    vxlan.OVERLAY.device(b, topo.lab, n1)
+    vxlan.OVERLAY.peer(b, topo.lab, n1, n2)
     mac = vxlan.names.vtep_mac("demo", "node2")
     assert whats(b) == [
         "ip link add flannel.1 type vxlan id 1 local 10.10.20.10 dstport 8472 nolearning",
@@ -69,8 +69,8 @@ def test_host_gw_routes_via_node_addresses():
     topo = load(dump(lab_doc(overlay="host-gw")))
     n1, n2 = topo.lab.nodes
     b = Batch(None)
-    hostgw.device(b, topo.lab, n1)
-    hostgw.peer(b, topo.lab, n1, n2)
+    hostgw.OVERLAY.device(b, topo.lab, n1)
+    hostgw.OVERLAY.peer(b, topo.lab, n1, n2)
     assert whats(b) == ["ip route replace 10.244.1.0/24 via 10.10.20.11 dev eth0"]
 
 
@@ -78,7 +78,7 @@ def test_pod_requests_and_their_netlink_headers():
     topo = load(dump(lab_doc(name="demo"), pod("web", node="node1")))
     p = topo.pods[0]
     b = Batch("demo-node1")
-    pod_plumbing.host_end(b, topo.lab, p, 99)
+    pod_plumbing.host_end(b, topo.lab, p, 99, 1450)
     inside = Batch("demo-default.web")
     pod_plumbing.inside(inside, topo.lab.nodes[0], p)
     veth = pod_plumbing.names.pod_veth("demo", "default", "web")

@@ -1,4 +1,4 @@
-"""Answers of the cluster DNS, from the records labctl.dns.records computes.
+"""Answers of the cluster DNS, from the records labctl.addons.dns.records computes.
 
 Used by the responder, which holds the DNS pod's sockets: `Answerer.handle`
 takes a query as it came off the wire and returns what to send back, or says

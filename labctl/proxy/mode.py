@@ -1,0 +1,202 @@
+"""What a proxy mode is: one object behind one interface, chosen by name from
+the registry (labctl.model.registry.PROXY_MODES). kube-proxy's shape: one
+Proxier per mode, a change tracker shared by all (labctl.proxy.sync) and, per
+mode, a sync that renders and applies.
+
+    require(spec)            what the host must have (exit 3), checked before anything is made
+    plan(ctx)                render the node's rules and diff them against its record -> a NodeSync
+    apply(topo, syncs)       put the planned syncs in the kernel, nodes in parallel
+    leave(topo, node)        remove the mode's objects from a node (proxyMode changed)
+    node_setup(spec, node)   what a new node needs before its first sync
+    policy_entry(spec)       where the NetworkPolicy chain is entered from
+    status(spec)             the mode's keys of `labctl status`
+    explain(info, node)      where in the node's kernel a service port is decided
+
+RestoreMode is the shared plan of the modes that write one restore-style
+transaction per node (iptables, nftables): each service port is a piece
+rendered from its inputs, fingerprinted, and only the pieces whose
+fingerprint moved are rewritten (a partial sync), unless the node has no
+usable record (a full sync, replacing the mode's tables, always safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from labctl.model.objects import LabSpec, Node, Topology
+from labctl.plan.diff import keyed
+from labctl.proxy import conntrack
+from labctl.proxy.endpoints import ServicePortInfo
+
+RESCAN = object()  # a scoped plan cannot be made: plan again with every service port
+
+
+@dataclass
+class NodeSync:
+    node: str
+    mode: str
+    full: bool
+    text: str  # the transaction (restore modes) or the ipset changes (IPVS)
+    services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
+    touched: frozenset[str]  # keys of the service ports rendered or removed
+    udp: dict | None = None  # the touched UDP ports' frontends -> their endpoints now (stale conntrack entries)
+    left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
+    extra: dict = field(default_factory=dict)  # what the mode's record keeps besides the services
+    state: Any = None  # the mode's rendered node, for apply (IPVS: virtual servers, addresses, sets)
+    moved: set | None = None  # IPVS, partial sync: virtual servers whose real servers are read back
+    replaces_filter: bool = False  # a full sync rewrote the node's iptables filter table whole
+
+    @property
+    def changed(self) -> int:
+        return len(self.touched)
+
+    @property
+    def replaced_filter(self) -> bool:
+        """Whether the node's iptables filter table was rewritten whole (other chains in it are gone)."""
+        return self.left_iptables or (self.full and self.replaces_filter)
+
+    @property
+    def rules(self) -> int:
+        return sum(1 for line in self.text.splitlines() if line.startswith(("-A ", "-I ", "add rule", "add element")))
+
+
+@dataclass
+class NodeContext:
+    """What a mode plans a node's sync from."""
+
+    topo: Topology
+    node: str
+    record: dict | None  # the node's record of this mode (None: a full sync)
+    scope: set[str] | None  # services that may have changed (None: every one)
+    scoped: Callable[[], list[ServicePortInfo]]  # the ports of the services in scope
+    all_ports: Callable[[], list[ServicePortInfo]]  # every port
+
+    @property
+    def node_ip(self) -> str:
+        ip = self.topo.lab.node(self.node).ip
+        assert ip
+        return ip
+
+
+def entry(info: ServicePortInfo, node_ip: str) -> dict:
+    """What a node's record keeps of a service port besides its rules: its endpoint
+    count (kube-proxy's large-cluster threshold counts them all) and its UDP frontends."""
+    return {"eps": len(info.endpoints), "udp": sorted(conntrack.targets([info], node_ip))}
+
+
+def udp_frontends(infos: dict[str, ServicePortInfo], touched, old: dict, node_ip: str) -> dict:
+    """The frontends of the touched UDP service ports -> the endpoints now (none for a
+    frontend that went away): where stale conntrack entries may point."""
+    out: dict = {}
+    for k in touched:
+        if k.endswith("/udp"):
+            out.update({tuple(fe): frozenset() for fe in old.get(k, {}).get("udp", [])})
+    for k in touched:
+        if k.endswith("/udp") and k in infos:
+            out.update(conntrack.targets([infos[k]], node_ip))
+    return out
+
+
+def service_of(key: str) -> str:
+    """The service key (ns/name) of a service port key (ns/name[:port]/proto)."""
+    return key.rsplit("/", 1)[0].split(":", 1)[0]
+
+
+class ProxyMode:
+    name = ""
+    record_version = 1
+
+    def require(self, spec: LabSpec) -> None:
+        raise NotImplementedError
+
+    def plan(self, ctx: NodeContext) -> NodeSync | None:
+        raise NotImplementedError
+
+    def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
+        raise NotImplementedError
+
+    def leave(self, topo: Topology, node: str) -> None:
+        raise NotImplementedError
+
+    def node_setup(self, spec: LabSpec, node: Node) -> list:
+        """Transactions (labctl.kernel.run) a new node needs before its first sync."""
+        return []
+
+    def policy_entry(self, spec: LabSpec) -> list[tuple[str, str]]:
+        """(filter chain, rule) that send traffic into the NetworkPolicy chain."""
+        from labctl.policy.rules import JUMPS
+
+        return JUMPS
+
+    def status(self, spec: LabSpec) -> dict[str, Any]:
+        return {}
+
+    def explain(self, info: ServicePortInfo, node: str) -> list[str]:
+        return []
+
+
+class RestoreMode(ProxyMode):
+    """A mode whose node state is one restore-style transaction of rendered pieces."""
+
+    replaces_filter = False  # a full sync rewrites the iptables filter table
+
+    # -- what each restore mode provides --------------------------------------
+
+    def render_service(self, info: ServicePortInfo, node: str, topo: Topology, large: bool):
+        raise NotImplementedError
+
+    def partial(self, changed: dict, old: dict[str, dict], fps: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def full(self, topo: Topology, node: str, pieces: list) -> str:
+        raise NotImplementedError
+
+    def argv(self, full: bool) -> list[str]:
+        raise NotImplementedError
+
+    def large(self, endpoints: int) -> bool:
+        """Whether kube-proxy's large-cluster layout applies (iptables mode only)."""
+        return False
+
+    # -- the shared plan ------------------------------------------------------
+
+    def plan(self, ctx: NodeContext) -> NodeSync | None:
+        """From the ports of the services in scope when that is enough, else from every port."""
+        s = self._plan(ctx, ctx.scoped(), ctx.scope) if ctx.scope is not None else RESCAN
+        return self._plan(ctx, ctx.all_ports(), None) if s is RESCAN else s
+
+    def _plan(self, ctx: NodeContext, infos: list[ServicePortInfo], scope: set[str] | None):
+        rec, node, node_ip = ctx.record, ctx.node, ctx.node_ip
+        usable = rec is not None and rec.get("mode") == self.name
+        old = rec["services"] if usable else {}
+        kept = {k: v for k, v in old.items() if service_of(k) not in scope} if scope is not None else {}
+        if scope is not None and (not usable or any("eps" not in v for v in kept.values())):
+            return RESCAN
+        total = sum(v["eps"] for v in kept.values()) + sum(len(i.endpoints) for i in infos)
+        large = self.large(total)
+        if any(v["fp"].endswith("+large") != large for v in kept.values()):
+            return RESCAN  # crossing kube-proxy's large-cluster threshold changes every service's rules
+        fps = {i.key: i.fingerprint(node) + ("+large" if large else "") for i in infos}
+        by_key = {i.key: i for i in infos}
+        if usable:
+            d = keyed({k: v["fp"] for k, v in old.items() if k not in kept}, fps)
+            changed = {k: self.render_service(by_key[k], node, ctx.topo, large) for k in (*d.added, *d.changed)}
+            changed.update({k: None for k in d.removed})
+            text = self.partial(changed, old, fps)
+            services = dict(kept)
+            services.update({k: {**old[k], **entry(by_key[k], node_ip)} for k in d.kept})
+            services.update({k: {**piece.record(fps[k]), **entry(by_key[k], node_ip)} for k, piece in changed.items() if piece is not None})
+            udp = udp_frontends(by_key, changed, old, node_ip)
+            return NodeSync(node, self.name, False, text, services, frozenset(changed), udp, replaces_filter=self.replaces_filter) if text else None
+        pieces = {i.key: self.render_service(i, node, ctx.topo, large) for i in infos}
+        text = self.full(ctx.topo, node, list(pieces.values()))
+        services = {k: {**p.record(fps[k]), **entry(by_key[k], node_ip)} for k, p in pieces.items()}
+        udp = udp_frontends(by_key, pieces, {}, node_ip)
+        return NodeSync(node, self.name, True, text, services, frozenset(pieces), udp, replaces_filter=self.replaces_filter)
+
+    def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
+        from labctl.kernel import run
+        from labctl.model import names
+
+        run.apply_all([run.Transaction(names.node_netns(topo.lab.name, s.node), self.argv(s.full), s.text) for s in syncs])
