@@ -48,7 +48,12 @@ def fresh_namespace() -> None:
     netns.delete(NS)
     netns.create(NS)
     # real servers must be routable (IPVS refuses a masquerade destination it cannot reach)
-    for argv in (["link", "set", "lo", "up"], ["link", "add", "pods", "type", "dummy"], ["addr", "add", "10.128.0.1/9", "dev", "pods"], ["link", "set", "pods", "up"]):
+    for argv in (
+        ["link", "set", "lo", "up"],
+        ["link", "add", "pods", "type", "dummy"],
+        ["addr", "add", "10.128.0.1/9", "dev", "pods"],
+        ["link", "set", "pods", "up"],
+    ):
         subprocess.run(run.in_netns(NS, ["ip", *argv]), check=True)
     ipvs_kernel.require()
 
@@ -100,10 +105,16 @@ def main() -> int:
     finally:
         netns.delete(NS)
     row = {
-        "services": n, "objects": objects, "real_servers_in_kernel": count, "full_s": round(full_s, 3),
-        "per_object_us": round(full_s / objects * 1e6, 1), "naive_per_object_us": round(naive_s / naive_ops * 1e6, 1),
+        "services": n,
+        "objects": objects,
+        "real_servers_in_kernel": count,
+        "full_s": round(full_s, 3),
+        "per_object_us": round(full_s / objects * 1e6, 1),
+        "naive_per_object_us": round(naive_s / naive_ops * 1e6, 1),
         "naive_ratio": round((naive_s / naive_ops) / (full_s / objects), 1),
-        "partial_ms": round(part_s * 1000, 1), "partial_changes": part_changes, "reread_ms": round(reread_s * 1000, 1),
+        "partial_ms": round(part_s * 1000, 1),
+        "partial_changes": part_changes,
+        "reread_ms": round(reread_s * 1000, 1),
         "partial_vs_reread": round(reread_s / part_s, 1),
     }
     print(f"IPVS, {n} services x 5 endpoints ({objects} virtual and real servers written, {count} real servers read back by ipvsadm)")

@@ -34,16 +34,20 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from labctl import manifests_io  # noqa: E402
+from labctl import (
+    changes,  # noqa: E402
+    manifests_io,  # noqa: E402
+)
 from labctl.kernel import run  # noqa: E402
-from labctl import changes  # noqa: E402
 from labctl.lab import LabHandle  # noqa: E402
 from labctl.model.documents import parse_text  # noqa: E402
 from labctl.model.load import build  # noqa: E402
-from labctl.policy import rules as R  # noqa: E402
-from labctl.probe import ports  # noqa: E402
-from labctl.probe import scapy_probe  # noqa: E402
 from labctl.model.targets import resolve  # noqa: E402
+from labctl.policy import rules as R  # noqa: E402
+from labctl.probe import (
+    ports,  # noqa: E402
+    scapy_probe,  # noqa: E402
+)
 
 LAB = "benchnp"
 NODES, NAMESPACES, PODS_PER_NS, POLICIES_PER_NS = 10, 10, 50, 20
@@ -55,7 +59,12 @@ def lab_docs(relabel: bool = False) -> list[dict]:
             "apiVersion": "labctl/v1",
             "kind": "Lab",
             "metadata": {"name": LAB},
-            "spec": {"nodeNetwork": "10.30.0.0/24", "podNetwork": "10.246.0.0/16", "serviceNetwork": "10.98.0.0/16", "nodes": [{"name": f"n{i}"} for i in range(NODES)]},
+            "spec": {
+                "nodeNetwork": "10.30.0.0/24",
+                "podNetwork": "10.246.0.0/16",
+                "serviceNetwork": "10.98.0.0/16",
+                "nodes": [{"name": f"n{i}"} for i in range(NODES)],
+            },
         }
     ]
     for n in range(NAMESPACES):
@@ -70,7 +79,9 @@ def lab_docs(relabel: bool = False) -> list[dict]:
                     "apiVersion": "v1",
                     "kind": "Pod",
                     "metadata": {"name": f"p{i}", "namespace": ns, "labels": labels},
-                    "spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 53, "protocol": "UDP", "name": "dns"}]}]},
+                    "spec": {
+                        "containers": [{"name": "c", "ports": [{"containerPort": 80, "name": "http"}, {"containerPort": 53, "protocol": "UDP", "name": "dns"}]}]
+                    },
                 }
             )
     return docs
@@ -85,7 +96,10 @@ def policy_docs() -> list[dict]:
             spec = {
                 "podSelector": {"matchLabels": {"tier": tier}},
                 "ingress": [
-                    {"from": [{"podSelector": {"matchLabels": {"app": f"app{k % 10}"}}}, {"namespaceSelector": {"matchLabels": {"team": f"t{k % 3}"}}}], "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}]},
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": f"app{k % 10}"}}}, {"namespaceSelector": {"matchLabels": {"team": f"t{k % 3}"}}}],
+                        "ports": [{"port": "http"}, {"port": 53, "protocol": "UDP"}],
+                    },
                     {"from": [{"ipBlock": {"cidr": "10.246.0.0/16", "except": [f"10.246.{k}.0/24"]}}], "ports": [{"port": 80, "endPort": 81}]},
                 ],
             }
@@ -160,9 +174,7 @@ def main() -> int:
         # a watcher process probes all along (its own interpreter: no GIL shared with
         # `up`); the send time of its first probe with the new verdict bounds when
         # the kernel changed (the state write and the rest of `up` come after it)
-        watcher = subprocess.Popen(
-            [sys.executable, __file__, "--watch", LAB, src.key, victim.key, before], stdout=subprocess.PIPE, text=True
-        )
+        watcher = subprocess.Popen([sys.executable, __file__, "--watch", LAB, src.key, victim.key, before], stdout=subprocess.PIPE, text=True)
         assert watcher.stdout is not None and watcher.stdout.readline().strip() == "ready"
         docs = manifests_io.merge(manifests_io.stored(old.documents), parse_text(text([changed]), "pod.yaml"))
         t_resolve = time.monotonic()
@@ -208,7 +220,9 @@ def main() -> int:
     ok = program_s < 3.0 and sync_s < 0.1
     print(f"goals: programming < 3 s, relabel's policy sync < 100 ms: {'ok' if ok else 'MISSED'}")
     if visible_s is not None and visible_s >= 0.1:
-        print(f"      (end to end, from resolving the change to the kernel's new verdict: {visible_s * 1000:.0f} ms, most of it Python bookkeeping of 500 pods)")
+        print(
+            f"      (end to end, from resolving the change to the kernel's new verdict: {visible_s * 1000:.0f} ms, most of it Python bookkeeping of 500 pods)"
+        )
     out = REPO / "benchmarks/results"
     out.mkdir(exist_ok=True)
     (out / "bench_netpol.json").write_text(json.dumps(row, indent=2))

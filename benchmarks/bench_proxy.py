@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from labctl import registry  # noqa: E402
 from labctl.kernel import netns, run  # noqa: E402
 from labctl.model.objects import LabSpec, Node, Service, ServicePort, Topology  # noqa: E402
 from labctl.proxy import iptables, nftables  # noqa: E402
 from labctl.proxy.endpoints import affected_services, service_ports  # noqa: E402
-from labctl import registry  # noqa: E402
 from labctl.proxy.sync import plan_node  # noqa: E402
 
 NS = "labctl-bench-proxy"
@@ -119,7 +119,7 @@ def naive(mode: str, n: int) -> tuple[float, int]:
         for table, chains in rs.tables.items():
             for chain in chains:
                 cmds.append(["iptables", "-t", table, "-N", chain])
-            for chain, rules in chains.items():
+            for rules in chains.values():
                 for r in rules:
                     cmds.append(["iptables", "-t", table] + _split(r))
     else:
@@ -176,7 +176,9 @@ def main() -> int:
                 results.append(row)
     finally:
         netns.delete(NS)
-    print(f"{'mode':>9} {'services':>9} {'rules':>8} {'full sync':>10} {'(tool)':>8} {'per rule':>10} {'naive/rule':>11} {'speed-up':>9} {'1-svc change':>13} {'(tool)':>8} {'floor':>8}")
+    print(
+        f"{'mode':>9} {'services':>9} {'rules':>8} {'full sync':>10} {'(tool)':>8} {'per rule':>10} {'naive/rule':>11} {'speed-up':>9} {'1-svc change':>13} {'(tool)':>8} {'floor':>8}"
+    )
     for r in results:
         part = f"{r['partial_ms']:.0f} ms" if "partial_ms" in r else ""
         part_tool = f"{r['partial_tool_ms']:.0f} ms" if "partial_tool_ms" in r else ""

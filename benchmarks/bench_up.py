@@ -86,7 +86,9 @@ def floor_plan(lab: str, nodes: int, ppn: int) -> list[tuple[list[str], str]]:
             ip = ipam.gateway(cidrs[i]).rsplit(".", 1)[0] + f".{j + 2}"
             links.append(f"link add veth{j} netns {n} mtu 1450 type veth peer name eth0 netns {p} mtu 1450 address {ipam.mac_for_ip(ip)}")
     plan.append((["ip", "-batch", "-"], "\n".join(links)))
-    plan.append((["ip", "-n", sw, "-batch", "-"], "\n".join(["link add br0 type bridge", "link set br0 up"] + [f"link set n{i} master br0 up" for i in range(nodes)])))
+    plan.append(
+        (["ip", "-n", sw, "-batch", "-"], "\n".join(["link add br0 type bridge", "link set br0 up"] + [f"link set n{i} master br0 up" for i in range(nodes)]))
+    )
     for i, n in enumerate(node_ns):
         b = [
             "link set lo up",
@@ -112,7 +114,12 @@ def floor_plan(lab: str, nodes: int, ppn: int) -> list[tuple[list[str], str]]:
     for i in range(nodes):
         for j, p in enumerate(pod_ns[i]):
             ip = ipam.gateway(cidrs[i]).rsplit(".", 1)[0] + f".{j + 2}"
-            plan.append((["ip", "-n", p, "-batch", "-"], "\n".join(["link set lo up", f"addr add {ip}/24 dev eth0", "link set eth0 up", f"route add default via {ipam.gateway(cidrs[i])}"])))
+            plan.append(
+                (
+                    ["ip", "-n", p, "-batch", "-"],
+                    "\n".join(["link set lo up", f"addr add {ip}/24 dev eth0", "link set eth0 up", f"route add default via {ipam.gateway(cidrs[i])}"]),
+                )
+            )
     return plan
 
 
@@ -186,8 +193,11 @@ def bench_demo(repeat: int) -> dict:
         count = len([n for n in os.listdir(names.NETNS_DIR) if n.startswith("demo-")])
         downs.append(timed(lambda: labctl("down", "demo")))
     return {
-        "size": "demo", "namespaces": count, "labctl_up": round(statistics.median(ups), 3),
-        "labctl_down": round(statistics.median(downs), 3), "goal_s": DEMO_GOAL_S,
+        "size": "demo",
+        "namespaces": count,
+        "labctl_up": round(statistics.median(ups), 3),
+        "labctl_down": round(statistics.median(downs), 3),
+        "goal_s": DEMO_GOAL_S,
     }
 
 
@@ -209,7 +219,9 @@ def main() -> int:
         if r["size"] == "demo":
             passed = r["labctl_up"] < DEMO_GOAL_S
             ok &= passed
-            print(f"{'demo':>7} {r['namespaces']:>6} {'':>9} {r['labctl_up']:>9.2f}s {'':>6} {'':>11} {r['labctl_down']:>11.2f}s {'':>6}  up < {DEMO_GOAL_S:g} s: {'ok' if passed else 'MISSED'}")
+            print(
+                f"{'demo':>7} {r['namespaces']:>6} {'':>9} {r['labctl_up']:>9.2f}s {'':>6} {'':>11} {r['labctl_down']:>11.2f}s {'':>6}  up < {DEMO_GOAL_S:g} s: {'ok' if passed else 'MISSED'}"
+            )
             continue
         goal = r["goal"]
         passed = goal is None or r["up_ratio"] <= goal

@@ -14,16 +14,14 @@ from contextlib import ExitStack
 from typing import Callable
 
 from labctl import failpoints, registry
-from labctl.model import names
 from labctl.errors import LabError
 from labctl.kernel import netns, procs, run
 from labctl.kernel.nl import Batch
-from labctl.model import dns
+from labctl.model import dns, names
 from labctl.model.objects import Container, LabSpec, Pod, Topology
-from labctl.plumbing import etc
+from labctl.plumbing import etc, underlay
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
-from labctl.plumbing import underlay
 from labctl.policy import sync as policy_sync
 from labctl.proxy import sync as proxy_sync
 from labctl.reconcile import Plan
@@ -192,7 +190,8 @@ class Builder:
         """Link impairments the topology file sets (or no longer sets) on nodes and externals."""
         if not plan.links:
             return
-        from labctl.impair import kernel as impair, tc
+        from labctl.impair import kernel as impair
+        from labctl.impair import tc
 
         lab = new.lab.name
         for kind, name, link in plan.links:
@@ -263,7 +262,6 @@ class Builder:
                 self._spawn(topo, pod, c)
                 n += 1
         return n
-
 
 
 def unlink_debris(old: Topology, debris: list[str]) -> None:

@@ -89,7 +89,9 @@ def check_host(topo: Topology) -> None:
 
         run.require("tc", "iproute2")
         if any(tc.from_spec(x).needs_netem for x in links) and not tc.netem_available():
-            raise HostLacks("the topology sets a link delay, jitter or loss, which need the kernel's netem (sch_netem); this kernel has none", hint=NO_NETEM_HINT)
+            raise HostLacks(
+                "the topology sets a link delay, jitter or loss, which need the kernel's netem (sch_netem); this kernel has none", hint=NO_NETEM_HINT
+            )
     if topo.policies:
         run.require("ipset", "ipset")
     from labctl.proxy.sync import require_mode

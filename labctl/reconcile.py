@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.model import names
 from labctl.errors import InvalidInput, Problem
+from labctl.model import names
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
 
 # Lab fields fixed for the life of a lab: changing them means `down` then `up`.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from labctl.model import names
-from labctl.kernel import netns
-from labctl.model.registry import ADDONS
 from labctl import registry
 from labctl.errors import NoSuchLab
+from labctl.kernel import netns
 from labctl.lab import LabHandle
+from labctl.model import names
+from labctl.model.registry import ADDONS
 from labctl.responder import control as responder
 
 
@@ -19,7 +19,16 @@ def status(handle: LabHandle) -> dict[str, Any]:
     if topo is None and not handle.exists():
         raise NoSuchLab(f"lab {handle.name} went down while this command ran")
     if topo is None:
-        return {"lab": handle.name, "state": "incomplete", "nodes": [], "externals": [], "pods": [], "services": [], "policies": [], **{a: None for a in ADDONS}}
+        return {
+            "lab": handle.name,
+            "state": "incomplete",
+            "nodes": [],
+            "externals": [],
+            "pods": [],
+            "services": [],
+            "policies": [],
+            **{a: None for a in ADDONS},
+        }
     lab = topo.lab
     present = set(netns.listed())
     return {
@@ -76,9 +85,7 @@ def services(topo) -> list[dict[str, Any]]:
         for p in s.ports:
             eps = [e.addr for e in endpoints(topo, s, p)]
             all_eps += [e for e in eps if e not in all_eps]
-            ports.append(
-                {"name": p.name, "port": p.port, "targetPort": p.target(), "protocol": p.protocol, "nodePort": p.node_port, "endpoints": eps}
-            )
+            ports.append({"name": p.name, "port": p.port, "targetPort": p.target(), "protocol": p.protocol, "nodePort": p.node_port, "endpoints": eps})
         if s.selector is None and not s.static_endpoints:
             all_eps = []
         out.append(

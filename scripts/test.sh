@@ -14,6 +14,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 "$repo/scripts/setup.sh"
 cd "$repo"
+echo "==> ruff (lint and format check)"
+.venv/bin/ruff check labctl tests benchmarks
+.venv/bin/ruff format --check labctl tests benchmarks
 if [ $# -eq 0 ]; then
   echo "==> pytest (this kernel)"
   .venv/bin/python -m pytest -m "not stock_kernel"

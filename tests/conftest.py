@@ -16,6 +16,7 @@ from labctl.kernel import netns
 from labctl.state.store import labs
 from tests.helpers import TEST_PREFIX, lab_processes, labctl_cmd, ours
 
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind():
     """After the whole session: no namespace, records or process of a lab this

@@ -6,7 +6,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import changes, json_option, lab_option, lab_handle
+from labctl.cli.common import changes, json_option, lab_handle, lab_option
 
 file_option = click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Kubernetes manifests ('-' for stdin).")
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import click
 
+from labctl.errors import NoSuchLab
 from labctl.lab import LabHandle, resolve_lab_name
 from labctl.model.objects import Topology
-from labctl.errors import NoSuchLab
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
 lab_option = click.option(
-    "--lab", "lab_name", metavar="NAME", envvar="LABCTL_LAB", show_envvar=True,
+    "--lab",
+    "lab_name",
+    metavar="NAME",
+    envvar="LABCTL_LAB",
+    show_envvar=True,
     help="The lab (may be left out when exactly one is up).",
 )
 
@@ -62,8 +66,7 @@ def counts(topo: Topology) -> str:
         f"{len(topo.lab.nodes)} node{'s' * (len(topo.lab.nodes) != 1)}, "
         f"{len(topo.lab.externals)} external{'s' * (len(topo.lab.externals) != 1)}, "
         f"{len(topo.pods)} pod{'s' * (len(topo.pods) != 1)} in {len(namespaces)} namespace{'s' * (len(namespaces) != 1)}, "
-        f"{services} service{'s' * (services != 1)}"
-        + "".join(f", {a.summary(topo)}" for a in registry.addons() if a.enabled(topo.lab))
+        f"{services} service{'s' * (services != 1)}" + "".join(f", {a.summary(topo)}" for a in registry.addons() if a.enabled(topo.lab))
     )
 
 

@@ -8,8 +8,8 @@ from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
-from labctl.probe import scapy_probe
 from labctl.model.targets import default_port, resolve
+from labctl.probe import scapy_probe
 
 VERDICTS = ("open", "refused", "blocked", "filtered")
 

@@ -47,8 +47,7 @@ def _show(r: dict) -> None:
         return
     nets = r["networks"]
     output.say(
-        f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}"
-        + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "") + "  "
+        f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}" + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "") + "  "
         f"nodes {nets['node']}  pods {nets['pod']}  services {nets['service']}"
     )
     output.table(

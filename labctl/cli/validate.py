@@ -21,9 +21,7 @@ def validate(file: str, as_json: bool) -> None:
         topo = load(file)
     except InvalidInput as e:
         if as_json:
-            output.emit_json(
-                {"valid": False, "problems": [{"where": p.where, "path": p.path, "message": p.message} for p in e.problems]}
-            )
+            output.emit_json({"valid": False, "problems": [{"where": p.where, "path": p.path, "message": p.message} for p in e.problems]})
         raise
     if as_json:
         output.emit_json(

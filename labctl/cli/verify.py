@@ -8,10 +8,10 @@ import time
 import click
 
 from labctl import output
-from labctl.model import names
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
+from labctl.model import names
 
 
 @cli.command()
@@ -68,9 +68,9 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
     """Which policies select FROM (egress) and TO (ingress), which rule allows
     the connection or why it is denied, and the kernel chains that decide it.
     Needs no root: it reads the applied topology."""
+    from labctl.model.targets import default_port, resolve
     from labctl.policy.engine import Engine
     from labctl.policy.rules import CHAIN, ISOLATED, policy_chain
-    from labctl.model.targets import default_port, resolve
 
     _, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")
@@ -100,8 +100,18 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
                 "port": port,
                 "proto": proto,
                 "allowed": d.allowed,
-                "egress": {"isolatedBy": d.egress.isolated_by, "allowedBy": d.egress.allowed_by, "explanation": d.egress.explain(), "kernel": kernel(d.egress, a.pod)},
-                "ingress": {"isolatedBy": d.ingress.isolated_by, "allowedBy": d.ingress.allowed_by, "explanation": d.ingress.explain(), "kernel": kernel(d.ingress, b.pod)},
+                "egress": {
+                    "isolatedBy": d.egress.isolated_by,
+                    "allowedBy": d.egress.allowed_by,
+                    "explanation": d.egress.explain(),
+                    "kernel": kernel(d.egress, a.pod),
+                },
+                "ingress": {
+                    "isolatedBy": d.ingress.isolated_by,
+                    "allowedBy": d.ingress.allowed_by,
+                    "explanation": d.ingress.explain(),
+                    "kernel": kernel(d.ingress, b.pod),
+                },
             }
         )
         return

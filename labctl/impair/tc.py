@@ -18,6 +18,7 @@ from labctl.model.impairment import Impairment, from_spec, parse, parse_loss, pa
 
 __all__ = ["Impairment", "from_spec", "parse", "parse_loss", "parse_rate", "parse_time", "netem_available", "commands"]
 
+
 def netem_available() -> bool:
     """Whether this kernel has netem (loaded, built in, or a module modprobe can load), without touching it."""
     if os.path.isdir("/sys/module/sch_netem"):

@@ -54,9 +54,7 @@ def apply_all(transactions: list[Transaction]) -> None:
     """Run every transaction (in parallel); raise KernelError naming each failure."""
     running = []
     for t in transactions:
-        p = subprocess.Popen(
-            in_netns(t.netns, t.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        p = subprocess.Popen(in_netns(t.netns, t.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         running.append((t, p))
     failures = []
     for t, p in running:

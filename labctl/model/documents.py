@@ -106,7 +106,10 @@ def _check_shape(node: yaml.Node, index: int, source: str) -> None:
         if depth > MAX_DEPTH:
             raise InvalidInput([Problem(f"document {index} (line {node.start_mark.line + 1})", "", f"nested more than {MAX_DEPTH} levels deep")], source=source)
         if count > MAX_NODES:
-            raise InvalidInput([Problem(f"document {index} (line {node.start_mark.line + 1})", "", f"has more than {MAX_NODES:,} values once its aliases are expanded")], source=source)
+            raise InvalidInput(
+                [Problem(f"document {index} (line {node.start_mark.line + 1})", "", f"has more than {MAX_NODES:,} values once its aliases are expanded")],
+                source=source,
+            )
         if isinstance(n, yaml.SequenceNode):
             stack += [(c, depth + 1) for c in n.value]
         elif isinstance(n, yaml.MappingNode):

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from labctl.model.errors import InvalidInput, Problem, short_repr
 from labctl.model import fields, schema, services, system, validate
 from labctl.model.documents import Document, read_file
+from labctl.model.errors import InvalidInput, Problem, short_repr
 from labctl.model.expect import check_expectations
 from labctl.model.manifests import KINDS, Objects, accepted_kinds
 from labctl.model.objects import External, LabSpec, Node, Topology
@@ -42,8 +42,9 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         load_balancer_pool=spec.get("loadBalancerPool"),
         node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
         expect=tuple(spec.get("expect") or ()),
-        nodes=tuple(Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}),
-                          link=dict(n.get("link") or {})) for n in nodes),
+        nodes=tuple(
+            Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}), link=dict(n.get("link") or {})) for n in nodes
+        ),
         externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
     )
 

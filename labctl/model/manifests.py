@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from labctl.model.errors import Problem
-from labctl.model.fields import label_problems
 from labctl.model import policy
 from labctl.model.documents import Document
+from labctl.model.errors import Problem
+from labctl.model.fields import label_problems
 from labctl.model.objects import Container, ContainerPort, Deployment, Pod, Service, ServicePort
 
 
@@ -107,9 +107,7 @@ def pod_from_spec(
     for fld, meaning in _UNSUPPORTED_POD_FIELDS.items():
         if spec.get(fld):
             problems.append(Problem(doc.where(), f"{spec_path}.{fld}", f"{meaning} ({fld}) are not supported by labctl yet"))
-    containers = tuple(
-        _container(c, doc.where(), f"{spec_path}.containers[{i}]", problems) for i, c in enumerate(spec.get("containers") or [])
-    )
+    containers = tuple(_container(c, doc.where(), f"{spec_path}.containers[{i}]", problems) for i, c in enumerate(spec.get("containers") or []))
     return Pod(
         namespace=namespace,
         name=name,
@@ -213,6 +211,7 @@ def _read_deployment(doc: Document, out: Objects) -> None:
 
 
 # -- Service -------------------------------------------------------------------
+
 
 @register("Service", "v1")
 def _read_service(doc: Document, out: Objects) -> None:

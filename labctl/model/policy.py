@@ -12,8 +12,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from labctl.model.errors import Problem
 from labctl.model import fields as v
+from labctl.model.errors import Problem
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 

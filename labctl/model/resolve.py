@@ -63,8 +63,7 @@ def _assign_pod_cidrs(spec: LabSpec, previous: Topology | None, where: str, prob
                     Problem(
                         where,
                         f"spec.nodes[{i}]",
-                        f"podNetwork {spec.pod_network} has no /{spec.node_cidr_mask} left for node {n.name!r} "
-                        f"({pool.count()} in all)",
+                        f"podNetwork {spec.pod_network} has no /{spec.node_cidr_mask} left for node {n.name!r} ({pool.count()} in all)",
                     )
                 )
     return replace(spec, nodes=tuple(nodes))
@@ -134,9 +133,7 @@ def _place_pods(spec: LabSpec, pods: list[Pod], previous: Topology | None, where
         try:
             ip = str(pools[node].allocate())
         except ipam.PoolExhausted:
-            problems.append(
-                Problem(where_of(pod.doc), "metadata.name", f"node {node}'s pod CIDR {cidr_of[node]} has no address left for pod {pod.key}")
-            )
+            problems.append(Problem(where_of(pod.doc), "metadata.name", f"node {node}'s pod CIDR {cidr_of[node]} has no address left for pod {pod.key}"))
             out.append(pod)
             continue
         spread.add(pod, node)

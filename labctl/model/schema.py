@@ -84,9 +84,7 @@ def validate_lab(where: str, data: Any) -> list[Problem]:
 
 
 def _schema_dir():
-    return resources.files("kubernetes_validate").joinpath(
-        "kubernetes-json-schema", f"v{KUBERNETES_VERSION}-local-strict"
-    )
+    return resources.files("kubernetes_validate").joinpath("kubernetes-json-schema", f"v{KUBERNETES_VERSION}-local-strict")
 
 
 @functools.cache

@@ -14,9 +14,9 @@ import ipaddress
 from dataclasses import replace
 from typing import Callable
 
+from labctl.model import fields as v
 from labctl.model import ipam
 from labctl.model.errors import Problem
-from labctl.model import fields as v
 from labctl.model.objects import LabSpec, Service, ServicePort, Topology
 
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
@@ -239,10 +239,7 @@ def _node_ports(services: list[Service], spec: LabSpec, prev: dict[str, Service]
             else:
                 taken[(np, p.protocol)] = s.key
             chosen[(s.key, i)] = np
-    return [
-        replace(s, ports=tuple(replace(p, node_port=chosen[(s.key, i)]) for i, p in enumerate(s.ports))) if s.wants_node_ports else s
-        for s in services
-    ]
+    return [replace(s, ports=tuple(replace(p, node_port=chosen[(s.key, i)]) for i, p in enumerate(s.ports))) if s.wants_node_ports else s for s in services]
 
 
 def _lb_ips(services: list[Service], spec: LabSpec, prev: dict[str, Service], where, problems) -> list[Service]:

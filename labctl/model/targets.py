@@ -1,9 +1,9 @@
 """FROM / TO arguments -> where to probe from and to. Pure.
 
-    NS/POD, POD (namespace default), node/NAME, ext/NAME, or (TO only) an IPv4
-    address, svc/NS/NAME (its ClusterIP), svc/NS/NAME@nodeport (a node's
-    address and the NodePort; the node is --via, else the first) or
-    svc/NS/NAME@lb (its LoadBalancer IP).
+NS/POD, POD (namespace default), node/NAME, ext/NAME, or (TO only) an IPv4
+address, svc/NS/NAME (its ClusterIP), svc/NS/NAME@nodeport (a node's
+address and the NodePort; the node is --via, else the first) or
+svc/NS/NAME@lb (its LoadBalancer IP).
 """
 
 from __future__ import annotations

@@ -35,9 +35,7 @@ def networks(spec: LabSpec, where: str) -> list[Problem]:
     if "nodeNetwork" in nets and nets["nodeNetwork"].prefixlen > 29:
         problems.append(Problem(where, "spec.nodeNetwork", f"{nets['nodeNetwork']} is too small for a node network (at most /29)"))
     if "podNetwork" in nets and spec.node_cidr_mask < nets["podNetwork"].prefixlen:
-        problems.append(
-            Problem(where, "spec.nodeCIDRMaskSize", f"/{spec.node_cidr_mask} is larger than podNetwork {nets['podNetwork']}")
-        )
+        problems.append(Problem(where, "spec.nodeCIDRMaskSize", f"/{spec.node_cidr_mask} is larger than podNetwork {nets['podNetwork']}"))
     if "serviceNetwork" in nets and nets["serviceNetwork"].num_addresses < 16:
         problems.append(Problem(where, "spec.serviceNetwork", f"{nets['serviceNetwork']} is too small (at least /28: .1 and .10 are reserved)"))
     lo, _, hi = spec.node_port_range.partition("-")
@@ -92,14 +90,18 @@ def host_names(spec: LabSpec, where: str) -> list[Problem]:
 def _link_problems(link: dict, where: str, path: str) -> list[Problem]:
     """Each field of a host's `link:` as `labctl link` would read it."""
     problems = []
-    checks = {"delay": lambda v: tc.parse_time("delay", v, ""), "jitter": lambda v: tc.parse_time("jitter", v, ""),
-              "loss": lambda v: tc.parse_loss(v, ""), "rate": lambda v: tc.parse_rate(v, "")}
+    checks = {
+        "delay": lambda v: tc.parse_time("delay", v, ""),
+        "jitter": lambda v: tc.parse_time("jitter", v, ""),
+        "loss": lambda v: tc.parse_loss(v, ""),
+        "rate": lambda v: tc.parse_rate(v, ""),
+    }
     for key, check in checks.items():
         if key in link:
             try:
                 check(link[key])
             except InvalidInput as e:
-                problems.append(Problem(where, f"{path}.{key}", str(e)[len(key) + 1:]))
+                problems.append(Problem(where, f"{path}.{key}", str(e)[len(key) + 1 :]))
     if "jitter" in link and "delay" not in link:
         problems.append(Problem(where, f"{path}.jitter", "needs delay (netem varies the delay by the jitter)"))
     return problems
@@ -173,9 +175,7 @@ def pods(topo_pods: list[Pod], spec: LabSpec | None, namespaces: dict[str, dict[
             problems.append(Problem(w, "metadata.name", f"pod {pod.key} is already made by {where(first.doc)}"))
         seen[pod.key] = pod
         if pod.namespace not in namespaces:
-            problems.append(
-                Problem(w, "metadata.namespace", f"namespace {pod.namespace!r} is not defined: add a Namespace document for it")
-            )
+            problems.append(Problem(w, "metadata.namespace", f"namespace {pod.namespace!r} is not defined: add a Namespace document for it"))
         if node_names is not None and pod.node is not None and pod.node not in node_names:
             known = ", ".join(sorted(node_names))
             problems.append(Problem(w, f"{spec_path}.nodeName", f"no node named {pod.node!r} in the lab (nodes: {known})"))

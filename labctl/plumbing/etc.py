@@ -12,8 +12,7 @@ import shutil
 from pathlib import Path
 
 from labctl import failpoints
-from labctl.model import names
-from labctl.model import dns
+from labctl.model import dns, names
 from labctl.model.objects import Pod, Topology
 from labctl.state.journal import Journal
 

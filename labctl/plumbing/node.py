@@ -7,8 +7,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from labctl.model import ipam, names
 from labctl.kernel.nl import Batch
+from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node
 
 CNI0_INDEX = 3

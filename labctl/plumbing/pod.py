@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from labctl.model import ipam, names
 from labctl.kernel.nl import Batch
+from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node, Pod
 from labctl.plumbing.node import CNI0_INDEX
 

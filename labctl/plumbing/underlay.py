@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from labctl.model import names
 from labctl.kernel.nl import Batch
+from labctl.model import names
 
 SWITCH_BRIDGE_INDEX = 2
 HOST_ETH0_INDEX = 2  # eth0 of nodes and externals

@@ -51,6 +51,8 @@ def ipvs_jumps(pod_network: str) -> list[tuple[str, str]]:
         ("INPUT", f"-m set ! --match-set KUBE-IPVS-IPS dst {_JUMP}"),
         ("OUTPUT", f"-s {pod_network} -m ipvs --ipvs {_JUMP}"),
     ]
+
+
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
 
 
@@ -121,7 +123,13 @@ def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, peer: Peer) 
 
 def _named_port_set(rules: PolicyRules, name: str, pods: list[Pod], port: Port, what: str) -> str:
     if name not in rules.sets:
-        members = {f"{pod.ip},{port.protocol.lower()}:{cp.port}" for pod in pods if pod.ip for cp in pod.ports() if cp.name == port.port and cp.protocol == port.protocol}
+        members = {
+            f"{pod.ip},{port.protocol.lower()}:{cp.port}"
+            for pod in pods
+            if pod.ip
+            for cp in pod.ports()
+            if cp.name == port.port and cp.protocol == port.protocol
+        }
         rules.sets[name] = IPSet("hash:ip,port", members, what)
     return name
 
@@ -153,9 +161,9 @@ def _cluster_wide(topo: Topology, engine: Engine) -> PolicyRules:
     """What is the same on every node: the chains, and the sets of peers
     (selectors, ipBlocks) and of egress named ports, which hold pods cluster-wide."""
     shared = PolicyRules()
-    shared.add(MAIN, f'-m conntrack --ctstate RELATED,ESTABLISHED {_c("replies of allowed connections")} -j RETURN')
-    shared.add(MAIN, f'-m set --match-set {ISOLATED["egress"]} src {_c("pods isolated for egress")} -j {CHAIN["egress"]}')
-    shared.add(MAIN, f'-m set --match-set {ISOLATED["ingress"]} dst {_c("pods isolated for ingress")} -j {CHAIN["ingress"]}')
+    shared.add(MAIN, f"-m conntrack --ctstate RELATED,ESTABLISHED {_c('replies of allowed connections')} -j RETURN")
+    shared.add(MAIN, f"-m set --match-set {ISOLATED['egress']} src {_c('pods isolated for egress')} -j {CHAIN['egress']}")
+    shared.add(MAIN, f"-m set --match-set {ISOLATED['ingress']} dst {_c('pods isolated for ingress')} -j {CHAIN['ingress']}")
     for direction, flag, peer_flag in (("egress", "src", "dst"), ("ingress", "dst", "src")):
         chain = CHAIN[direction]
         shared.chains.setdefault(chain, [])
@@ -171,7 +179,7 @@ def _cluster_wide(topo: Topology, engine: Engine) -> PolicyRules:
                 for peer in peers:
                     for port in ports or [""]:
                         shared.add(pchain, f"{peer}{port}{_c(f'{p.key} {direction} rule {ri}')} -j MARK --set-xmark {MARK}/{MARK}")
-        shared.add(chain, f'-m mark ! --mark {MARK}/{MARK} {_c(f"{direction} allowed by no policy")} -j {REJECT}')
+        shared.add(chain, f"-m mark ! --mark {MARK}/{MARK} {_c(f'{direction} allowed by no policy')} -j {REJECT}")
         shared.add(chain, f"-j MARK --set-xmark 0x0/{MARK}")
     return shared
 
@@ -240,7 +248,7 @@ def render(topo: Topology, node: str) -> PolicyRules:
 
 
 def _set_line(name: str, s: IPSet) -> str:
-    return f'create {name} {s.type} family inet comment -exist'
+    return f"create {name} {s.type} family inet comment -exist"
 
 
 def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tuple[str, list[str]]:

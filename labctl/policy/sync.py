@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from labctl.model import names
 from labctl import registry
 from labctl.kernel import run
+from labctl.model import names
 from labctl.model.objects import Topology
 from labctl.policy import rules as R
 from labctl.state.records import RecordKind
@@ -80,7 +80,11 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
             ns = names.node_netns(lab, node)
             saved = run.output(ns, ["iptables-save", "-t", "filter"])
             if R.MAIN in saved:
-                mine = [line[1:].split()[0] for line in saved.splitlines() if line.startswith(":") and (line.startswith(":LABCTL-NETPOL") or line.startswith(":NP-"))]
+                mine = [
+                    line[1:].split()[0]
+                    for line in saved.splitlines()
+                    if line.startswith(":") and (line.startswith(":LABCTL-NETPOL") or line.startswith(":NP-"))
+                ]
                 entries = [e for mode in registry.proxy_modes() for e in mode.policy_entry(topo.lab)]
                 text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in dict.fromkeys(entries) if f"-A {c} {r}" in saved) + "COMMIT\n"
                 run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])

@@ -19,9 +19,9 @@ from labctl import registry
 from labctl.model import ipam
 from labctl.model.expect import parse_expectation
 from labctl.model.objects import Topology
+from labctl.model.targets import resolve
 from labctl.policy.engine import Engine, Party
 from labctl.probe import ports, scapy_probe
-from labctl.model.targets import resolve
 
 PROBED = ("TCP", "UDP")
 

@@ -262,4 +262,3 @@ def _fill(result: ProbeResult, info: dict | None) -> None:
     client = info.get("client")
     if isinstance(client, str):
         result.client_ip_seen = client.rsplit(":", 1)[0]
-

@@ -56,9 +56,24 @@ class ServicePortInfo:
         """Everything this port's rules on `node` depend on, as a short digest."""
         s, p = self.service, self.port
         facts = (
-            s.namespace, s.name, s.type, s.cluster_ip, s.external_ips, s.load_balancer_ip, s.external_traffic_policy,
-            s.internal_traffic_policy, s.session_affinity, s.affinity_timeout, s.allocate_lb_node_ports, s.load_balancer_source_ranges,
-            p.port, p.protocol, p.name, p.node_port, p is s.ports[0], node,
+            s.namespace,
+            s.name,
+            s.type,
+            s.cluster_ip,
+            s.external_ips,
+            s.load_balancer_ip,
+            s.external_traffic_policy,
+            s.internal_traffic_policy,
+            s.session_affinity,
+            s.affinity_timeout,
+            s.allocate_lb_node_ports,
+            s.load_balancer_source_ranges,
+            p.port,
+            p.protocol,
+            p.name,
+            p.node_port,
+            p is s.ports[0],
+            node,
         )
         eps = ",".join([f"{e.ip}:{e.port}@{e.node}" for e in self.endpoints])  # cheaper than the repr of nested tuples
         return hashlib.sha1(f"{facts!r}{eps}".encode()).hexdigest()[:16]

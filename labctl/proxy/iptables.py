@@ -108,13 +108,13 @@ def _endpoint_jumps(piece: Piece, chain: str, info: ServicePortInfo, eps: tuple[
         for ep in eps:
             sep = names.ipt_sep(spn, info.proto, ep.addr)
             t = info.service.affinity_timeout
-            comment = "" if large else f'{_c(f"{spn} -> {ep.addr}")} '
+            comment = "" if large else f"{_c(f'{spn} -> {ep.addr}')} "
             piece.add(chain, f"{comment}-m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {t} --reap -j {sep}")
     n = len(eps)
     for i, ep in enumerate(eps):
         sep = names.ipt_sep(spn, info.proto, ep.addr)
         stat = f"-m statistic --mode random --probability {1.0 / (n - i):0.10f} " if i < n - 1 else ""
-        comment = "" if large else f'{_c(f"{spn} -> {ep.addr}")} '
+        comment = "" if large else f"{_c(f'{spn} -> {ep.addr}')} "
         piece.add(chain, f"{comment}{stat}-j {sep}")
 
 
@@ -173,16 +173,16 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     if pol.firewalled:
         for src in pol.allowed_sources(node_ip):
             cidr = src if "/" in src else f"{src}/32"
-            piece.add(fw, f'-s {cidr} {_c(f"{spn} loadbalancer IP")} -j {ext}')
+            piece.add(fw, f"-s {cidr} {_c(f'{spn} loadbalancer IP')} -j {ext}")
         piece.add(fw, _c(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
     if pol.externally:
         if not pol.external_local:
-            piece.add(ext, f'{_c(f"masquerade traffic for {spn} external destinations")} -j KUBE-MARK-MASQ')
+            piece.add(ext, f"{_c(f'masquerade traffic for {spn} external destinations')} -j KUBE-MARK-MASQ")
             piece.add(ext, f"-j {svc}")
         else:
-            piece.add(ext, f'-s {cluster_cidr} {_c(f"pod traffic for {spn} external destinations")} -j {svc}')
-            piece.add(ext, f'{_c(f"masquerade LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
-            piece.add(ext, f'{_c(f"route LOCAL traffic for {spn} external destinations")} -m addrtype --src-type LOCAL -j {svc}')
+            piece.add(ext, f"-s {cluster_cidr} {_c(f'pod traffic for {spn} external destinations')} -j {svc}")
+            piece.add(ext, f"{_c(f'masquerade LOCAL traffic for {spn} external destinations')} -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ")
+            piece.add(ext, f"{_c(f'route LOCAL traffic for {spn} external destinations')} -m addrtype --src-type LOCAL -j {svc}")
             if pol.has_external:
                 piece.add(ext, f"-j {svl}")
     if pol.uses_cluster:
@@ -203,7 +203,7 @@ def static_chains() -> dict[str, dict[str, list[str]]]:
             "KUBE-POSTROUTING": [
                 f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
                 f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
-                f'-A KUBE-POSTROUTING {_c("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully',
+                f"-A KUBE-POSTROUTING {_c('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
             ],
             "KUBE-MARK-MASQ": [f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"],
         },
@@ -213,8 +213,8 @@ def static_chains() -> dict[str, dict[str, list[str]]]:
             "KUBE-NODEPORTS": [],
             "KUBE-FORWARD": [
                 "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
-                f'-A KUBE-FORWARD {_c("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
-                f'-A KUBE-FORWARD {_c("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+                f"-A KUBE-FORWARD {_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
+                f"-A KUBE-FORWARD {_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             ],
             "KUBE-PROXY-FIREWALL": [],
         },

@@ -230,48 +230,48 @@ def chains(cluster_cidr: str) -> Chains:
         filt[chain].append(f"-A {chain} {rule}")
 
     ext = _c(COMMENTS["KUBE-EXTERNAL-IP"])
-    n("KUBE-SERVICES", f'{_c(COMMENTS["KUBE-LOAD-BALANCER"])} -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER')
-    n("KUBE-SERVICES", f'! -s {cluster_cidr} {_c(COMMENTS["KUBE-CLUSTER-IP"])} -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ')
+    n("KUBE-SERVICES", f"{_c(COMMENTS['KUBE-LOAD-BALANCER'])} -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER")
+    n("KUBE-SERVICES", f"! -s {cluster_cidr} {_c(COMMENTS['KUBE-CLUSTER-IP'])} -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ")
     n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ")
     n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT")
     n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL -j ACCEPT")
     n("KUBE-SERVICES", "-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT")
     n("KUBE-SERVICES", "-m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT")
     n("KUBE-SERVICES", "-m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT")
-    n("KUBE-LOAD-BALANCER", f'{_c(COMMENTS["KUBE-LOAD-BALANCER-LOCAL"])} -m set --match-set KUBE-LOAD-BALANCER-LOCAL dst,dst -j RETURN')
+    n("KUBE-LOAD-BALANCER", f"{_c(COMMENTS['KUBE-LOAD-BALANCER-LOCAL'])} -m set --match-set KUBE-LOAD-BALANCER-LOCAL dst,dst -j RETURN")
     n("KUBE-LOAD-BALANCER", "-j KUBE-MARK-MASQ")
     for proto in ("tcp", "udp"):
         P = proto.upper()
-        n("KUBE-NODE-PORT", f'-p {proto} {_c(COMMENTS[f"KUBE-NODE-PORT-LOCAL-{P}"])} -m set --match-set KUBE-NODE-PORT-LOCAL-{P} dst -j RETURN')
-        n("KUBE-NODE-PORT", f'-p {proto} {_c(COMMENTS[f"KUBE-NODE-PORT-{P}"])} -m set --match-set KUBE-NODE-PORT-{P} dst -j KUBE-MARK-MASQ')
-    n("KUBE-NODE-PORT", f'-p sctp {_c(COMMENTS["KUBE-NODE-PORT-LOCAL-SCTP-HASH"])} -m set --match-set KUBE-NODE-PORT-LOCAL-SCTP-HASH dst,dst -j RETURN')
-    n("KUBE-NODE-PORT", f'-p sctp {_c(COMMENTS["KUBE-NODE-PORT-SCTP-HASH"])} -m set --match-set KUBE-NODE-PORT-SCTP-HASH dst,dst -j KUBE-MARK-MASQ')
+        n("KUBE-NODE-PORT", f"-p {proto} {_c(COMMENTS[f'KUBE-NODE-PORT-LOCAL-{P}'])} -m set --match-set KUBE-NODE-PORT-LOCAL-{P} dst -j RETURN")
+        n("KUBE-NODE-PORT", f"-p {proto} {_c(COMMENTS[f'KUBE-NODE-PORT-{P}'])} -m set --match-set KUBE-NODE-PORT-{P} dst -j KUBE-MARK-MASQ")
+    n("KUBE-NODE-PORT", f"-p sctp {_c(COMMENTS['KUBE-NODE-PORT-LOCAL-SCTP-HASH'])} -m set --match-set KUBE-NODE-PORT-LOCAL-SCTP-HASH dst,dst -j RETURN")
+    n("KUBE-NODE-PORT", f"-p sctp {_c(COMMENTS['KUBE-NODE-PORT-SCTP-HASH'])} -m set --match-set KUBE-NODE-PORT-SCTP-HASH dst,dst -j KUBE-MARK-MASQ")
     n("KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
-    n("KUBE-POSTROUTING", f'{_c(COMMENTS["KUBE-LOOP-BACK"])} -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE')
+    n("KUBE-POSTROUTING", f"{_c(COMMENTS['KUBE-LOOP-BACK'])} -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE")
     n("KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     n("KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
-    n("KUBE-POSTROUTING", f'{_c("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully')
+    n("KUBE-POSTROUTING", f"{_c('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully")
 
-    f("KUBE-PROXY-FIREWALL", f'{_c(COMMENTS["KUBE-LOAD-BALANCER-FW"])} -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL')
+    f("KUBE-PROXY-FIREWALL", f"{_c(COMMENTS['KUBE-LOAD-BALANCER-FW'])} -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL")
     for s in ("KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-LOAD-BALANCER-SOURCE-IP"):
         f("KUBE-SOURCE-RANGES-FIREWALL", f"{_c(COMMENTS[s])} -m set --match-set {s} dst,dst,src -j RETURN")
     f("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP")
     f("KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
-    f("KUBE-FORWARD", f'{_c("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT')
-    f("KUBE-FORWARD", f'{_c("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT')
+    f("KUBE-FORWARD", f"{_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
+    f("KUBE-FORWARD", f"{_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     for s in ("KUBE-LOAD-BALANCER", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
         f("KUBE-IPVS-FILTER", f"-m set --match-set {s} dst,dst -j RETURN")
     f("KUBE-IPVS-FILTER", "-m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable")
 
     jumps = [
-        ("nat", "PREROUTING", f'{_c("kubernetes service portals")} -j KUBE-SERVICES'),
-        ("nat", "OUTPUT", f'{_c("kubernetes service portals")} -j KUBE-SERVICES'),
-        ("nat", "POSTROUTING", f'{_c("kubernetes postrouting rules")} -j KUBE-POSTROUTING'),
-        ("filter", "INPUT", f'{_c("kubernetes ipvs access filter")} -j KUBE-IPVS-FILTER'),
-        ("filter", "INPUT", f'{_c("kube-proxy firewall rules")} -j KUBE-PROXY-FIREWALL'),
-        ("filter", "INPUT", f'{_c("kubernetes health check rules")} -j KUBE-NODE-PORT'),
-        ("filter", "FORWARD", f'{_c("kube-proxy firewall rules")} -j KUBE-PROXY-FIREWALL'),
-        ("filter", "FORWARD", f'{_c("kubernetes forwarding rules")} -j KUBE-FORWARD'),
+        ("nat", "PREROUTING", f"{_c('kubernetes service portals')} -j KUBE-SERVICES"),
+        ("nat", "OUTPUT", f"{_c('kubernetes service portals')} -j KUBE-SERVICES"),
+        ("nat", "POSTROUTING", f"{_c('kubernetes postrouting rules')} -j KUBE-POSTROUTING"),
+        ("filter", "INPUT", f"{_c('kubernetes ipvs access filter')} -j KUBE-IPVS-FILTER"),
+        ("filter", "INPUT", f"{_c('kube-proxy firewall rules')} -j KUBE-PROXY-FIREWALL"),
+        ("filter", "INPUT", f"{_c('kubernetes health check rules')} -j KUBE-NODE-PORT"),
+        ("filter", "FORWARD", f"{_c('kube-proxy firewall rules')} -j KUBE-PROXY-FIREWALL"),
+        ("filter", "FORWARD", f"{_c('kubernetes forwarding rules')} -j KUBE-FORWARD"),
     ]
     return Chains({"nat": nat, "filter": filt}, jumps)
 
@@ -354,7 +354,9 @@ class Ipvs(ProxyMode):
             text = ipset_update(want.sets, rec.get("sets", {}))
             reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
             udp = udp_frontends(by_key, moved | removed, old, node_ip)
-            return NodeSync(node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread, replaces_filter=True)
+            return NodeSync(
+                node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread, replaces_filter=True
+            )
         text = full(chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
         udp = udp_frontends(by_key, fps, {}, node_ip)
         return NodeSync(node, self.name, True, text, services, frozenset(fps), udp, extra=extra, state=want, replaces_filter=True)
@@ -389,7 +391,9 @@ class Ipvs(ProxyMode):
     def explain(self, info: ServicePortInfo, node: str) -> list[str]:
         s = info.service
         dests = ", ".join(e.addr for e in info.endpoints) or "none: the kernel answers port unreachable"
-        return [f"IPVS virtual server {info.proto.upper()} {s.cluster_ip}:{info.port.port} ({s.session_affinity == 'ClientIP' and 'persistent, ' or ''}Masq) -> {dests}"]
+        return [
+            f"IPVS virtual server {info.proto.upper()} {s.cluster_ip}:{info.port.port} ({s.session_affinity == 'ClientIP' and 'persistent, ' or ''}Masq) -> {dests}"
+        ]
 
 
 def apply_node(ns: str, s: NodeSync, full_read: bool = False) -> int:

@@ -80,10 +80,12 @@ def read(ns: str, dests_of: set | None = None, assumed: dict | None = None) -> d
             key = (svc.get_attr("IPVS_SVC_ATTR_ADDR"), proto, svc.get_attr("IPVS_SVC_ATTR_PORT"))
             if dests_of is None or key in dests_of or key not in (assumed or {}):
                 keyed = IPVSService(addr=key[0], port=key[2], protocol=PROTO[proto])
-                dests = tuple(sorted(
-                    (d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT"))
-                    for d in (m.get_attr("IPVS_CMD_ATTR_DEST") for m in s.dest("dump", service=keyed))
-                ))
+                dests = tuple(
+                    sorted(
+                        (d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT"))
+                        for d in (m.get_attr("IPVS_CMD_ATTR_DEST") for m in s.dest("dump", service=keyed))
+                    )
+                )
             else:
                 dests = assumed[key].dests
             flags = svc.get_attr("IPVS_SVC_ATTR_FLAGS") or {}
@@ -126,22 +128,24 @@ def _family_id(ns: str) -> int:
 
 
 def _svc_key(vs: VirtualServer) -> list:
-    return [("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", PROTO[vs.proto]),
-            ("IPVS_SVC_ATTR_ADDR", vs.ip), ("IPVS_SVC_ATTR_PORT", vs.port)]
+    return [("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", PROTO[vs.proto]), ("IPVS_SVC_ATTR_ADDR", vs.ip), ("IPVS_SVC_ATTR_PORT", vs.port)]
 
 
 def _svc_full(vs: VirtualServer) -> list:
     # given explicitly: pyroute2's IPVSService would default to wlc
     flags = SVC_F_PERSISTENT if vs.timeout else 0
-    return _svc_key(vs) + [("IPVS_SVC_ATTR_SCHED_NAME", vs.scheduler), ("IPVS_SVC_ATTR_FLAGS", {"flags": flags, "mask": 0xFFFF}),
-                           ("IPVS_SVC_ATTR_TIMEOUT", vs.timeout), ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255")]
+    return _svc_key(vs) + [
+        ("IPVS_SVC_ATTR_SCHED_NAME", vs.scheduler),
+        ("IPVS_SVC_ATTR_FLAGS", {"flags": flags, "mask": 0xFFFF}),
+        ("IPVS_SVC_ATTR_TIMEOUT", vs.timeout),
+        ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255"),
+    ]
 
 
 def _dest(ip: str, port: int, full: bool = True) -> list:
     attrs = [("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET), ("IPVS_DEST_ATTR_ADDR", ip), ("IPVS_DEST_ATTR_PORT", port)]
     if full:  # masquerade (NAT) forwarding: pyroute2's IPVSDest would default to direct routing
-        attrs += [("IPVS_DEST_ATTR_FWD_METHOD", FWD_MASQ), ("IPVS_DEST_ATTR_WEIGHT", 1),
-                  ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0)]
+        attrs += [("IPVS_DEST_ATTR_FWD_METHOD", FWD_MASQ), ("IPVS_DEST_ATTR_WEIGHT", 1), ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0)]
     return attrs
 
 

@@ -201,7 +201,15 @@ def _setup(service_cidr: str) -> list[str]:
     ]
     for name, ctype, hook, prio in BASE_CHAINS:
         out.append(f"add chain {t} {name} {{ type {ctype} hook {hook} priority {prio} ; }}")
-    for name in ("services", "service-endpoints-check", "nodeport-endpoints-check", "firewall-check", "cluster-ips-check", "masquerading", "mark-for-masquerade"):
+    for name in (
+        "services",
+        "service-endpoints-check",
+        "nodeport-endpoints-check",
+        "firewall-check",
+        "cluster-ips-check",
+        "masquerading",
+        "mark-for-masquerade",
+    ):
         out.append(f"add chain {t} {name}")
     out.append(f'add chain {t} reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
     for name, (kind, typ, comment) in MAPS.items():

@@ -7,10 +7,10 @@ import socket
 import sys
 import time
 
-from labctl.model import names
 from labctl import failpoints, registry
 from labctl.errors import LabError
 from labctl.kernel import procs
+from labctl.model import names
 from labctl.model.objects import Topology
 from labctl.state.journal import Journal
 from labctl.state.store import LabDir

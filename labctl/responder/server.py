@@ -117,7 +117,7 @@ class Responder:
             sock.close()
         # Connections of pods that are gone are closed too: they pin the namespace.
         gone = {k[0] for k in wanted}
-        for fd, conn in list(self.conns.items()):
+        for conn in list(self.conns.values()):
             if conn.binding.pod not in gone:
                 self._close(conn)
         errors = []
@@ -216,10 +216,7 @@ class Responder:
 
     def _respond(self, c: Conn) -> None:
         body = c.binding.body(c.peer)
-        head = (
-            "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n"
-        ).encode()
+        head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n").encode()
         c.out = head + body + b"\n"
         self.sel.modify(c.sock, selectors.EVENT_WRITE, ("conn", c))
         self._write(c)

@@ -109,7 +109,7 @@ class LabDir:
                         if time.monotonic() > deadline:
                             raise LabError(f"lab {self.lab} is busy: another labctl command has held {self.lock_path} for {wait:.0f} s") from None
                         if not told and time.monotonic() + wait - deadline > 1.0:
-                            print(f"waiting for another labctl command on lab {self.lab}...", file=sys.stderr)
+                            print(f"waiting for another labctl command on lab {self.lab}...", file=sys.stderr)  # noqa: T201
                             told = True
                         time.sleep(0.02)
                 try:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from labctl.model import names
 from labctl.kernel import netns
-from tests.helpers import REPO, labctl_cmd, new_lab_name, run_labctl
-from tests.helpers import dump, lab_doc, pod
+from labctl.model import names
+from tests.helpers import REPO, dump, lab_doc, labctl_cmd, new_lab_name, pod, run_labctl
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +53,10 @@ def test_bad_input_is_exit_2_with_document_and_field(tmp_path, root):
     assert not [n for n in netns.listed() if n.startswith(name + "-")]
     assert not Path(f"/run/labctl/{name}").exists()
     j = json.loads(run_labctl("validate", str(bad), "--json", check=False).stdout)
-    assert j == {"valid": False, "problems": [{"where": j["problems"][0]["where"], "path": "spec.containers[0].ports[0].containerPort", "message": "99999 is out of range 1-65535"}]}
+    assert j == {
+        "valid": False,
+        "problems": [{"where": j["problems"][0]["where"], "path": "spec.containers[0].ports[0].containerPort", "message": "99999 is out of range 1-65535"}],
+    }
     missing = run_labctl("up", str(tmp_path / "nope.yaml"), check=False)
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
@@ -77,17 +79,33 @@ def test_up_status_probe_exec_down_json(cli_lab):
     assert st["externals"] == [{"name": "client", "ip": "10.10.20.100", "netns": f"{name}-client", "present": True}]
     a = next(p for p in st["pods"] if p["name"] == "a")
     assert {k: a[k] for k in ("namespace", "name", "node", "ip", "labels")} == {
-        "namespace": "default", "name": "a", "node": "node1", "ip": "10.244.0.2", "labels": {"app": "a"}}
+        "namespace": "default",
+        "name": "a",
+        "node": "node1",
+        "ip": "10.244.0.2",
+        "labels": {"app": "a"},
+    }
     [kube] = st["services"]
     assert {k: kube[k] for k in ("namespace", "name", "type", "clusterIP", "endpoints", "loadBalancerIP")} == {
-        "namespace": "default", "name": "kubernetes", "type": "ClusterIP", "clusterIP": "10.96.0.1",
-        "endpoints": ["10.10.20.10:6443"], "loadBalancerIP": None}
+        "namespace": "default",
+        "name": "kubernetes",
+        "type": "ClusterIP",
+        "clusterIP": "10.96.0.1",
+        "endpoints": ["10.10.20.10:6443"],
+        "loadBalancerIP": None,
+    }
     assert kube["ports"] == [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP", "nodePort": None, "endpoints": ["10.10.20.10:6443"]}]
     assert st["policies"] == []
     pr = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--json").stdout)
     assert {k: pr[k] for k in ("from", "to", "proto", "port", "verdict", "served_by", "client_ip_seen")} == {
-        "from": "default/a", "to": "10.244.1.2", "proto": "tcp", "port": 8080, "verdict": "open",
-        "served_by": "default/b", "client_ip_seen": "10.244.0.2"}
+        "from": "default/a",
+        "to": "10.244.1.2",
+        "proto": "tcp",
+        "port": 8080,
+        "verdict": "open",
+        "served_by": "default/b",
+        "client_ip_seen": "10.244.0.2",
+    }
     assert isinstance(pr["rtt_ms"], float)
     udp = json.loads(run_labctl("probe", "--lab", name, "b", "a", "--proto", "udp", "--json").stdout)
     assert udp["port"] == 53 and udp["verdict"] == "open" and udp["served_by"] == "default/a"
@@ -120,7 +138,10 @@ def test_blocked_and_filtered_verdicts_from_real_rules(cli_lab):
     name, path = cli_lab
     run_labctl("up", str(path))
     node2 = names.node_netns(name, "node2")
-    subprocess.run(["ip", "netns", "exec", node2, "iptables", "-I", "FORWARD", "-p", "tcp", "--dport", "8080", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"], check=True)
+    subprocess.run(
+        ["ip", "netns", "exec", node2, "iptables", "-I", "FORWARD", "-p", "tcp", "--dport", "8080", "-j", "REJECT", "--reject-with", "icmp-admin-prohibited"],
+        check=True,
+    )
     blocked = json.loads(run_labctl("probe", "--lab", name, "a", "b", "--json").stdout)
     assert blocked["verdict"] == "blocked" and blocked["served_by"] is None and "admin-prohibited" in blocked["detail"]
     subprocess.run(["ip", "netns", "exec", node2, "iptables", "-I", "FORWARD", "-p", "icmp", "--icmp-type", "echo-request", "-j", "DROP"], check=True)

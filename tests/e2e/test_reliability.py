@@ -92,7 +92,12 @@ def test_concurrent_applies_and_up_all_land(small_lab, tmp_path):
         files.append(f)
     grown = tmp_path / "grown.yaml"
     grown.write_text(
-        dump(lab_doc(name, nodes=[{"name": "node1"}, {"name": "node2"}, {"name": "node3"}]), pod("a", node="node1"), pod("b", node="node2"), svc("web", {"app": "a"}))
+        dump(
+            lab_doc(name, nodes=[{"name": "node1"}, {"name": "node2"}, {"name": "node3"}]),
+            pod("a", node="node1"),
+            pod("b", node="node2"),
+            svc("web", {"app": "a"}),
+        )
     )
     running = [_spawn("apply", "--lab", name, "-f", str(f), "--json") for f in files] + [_spawn("up", str(grown), "--json")]
     results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in running]

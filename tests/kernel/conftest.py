@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from labctl.model import names
-from labctl.kernel import netns
 from labctl import changes
+from labctl.kernel import netns
 from labctl.lab import LabHandle
+from labctl.model import names
 from labctl.model.documents import parse_text
 from labctl.model.objects import Topology
-from labctl.probe import scapy_probe
 from labctl.model.targets import default_port, resolve
-from tests.helpers import lab_processes, new_lab_name, run_labctl
-from tests.helpers import dump, lab_doc
+from labctl.probe import scapy_probe
+from tests.helpers import dump, lab_doc, lab_processes, new_lab_name, run_labctl
 
 pytestmark = pytest.mark.kernel
 

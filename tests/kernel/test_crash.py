@@ -15,8 +15,7 @@ import pytest
 
 from labctl.kernel import netns
 from labctl.state.store import LabDir
-from tests.helpers import lab_processes, labctl_cmd, run_labctl
-from tests.helpers import deployment, pod
+from tests.helpers import deployment, lab_processes, labctl_cmd, pod, run_labctl
 
 pytestmark = pytest.mark.kernel
 
@@ -50,7 +49,12 @@ def leftovers(lab) -> dict:
 
 
 def docs(lab):
-    web = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    web = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
     return (lab.doc(nodes=[{"name": "n1"}, {"name": "n2"}], externals=[{"name": "x"}], dns=True), deployment("web", 4), pod("p"), web)
 
 
@@ -81,7 +85,9 @@ def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
         [f"{lab.name}-underlay", f"{lab.name}-n1", f"{lab.name}-n2", f"{lab.name}-x", f"{lab.name}-default.p", f"{lab.name}-kube-system.coredns"]
         + [f"{lab.name}-default.web-{i}" for i in range(4)]
     )
-    assert sorted(str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")) == sorted(f"/etc/netns/{n}" for n in netns.listed() if n.startswith(lab.name + "-") and "." in n), "one /etc/netns directory per pod"
+    assert sorted(str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")) == sorted(
+        f"/etc/netns/{n}" for n in netns.listed() if n.startswith(lab.name + "-") and "." in n
+    ), "one /etc/netns directory per pod"
 
 
 def test_a_namespace_file_left_half_made_is_removed(lab):

@@ -53,7 +53,14 @@ def assert_whole(lab, nodes: list[str], pods: list[str], where: str = "") -> Non
 
 def lab_docs(lab, nodes=("n1", "n2"), replicas=2, extra_pods=()):
     web = svc("web", {"app": "web"})
-    return (lab.doc(nodes=[{"name": n} for n in nodes], externals=[{"name": "x"}]), pod("a", node="n1"), pod("b", node="n2"), deployment("web", replicas), web, *extra_pods)
+    return (
+        lab.doc(nodes=[{"name": n} for n in nodes], externals=[{"name": "x"}]),
+        pod("a", node="n1"),
+        pod("b", node="n2"),
+        deployment("web", replicas),
+        web,
+        *extra_pods,
+    )
 
 
 def sweep(lab, command: list[str], before, after_pods: list[str], after_nodes: list[str], again: list[str] | None = None) -> int:

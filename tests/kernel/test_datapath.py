@@ -88,7 +88,7 @@ def test_vxlan_objects_are_laid_out_as_flannel_does(lab):
     assert lab.sh(ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
     assert lab.sh(ns, "sysctl", "-n", "net.bridge.bridge-nf-call-iptables").strip() == "1"
     assert lab.sh(ns, "sysctl", "-n", "net.ipv4.icmp_ratelimit").strip() == "0", "denied probes get their ICMP error at once"
-    assert "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG" in lab.sh(ns, "iptables-save")
+    assert '-A POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG' in lab.sh(ns, "iptables-save")
 
 
 def test_host_gw_uses_plain_routes_and_no_device(lab):
@@ -104,7 +104,7 @@ def test_host_gw_uses_plain_routes_and_no_device(lab):
 def test_the_underlay_switch_joins_every_host(lab):
     three_pods(lab, "vxlan")
     sw = names.underlay_netns(lab.name)
-    ports = {l["ifname"]: l for l in lab.jsh(sw, "ip", "-j", "link") if l.get("master") == "br0"}
+    ports = {link["ifname"]: link for link in lab.jsh(sw, "ip", "-j", "link") if link.get("master") == "br0"}
     assert set(ports) == {"node1", "node2", "client"}
     assert all(p["operstate"] == "UP" for p in ports.values())
     [br0] = lab.jsh(sw, "ip", "-j", "addr", "show", "br0")

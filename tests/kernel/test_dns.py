@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from labctl.kernel import netns
-from tests.helpers import new_lab_name
-from tests.helpers import deployment, dump, namespace, pod
+from tests.helpers import deployment, dump, namespace, new_lab_name, pod
 from tests.kernel.conftest import KernelLab
 
 pytestmark = pytest.mark.kernel
@@ -69,7 +68,12 @@ class DnsLab(KernelLab):
             service("db", {"app": "db"}, [("pg", 5432, "pg", "TCP")], clusterIP="None"),
             service("nobody", {"app": "nothing"}, [("pg", 5432, "pg", "TCP")], clusterIP="None"),
             service("api", {"app": "web"}, [("http", 8000, 8080, "TCP")], namespace="other"),
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "search", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "www.example.com"}},
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "search", "namespace": "default"},
+                "spec": {"type": "ExternalName", "externalName": "www.example.com"},
+            },
             deployment("big", 60, ports=(8080,)),
             service("many", {"app": "big"}, [("http", 80, 8080, "TCP")], clusterIP="None"),
             *extra,
@@ -201,12 +205,32 @@ def test_large_answers_fall_back_to_tcp(dlab):
 
 
 def test_dns_is_a_pod_under_policy_and_behind_the_service_rules(dlab):
-    deny = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "deny-egress", "namespace": "default"},
-            "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]}}
-    allow = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "allow-dns", "namespace": "default"},
-             "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"], "egress": [{
-                 "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
-                 "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]}]}}
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-egress", "namespace": "default"},
+        "spec": {"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]},
+    }
+    allow = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "allow-dns", "namespace": "default"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "client"}},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+                }
+            ],
+        },
+    }
     try:
         dlab.up(*dlab.docs(deny))
         out = dlab.dig("client", "web.default.svc.cluster.local")
@@ -218,7 +242,11 @@ def test_dns_is_a_pod_under_policy_and_behind_the_service_rules(dlab):
     node = dlab.node_ns(dlab.topo.pod("default/client").node)
 
     def sep_packets() -> int:
-        rules = [line for line in dlab.sh(node, "iptables-save", "-c", "-t", "nat").splitlines() if "kube-system/kube-dns:dns -> " in line and "DNAT" not in line and "-A KUBE-SVC" in line]
+        rules = [
+            line
+            for line in dlab.sh(node, "iptables-save", "-c", "-t", "nat").splitlines()
+            if "kube-system/kube-dns:dns -> " in line and "DNAT" not in line and "-A KUBE-SVC" in line
+        ]
         assert rules, "kube-proxy's rules for the DNS service"
         return sum(int(line[1:].split(":")[0]) for line in rules)
 

@@ -21,7 +21,7 @@ def root_view() -> dict:
     def strip_comments(text: str) -> str:
         return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
 
-    links = [(l["ifname"], l.get("address"), l["mtu"]) for l in json.loads(run("ip", "-j", "link"))]
+    links = [(link["ifname"], link.get("address"), link["mtu"]) for link in json.loads(run("ip", "-j", "link"))]
     return {
         "links": links,
         "addresses": run("ip", "addr"),

@@ -82,9 +82,13 @@ def test_a_topology_delay_without_netem_is_exit_3_and_creates_nothing(lab):
 
 def test_bad_impairments_are_exit_2_and_change_nothing(lab):
     lab.up(lab.doc(), pod("a"))
-    for args, msg in [(["--delay", "5"], "a duration such as 20ms"), (["--loss", "150%"], "a percentage"),
-                      (["--rate", "fast"], "a rate such as 10mbit"), (["--jitter", "5ms"], "--jitter needs --delay"),
-                      (["--clear", "--rate", "1mbit"], "--clear takes no other option")]:
+    for args, msg in [
+        (["--delay", "5"], "a duration such as 20ms"),
+        (["--loss", "150%"], "a percentage"),
+        (["--rate", "fast"], "a rate such as 10mbit"),
+        (["--jitter", "5ms"], "--jitter needs --delay"),
+        (["--clear", "--rate", "1mbit"], "--clear takes no other option"),
+    ]:
         p = link(lab, "node/node1", *args, check=False)
         assert p.returncode == 2 and msg in p.stderr, (args, p.stderr)
     p = link(lab, "a", "--rate", "1mbit", check=False)

@@ -13,8 +13,7 @@ from labctl import changes
 from labctl.lab import LabHandle
 from labctl.model.documents import parse_text
 from labctl.policy import verify as V
-from tests.helpers import new_lab_name
-from tests.helpers import CONFORMANCE, PODS, np
+from tests.helpers import CONFORMANCE, PODS, new_lab_name, np
 
 pytestmark = pytest.mark.kernel
 
@@ -33,7 +32,9 @@ class PolicyLab:
         topo = self.handle.applied()
         done = V.run(topo, V.cases(topo))
         bad = [c.to_dict() for c in done if c.mismatch]
-        assert not bad, "\n".join(f"{b['from']} -> {b['to']}:{b['port']}/{b['proto']} expected {b['expected']}, kernel {b['verdict']} ({b['detail']}): {b['why']}" for b in bad[:6])
+        assert not bad, "\n".join(
+            f"{b['from']} -> {b['to']}:{b['port']}/{b['proto']} expected {b['expected']}, kernel {b['verdict']} ({b['detail']}): {b['why']}" for b in bad[:6]
+        )
         return {(c.src, c.dst, c.port, c.protocol) for c in done if c.observed}
 
     def node_ns(self, node: str) -> str:
@@ -80,9 +81,21 @@ def test_default_deny_ingress_and_egress(plab):
 
 def test_selectors_and_or_and_match_expressions(plab):
     plab.up(
-        np("and", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]),
-        np("or", podSelector={"matchLabels": {"pod": "b"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}, {"podSelector": {"matchLabels": {"pod": "c"}}}]}]),
-        np("expr", podSelector={"matchLabels": {"pod": "c"}}, ingress=[{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x", "z"]}]}}]}]),
+        np(
+            "and",
+            podSelector={"matchLabels": {"pod": "a"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}],
+        ),
+        np(
+            "or",
+            podSelector={"matchLabels": {"pod": "b"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "z"}}}, {"podSelector": {"matchLabels": {"pod": "c"}}}]}],
+        ),
+        np(
+            "expr",
+            podSelector={"matchLabels": {"pod": "c"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x", "z"]}]}}]}],
+        ),
     )
     got = plab.verify()
     assert reached(got, "x/a") == {"y/b", "x/a"}
@@ -161,7 +174,12 @@ def test_updates_relabels_and_deletes(plab):
 
 
 def test_replies_are_allowed_and_services_see_the_pod(plab):
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "xa", "namespace": "x"}, "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}]}}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "xa", "namespace": "x"},
+        "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}]},
+    }
     plab.up(np("deny-in", podSelector={"matchLabels": {"pod": "a"}}), svc)
     got = plab.verify()
     assert {d for s, d, p, pr in got if s == "x/a"} == set(PODS) | {"kube-system/coredns"}, "x/a denies all ingress, yet its own connections get replies"
@@ -184,11 +202,18 @@ def _policy_chains(plab, node) -> str:
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-labels = st.sampled_from([{}, {"matchLabels": {"pod": "a"}}, {"matchLabels": {"pod": "b"}},
-                          {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]},
-                          {"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["a"]}]}])
-ns_labels = st.sampled_from([{}, {"matchLabels": {"ns": "x"}}, {"matchLabels": {"ns": "y"}},
-                             {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y", "z"]}]}])
+labels = st.sampled_from(
+    [
+        {},
+        {"matchLabels": {"pod": "a"}},
+        {"matchLabels": {"pod": "b"}},
+        {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]},
+        {"matchExpressions": [{"key": "pod", "operator": "NotIn", "values": ["a"]}]},
+    ]
+)
+ns_labels = st.sampled_from(
+    [{}, {"matchLabels": {"ns": "x"}}, {"matchLabels": {"ns": "y"}}, {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y", "z"]}]}]
+)
 
 
 @st.composite
@@ -206,8 +231,17 @@ def peers(draw):
     return {"ipBlock": {"cidr": cidr, "except": [f"{base}.{host}/32"]} if cidr.endswith("/24") else {"cidr": cidr}}
 
 
-ports = st.sampled_from([{"port": 80}, {"port": 81, "protocol": "UDP"}, {"protocol": "UDP"}, {"port": 80, "endPort": 81},
-                         {"port": "serve-80-tcp"}, {"port": "serve-81-udp", "protocol": "UDP"}, {"port": "serve-80-udp"}])
+ports = st.sampled_from(
+    [
+        {"port": 80},
+        {"port": 81, "protocol": "UDP"},
+        {"protocol": "UDP"},
+        {"port": 80, "endPort": 81},
+        {"port": "serve-80-tcp"},
+        {"port": "serve-81-udp", "protocol": "UDP"},
+        {"port": "serve-80-udp"},
+    ]
+)
 
 
 @st.composite
@@ -239,8 +273,11 @@ def policy_sets(draw):
     return [draw(policy(i)) for i in range(n)]
 
 
-@settings(max_examples=int(os.environ.get("LABCTL_DIFFERENTIAL_EXAMPLES", "8")), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("LABCTL_DIFFERENTIAL_EXAMPLES", "8")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(policy_sets())
 def test_random_policies_kernel_equals_engine(plab, policies):
     plab.up(*policies)

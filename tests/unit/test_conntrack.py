@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from labctl.proxy import conntrack
 from labctl.proxy.endpoints import service_ports
-from tests.helpers import dump, lab_doc, pod
-from tests.helpers import load
-from tests.helpers import svc
+from tests.helpers import dump, lab_doc, load, pod, svc
 
 LISTING = """\
 udp      17 27 src=10.244.0.5 dst=10.96.0.11 sport=40000 dport=53 src=10.244.1.2 dst=10.244.0.5 sport=5353 dport=40000 mark=0 use=1

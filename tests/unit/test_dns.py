@@ -13,9 +13,7 @@ from labctl.addons.dns.records import zone
 from labctl.addons.dns.server import FORWARD, Answerer
 from labctl.model import dns as model_dns
 from labctl.reconcile import plan
-from tests.helpers import dump, lab_doc, namespace, pod
-from tests.helpers import load, one
-from tests.helpers import svc
+from tests.helpers import dump, lab_doc, load, namespace, one, pod, svc
 
 
 def dns_lab(*docs, **spec):
@@ -61,7 +59,11 @@ def test_dns_pod_and_service_are_the_labs_own():
     assert dnspod.node == "node1" and dnspod.labels == {"k8s-app": "kube-dns"} and dnspod.ip == "10.244.0.3", "after the lab's own pods"
     assert topo.pod("default/a").ip == "10.244.0.2", "the DNS pod does not shift the lab's addresses"
     s = topo.service("kube-system/kube-dns")
-    assert s.cluster_ip == "10.96.0.10" and [(p.name, p.port, p.protocol) for p in s.ports] == [("dns", 53, "UDP"), ("dns-tcp", 53, "TCP"), ("metrics", 9153, "TCP")]
+    assert s.cluster_ip == "10.96.0.10" and [(p.name, p.port, p.protocol) for p in s.ports] == [
+        ("dns", 53, "UDP"),
+        ("dns-tcp", 53, "TCP"),
+        ("metrics", 9153, "TCP"),
+    ]
     off = load(dump(lab_doc(dns=False), web_pod("a")))
     assert [p.key for p in off.pods] == ["default/a"] and [s.key for s in off.services] == ["default/kubernetes"]
 
@@ -134,7 +136,12 @@ def test_headless_service_per_ready_endpoint_with_hostnames():
 
 
 def test_external_name_is_a_cname_and_the_zone_follows_cluster_domain():
-    ext = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "search", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "www.example.com"}}
+    ext = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "search", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "www.example.com"},
+    }
     recs = _zone(ext, clusterDomain="lab.test")
     assert recs["search.default.svc.lab.test."] == {"CNAME": ["www.example.com."]}
     assert "SOA" in recs["lab.test."]
@@ -151,7 +158,12 @@ def answerer():
         web_pod("a"),
         named("web", {"app": "web"}, [("http", 80, "http", "TCP")]),
         named("big", {"app": "big"}, [("http", 80, "http", "TCP")], clusterIP="None"),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "shop"}, "spec": {"type": "ExternalName", "externalName": "web.default.svc.cluster.local"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ext", "namespace": "shop"},
+            "spec": {"type": "ExternalName", "externalName": "web.default.svc.cluster.local"},
+        },
         *big,
         podNetwork="10.244.0.0/16",
     )

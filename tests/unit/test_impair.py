@@ -7,8 +7,7 @@ import pytest
 from labctl.errors import InvalidInput
 from labctl.impair import tc
 from labctl.reconcile import plan
-from tests.helpers import dump, lab_doc
-from tests.helpers import load, problems
+from tests.helpers import dump, lab_doc, load, problems
 
 
 def test_units_as_tc_reads_them():
@@ -27,10 +26,15 @@ def test_rate_alone_is_a_token_bucket_and_anything_else_netem():
     assert tc.commands(tc.Impairment()) == [["qdisc", "del", "dev", "eth0", "root"]]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    ({"delay": "5"}, "--delay '5': a duration"), ({"loss": "101%"}, "--loss '101%': a percentage"),
-    ({"rate": "0mbit"}, "--rate '0mbit': a rate"), ({"jitter": "1ms"}, "--jitter needs --delay"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        ({"delay": "5"}, "--delay '5': a duration"),
+        ({"loss": "101%"}, "--loss '101%': a percentage"),
+        ({"rate": "0mbit"}, "--rate '0mbit': a rate"),
+        ({"jitter": "1ms"}, "--jitter needs --delay"),
+    ],
+)
 def test_bad_options_name_the_option(kw, msg):
     with pytest.raises(InvalidInput) as e:
         tc.parse(**kw)

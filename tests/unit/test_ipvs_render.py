@@ -7,8 +7,7 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.proxy import ipvs
-from tests.helpers import topo_with, web_pod
-from tests.helpers import svc
+from tests.helpers import svc, topo_with, web_pod
 
 
 def test_one_virtual_server_per_ip_protocol_and_port_with_masquerade_real_servers():
@@ -59,8 +58,14 @@ def test_diff_touches_only_what_changed():
         return ipvs.VirtualServer(ip, "tcp", 80, sched, timeout, tuple(dests))
 
     have = {v.key: v for v in (vs("10.96.0.5", [("10.244.0.2", 80)]), vs("10.96.0.6", [("10.244.0.3", 80)]), vs("10.96.0.7", []))}
-    want = {v.key: v for v in (vs("10.96.0.5", [("10.244.0.2", 80), ("10.244.1.2", 80)]), vs("10.96.0.6", [("10.244.0.3", 80)], timeout=60),
-                                vs("10.96.0.8", [("10.244.0.4", 80)]))}
+    want = {
+        v.key: v
+        for v in (
+            vs("10.96.0.5", [("10.244.0.2", 80), ("10.244.1.2", 80)]),
+            vs("10.96.0.6", [("10.244.0.3", 80)], timeout=60),
+            vs("10.96.0.8", [("10.244.0.4", 80)]),
+        )
+    }
     ch = ipvs.diff(have, want)
     assert [v.ip for v in ch.add] == ["10.96.0.8"] and [v.ip for v in ch.remove] == ["10.96.0.7"]
     assert [v.ip for v in ch.set] == ["10.96.0.6"], "persistence changed: set, not delete and add"
@@ -85,7 +90,10 @@ def test_remaining_iptables_rules_as_kube_proxy_writes_them():
 
     topo = topo_with()
     text = ipvs.full(ipvs.chains("10.244.0.0/16"), masquerade_chains(topo.lab, topo.lab.nodes[0]))
-    assert '-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ' in text
+    assert (
+        '-A KUBE-SERVICES ! -s 10.244.0.0/16 -m comment --comment "Kubernetes service cluster ip + port for masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ'
+        in text
+    )
     assert "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN" in text
     assert "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable" in text
     assert text.index("-j KUBE-POSTROUTING") < text.index("-j FLANNEL-POSTRTG"), "kube-proxy's jumps first, then flannel's"
@@ -101,8 +109,14 @@ def test_load_balancer_source_ranges_as_kube_proxy_sets_and_rules():
     assert n.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"] == {f"{e},10.10.20.0/24", f"{e},0.0.0.0/1", f"{e},128.0.0.0/1"}, "a /0 cannot be a hash:net member"
     assert n.sets["KUBE-LOAD-BALANCER-SOURCE-IP"] == {f"{e},10.10.20.200"}, "node1 is inside a range: its traffic sourced from the LB IP too"
     text = ipvs.full(ipvs.chains("10.244.0.0/16"), ipvs.Chains({}, []))
-    assert '-A KUBE-PROXY-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port for load balancer with sourceRange" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL' in text
-    assert '-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port + source cidr for packet filter purpose" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN' in text
+    assert (
+        '-A KUBE-PROXY-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port for load balancer with sourceRange" -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL'
+        in text
+    )
+    assert (
+        '-A KUBE-SOURCE-RANGES-FIREWALL -m comment --comment "Kubernetes service load balancer ip + port + source cidr for packet filter purpose" -m set --match-set KUBE-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN'
+        in text
+    )
     assert text.index("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN") < text.index("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP")
     assert not ipvs.render(topo_with(proxyMode="ipvs"), "node1").sets["KUBE-LOAD-BALANCER-FW"]
 

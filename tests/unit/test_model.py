@@ -3,9 +3,7 @@
 import pytest
 
 from labctl import registry
-
 from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, text
-
 
 # -- what a valid file resolves to ------------------------------------------------
 
@@ -57,14 +55,16 @@ def test_yaml_syntax_error_names_the_line():
 
 
 def test_duplicate_keys_are_refused():
-    msg = one(text("""
+    msg = one(
+        text("""
         apiVersion: labctl/v1
         kind: Lab
         metadata: {name: x}
         spec:
           overlay: vxlan
           overlay: host-gw
-    """))
+    """)
+    )
     assert "duplicate key 'overlay'" in msg
 
 

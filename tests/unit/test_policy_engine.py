@@ -3,7 +3,6 @@ over the upstream conformance model (namespaces x, y, z; pods a, b, c)."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from labctl.errors import InvalidInput
@@ -74,19 +73,39 @@ def test_pod_selector_alone_means_the_policys_namespace():
 
 
 def test_namespace_and_pod_selector_together_is_and_apart_is_or():
-    both = lab(np("and", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    both = lab(
+        np(
+            "and",
+            podSelector={"matchLabels": {"pod": "a"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}],
+        )
+    )
     assert {s for s, d in allowed(both) if d == "x/a"} == {"y/b", "x/a"}
-    either = lab(np("or", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}, {"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    either = lab(
+        np(
+            "or",
+            podSelector={"matchLabels": {"pod": "a"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}, {"podSelector": {"matchLabels": {"pod": "b"}}}]}],
+        )
+    )
     assert {s for s, d in allowed(either) if d == "x/a"} == {"y/a", "y/b", "y/c", "x/b", "x/a"}
 
 
 def test_empty_namespace_selector_means_every_namespace():
-    t = lab(np("any-b", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    t = lab(
+        np("any-b", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}]}])
+    )
     assert {s for s, d in allowed(t) if d == "x/a"} == {"x/b", "y/b", "z/b", "x/a"}
 
 
 def test_namespaces_carry_their_name_label():
-    t = lab(np("by-name", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}]))
+    t = lab(
+        np(
+            "by-name",
+            podSelector={"matchLabels": {"pod": "a"}},
+            ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}],
+        )
+    )
     assert {s for s, d in allowed(t) if d == "x/a"} == {"z/a", "z/b", "z/c", "x/a"}
 
 
@@ -131,7 +150,13 @@ def test_egress_named_ports_resolve_on_the_destination():
 
 def test_both_ends_must_allow():
     t = lab(
-        np("out", ns="y", podSelector={"matchLabels": {"pod": "a"}}, policyTypes=["Egress"], egress=[{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]),
+        np(
+            "out",
+            ns="y",
+            podSelector={"matchLabels": {"pod": "a"}},
+            policyTypes=["Egress"],
+            egress=[{"to": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}],
+        ),
         np("in", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]),
     )
     got = allowed(t)

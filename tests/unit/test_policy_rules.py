@@ -11,8 +11,18 @@ from tests.helpers import conformance_lab as lab
 
 POLICIES = [
     np("deny"),
-    np("from-y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": "serve-80-tcp"}, {"port": 81, "protocol": "UDP"}]}]),
-    np("out", ns="y", podSelector={"matchLabels": {"pod": "b"}}, policyTypes=["Egress"], egress=[{"to": [{"ipBlock": {"cidr": "10.245.0.0/16", "except": ["10.245.1.0/24"]}}], "ports": [{"port": 80, "endPort": 81}]}]),
+    np(
+        "from-y",
+        podSelector={"matchLabels": {"pod": "a"}},
+        ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}], "ports": [{"port": "serve-80-tcp"}, {"port": 81, "protocol": "UDP"}]}],
+    ),
+    np(
+        "out",
+        ns="y",
+        podSelector={"matchLabels": {"pod": "b"}},
+        policyTypes=["Egress"],
+        egress=[{"to": [{"ipBlock": {"cidr": "10.245.0.0/16", "except": ["10.245.1.0/24"]}}], "ports": [{"port": 80, "endPort": 81}]}],
+    ),
 ]
 
 
@@ -75,7 +85,7 @@ def test_a_new_policy_rewrites_chains_and_an_unchanged_lab_does_nothing():
     p = plan_node(two, "node1", rec, table_replaced=False)
     assert ":LABCTL-NETPOL-INGRESS - [0:0]" in p.chains_text and "-I FORWARD" not in p.chains_text, "jumps are installed once"
     fresh = plan_node(two, "node1", rec, table_replaced=True)
-    assert "-I FORWARD 1 -m comment --comment \"labctl network policies\" -j LABCTL-NETPOL" in fresh.chains_text
+    assert '-I FORWARD 1 -m comment --comment "labctl network policies" -j LABCTL-NETPOL' in fresh.chains_text
     gone = plan_node(one, "node1", plan_node(two, "node1", rec, False).record, False)
     assert "-X NP-" in gone.chains_text and gone.destroy_text.startswith("destroy NP-")
 

@@ -6,8 +6,7 @@ import re
 
 from labctl import registry
 from labctl.proxy import iptables, names, nftables
-from tests.helpers import topo_with, web_pod
-from tests.helpers import svc
+from tests.helpers import svc, topo_with, web_pod
 
 
 def chains(rs: iptables.Ruleset, table: str) -> dict[str, list[str]]:
@@ -32,7 +31,10 @@ def test_cluster_ip_service_golden():
     nat = chains(iptables.render(topo, "node1"), "nat")
     sep_a = names.ipt_sep("default/web:http", "tcp", "10.244.0.2:8080")
     sep_b = names.ipt_sep("default/web:http", "tcp", "10.244.1.2:8080")
-    assert '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-CDGGSHYLG3RE2FKL' in nat["KUBE-SERVICES"]
+    assert (
+        '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-CDGGSHYLG3RE2FKL'
+        in nat["KUBE-SERVICES"]
+    )
     assert nat["KUBE-SERVICES"][-1].endswith("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"), "the last rule of KUBE-SERVICES"
     assert nat["KUBE-SVC-CDGGSHYLG3RE2FKL"] == [
         '-A KUBE-SVC-CDGGSHYLG3RE2FKL ! -s 10.244.0.0/16 -d 10.96.0.11/32 -p tcp -m comment --comment "default/web:http cluster IP" -m tcp --dport 80 -j KUBE-MARK-MASQ',
@@ -61,7 +63,10 @@ def test_probabilities_for_three_endpoints():
 def test_a_service_without_endpoints_is_rejected_in_the_filter_table():
     topo = topo_with(svc("empty", {"app": "nobody"}))
     rs = iptables.render(topo, "node1")
-    assert '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/empty has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable' in chains(rs, "filter")["KUBE-SERVICES"]
+    assert (
+        '-A KUBE-SERVICES -d 10.96.0.11/32 -p tcp -m comment --comment "default/empty has no endpoints" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable'
+        in chains(rs, "filter")["KUBE-SERVICES"]
+    )
     assert not any("default/empty" in r for r in chains(rs, "nat")["KUBE-SERVICES"])
     assert names.ipt_chain("KUBE-SVC-", "default/empty", "tcp") not in chains(rs, "nat")
 
@@ -79,8 +84,9 @@ def test_node_port_with_cluster_policy():
 
 
 def test_node_port_with_local_policy_on_nodes_with_and_without_endpoints():
-    topo = topo_with(svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)),
-                     pods=[web_pod("a", "node1"), web_pod("c", "node1")])
+    topo = topo_with(
+        svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)), pods=[web_pod("a", "node1"), web_pod("c", "node1")]
+    )
     ext = names.ipt_chain("KUBE-EXT-", "default/np", "tcp")
     svl = names.ipt_chain("KUBE-SVL-", "default/np", "tcp")
     on1 = iptables.render(topo, "node1")
@@ -111,7 +117,10 @@ def test_session_affinity_uses_recent():
     nat = chains(iptables.render(topo, "node1"), "nat")
     svc_chain = names.ipt_chain("KUBE-SVC-", "default/sticky", "tcp")
     sep = names.ipt_sep("default/sticky", "tcp", "10.244.0.2:8080")
-    assert f'-A {svc_chain} -m comment --comment "default/sticky -> 10.244.0.2:8080" -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds 60 --reap -j {sep}' in nat[svc_chain]
+    assert (
+        f'-A {svc_chain} -m comment --comment "default/sticky -> 10.244.0.2:8080" -m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds 60 --reap -j {sep}'
+        in nat[svc_chain]
+    )
     assert any("-m recent --set --name" in r and "DNAT" in r for r in nat[sep])
 
 
@@ -144,10 +153,15 @@ def test_load_balancer_source_ranges_iptables_golden():
     assert filt["KUBE-PROXY-FIREWALL"] == [
         f'-A KUBE-PROXY-FIREWALL -d 10.10.20.200/32 -p tcp -m comment --comment "default/db traffic not accepted by {fw}" -m tcp --dport 80 -j DROP'
     ]
-    covering = topo_with(svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24"]),
-                         pods=[web_pod("a", "node1")], loadBalancerPool="10.10.20.200-10.10.20.201")
+    covering = topo_with(
+        svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24"]),
+        pods=[web_pod("a", "node1")],
+        loadBalancerPool="10.10.20.200-10.10.20.201",
+    )
     rules = chains(iptables.render(covering, "node1"), "nat")[fw]
-    assert f'-A {fw} -s 10.10.20.200/32 -m comment --comment "default/db loadbalancer IP" -j {ext}' in rules, "the node is in a range: its LB-sourced traffic too"
+    assert f'-A {fw} -s 10.10.20.200/32 -m comment --comment "default/db loadbalancer IP" -j {ext}' in rules, (
+        "the node is in a range: its LB-sourced traffic too"
+    )
     nft = nftables.render(covering, "node1")
     fwc = "firewall-" + names.nft_base("default", "db", "tcp", None)
     assert nft.maps["firewall-ips"] == {"10.10.20.200 . tcp . 80": f"goto {fwc}"}
@@ -201,8 +215,9 @@ def test_a_plan_from_the_difference_equals_the_plan_from_every_service():
     dns["spec"]["ports"][0]["protocol"] = "UDP"
     pods = [web_pod("a", "node1"), web_pod("b", "node2"), web_pod("o", "node2", labels={"app": "other"})]
     for mode in ("iptables", "nftables"):
-        base = topo_with(web_http(), dns, svc("other", {"app": "other"}, ports=((81, 8080),)), pods=pods, proxyMode=mode,
-                         loadBalancerPool="10.10.20.200-10.10.20.201")
+        base = topo_with(
+            web_http(), dns, svc("other", {"app": "other"}, ports=((81, 8080),)), pods=pods, proxyMode=mode, loadBalancerPool="10.10.20.200-10.10.20.201"
+        )
         rec = as_record(node_sync(base))
         a, b, o = base.pod("default/a"), base.pod("default/b"), base.pod("default/o")
         other = base.service("default/other")
@@ -234,7 +249,7 @@ def test_full_sync_replaces_the_tables_with_flannel_and_kube_proxy_chains():
     assert ns.full and registry.proxy_mode("iptables").argv(ns.full) == ["iptables-restore"]
     text = ns.text
     assert ":POSTROUTING ACCEPT [0:0]" in text and ":FLANNEL-POSTRTG - [0:0]" in text and ":KUBE-SVC-CDGGSHYLG3RE2FKL - [0:0]" in text
-    nat = text[text.index("*nat"):]
+    nat = text[text.index("*nat") :]
     posts = [line for line in nat.splitlines() if line.startswith("-A POSTROUTING")]
     assert posts[0].endswith("-j KUBE-POSTROUTING") and posts[1].endswith("-j FLANNEL-POSTRTG"), "kube-proxy's jumps come first"
     filt = text[: text.index("*nat")]
@@ -274,7 +289,6 @@ def test_a_record_of_another_mode_means_a_full_sync():
     assert node_sync(topo, rec=dict(rec, mode="nftables")).full
 
 
-
 def many_services(n: int, per_service: int = 5):
     """n ClusterIP services with static endpoints (no pods), as the benchmark builds them."""
     from labctl.model.objects import LabSpec, Node, Service, ServicePort, Topology
@@ -284,7 +298,9 @@ def many_services(n: int, per_service: int = 5):
         lab=spec,
         services=tuple(
             Service(
-                namespace="big", name=f"s{i}", cluster_ip=f"10.96.{1 + i // 250}.{1 + i % 250}",
+                namespace="big",
+                name=f"s{i}",
+                cluster_ip=f"10.96.{1 + i // 250}.{1 + i % 250}",
                 ports=(ServicePort(port=80, name="http", target_port=8080),),
                 static_endpoints=tuple(f"10.128.{i // 50}.{(i % 50) * 5 + k}:8080" for k in range(per_service)),
             )
@@ -306,7 +322,10 @@ def test_large_cluster_mode_drops_the_endpoint_comments_past_1000_endpoints():
     assert '--comment "big/s0:http cluster IP"' in top and '--comment "big/s0:http cluster IP"' in svc[0], "dispatch and masquerade rules keep theirs"
     assert not any("--comment" in r for r in svc[1:] + sep)
     assert svc[1].split(" ", 2)[2].startswith("-m statistic --mode random --probability 0.2000000000 -j KUBE-SEP-")
-    assert sep == [f"-A {sep[0].split()[1]} -s 10.128.0.0/32 -j KUBE-MARK-MASQ", f"-A {sep[0].split()[1]} -p tcp -m tcp -j DNAT --to-destination 10.128.0.0:8080"]
+    assert sep == [
+        f"-A {sep[0].split()[1]} -s 10.128.0.0/32 -j KUBE-MARK-MASQ",
+        f"-A {sep[0].split()[1]} -p tcp -m tcp -j DNAT --to-destination 10.128.0.0:8080",
+    ]
 
 
 def test_crossing_the_large_cluster_threshold_rewrites_every_service():
@@ -323,6 +342,7 @@ def test_crossing_the_large_cluster_threshold_rewrites_every_service():
     rec = as_record(ns)
     ns = node_sync(many_services(202), rec=rec)
     assert ns.changed == 1, "past the threshold, one new service is one change"
+
 
 # -- nftables -------------------------------------------------------------------------------
 

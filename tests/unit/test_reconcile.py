@@ -2,8 +2,7 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.reconcile import plan
-from tests.helpers import dump, lab_doc, pod
-from tests.helpers import load
+from tests.helpers import dump, lab_doc, load, pod
 
 
 def test_a_new_lab_creates_everything():

@@ -6,8 +6,7 @@ from labctl.kernel.nl import Batch
 from labctl.overlay import hostgw, vxlan
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
-from tests.helpers import dump, lab_doc, pod
-from tests.helpers import load
+from tests.helpers import dump, lab_doc, load, pod
 
 EXPECTED_MASQ = """*nat
 :FLANNEL-POSTRTG - [0:0]

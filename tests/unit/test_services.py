@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labctl.proxy.endpoints import endpoints, service_ports
-from tests.helpers import deployment, dump, lab_doc, namespace, pod, svc
-from tests.helpers import load, one, problems
-
+from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, svc
 
 LB = {"loadBalancerPool": "10.10.20.200-10.10.20.201"}
 
@@ -63,7 +61,10 @@ def test_load_balancer_ips_come_from_the_pool():
 
 def test_allocations_are_stable_against_the_running_lab():
     first = load(dump(lab_doc(**LB), svc("a", {"app": "a"}, type="LoadBalancer"), svc("b", {"app": "b"}, type="NodePort")))
-    again = load(dump(lab_doc(**LB), svc("c", {"app": "c"}, type="LoadBalancer"), svc("b", {"app": "b"}, type="NodePort"), svc("a", {"app": "a"}, type="LoadBalancer")), previous=first)
+    again = load(
+        dump(lab_doc(**LB), svc("c", {"app": "c"}, type="LoadBalancer"), svc("b", {"app": "b"}, type="NodePort"), svc("a", {"app": "a"}, type="LoadBalancer")),
+        previous=first,
+    )
     before = {s.key: (s.cluster_ip, s.ports[0].node_port, s.load_balancer_ip) for s in first.services}
     after = {s.key: (s.cluster_ip, s.ports[0].node_port, s.load_balancer_ip) for s in again.services}
     assert after["default/a"] == before["default/a"] and after["default/b"] == before["default/b"]
@@ -139,8 +140,17 @@ def test_endpoints_follow_labels_namespace_readiness_and_named_ports():
     not_ready["status"] = {"conditions": [{"type": "Ready", "status": "False"}]}
     other_ns = pod("n4", namespace="shop", labels={"app": "web"})
     topo = load(
-        dump(lab_doc(), namespace("shop"), named, unnamed, not_ready, other_ns, pod("n5", labels={"app": "db"}),
-             svc("by-name", {"app": "web"}, ports=((80, "http"),)), svc("by-number", {"app": "web"}, ports=((80, 7000),)))
+        dump(
+            lab_doc(),
+            namespace("shop"),
+            named,
+            unnamed,
+            not_ready,
+            other_ns,
+            pod("n5", labels={"app": "db"}),
+            svc("by-name", {"app": "web"}, ports=((80, "http"),)),
+            svc("by-number", {"app": "web"}, ports=((80, 7000),)),
+        )
     )
     by_name = topo.service("default/by-name")
     assert [e.addr for e in endpoints(topo, by_name, by_name.ports[0])] == [f"{topo.pod('default/n1').ip}:9090"]

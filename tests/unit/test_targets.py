@@ -2,8 +2,7 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.model.targets import default_port, resolve
-from tests.helpers import dump, lab_doc, pod
-from tests.helpers import load
+from tests.helpers import dump, lab_doc, load, pod
 
 
 @pytest.fixture

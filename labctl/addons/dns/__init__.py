@@ -1,6 +1,7 @@
 """The cluster DNS add-on: its records from the topology (records), and the
 answers the lab's responder gives from them (server). Its objects, the coredns
 pod and the kube-dns Service, are its model part (labctl.model.dns)."""
+
 from __future__ import annotations
 
 from typing import Any
