@@ -19,12 +19,12 @@ from labctl.kernel import netns, procs, run
 from labctl.kernel.nl import Batch
 from labctl.model import dns, names
 from labctl.model.objects import Container, LabSpec, Pod, Topology
+from labctl.plan.topology import Plan
 from labctl.plumbing import etc, underlay
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
 from labctl.policy import sync as policy_sync
 from labctl.proxy import sync as proxy_sync
-from labctl.reconcile import Plan
 from labctl.responder import control as responder
 from labctl.state import records
 from labctl.state.journal import Journal

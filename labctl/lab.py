@@ -30,7 +30,7 @@ from labctl.kernel import netns, procs, run
 from labctl.manifests_io import stored
 from labctl.model import names
 from labctl.model.objects import Pod, Topology
-from labctl.reconcile import Plan, plan
+from labctl.plan.topology import Plan, plan
 from labctl.responder import control as responder
 from labctl.state import records
 from labctl.state.journal import Journal

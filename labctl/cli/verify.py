@@ -67,6 +67,8 @@ def verify(lab_name, timeout, workers, as_json) -> None:
 def explain(lab_name, src, dst, port, proto, as_json) -> None:
     """Which policies select FROM (egress) and TO (ingress), which rule allows
     the connection or why it is denied, and the kernel chains that decide it.
+    TO may be a service (svc/NS/NAME): where FROM's node decides it, and the
+    verdict for each endpoint (policies see the pod after the DNAT).
     Needs no root: it reads the applied topology."""
     from labctl.model.targets import default_port, resolve
     from labctl.policy.engine import Engine
@@ -76,7 +78,8 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
     a = resolve(topo, src, role="FROM")
     b = resolve(topo, dst, role="TO")
     if b.service is not None:
-        raise InvalidInput(f"TO {dst!r}: explain a connection to a pod (policies see the pod after the service's DNAT)")
+        _explain_service(topo, a, b, dst, port, proto, as_json)
+        return
     port = port or default_port(b, proto if proto != "sctp" else "tcp")
     if port is None:
         raise InvalidInput(f"TO {dst!r} declares no {proto} port: give --port")
@@ -122,3 +125,44 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
         output.say(f"  {side.direction} of {label}{where}: {side.explain()}")
         for line in kernel(side, pod):
             output.say(f"    kernel: {line}")
+
+
+def _explain_service(topo, a, b, dst, port, proto, as_json) -> None:
+    """explain FROM svc/NS/NAME: the proxy mode's path on FROM's node, then each endpoint's verdict."""
+    from labctl import registry
+    from labctl.model.targets import default_port
+    from labctl.policy.engine import Engine
+    from labctl.proxy.endpoints import service_ports
+
+    port = port or default_port(b, proto)
+    infos = [i for i in service_ports(topo, only={b.service.key}) if i.port.port == port and i.proto == proto]
+    if not infos:
+        raise InvalidInput(f"TO {dst!r} has no {proto} port {port}")
+    info = infos[0]
+    node = a.pod.node if a.pod else (a.label[5:] if a.label.startswith("node/") else topo.lab.nodes[0].name)
+    kernel = registry.proxy_mode(topo.lab.proxy_mode).explain(info, node)
+    engine = Engine(topo)
+    verdicts = []
+    for ep in info.endpoints:
+        d = engine.check(engine.party(a.ip), engine.party(ep.ip), ep.port, proto.upper())
+        verdicts.append({"endpoint": ep.pod, "address": ep.addr, "allowed": d.allowed, "explanation": (d.egress.explain(), d.ingress.explain())})
+    if as_json:
+        output.emit_json(
+            {
+                "from": a.label,
+                "to": b.label,
+                "port": port,
+                "proto": proto,
+                "allowed": any(v["allowed"] for v in verdicts),
+                "service": {"node": node, "proxyMode": topo.lab.proxy_mode, "kernel": kernel, "endpoints": verdicts},
+            }
+        )
+        return
+    output.say(f"{a.label} -> {b.label} ({b.ip}:{port}/{proto}), decided on {node} by kube-proxy's {topo.lab.proxy_mode} rules:")
+    for line in kernel:
+        output.say(f"  kernel: {line}")
+    if not verdicts:
+        output.say("  no endpoint: the connection is refused")
+    for v in verdicts:
+        verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold]"
+        output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")

@@ -3,7 +3,7 @@
 The topology file is parsed into these objects (labctl.model.parse), the
 defaults are filled in (labctl.model.resolve) and the result is checked
 (labctl.model.validate). The same objects are stored as the applied state of a
-running lab, so `up` and `apply` compare two of them (labctl.reconcile).
+running lab, so `up` and `apply` compare two of them (labctl.plan.topology).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from labctl.model.objects import Pod, Topology
 from labctl.model.policy import NetworkPolicy, Peer, Port
+from labctl.plan.diff import keyed, members
 from labctl.policy.engine import Engine
 
 MARK = "0x10000"
@@ -254,17 +255,18 @@ def _set_line(name: str, s: IPSet) -> str:
 def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tuple[str, list[str]]:
     """`ipset restore` input creating and filling sets (old None: from scratch), and the sets to destroy afterwards."""
     out = []
-    for name, s in desired.items():
-        before = old.get(name) if old is not None else None
-        if before is None:  # (a set's name includes its type: the type never changes under one name)
-            out += [_set_line(name, s), f"flush {name}"]
-            out += [f'add {name} {m} comment "{s.comment}"' if " nomatch" not in m else f"add {name} {m}" for m in sorted(s.members)]
-            continue
-        was = set(before[1])
-        out += [f"del {name} {m.split(' ')[0]} -exist" for m in sorted(was - s.members)]
-        out += [f'add {name} {m} comment "{s.comment}" -exist' if " nomatch" not in m else f"add {name} {m} -exist" for m in sorted(s.members - was)]
-    stale = [n for n in (old or {}) if n not in desired]
-    return ("\n".join(out) + "\n" if out else ""), stale
+    recorded = old or {}
+    sets = keyed({n: v[1] for n, v in recorded.items()}, {n: sorted(s.members) for n, s in desired.items()})
+    for name in sets.added:  # (a set's name includes its type: the type never changes under one name)
+        s = desired[name]
+        out += [_set_line(name, s), f"flush {name}"]
+        out += [f'add {name} {m} comment "{s.comment}"' if " nomatch" not in m else f"add {name} {m}" for m in sorted(s.members)]
+    for name in sets.changed:
+        s = desired[name]
+        added, removed = members(sorted(recorded[name][1]), sorted(s.members))
+        out += [f"del {name} {m.split(' ')[0]} -exist" for m in removed]
+        out += [f'add {name} {m} comment "{s.comment}" -exist' if " nomatch" not in m else f"add {name} {m} -exist" for m in added]
+    return ("\n".join(out) + "\n" if out else ""), list(sets.removed)
 
 
 def chains_text(rules: PolicyRules, install_jumps: bool, entry: list[tuple[str, str]] = JUMPS) -> str:

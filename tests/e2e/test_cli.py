@@ -174,3 +174,34 @@ def test_the_lab_may_be_left_out_when_exactly_one_is_up(root, tmp_path):
         run_labctl("down", name, env=env)
     none = run_labctl("status", "--lab", name, env=env, check=False)
     assert none.returncode == 2 and f"no lab named {name} is up" in none.stderr
+
+
+def test_explain_a_pod_and_a_service_in_each_proxy_mode(root, tmp_path):
+    name = new_lab_name()
+    path = tmp_path / "lab.yaml"
+    deny = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "only-a"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]},
+    }
+    web = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    docs = [pod("a", node="node1"), pod("b", node="node2"), pod("w", node="node2", labels={"app": "web"}), deny, web]
+    try:
+        for mode, kernel in (("iptables", "KUBE-SVC-"), ("nftables", "table ip kube-proxy")):
+            path.write_text(dump(lab_doc(name, proxyMode=mode), *docs))
+            run_labctl("up", str(path))
+            ok = json.loads(run_labctl("explain", "--lab", name, "a", "svc/default/web", "--json").stdout)
+            assert ok["allowed"] is True and ok["service"]["node"] == "node1" and kernel in ok["service"]["kernel"][0]
+            assert [e["endpoint"] for e in ok["service"]["endpoints"]] == ["default/w"]
+            no = json.loads(run_labctl("explain", "--lab", name, "b", "svc/default/web", "--json").stdout)
+            assert no["allowed"] is False and "no rule allows it" in no["service"]["endpoints"][0]["explanation"][1]
+            direct = json.loads(run_labctl("explain", "--lab", name, "b", "w", "--json").stdout)
+            assert direct["allowed"] is False and direct["ingress"]["isolatedBy"] == ["default/only-a"]
+    finally:
+        run_labctl("down", name)

@@ -12,7 +12,7 @@ import pytest
 from labctl.addons.dns.records import zone
 from labctl.addons.dns.server import FORWARD, Answerer
 from labctl.model import dns as model_dns
-from labctl.reconcile import plan
+from labctl.plan.topology import plan
 from tests.helpers import dump, lab_doc, load, namespace, one, pod, svc
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from labctl.errors import InvalidInput
 from labctl.impair import tc
-from labctl.reconcile import plan
+from labctl.plan.topology import plan
 from tests.helpers import dump, lab_doc, load, problems
 
 

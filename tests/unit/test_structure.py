@@ -62,3 +62,39 @@ def test_loading_a_file_needs_neither_the_kernel_nor_the_probes():
     )
     loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout)
     assert loaded and all(m == "labctl" or m.startswith("labctl.model") for m in loaded), loaded
+
+
+def test_every_registered_mode_overlay_and_addon_is_one_object_of_its_interface():
+    from labctl import registry
+    from labctl.addons.base import AddOn
+    from labctl.model import registry as names
+    from labctl.model.system import SYSTEM_ADDONS
+    from labctl.overlay.base import Overlay
+    from labctl.proxy.mode import ProxyMode
+
+    for name in names.PROXY_MODES:
+        mode = registry.proxy_mode(name)
+        assert isinstance(mode, ProxyMode) and mode.name == name
+    for name in names.OVERLAYS:
+        overlay = registry.overlay(name)
+        assert isinstance(overlay, Overlay) and overlay.name == name and overlay.mtu <= 1500
+    for name in names.ADDONS:
+        addon = registry.addon(name)
+        assert isinstance(addon, AddOn) and addon.name == name
+    assert {a.name for a in SYSTEM_ADDONS} == set(names.ADDONS), "an add-on's model part and runtime part go by the same name"
+
+
+def test_no_mode_or_overlay_is_asked_for_by_name_outside_its_module():
+    """No `if mode == "ipvs"`: what differs between modes is the mode object's."""
+    from labctl.model import registry as names
+
+    chosen = {**names.PROXY_MODES, **names.OVERLAYS}
+    found = []
+    for path in (REPO / "labctl").rglob("*.py"):
+        module = _module(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Compare):
+                continue
+            consts = [c for c in ast.walk(node) if isinstance(c, ast.Constant) and c.value in chosen]
+            found += [f"{module}:{node.lineno} compares with {c.value!r}" for c in consts if chosen[c.value] != module]
+    assert found == []

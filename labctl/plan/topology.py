@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.errors import InvalidInput, Problem
 from labctl.model import names
+from labctl.model.errors import InvalidInput, Problem
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
+from labctl.plan.diff import keyed
 
 # Lab fields fixed for the life of a lab: changing them means `down` then `up`.
 FIXED = {
@@ -134,29 +135,30 @@ def plan(old: Topology | None, new: Topology) -> Plan:
     if problems:
         raise InvalidInput(problems, hint="changes to a running lab are limited to adding and removing nodes, externals and objects")
     p = Plan()
-    old_nodes = {n.name for n in old.lab.nodes}
-    new_nodes = {n.name for n in new.lab.nodes}
-    p.add_nodes = [n for n in new.lab.nodes if n.name not in old_nodes]
-    p.remove_nodes = [n for n in old.lab.nodes if n.name not in new_nodes]
-    old_ext = {e.name for e in old.lab.externals}
-    new_ext = {e.name for e in new.lab.externals}
-    p.add_externals = [e for e in new.lab.externals if e.name not in old_ext]
-    p.remove_externals = [e for e in old.lab.externals if e.name not in new_ext]
+    was_nodes, now_nodes = {n.name: n for n in old.lab.nodes}, {n.name: n for n in new.lab.nodes}
+    nodes = keyed(was_nodes, now_nodes)
+    p.add_nodes = [now_nodes[k] for k in nodes.added]
+    p.remove_nodes = [was_nodes[k] for k in nodes.removed]
+    was_ext, now_ext = {e.name: e for e in old.lab.externals}, {e.name: e for e in new.lab.externals}
+    externals = keyed(was_ext, now_ext)
+    p.add_externals = [now_ext[k] for k in externals.added]
+    p.remove_externals = [was_ext[k] for k in externals.removed]
     before = {x.key: x for x in old.pods}
     after = {x.key: x for x in new.pods}
-    for key, pod in after.items():
-        o = before.get(key)
-        if o is None:
-            p.add_pods.append(pod)
-        elif (o.node, o.ip) != (pod.node, pod.ip):
+    pods = keyed(before, after)
+    p.add_pods = [after[k] for k in pods.added]
+    dns_changed = _lab_dns(old.lab) != _lab_dns(new.lab)
+    for key in (*pods.changed, *pods.kept):
+        o, pod = before[key], after[key]
+        if (o.node, o.ip) != (pod.node, pod.ip):
             p.remove_pods.append(o)
             p.add_pods.append(pod)
-        else:
-            if _command_signature(o) != _command_signature(pod):
-                p.commands_changed.append(pod)
-            if _files_signature(o) != _files_signature(pod) or _lab_dns(old.lab) != _lab_dns(new.lab):
-                p.files_changed.append(pod)
-    p.remove_pods += [o for key, o in before.items() if key not in after]
+            continue
+        if _command_signature(o) != _command_signature(pod):
+            p.commands_changed.append(pod)
+        if _files_signature(o) != _files_signature(pod) or dns_changed:
+            p.files_changed.append(pod)
+    p.remove_pods += [before[k] for k in pods.removed]
     p.links = _links(old, new)
     return p
 
