@@ -11,8 +11,13 @@ is timed as a user runs it: the CLI, Python start-up included.
     sudo .venv/bin/python benchmarks/bench_up.py                 # demo, 20x10, 50x20
     sudo .venv/bin/python benchmarks/bench_up.py --sizes 20x10 --repeat 5
 
-Each size runs floor and labctl alternately, --repeat times; medians are
-reported. Results are also written to benchmarks/results/bench_up.json.
+Each size runs floor and labctl alternately, --repeat times, and compares the
+fastest run of each (medians are reported too). The kernel frees a deleted
+namespace asynchronously, and a build that overlaps that teardown is slowed by
+it: before every timed build the script waits until the kernel's count of
+network namespaces (the net_namespace slab in /proc/slabinfo) is back where it
+was before the size started. Results are also written to
+benchmarks/results/bench_up.json.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ sys.path.insert(0, str(REPO))
 from labctl.model import ipam, names  # noqa: E402
 
 LABCTL = [str(REPO / ".venv/bin/labctl")]
-GOALS = {"20x10": 1.5, "50x20": 2.0}
-DEMO_GOAL_S = 1.0
+GOALS = {"20x10": 1.2, "50x20": 0.8}
+DEMO_GOAL_S = 0.3
+SETTLE_TIMEOUT_S = 120.0
 
 
 def topology(lab: str, nodes: int, pods_per_node: int) -> str:
@@ -142,6 +148,26 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def namespaces_alive() -> int | None:
+    """Network namespaces the kernel still holds (freed or not yet), from the
+    net_namespace slab; None where the kernel does not show it."""
+    try:
+        for line in Path("/proc/slabinfo").read_text().splitlines():
+            if line.startswith("net_namespace "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def settle(baseline: int | None) -> float:
+    """Wait until the namespaces of earlier runs are freed; returns the seconds waited."""
+    t = time.perf_counter()
+    while baseline is not None and (namespaces_alive() or 0) > baseline and time.perf_counter() - t < SETTLE_TIMEOUT_S:
+        time.sleep(0.05)
+    return time.perf_counter() - t
+
+
 def labctl(*args: str) -> None:
     subprocess.run(LABCTL + list(args), check=True, stdout=subprocess.DEVNULL)
 
@@ -160,11 +186,14 @@ def bench(size: str, repeat: int, tmp: Path) -> dict:
     expected = 1 + nodes + nodes * ppn
     plan = floor_plan(lab, nodes, ppn)
     rows = {"floor_up": [], "floor_down": [], "labctl_up": [], "labctl_down": []}
+    baseline = namespaces_alive()
     try:
         for _ in range(repeat):
+            settle(baseline)
             rows["floor_up"].append(timed(lambda: run_plan(plan)))
             check_built(lab, expected)
             rows["floor_down"].append(timed(lambda: floor_down(lab)))
+            settle(baseline)
             rows["labctl_up"].append(timed(lambda: labctl("up", str(path))))
             check_built(lab, expected)
             rows["labctl_down"].append(timed(lambda: labctl("down", lab)))
@@ -172,13 +201,16 @@ def bench(size: str, repeat: int, tmp: Path) -> dict:
     finally:  # a failed run leaves neither lab behind
         subprocess.run(LABCTL + ["down", lab], capture_output=True)
         floor_down(lab)
+    best = {k: min(v) for k, v in rows.items()}
     med = {k: statistics.median(v) for k, v in rows.items()}
     return {
         "size": size,
         "namespaces": expected,
-        **{k: round(v, 3) for k, v in med.items()},
-        "up_ratio": round(med["labctl_up"] / med["floor_up"], 2),
-        "down_ratio": round(med["labctl_down"] / med["floor_down"], 2),
+        **{k: round(v, 3) for k, v in best.items()},
+        **{f"{k}_median": round(v, 3) for k, v in med.items()},
+        "up_ratio": round(best["labctl_up"] / best["floor_up"], 2),
+        "up_ratio_median": round(med["labctl_up"] / med["floor_up"], 2),
+        "down_ratio": round(best["labctl_down"] / best["floor_down"], 2),
         "goal": GOALS.get(size),
     }
 
@@ -188,15 +220,18 @@ def bench_demo(repeat: int) -> dict:
     subprocess.run(LABCTL + ["down", "demo"], stdout=subprocess.DEVNULL)
     ups, downs = [], []
     count = 0
+    baseline = namespaces_alive()
     for _ in range(repeat):
+        settle(baseline)
         ups.append(timed(lambda: labctl("up", str(demo))))
         count = len([n for n in os.listdir(names.NETNS_DIR) if n.startswith("demo-")])
         downs.append(timed(lambda: labctl("down", "demo")))
     return {
         "size": "demo",
         "namespaces": count,
-        "labctl_up": round(statistics.median(ups), 3),
-        "labctl_down": round(statistics.median(downs), 3),
+        "labctl_up": round(min(ups), 3),
+        "labctl_up_median": round(statistics.median(ups), 3),
+        "labctl_down": round(min(downs), 3),
         "goal_s": DEMO_GOAL_S,
     }
 
@@ -214,23 +249,25 @@ def main() -> int:
         for size in args.sizes.split(","):
             results.append(bench(size, args.repeat, Path(tmp)))
     ok = True
-    print(f"{'size':>7} {'netns':>6} {'floor up':>9} {'labctl up':>10} {'ratio':>6} {'floor down':>11} {'labctl down':>12} {'ratio':>6}  goal")
+    print("fastest of each side (median in brackets), after the kernel freed earlier runs' namespaces")
+    print(f"{'size':>7} {'netns':>6} {'floor up':>16} {'labctl up':>16} {'ratio':>13} {'floor down':>11} {'labctl down':>12}  goal")
     for r in results:
         if r["size"] == "demo":
             passed = r["labctl_up"] < DEMO_GOAL_S
             ok &= passed
+            up = f"{r['labctl_up']:.3f}s ({r['labctl_up_median']:.3f})"
             print(
-                f"{'demo':>7} {r['namespaces']:>6} {'':>9} {r['labctl_up']:>9.2f}s {'':>6} {'':>11} {r['labctl_down']:>11.2f}s {'':>6}  up < {DEMO_GOAL_S:g} s: {'ok' if passed else 'MISSED'}"
+                f"{'demo':>7} {r['namespaces']:>6} {'':>16} {up:>16} {'':>13} {'':>11} {r['labctl_down']:>11.2f}s  up < {DEMO_GOAL_S:g} s: {'ok' if passed else 'MISSED'}"
             )
             continue
         goal = r["goal"]
         passed = goal is None or r["up_ratio"] <= goal
         ok &= passed
         verdict = f"up within {goal}x: {'ok' if passed else 'MISSED'}" if goal else ""
-        print(
-            f"{r['size']:>7} {r['namespaces']:>6} {r['floor_up']:>8.2f}s {r['labctl_up']:>9.2f}s {r['up_ratio']:>5.2f}x "
-            f"{r['floor_down']:>10.2f}s {r['labctl_down']:>11.2f}s {r['down_ratio']:>5.2f}x  {verdict}"
-        )
+        floor = f"{r['floor_up']:.2f}s ({r['floor_up_median']:.2f})"
+        ours = f"{r['labctl_up']:.2f}s ({r['labctl_up_median']:.2f})"
+        ratio = f"{r['up_ratio']:.2f}x ({r['up_ratio_median']:.2f})"
+        print(f"{r['size']:>7} {r['namespaces']:>6} {floor:>16} {ours:>16} {ratio:>13} {r['floor_down']:>10.2f}s {r['labctl_down']:>11.2f}s  {verdict}")
     out = REPO / "benchmarks/results"
     out.mkdir(exist_ok=True)
     (out / "bench_up.json").write_text(json.dumps(results, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from typing import Callable
 
@@ -122,22 +123,37 @@ class Builder:
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)
-        self._links(plan, new)
-        self._pods(plan, new)
-        etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
-        # the rules first: a relabel or a moved endpoint takes effect without waiting on
-        # the responder's reload (which, for a new lab, has had the build to start up)
+        # The rules need the nodes (their namespaces, and their devices made at fixed
+        # indexes before IPVS mode adds kube-ipvs0), not the pods' links: they are
+        # synced in a thread while this one wires the pods, and the responder reloads
+        # meanwhile too (for a new lab, it has had the build to start up).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            rules = pool.submit(self._sync_rules, plan, new, previous)
+            try:
+                self._links(plan, new)
+                self._pods(plan, new)
+                etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
+                self.progress("responder", 0)
+                served = responder.begin(self.dir, self.journal, new)
+            finally:
+                wait([rules])  # whatever happened here, the rules' thread is done before this returns
+            rules.result()
+        served()
+        for pod in plan.add_pods + plan.commands_changed:
+            self.start_commands(new, pod)
+
+    def _sync_rules(self, plan: Plan, new: Topology, previous: Topology | None) -> None:
+        """New nodes' setup transactions, then service rules, then policy rules (a full
+        sync of the service rules may rewrite the filter table the policy chains are in)."""
+        spec = new.lab
+        run.apply_all([t for n in plan.add_nodes for t in registry.proxy_mode(spec.proxy_mode).node_setup(spec, n)])
         self.progress("services", 0)
         self.synced = proxy_sync.sync(self.dir, new, previous=previous)
         self.progress("policies", 0)
-        replaced = {s.node for s in self.synced if s.replaced_filter}
+        replaced = {s.node for s in self.synced if s.replaced_filter} | {n.name for n in plan.add_nodes}
         t = time.monotonic()
         self.policies_synced = policy_sync.sync(self.dir, new, replaced)
         self.policy_seconds = time.monotonic() - t
-        self.progress("responder", 0)
-        responder.apply(self.dir, self.journal, new)
-        for pod in plan.add_pods + plan.commands_changed:
-            self.start_commands(new, pod)
 
     def _uplinks(self, plan: Plan, spec: LabSpec) -> None:
         lab = spec.name
@@ -161,12 +177,11 @@ class Builder:
             eb.commit()
 
     def _nodes(self, plan: Plan, new: Topology) -> None:
-        """New nodes: address, cni0, overlay device, sysctls, rules; every node: overlay peers."""
+        """New nodes: address, cni0, overlay device, sysctls; every node: overlay peers."""
         spec = new.lab
         lab = spec.name
         backend = registry.overlay(spec.overlay)
         added = {n.name for n in plan.add_nodes}
-        transactions = []
         for node in spec.nodes:
             ns = names.node_netns(lab, node.name)
             b = Batch(ns)
@@ -182,9 +197,7 @@ class Builder:
             b.commit()
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
-                transactions += registry.proxy_mode(spec.proxy_mode).node_setup(spec, node)
                 self.progress("nodes", 1)
-        run.apply_all(transactions)
 
     def _links(self, plan: Plan, new: Topology) -> None:
         """Link impairments the topology file sets (or no longer sets) on nodes and externals."""

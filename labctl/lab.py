@@ -50,6 +50,7 @@ class UpResult:
     policies_synced: list = field(default_factory=list)  # policy.sync.NodePolicySync likewise
     policy_seconds: float = 0.0
     report: dict[str, Any] = field(default_factory=dict)  # what the command adds (labctl.changes.Change.report)
+    topology: Topology | None = None  # the lab as it now is
 
     @property
     def changed(self) -> bool:
@@ -229,6 +230,7 @@ class LabHandle:
             policies_synced=b.policies_synced,
             policy_seconds=b.policy_seconds,
             report=wanted.report,
+            topology=topo,
         )
 
     def _clear_debris(self, old: Topology | None) -> None:

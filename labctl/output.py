@@ -1,21 +1,31 @@
 """Output for people (aligned tables, a progress bar on long runs) and for
-programs (--json). Everything the CLI prints goes through here."""
+programs (--json). Everything the CLI prints goes through here.
+
+rich renders tables, markup and the progress bar; it is imported on first
+use, so a command that prints a plain line (`up`, `down`) does not pay for it.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from functools import cache
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
 PROGRESS_THRESHOLD = 40  # objects; smaller runs finish before a bar would help
 
-# Piped output is not wrapped at 80 columns: tables stay one line per row for grep and awk.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 1000)
+
+@cache
+def _console(stderr: bool) -> "Console":
+    from rich.console import Console
+
+    # Piped output is not wrapped at 80 columns: tables stay one line per row for grep and awk.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=None if stream.isatty() else 1000)
 
 
 def emit_json(data: Any) -> None:
@@ -24,20 +34,26 @@ def emit_json(data: Any) -> None:
 
 
 def table(columns: list[str], rows: Iterable[Iterable[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold", show_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
-    out.print(t)
+    _console(False).print(t)
 
 
 def say(text: str) -> None:
-    out.print(text)
+    if "[" in text:  # rich markup ([bold]...), or text that could be taken for it
+        _console(False).print(text)
+    else:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 def note(text: str) -> None:
-    err.print(text)
+    _console(True).print(text)
 
 
 @contextmanager
@@ -46,7 +62,7 @@ def progress(description: str, total: int, enabled: bool = True) -> Iterator[Any
 
     `total` is an estimate that decides whether to show the bar; a step named
     "total" sets the exact figure once the work is planned."""
-    if not enabled or total < PROGRESS_THRESHOLD or not err.is_terminal:
+    if not enabled or total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
         yield lambda step, n: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -57,7 +73,7 @@ def progress(description: str, total: int, enabled: bool = True) -> Iterator[Any
         MofNCompleteColumn(),
         TextColumn("{task.fields[step]}"),
         TimeElapsedColumn(),
-        console=err,
+        console=_console(True),
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=total, step="")

@@ -42,18 +42,33 @@ def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
     return handle, topo
 
 
-def still_up(handle: LabHandle) -> None:
-    """After a command that read the lab: if it went down meanwhile, say that (exit 2),
-    not what the vanished namespaces made the command see."""
-    if not handle.exists():
-        raise NoSuchLab(f"lab {handle.name} went down while this command ran")
+def still_up(handle: LabHandle, topo: Topology) -> None:
+    """After a command that probed the lab: if it went down meanwhile, say that (exit 2),
+    not what the vanished lab made the probes see. `down` stops the responder first,
+    then deletes the namespaces, then the records: any of them gone tells."""
+    from labctl.kernel import netns
+    from labctl.model import names
+    from labctl.responder import control as responder
+
+    present = set(netns.listed())
+    if not handle.exists() or any(n not in present for n in names.lab_namespaces(topo)) or responder.running(handle.dir, handle.journal) is None:
+        raise NoSuchLab(
+            f"lab {handle.name} went down (or lost its namespaces or its responder) while this command ran",
+            hint=f"`labctl status --lab {handle.name}`; `labctl up` with its file puts back what is missing",
+        )
 
 
 def gone_meanwhile() -> NoSuchLab | None:
     """When the command's lab went down while it ran (its namespaces vanished under
     it): the error to show instead of whatever the kernel said."""
-    if CURRENT and not LabHandle(CURRENT[0]).exists():
-        return NoSuchLab(f"lab {CURRENT[0]} went down while this command ran")
+    if not CURRENT:
+        return None
+    from labctl.kernel import netns
+
+    handle = LabHandle(CURRENT[0])
+    present = set(netns.listed())
+    if not handle.exists() or any(n not in present for n in handle.journal.replay().netns):
+        return NoSuchLab(f"lab {handle.name} went down (or lost namespaces) while this command ran")
     return None
 
 

@@ -47,7 +47,7 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
     from labctl.probe import ports
 
     result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
-    still_up(handle)
+    still_up(handle, topo)
     if as_json:
         output.emit_json(result.to_dict())
     else:

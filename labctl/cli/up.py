@@ -39,7 +39,7 @@ def up(file: str, resync: bool, as_json: bool) -> None:
     handle = LabHandle(name)
     with output.progress(f"up {name}", _total(docs), enabled=not as_json) as advance:
         result = handle.change(want.up(docs, source), create=True, progress=advance, resync=resync)
-    topo = handle.applied()
+    topo = result.topology
     if as_json:
         output.emit_json(result.to_dict())
         return

@@ -34,7 +34,7 @@ def verify(lab_name, timeout, workers, as_json) -> None:
     handle, topo = running_lab(lab_name)
     t0 = time.monotonic()
     done = V.run(topo, V.cases(topo), timeout=timeout, workers=workers)
-    still_up(handle)
+    still_up(handle, topo)
     seconds = time.monotonic() - t0
     bad = [c for c in done if c.mismatch]
     if as_json:

@@ -8,6 +8,7 @@ transactions run in parallel. Never shell=True.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -50,19 +51,37 @@ def _context(text: str, stderr: str) -> str:
     return "\n".join(f"{'>' if i + 1 == n else ' '} {i + 1:5d}  {lines[i]}" for i in range(lo, hi))
 
 
+def _memfd(text: str) -> int:
+    """An anonymous file holding `text`, read from its start: a child's whole standard
+    input, there before the child runs (a pipe would be fed one child at a time)."""
+    fd = os.memfd_create("labctl-transaction", os.MFD_CLOEXEC)
+    data = text.encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 def apply_all(transactions: list[Transaction]) -> None:
-    """Run every transaction (in parallel); raise KernelError naming each failure."""
+    """Run every transaction, all at once; raise KernelError naming each failure."""
     running = []
-    for t in transactions:
-        p = subprocess.Popen(in_netns(t.netns, t.argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        running.append((t, p))
-    failures = []
-    for t, p in running:
-        failpoints.hit("restore")
-        _, err = p.communicate(t.text)
-        if p.returncode != 0:
-            ctx = _context(t.text, err)
-            failures.append(f"`{t.describe()}` failed: {err.strip()}" + (f"\n{ctx}" if ctx else ""))
+    try:
+        for t in transactions:
+            fd = _memfd(t.text)
+            try:
+                p = subprocess.Popen(in_netns(t.netns, t.argv), stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            finally:
+                os.close(fd)
+            running.append((t, p))
+    finally:
+        failures = []
+        for t, p in running:
+            failpoints.hit("restore")
+            _, err = p.communicate()
+            if p.returncode != 0:
+                ctx = _context(t.text, err)
+                failures.append(f"`{t.describe()}` failed: {err.strip()}" + (f"\n{ctx}" if ctx else ""))
     if failures:
         raise KernelError("\n".join(failures))
 

@@ -67,7 +67,7 @@ class Document:
         return f"document {self.index} (line {self.line}, {self.ident()})"
 
 
-class _StrictLoader(yaml.SafeLoader):
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it: ~5x faster
     """SafeLoader that refuses duplicate keys."""
 
     def construct_mapping(self, node, deep=False):

@@ -36,6 +36,7 @@ class NodePolicySync:
 
 
 RECORD_VERSION = 1
+NOTHING = {"none": True}  # the record of a node where no policy chain or set was ever installed
 
 
 def _records(labdir: LabDir) -> RecordKind:
@@ -66,7 +67,8 @@ def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool,
 
 def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes: list[str] | None = None) -> list[NodePolicySync]:
     """Bring every node's policy rules to what `topo` says. `replaced`: nodes whose
-    filter table was rewritten whole since the last policy sync."""
+    filter table was rewritten whole (or made) since the last policy sync. A lab
+    without policies gets no policy chain or set until it has one."""
     lab = topo.lab.name
     store = _records(labdir)
     plans = []
@@ -74,7 +76,14 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
     rendered = R.render_all(topo, node_names)
     for node in node_names:
         rec = store.read(node)
-        if rec is None and node not in replaced:
+        clean = node in replaced or (rec is not None and rec.get("none"))  # the filter table holds none of our chains
+        if not topo.policies and clean and not store.pending(node):
+            if rec is None:
+                store.write(node, NOTHING)
+            continue  # no policy, nothing of ours in the node: nothing to install
+        if rec is not None and rec.get("none"):
+            rec = None  # nothing of ours there: install from scratch
+        if rec is None and not clean:
             # No record, but the node may hold our chains and jumps (a sync that crashed):
             # start from a clean slate so nothing is installed twice.
             ns = names.node_netns(lab, node)
@@ -88,7 +97,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
                 entries = [e for mode in registry.proxy_modes() for e in mode.policy_entry(topo.lab)]
                 text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in dict.fromkeys(entries) if f"-A {c} {r}" in saved) + "COMMIT\n"
                 run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])
-        p = plan_node(topo, node, rec, node in replaced, rendered[node])
+        p = plan_node(topo, node, rec, bool(clean), rendered[node])
         if not p.empty:
             plans.append(p)
     if not plans:

@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import time
+from typing import Callable
 
 from labctl import failpoints, registry
 from labctl.errors import LabError
@@ -40,11 +41,22 @@ def config(topo: Topology) -> dict:
     return cfg
 
 
-def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+def _ask(labdir: LabDir, command: str, timeout: float) -> socket.socket:
+    """A connection to the responder's control socket, `command` sent on it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
         s.settimeout(timeout)
         s.connect(str(labdir.file("responder.sock")))
         s.sendall(command.encode() + b"\n")
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _answer(s: socket.socket) -> str:
+    """The responder's one-line answer on a connection (closed after)."""
+    with s:
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(4096)
@@ -52,6 +64,10 @@ def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:
                 break
             data += chunk
     return data.decode().strip()
+
+
+def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:
+    return _answer(_ask(labdir, command, timeout))
 
 
 def running(labdir: LabDir, journal: Journal) -> int | None:
@@ -107,14 +123,27 @@ def start(labdir: LabDir, journal: Journal, topo: Topology) -> None:
 
 def apply(labdir: LabDir, journal: Journal, topo: Topology) -> None:
     """Make the responder serve what `topo` says: start it if needed, have it reload."""
+    begin(labdir, journal, topo)()
+
+
+def begin(labdir: LabDir, journal: Journal, topo: Topology) -> Callable[[], None]:
+    """Ask the responder to serve what `topo` says, and return the wait for its
+    answer: the caller may sync rules while the responder binds its sockets."""
     cfg = config(topo)
     tmp = labdir.file("responder.json.tmp")
     tmp.write_text(json.dumps(cfg))
     tmp.replace(labdir.file("responder.json"))
     if running(labdir, journal) is None and not cfg["pods"] and not cfg["announce"]:
-        return
+        return lambda: None
     pid = _ensure(labdir, journal, topo.lab.name)
-    reply = _wait_ready(labdir, pid, "reload")
+    try:
+        sock = _ask(labdir, "reload", timeout=30.0)
+    except OSError:  # not listening yet: ask when the caller waits
+        return lambda: _answered(_wait_ready(labdir, pid, "reload"))
+    return lambda: _answered(_answer(sock))
+
+
+def _answered(reply: str) -> None:
     failpoints.hit("responder")
     if not reply.startswith("ok"):
         raise LabError(f"the responder could not serve every port: {reply}")

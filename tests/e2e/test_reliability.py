@@ -123,7 +123,7 @@ RACERS = [
 ]
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3])
 def test_commands_racing_down_end_cleanly(root, tmp_path, delay):
     name = new_lab_name()
     path = tmp_path / "lab.yaml"

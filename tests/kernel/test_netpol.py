@@ -282,3 +282,20 @@ def policy_sets(draw):
 def test_random_policies_kernel_equals_engine(plab, policies):
     plab.up(*policies)
     plab.verify()  # asserts zero mismatches over 324 probes
+
+
+def test_a_lab_without_policies_has_no_policy_chain_until_one_comes(lab):
+    """As on a cluster whose policy controller has nothing to enforce: no chain, no set."""
+    from tests.helpers import pod
+
+    pods = (pod("a", node="node1"), pod("b", node="node2"))
+    lab.up(lab.doc(), *pods)
+    for n in ("node1", "node2"):
+        assert "LABCTL-NETPOL" not in lab.sh(lab.node_ns(n), "iptables-save", "-t", "filter")
+        assert lab.sh(lab.node_ns(n), "ipset", "list", "-n").strip() == ""
+    assert lab.probe("a", "b").verdict == "open"
+    lab.up(lab.doc(), *pods, np("deny-b", ns="default", podSelector={"matchLabels": {"app": "b"}}))
+    assert lab.probe("a", "b").verdict == "blocked"
+    assert "LABCTL-NETPOL" in lab.sh(lab.node_ns("node2"), "iptables-save", "-t", "filter")
+    lab.up(lab.doc(), *pods)
+    assert lab.probe("a", "b").verdict == "open"
