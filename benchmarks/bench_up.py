@@ -14,9 +14,8 @@ is timed as a user runs it: the CLI, Python start-up included.
 Each size runs floor and labctl alternately, --repeat times, and compares the
 fastest run of each (medians are reported too). The kernel frees a deleted
 namespace asynchronously, and a build that overlaps that teardown is slowed by
-it: before every timed build the script waits until the kernel's count of
-network namespaces (the net_namespace slab in /proc/slabinfo) is back where it
-was before the size started. Results are also written to
+it: before every timed build the script waits until the machine is quiet (its
+CPUs 90% idle over a quarter of a second), the teardown of earlier runs done. Results are also written to
 benchmarks/results/bench_up.json.
 """
 
@@ -148,23 +147,26 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def namespaces_alive() -> int | None:
-    """Network namespaces the kernel still holds (freed or not yet), from the
-    net_namespace slab; None where the kernel does not show it."""
-    try:
-        for line in Path("/proc/slabinfo").read_text().splitlines():
-            if line.startswith("net_namespace "):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+def _cpu_times() -> tuple[int, int]:
+    """(idle, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)
 
 
-def settle(baseline: int | None) -> float:
-    """Wait until the namespaces of earlier runs are freed; returns the seconds waited."""
+def settle(namespaces: int = 0, window: float = 0.25, idle: float = 0.9) -> float:
+    """Wait until the kernel has torn down earlier runs' namespaces: it does that in
+    a worker after `ip netns del`, partly on the CPU, partly waiting for RCU grace
+    periods. Settled: at least 1 s per 100 namespaces deleted (2 s at least) has
+    passed, and the CPUs were at least 90% idle over a quarter of a second.
+    Returns the seconds waited."""
     t = time.perf_counter()
-    while baseline is not None and (namespaces_alive() or 0) > baseline and time.perf_counter() - t < SETTLE_TIMEOUT_S:
-        time.sleep(0.05)
+    time.sleep(max(2.0, namespaces / 100))
+    while time.perf_counter() - t < SETTLE_TIMEOUT_S:
+        i0, t0 = _cpu_times()
+        time.sleep(window)
+        i1, t1 = _cpu_times()
+        if t1 > t0 and (i1 - i0) / (t1 - t0) >= idle:
+            break
     return time.perf_counter() - t
 
 
@@ -186,14 +188,13 @@ def bench(size: str, repeat: int, tmp: Path) -> dict:
     expected = 1 + nodes + nodes * ppn
     plan = floor_plan(lab, nodes, ppn)
     rows = {"floor_up": [], "floor_down": [], "labctl_up": [], "labctl_down": []}
-    baseline = namespaces_alive()
     try:
         for _ in range(repeat):
-            settle(baseline)
+            settle(expected)
             rows["floor_up"].append(timed(lambda: run_plan(plan)))
             check_built(lab, expected)
             rows["floor_down"].append(timed(lambda: floor_down(lab)))
-            settle(baseline)
+            settle(expected)
             rows["labctl_up"].append(timed(lambda: labctl("up", str(path))))
             check_built(lab, expected)
             rows["labctl_down"].append(timed(lambda: labctl("down", lab)))
@@ -220,9 +221,8 @@ def bench_demo(repeat: int) -> dict:
     subprocess.run(LABCTL + ["down", "demo"], stdout=subprocess.DEVNULL)
     ups, downs = [], []
     count = 0
-    baseline = namespaces_alive()
     for _ in range(repeat):
-        settle(baseline)
+        settle(12)
         ups.append(timed(lambda: labctl("up", str(demo))))
         count = len([n for n in os.listdir(names.NETNS_DIR) if n.startswith("demo-")])
         downs.append(timed(lambda: labctl("down", "demo")))

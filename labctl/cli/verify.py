@@ -10,8 +10,7 @@ import click
 from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, running_lab, still_up
-from labctl.errors import CheckFailed, InvalidInput
-from labctl.model import names
+from labctl.errors import CheckFailed
 
 
 @cli.command()
@@ -70,99 +69,38 @@ def explain(lab_name, src, dst, port, proto, as_json) -> None:
     TO may be a service (svc/NS/NAME): where FROM's node decides it, and the
     verdict for each endpoint (policies see the pod after the DNAT).
     Needs no root: it reads the applied topology."""
-    from labctl.model.targets import default_port, resolve
-    from labctl.policy.engine import Engine
-    from labctl.policy.rules import CHAIN, ISOLATED, policy_chain
+    from labctl.model.targets import resolve
+    from labctl.policy.explain import explain as why
 
     _, topo = running_lab(lab_name)
-    a = resolve(topo, src, role="FROM")
-    b = resolve(topo, dst, role="TO")
-    if b.service is not None:
-        _explain_service(topo, a, b, dst, port, proto, as_json)
-        return
-    port = port or default_port(b, proto if proto != "sctp" else "tcp")
-    if port is None:
-        raise InvalidInput(f"TO {dst!r} declares no {proto} port: give --port")
-    engine = Engine(topo)
-    d = engine.check(engine.party(a.ip), engine.party(b.ip), port, proto.upper())
-    by_key = {p.key: p for p in topo.policies}
-
-    def kernel(side, pod) -> list[str]:
-        if pod is None or side.note or not side.isolated_by:
-            return []
-        node = names.node_netns(topo.lab.name, pod.node)
-        chains = " | ".join(f"{k} -> {policy_chain(by_key[k], side.direction)}" for k in side.isolated_by)
-        return [f"{node}: filter {CHAIN[side.direction]} (the pod is in ipset {ISOLATED[side.direction]}): {chains}"]
-
-    sides = [(d.egress, a.pod, a.label), (d.ingress, b.pod, b.label)]
+    r = why(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), port, proto)
     if as_json:
-        output.emit_json(
-            {
-                "from": a.label,
-                "to": b.label,
-                "port": port,
-                "proto": proto,
-                "allowed": d.allowed,
-                "egress": {
-                    "isolatedBy": d.egress.isolated_by,
-                    "allowedBy": d.egress.allowed_by,
-                    "explanation": d.egress.explain(),
-                    "kernel": kernel(d.egress, a.pod),
-                },
-                "ingress": {
-                    "isolatedBy": d.ingress.isolated_by,
-                    "allowedBy": d.ingress.allowed_by,
-                    "explanation": d.ingress.explain(),
-                    "kernel": kernel(d.ingress, b.pod),
-                },
-            }
-        )
+        output.emit_json({k: v for k, v in r.items() if k != "ip"} if "service" in r else _pod_json(r))
         return
-    verdict = "[bold]allowed[/bold]" if d.allowed else "[bold]denied[/bold]"
-    output.say(f"{a.label} -> {b.label} ({b.ip}:{port}/{proto}): {verdict}")
-    for side, pod, label in sides:
-        where = f" on {pod.node}" if pod else ""
-        output.say(f"  {side.direction} of {label}{where}: {side.explain()}")
-        for line in kernel(side, pod):
+    verdict = "[bold]allowed[/bold]" if r["allowed"] else "[bold]denied[/bold]"
+    if "service" in r:
+        svc = r["service"]
+        output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}), decided on {svc['node']} by kube-proxy's {svc['proxyMode']} rules:")
+        for line in svc["kernel"]:
+            output.say(f"  kernel: {line}")
+        if not svc["endpoints"]:
+            output.say("  no endpoint: the connection is refused")
+        for v in svc["endpoints"]:
+            verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold]"
+            output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")
+        return
+    output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}): {verdict}")
+    for direction, label in (("egress", r["from"]), ("ingress", r["to"])):
+        side = r[direction]
+        where = f" on {side['node']}" if side["node"] else ""
+        output.say(f"  {direction} of {label}{where}: {side['explanation']}")
+        for line in side["kernel"]:
             output.say(f"    kernel: {line}")
 
 
-def _explain_service(topo, a, b, dst, port, proto, as_json) -> None:
-    """explain FROM svc/NS/NAME: the proxy mode's path on FROM's node, then each endpoint's verdict."""
-    from labctl import registry
-    from labctl.model.targets import default_port
-    from labctl.policy.engine import Engine
-    from labctl.proxy.endpoints import service_ports
-
-    port = port or default_port(b, proto)
-    infos = [i for i in service_ports(topo, only={b.service.key}) if i.port.port == port and i.proto == proto]
-    if not infos:
-        raise InvalidInput(f"TO {dst!r} has no {proto} port {port}")
-    info = infos[0]
-    node = a.pod.node if a.pod else (a.label[5:] if a.label.startswith("node/") else topo.lab.nodes[0].name)
-    kernel = registry.proxy_mode(topo.lab.proxy_mode).explain(info, node)
-    engine = Engine(topo)
-    verdicts = []
-    for ep in info.endpoints:
-        d = engine.check(engine.party(a.ip), engine.party(ep.ip), ep.port, proto.upper())
-        verdicts.append({"endpoint": ep.pod, "address": ep.addr, "allowed": d.allowed, "explanation": (d.egress.explain(), d.ingress.explain())})
-    if as_json:
-        output.emit_json(
-            {
-                "from": a.label,
-                "to": b.label,
-                "port": port,
-                "proto": proto,
-                "allowed": any(v["allowed"] for v in verdicts),
-                "service": {"node": node, "proxyMode": topo.lab.proxy_mode, "kernel": kernel, "endpoints": verdicts},
-            }
-        )
-        return
-    output.say(f"{a.label} -> {b.label} ({b.ip}:{port}/{proto}), decided on {node} by kube-proxy's {topo.lab.proxy_mode} rules:")
-    for line in kernel:
-        output.say(f"  kernel: {line}")
-    if not verdicts:
-        output.say("  no endpoint: the connection is refused")
-    for v in verdicts:
-        verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold]"
-        output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")
+def _pod_json(r: dict) -> dict:
+    """explain --json to a pod: the contract's keys (a side's node is for the text)."""
+    return {
+        **{k: v for k, v in r.items() if k not in ("ip", "egress", "ingress")},
+        **{d: {k: v for k, v in r[d].items() if k != "node"} for d in ("egress", "ingress")},
+    }

@@ -98,3 +98,37 @@ def test_no_mode_or_overlay_is_asked_for_by_name_outside_its_module():
             consts = [c for c in ast.walk(node) if isinstance(c, ast.Constant) and c.value in chosen]
             found += [f"{module}:{node.lineno} compares with {c.value!r}" for c in consts if chosen[c.value] != module]
     assert found == []
+
+
+def test_a_new_proxy_mode_is_a_module_and_a_registry_line(tmp_path, monkeypatch):
+    """A mode written elsewhere, registered by one line: the Lab accepts its name,
+    the registry loads it, and the shared tracker plans with it (nothing else edited)."""
+    from labctl import registry
+    from labctl.model import registry as names
+    from labctl.model import schema
+    from labctl.proxy.endpoints import service_ports
+    from labctl.proxy.sync import plan_node
+    from tests.helpers import dump, lab_doc, load, svc, web_pod
+
+    (tmp_path / "labctl_test_mode.py").write_text(
+        "from labctl.proxy.mode import NodeSync, ProxyMode\n"
+        "class Counting(ProxyMode):\n"
+        "    name = 'counting'\n"
+        "    def require(self, spec): pass\n"
+        "    def plan(self, ctx):\n"
+        "        ports = ctx.all_ports()\n"
+        "        return NodeSync(ctx.node, self.name, True, f'{len(ports)} ports', {}, frozenset())\n"
+        "MODE = Counting()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(names.PROXY_MODES, "counting", "labctl_test_mode")
+    schema.lab_schema.cache_clear()
+    schema._lab_validator.cache_clear()
+    try:
+        topo = load(dump(lab_doc(proxyMode="counting"), web_pod("a", "node1"), svc("web", {"app": "web"})))
+        assert registry.proxy_mode("counting").name == "counting"
+        s = plan_node(topo, "node1", None, None, lambda: service_ports(topo))
+        assert (s.mode, s.text) == ("counting", "2 ports")  # kubernetes and web
+    finally:
+        schema.lab_schema.cache_clear()
+        schema._lab_validator.cache_clear()

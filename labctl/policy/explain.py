@@ -1,0 +1,85 @@
+"""`labctl explain FROM TO`: which policies decide a connection, and where in the
+kernel. Pure: from the applied topology, as plain data the CLI prints.
+
+To a pod: the engine's verdict for each side (egress of FROM, ingress of TO),
+the policies that isolate and allow, and the node, chain and ipset that decide
+it. To a service: the path the lab's proxy mode gives it on FROM's node
+(ProxyMode.explain), then each endpoint's verdict (policies see the pod after
+the service's DNAT).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labctl import registry
+from labctl.model import names
+from labctl.model.errors import InvalidInput
+from labctl.model.objects import Topology
+from labctl.model.targets import Endpoint, default_port
+from labctl.policy.engine import Engine
+from labctl.policy.rules import CHAIN, ISOLATED, policy_chain
+from labctl.proxy.endpoints import service_ports
+
+
+def explain(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: str) -> dict[str, Any]:
+    """The explanation of FROM `a` -> TO `b` (resolved targets), as `explain --json` prints it."""
+    return _to_service(topo, a, b, port, proto) if b.service is not None else _to_pod(topo, a, b, port, proto)
+
+
+def _to_pod(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: str) -> dict[str, Any]:
+    port = port or default_port(b, proto if proto != "sctp" else "tcp")
+    if port is None:
+        raise InvalidInput(f"TO {b.label!r} declares no {proto} port: give --port")
+    engine = Engine(topo)
+    d = engine.check(engine.party(a.ip), engine.party(b.ip), port, proto.upper())
+    by_key = {p.key: p for p in topo.policies}
+
+    def side(s, pod) -> dict[str, Any]:
+        kernel = []
+        if pod is not None and not s.note and s.isolated_by:
+            node = names.node_netns(topo.lab.name, pod.node)
+            chains = " | ".join(f"{k} -> {policy_chain(by_key[k], s.direction)}" for k in s.isolated_by)
+            kernel = [f"{node}: filter {CHAIN[s.direction]} (the pod is in ipset {ISOLATED[s.direction]}): {chains}"]
+        where = pod.node if pod is not None else None
+        return {"isolatedBy": s.isolated_by, "allowedBy": s.allowed_by, "explanation": s.explain(), "kernel": kernel, "node": where}
+
+    return {
+        "from": a.label,
+        "to": b.label,
+        "ip": b.ip,
+        "port": port,
+        "proto": proto,
+        "allowed": d.allowed,
+        "egress": side(d.egress, a.pod),
+        "ingress": side(d.ingress, b.pod),
+    }
+
+
+def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: str) -> dict[str, Any]:
+    assert b.service is not None
+    port = port or default_port(b, proto)
+    infos = [i for i in service_ports(topo, only={b.service.key}) if i.port.port == port and i.proto == proto]
+    if not infos:
+        raise InvalidInput(f"TO {b.label!r} has no {proto} port {port}")
+    info = infos[0]
+    node = a.pod.node if a.pod else (a.label[5:] if a.label.startswith("node/") else topo.lab.nodes[0].name)
+    engine = Engine(topo)
+    verdicts = []
+    for ep in info.endpoints:
+        d = engine.check(engine.party(a.ip), engine.party(ep.ip), ep.port, proto.upper())
+        verdicts.append({"endpoint": ep.pod, "address": ep.addr, "allowed": d.allowed, "explanation": [d.egress.explain(), d.ingress.explain()]})
+    return {
+        "from": a.label,
+        "to": b.label,
+        "ip": b.ip,
+        "port": port,
+        "proto": proto,
+        "allowed": any(v["allowed"] for v in verdicts),
+        "service": {
+            "node": node,
+            "proxyMode": topo.lab.proxy_mode,
+            "kernel": registry.proxy_mode(topo.lab.proxy_mode).explain(info, node),
+            "endpoints": verdicts,
+        },
+    }
