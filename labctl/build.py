@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Callable
 
@@ -127,17 +127,14 @@ class Builder:
         # indexes before IPVS mode adds kube-ipvs0), not the pods' links: they are
         # synced in a thread while this one wires the pods, and the responder reloads
         # meanwhile too (for a new lab, it has had the build to start up).
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=1) as pool:  # leaving it waits for the thread, whatever happened here
             rules = pool.submit(self._sync_rules, plan, new, previous)
-            try:
-                self._links(plan, new)
-                self._pods(plan, new)
-                etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
-                self.progress("responder", 0)
-                served = responder.begin(self.dir, self.journal, new)
-            finally:
-                wait([rules])  # whatever happened here, the rules' thread is done before this returns
-            rules.result()
+            self._links(plan, new)
+            self._pods(plan, new)
+            etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
+            self.progress("responder", 0)
+            served = responder.begin(self.dir, self.journal, new)
+        rules.result()
         served()
         for pod in plan.add_pods + plan.commands_changed:
             self.start_commands(new, pod)

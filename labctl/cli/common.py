@@ -63,12 +63,14 @@ def gone_meanwhile() -> NoSuchLab | None:
     it): the error to show instead of whatever the kernel said."""
     if not CURRENT:
         return None
-    from labctl.kernel import netns
-
     handle = LabHandle(CURRENT[0])
-    present = set(netns.listed())
-    if not handle.exists() or any(n not in present for n in handle.journal.replay().netns):
-        return NoSuchLab(f"lab {handle.name} went down (or lost namespaces) while this command ran")
+    topo = handle.applied()
+    if topo is None:
+        return NoSuchLab(f"lab {handle.name} went down while this command ran")
+    try:
+        still_up(handle, topo)
+    except NoSuchLab as e:
+        return e
     return None
 
 

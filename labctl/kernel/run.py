@@ -66,22 +66,19 @@ def _memfd(text: str) -> int:
 def apply_all(transactions: list[Transaction]) -> None:
     """Run every transaction, all at once; raise KernelError naming each failure."""
     running = []
-    try:
-        for t in transactions:
-            fd = _memfd(t.text)
-            try:
-                p = subprocess.Popen(in_netns(t.netns, t.argv), stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            finally:
-                os.close(fd)
-            running.append((t, p))
-    finally:
-        failures = []
-        for t, p in running:
-            failpoints.hit("restore")
-            _, err = p.communicate()
-            if p.returncode != 0:
-                ctx = _context(t.text, err)
-                failures.append(f"`{t.describe()}` failed: {err.strip()}" + (f"\n{ctx}" if ctx else ""))
+    for t in transactions:
+        fd = _memfd(t.text)
+        try:
+            running.append((t, subprocess.Popen(in_netns(t.netns, t.argv), stdin=fd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+        finally:
+            os.close(fd)
+    failures = []
+    for t, p in running:
+        failpoints.hit("restore")
+        _, err = p.communicate()
+        if p.returncode != 0:
+            ctx = _context(t.text, err)
+            failures.append(f"`{t.describe()}` failed: {err.strip()}" + (f"\n{ctx}" if ctx else ""))
     if failures:
         raise KernelError("\n".join(failures))
 

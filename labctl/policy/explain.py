@@ -27,6 +27,10 @@ def explain(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: s
     return _to_service(topo, a, b, port, proto) if b.service is not None else _to_pod(topo, a, b, port, proto)
 
 
+def _head(a: Endpoint, b: Endpoint, port: int, proto: str, allowed: bool) -> dict[str, Any]:
+    return {"from": a.label, "to": b.label, "ip": b.ip, "port": port, "proto": proto, "allowed": allowed}
+
+
 def _to_pod(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: str) -> dict[str, Any]:
     port = port or default_port(b, proto if proto != "sctp" else "tcp")
     if port is None:
@@ -45,12 +49,7 @@ def _to_pod(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: s
         return {"isolatedBy": s.isolated_by, "allowedBy": s.allowed_by, "explanation": s.explain(), "kernel": kernel, "node": where}
 
     return {
-        "from": a.label,
-        "to": b.label,
-        "ip": b.ip,
-        "port": port,
-        "proto": proto,
-        "allowed": d.allowed,
+        **_head(a, b, port, proto, d.allowed),
         "egress": side(d.egress, a.pod),
         "ingress": side(d.ingress, b.pod),
     }
@@ -70,12 +69,7 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
         d = engine.check(engine.party(a.ip), engine.party(ep.ip), ep.port, proto.upper())
         verdicts.append({"endpoint": ep.pod, "address": ep.addr, "allowed": d.allowed, "explanation": [d.egress.explain(), d.ingress.explain()]})
     return {
-        "from": a.label,
-        "to": b.label,
-        "ip": b.ip,
-        "port": port,
-        "proto": proto,
-        "allowed": any(v["allowed"] for v in verdicts),
+        **_head(a, b, port, proto, any(v["allowed"] for v in verdicts)),
         "service": {
             "node": node,
             "proxyMode": topo.lab.proxy_mode,

@@ -354,12 +354,10 @@ class Ipvs(ProxyMode):
             text = ipset_update(want.sets, rec.get("sets", {}))
             reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
             udp = udp_frontends(by_key, moved | removed, old, node_ip)
-            return NodeSync(
-                node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread, replaces_filter=True
-            )
+            return NodeSync(node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread)
         text = full(chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
         udp = udp_frontends(by_key, fps, {}, node_ip)
-        return NodeSync(node, self.name, True, text, services, frozenset(fps), udp, extra=extra, state=want, replaces_filter=True)
+        return NodeSync(node, self.name, True, text, services, frozenset(fps), udp, extra=extra, state=want)
 
     def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
         """Every node's IPVS sync, nodes in parallel."""

@@ -41,20 +41,14 @@ class NodeSync:
     services: dict[str, dict]  # the node's new record: service port -> what is in the kernel
     touched: frozenset[str]  # keys of the service ports rendered or removed
     udp: dict | None = None  # the touched UDP ports' frontends -> their endpoints now (stale conntrack entries)
-    left_iptables: bool = False  # the node's iptables tables were reset on leaving iptables mode
+    replaced_filter: bool = False  # the node's iptables filter table was rewritten whole (its other chains are gone): set by the tracker
     extra: dict = field(default_factory=dict)  # what the mode's record keeps besides the services
     state: Any = None  # the mode's rendered node, for apply (IPVS: virtual servers, addresses, sets)
     moved: set | None = None  # IPVS, partial sync: virtual servers whose real servers are read back
-    replaces_filter: bool = False  # a full sync rewrote the node's iptables filter table whole
 
     @property
     def changed(self) -> int:
         return len(self.touched)
-
-    @property
-    def replaced_filter(self) -> bool:
-        """Whether the node's iptables filter table was rewritten whole (other chains in it are gone)."""
-        return self.left_iptables or (self.full and self.replaces_filter)
 
     @property
     def rules(self) -> int:
@@ -105,6 +99,7 @@ def service_of(key: str) -> str:
 
 class ProxyMode:
     name = ""
+    replaces_filter = False  # a full sync rewrites the iptables filter table whole (policy chains go with it)
     record_version = 1
 
     def require(self, spec: LabSpec) -> None:
@@ -138,8 +133,6 @@ class ProxyMode:
 
 class RestoreMode(ProxyMode):
     """A mode whose node state is one restore-style transaction of rendered pieces."""
-
-    replaces_filter = False  # a full sync rewrites the iptables filter table
 
     # -- what each restore mode provides --------------------------------------
 
@@ -188,12 +181,12 @@ class RestoreMode(ProxyMode):
             services.update({k: {**old[k], **entry(by_key[k], node_ip)} for k in d.kept})
             services.update({k: {**piece.record(fps[k]), **entry(by_key[k], node_ip)} for k, piece in changed.items() if piece is not None})
             udp = udp_frontends(by_key, changed, old, node_ip)
-            return NodeSync(node, self.name, False, text, services, frozenset(changed), udp, replaces_filter=self.replaces_filter) if text else None
+            return NodeSync(node, self.name, False, text, services, frozenset(changed), udp) if text else None
         pieces = {i.key: self.render_service(i, node, ctx.topo, large) for i in infos}
         text = self.full(ctx.topo, node, list(pieces.values()))
         services = {k: {**p.record(fps[k]), **entry(by_key[k], node_ip)} for k, p in pieces.items()}
         udp = udp_frontends(by_key, pieces, {}, node_ip)
-        return NodeSync(node, self.name, True, text, services, frozenset(pieces), udp, replaces_filter=self.replaces_filter)
+        return NodeSync(node, self.name, True, text, services, frozenset(pieces), udp)
 
     def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
         from labctl.kernel import run

@@ -88,7 +88,7 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
             left, rec = old.replaces_filter, None
         s = mode.plan(NodeContext(topo, node, rec, scope, scoped, all_ports))
         if s is not None:
-            s.left_iptables = left
+            s.replaced_filter = left or (s.full and mode.replaces_filter)
             syncs.append(s)
     if not syncs:
         return []

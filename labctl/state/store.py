@@ -96,26 +96,14 @@ class LabDir:
         (down does, and a command whose lab does not exist), so a waiter checks
         that the file it locked is still the one in place, else locks anew."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
-        deadline = time.monotonic() + wait
-        told = False
+        start = time.monotonic()
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
-                while True:
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise LabError(f"lab {self.lab} is busy: another labctl command has held {self.lock_path} for {wait:.0f} s") from None
-                        if not told and time.monotonic() + wait - deadline > 1.0:
-                            print(f"waiting for another labctl command on lab {self.lab}...", file=sys.stderr)  # noqa: T201
-                            told = True
-                        time.sleep(0.02)
-                try:
-                    same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
-                except FileNotFoundError:
-                    same = False
+                self._flock(fd, start, wait)
+                same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
+            except FileNotFoundError:
+                same = False
             except BaseException:
                 os.close(fd)
                 raise
@@ -128,6 +116,22 @@ class LabDir:
             if not self.exists():
                 _unlink(self.lock_path)  # no lab, no lock left behind (still held: nobody else has it)
             os.close(fd)
+
+    def _flock(self, fd: int, start: float, wait: float) -> None:
+        """Take the lock on `fd`, saying after a second that we wait, giving up after `wait`."""
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                waited = time.monotonic() - start
+                if waited > wait:
+                    raise LabError(f"lab {self.lab} is busy: another labctl command has held {self.lock_path} for {wait:.0f} s") from None
+                if waited > 1.0 and not told:
+                    print(f"waiting for another labctl command on lab {self.lab}...", file=sys.stderr)  # noqa: T201
+                    told = True
+                time.sleep(0.02)
 
     def remove(self) -> None:
         """Remove the records (after everything they list is gone), and the lock
