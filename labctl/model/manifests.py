@@ -14,7 +14,7 @@ from typing import Any, Callable
 from labctl.model import policy
 from labctl.model.documents import Document
 from labctl.model.errors import Problem
-from labctl.model.fields import label_problems
+from labctl.model.fields import dns1123_subdomain, label_problems
 from labctl.model.objects import Container, ContainerPort, Deployment, Pod, Service, ServicePort
 
 
@@ -180,6 +180,8 @@ def _read_deployment(doc: Document, out: Objects) -> None:
     tmeta = template.get("metadata") or {}
     labels = tmeta.get("labels") or {}
     selector = spec.get("selector") or {}
+    if dns1123_subdomain(str(name)):
+        out.problems.append(Problem(doc.where(), "metadata.name", dns1123_subdomain(str(name)) or ""))
     out.problems += policy.selector_problems(selector, doc.where(), "spec.selector")
     out.problems += label_problems(labels, doc.where(), "spec.template.metadata.labels")
     if not labels:
@@ -259,6 +261,8 @@ def _read_service(doc: Document, out: Objects) -> None:
 @register("NetworkPolicy", "networking.k8s.io/v1")
 def _read_network_policy(doc: Document, out: Objects) -> None:
     found = policy.check(doc.index, doc.data, lambda _i: doc.where())
+    why = dns1123_subdomain(str(doc.data["metadata"]["name"]))
+    found += [Problem(doc.where(), "metadata.name", why)] if why else []
     out.problems += found
     if not found:
         out.policies.append(policy.from_manifest(doc.index, doc.data))

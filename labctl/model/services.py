@@ -112,7 +112,7 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
         if p.name is None and len(s.ports) > 1:
             bad(f"{path}.name", "is required when a service has more than one port")
         if p.name is not None:
-            why = v.port_name(p.name)
+            why = v.dns1123_label(p.name)  # a Service port's name is a DNS label (a container port's an IANA service name)
             if why:
                 bad(f"{path}.name", why)
             elif p.name in names:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from labctl.model.objects import Pod, Topology
 from labctl.model.policy import NetworkPolicy, Peer, Port
 from labctl.plan.diff import keyed, members
+from labctl.plan.ipset import hash_nets
 from labctl.policy.engine import Engine
 
 MARK = "0x10000"
@@ -111,7 +112,7 @@ def _peer_set(rules: PolicyRules, engine: Engine, p: NetworkPolicy, peer: Peer) 
         b = peer.ip_block
         name = f"NP-{_h('ipblock', b.cidr, *sorted(b.excepts))}"
         if name not in rules.sets:
-            members = {b.cidr} | {f"{e} nomatch" for e in b.excepts}
+            members = set(hash_nets(b.cidr)) | {f"{e} nomatch" for e in b.excepts}
             rules.sets[name] = IPSet("hash:net", members, f"ipBlock {b.cidr}" + (f" except {','.join(b.excepts)}" if b.excepts else ""))
         return name
     scope = p.namespace if peer.namespaces is None else f"namespaces {peer.namespaces}"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from labctl.model.objects import LabSpec, Topology
 from labctl.plan.diff import keyed, members
+from labctl.plan.ipset import hash_nets
 from labctl.plumbing.node import Chains, masquerade_chains
 from labctl.proxy.endpoints import ServicePortInfo, service_ports
 from labctl.proxy.iptables import MASQ_MARK, tables_text
@@ -155,7 +156,7 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
                 out.sets["KUBE-LOAD-BALANCER-FW"].add(entry)
                 for src in pol.allowed_sources(node_ip):  # ranges (hash:net), the LB IP itself (hash:ip)
                     if "/" in src:
-                        out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in _hash_nets(src))
+                        out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in hash_nets(src))
                     else:
                         out.sets["KUBE-LOAD-BALANCER-SOURCE-IP"].add(f"{entry},{src}")
             out.add(_vs(info, ip, p.port, external, sched))
@@ -172,12 +173,6 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
             out.add(_vs(info, node_ip, np, external, sched))
     out.sets["KUBE-IPVS-IPS"] = set(out.addresses)
     return out
-
-
-def _hash_nets(cidr: str) -> list[str]:
-    """A source range as hash:net members: they cannot hold a /0 (kube-proxy's own
-    add then fails and the range lets nothing in), so 0.0.0.0/0 is its two halves."""
-    return ["0.0.0.0/1", "128.0.0.0/1"] if cidr.endswith("/0") else [cidr]
 
 
 # -- ipsets ---------------------------------------------------------------------------

@@ -130,6 +130,30 @@ def test_ip_blocks_with_except_and_a_rule_that_rescues(plab):
     assert "x/b" in reached(plab.verify(), "x/a")
 
 
+def test_every_ip_block_edge(plab):
+    """/0 with excepts (the "internet but not the metadata address" rule; a hash:net set
+    cannot hold a /0), a /32 cidr, an except equal to one host, several excepts."""
+    topo = plab.handle.applied()
+    ip = {k: topo.pod(k).ip for k in ("x/a", "x/b", "y/c", "z/b")}
+    internet = {"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip['x/b']}/32", f"{ip['y/c']}/32"]}}
+    plab.up(
+        np("all-but-two", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [internet]}]),
+        np("one-host", ns="y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"ipBlock": {"cidr": f"{ip['z/b']}/32"}}]}]),
+        np(
+            "out-not-xa",
+            ns="z",
+            podSelector={"matchLabels": {"pod": "c"}},
+            policyTypes=["Egress"],
+            egress=[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip['x/a']}/32"]}}]}],
+        ),
+    )
+    got = plab.verify()
+    everyone = {f"{ns}/{p}" for ns in "xyz" for p in "abc"}
+    assert reached(got, "x/a") == everyone - {"x/b", "y/c", "z/c"}, "z/c may not send to x/a: its own egress excepts it"
+    assert reached(got, "y/a") == {"z/b", "y/a"}
+    assert {d for s, d, p, pr in got if s == "z/c" and d in PODS and (p, pr) == (80, "TCP")} == everyone - {"x/a", "y/a"}, "y/a admits z/b alone"
+
+
 def test_nodes_over_host_gw_come_from_their_node_ip():
     lab = PolicyLab()
     text = lab.base.replace("  nodes:\n", "  overlay: host-gw\n  nodes:\n")

@@ -3,7 +3,7 @@
 import pytest
 
 from labctl import registry
-from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, text
+from tests.helpers import deployment, dump, lab_doc, load, namespace, one, pod, problems, svc, text
 
 # -- what a valid file resolves to ------------------------------------------------
 
@@ -254,6 +254,31 @@ def test_port_names_are_iana_service_names():
     p["spec"]["containers"][0]["ports"][0]["name"] = "much-too-long-port-name"
     msg = one(dump(lab_doc(), p))
     assert "longer than 15" in msg
+
+
+def test_service_port_names_are_dns_labels_but_target_ports_iana_names():
+    """As the API server: a Service port's name is a DNS-1123 label (up to 63), a targetPort,
+    container port or NetworkPolicy port name an IANA service name (up to 15)."""
+    s = svc("web", {"app": "a"})
+    s["spec"]["ports"][0]["name"] = "service-port-udp-81"  # upstream's NetworkPolicy e2e suite names its ports so
+    topo = load(dump(lab_doc(), s))
+    assert topo.service("default/web").ports[0].name == "service-port-udp-81"
+    s["spec"]["ports"][0]["name"] = "a" * 64
+    assert "spec.ports[0].name: " in one(dump(lab_doc(), s)) and "longer than 63" in one(dump(lab_doc(), s))
+    s["spec"]["ports"][0]["name"] = "http"
+    s["spec"]["ports"][0]["targetPort"] = "service-port-udp"
+    assert "spec.ports[0].targetPort: port name 'service-port-udp' is longer than 15" in one(dump(lab_doc(), s))
+    np = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p"}}
+    np["spec"] = {"podSelector": {}, "ingress": [{"ports": [{"port": "service-port-udp-81"}]}]}
+    assert "spec.ingress[0].ports[0].port: port name 'service-port-udp-81' is longer than 15" in one(dump(lab_doc(), np))
+
+
+def test_deployment_and_network_policy_names_are_dns_subdomains():
+    np = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "Allow_All"}, "spec": {"podSelector": {}}}
+    assert "NetworkPolicy default/Allow_All): metadata.name: 'Allow_All' is not a DNS-1123 subdomain" in one(dump(lab_doc(), np))
+    assert "Deployment default/Web_1): metadata.name: 'Web_1' is not a DNS-1123 subdomain" in one(dump(lab_doc(), deployment("Web_1", 1)))
+    np["metadata"]["name"] = "allow.all-v1"
+    load(dump(lab_doc(), np, deployment("web.v1", 1)))
 
 
 def test_pod_on_unknown_node():

@@ -57,6 +57,14 @@ def test_sets_hold_selected_pods_and_ip_blocks_with_nomatch_excepts():
     assert "REJECT --reject-with icmp-admin-prohibited" in text
 
 
+def test_a_slash_zero_ip_block_is_stored_as_two_halves():
+    """`ipset add` refuses 0.0.0.0/0 in a hash:net set; its two /1 halves match the same addresses."""
+    block = {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32", "10.245.0.0/16"]}
+    r = R.render(lab(np("p", ingress=[{"from": [{"ipBlock": block}]}])), "node1")
+    nets = [s for s in r.sets.values() if s.type == "hash:net"]
+    assert [sorted(s.members) for s in nets] == [["0.0.0.0/1", "10.245.0.0/16 nomatch", "128.0.0.0/1", "169.254.169.254/32 nomatch"]]
+
+
 def test_a_relabel_changes_set_members_not_chains():
     from labctl.model.documents import parse_text
     from labctl.model.load import build
