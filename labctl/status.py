@@ -99,6 +99,7 @@ def services(topo) -> list[dict[str, Any]]:
                 "loadBalancerIP": s.load_balancer_ip if s.type == "LoadBalancer" else None,
                 "announcedBy": speaker(topo, s),
                 "loadBalancerSourceRanges": list(s.load_balancer_source_ranges),
+                "healthCheckNodePort": s.health_check_node_port,
                 "externalIPs": list(s.external_ips),
                 "externalName": s.external_name,
                 "externalTrafficPolicy": s.external_traffic_policy,

@@ -23,7 +23,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 # -- Debian packages -----------------------------------------------------------
 packages=(
   iproute2 iptables nftables ipset conntrack tcpdump iputils-ping curl
-  dnsutils iperf3 procps psmisc util-linux python3 python3-venv ipvsadm kmod
+  dnsutils iperf3 procps psmisc util-linux python3 python3-venv ipvsadm kmod nfacct
 )
 missing=()
 for p in "${packages[@]}"; do

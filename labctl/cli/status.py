@@ -91,6 +91,9 @@ def _show(r: dict) -> None:
                 for s in services
             ],
         )
+        checked = [f"{s['namespace']}/{s['name']} :{s['healthCheckNodePort']}" for s in services if s.get("healthCheckNodePort")]
+        if checked:
+            output.say(f"health check node ports (200 on nodes with a ready local endpoint, else 503): {', '.join(checked)}")
     if r["policies"]:
         output.say("")
         output.table(

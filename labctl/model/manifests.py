@@ -250,6 +250,7 @@ def _read_service(doc: Document, out: Objects) -> None:
             publish_not_ready=bool(spec.get("publishNotReadyAddresses")),
             allocate_lb_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
             load_balancer_source_ranges=tuple(str(r).strip() for r in spec.get("loadBalancerSourceRanges") or ()),
+            health_check_node_port=spec.get("healthCheckNodePort") or None,
             doc=doc.index,
         )
     )

@@ -102,6 +102,7 @@ class Service:
     allocate_lb_node_ports: bool = True
     load_balancer_source_ranges: tuple[str, ...] = ()  # CIDRs allowed to the LoadBalancer IP (KUBE-FW-)
     static_endpoints: tuple[str, ...] = ()  # "ip:port" for services without a selector (the built-in kubernetes)
+    health_check_node_port: int | None = None  # LoadBalancer with externalTrafficPolicy Local: kube-proxy answers its health check there
     doc: int = 0
 
     @property
@@ -120,6 +121,11 @@ class Service:
     @property
     def wants_node_ports(self) -> bool:
         return self.type == "NodePort" or (self.type == "LoadBalancer" and self.allocate_lb_node_ports)
+
+    @property
+    def needs_health_check(self) -> bool:
+        """The API server's NeedsHealthCheck: a LoadBalancer that keeps client addresses."""
+        return self.type == "LoadBalancer" and self.external_traffic_policy == "Local"
 
 
 @dataclass(frozen=True)

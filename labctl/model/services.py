@@ -152,6 +152,13 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
         problems += v.label_problems(s.selector, w, "spec.selector")
     if s.type == "LoadBalancer" and spec is not None and not spec.load_balancer_pool:
         bad("spec.type", "LoadBalancer services need spec.loadBalancerPool in the Lab document (first-last on the node network)")
+    if s.health_check_node_port is not None:
+        if not s.needs_health_check:
+            bad("spec.healthCheckNodePort", "may only be set when type is LoadBalancer and externalTrafficPolicy is Local")
+        elif spec is not None:
+            lo, hi = node_port_range(spec)
+            if not lo <= s.health_check_node_port <= hi:
+                bad("spec.healthCheckNodePort", f"{s.health_check_node_port} is outside nodePortRange {spec.node_port_range}")
     if s.load_balancer_ip and s.type != "LoadBalancer":
         bad("spec.loadBalancerIP", "only applies to type LoadBalancer")
     if s.load_balancer_source_ranges:
@@ -209,37 +216,64 @@ def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, 
 
 
 def _node_ports(services: list[Service], spec: LabSpec, prev: dict[str, Service], where, problems) -> list[Service]:
-    """Given node ports first, then the ones services already had, then new ones in order."""
+    """Node ports and health check node ports (TCP, from the same range, as the API
+    server allocates them): given ones first, then the ones services already had, then
+    new ones in order."""
     lo, hi = node_port_range(spec)
     taken: dict[tuple[int, str], str] = {}
-    chosen: dict[tuple[str, int], int | None] = {}  # (service, port index) -> node port
-    wanting = [s for s in services if s.wants_node_ports]
-    for s in wanting:
-        for i, p in enumerate(s.ports):
-            if p.node_port:
-                key = (p.node_port, p.protocol)
+    chosen: dict[tuple[str, int], int | None] = {}  # (service, port index; -1: the health check port) -> node port
+    HC = -1
+
+    def wanted(s: Service) -> list[tuple[int, str, int | None, str]]:
+        """(index, protocol, given port, field) of what the service needs."""
+        out = [(i, p.protocol, p.node_port, f"spec.ports[{i}].nodePort") for i, p in enumerate(s.ports)] if s.wants_node_ports else []
+        if s.needs_health_check:
+            out.append((HC, "TCP", s.health_check_node_port, "spec.healthCheckNodePort"))
+        return out
+
+    def previous(s: Service) -> dict[int, int | None]:
+        if s.key not in prev:
+            return {}
+        old = prev[s.key]
+        ports = {(op.name, op.port, op.protocol): op.node_port for op in old.ports}
+        out = {i: ports.get((p.name, p.port, p.protocol)) for i, p in enumerate(s.ports)}
+        out[HC] = old.health_check_node_port
+        return out
+
+    needing = [(s, wanted(s)) for s in services]
+    for s, want in needing:
+        for i, proto, given, path in want:
+            if given:
+                key = (given, proto)
                 if key in taken and taken[key] != s.key:
-                    problems.append(Problem(where(s.doc), f"spec.ports[{i}].nodePort", f"nodePort {p.node_port}/{p.protocol} is already used by {taken[key]}"))
+                    problems.append(Problem(where(s.doc), path, f"nodePort {given}/{proto} is already used by {taken[key]}"))
                 taken[key] = s.key
-                chosen[(s.key, i)] = p.node_port
-    for s in wanting:
-        old = {(op.name, op.port, op.protocol): op.node_port for op in prev[s.key].ports} if s.key in prev else {}
-        for i, p in enumerate(s.ports):
-            kept = old.get((p.name, p.port, p.protocol))
-            if (s.key, i) not in chosen and kept and (kept, p.protocol) not in taken and lo <= kept <= hi:
-                taken[(kept, p.protocol)] = s.key
+                chosen[(s.key, i)] = given
+    for s, want in needing:
+        old = previous(s)
+        for i, proto, _, _ in want:
+            kept = old.get(i)
+            if (s.key, i) not in chosen and kept and (kept, proto) not in taken and lo <= kept <= hi:
+                taken[(kept, proto)] = s.key
                 chosen[(s.key, i)] = kept
-    for s in wanting:
-        for i, p in enumerate(s.ports):
+    for s, want in needing:
+        for i, proto, _, path in want:
             if (s.key, i) in chosen:
                 continue
-            np = next((n for n in range(lo, hi + 1) if (n, p.protocol) not in taken), None)
+            np = next((n for n in range(lo, hi + 1) if (n, proto) not in taken), None)
             if np is None:
-                problems.append(Problem(where(s.doc), f"spec.ports[{i}]", f"nodePortRange {spec.node_port_range} has no port left"))
+                problems.append(Problem(where(s.doc), path.rsplit(".", 1)[0] if i != HC else path, f"nodePortRange {spec.node_port_range} has no port left"))
             else:
-                taken[(np, p.protocol)] = s.key
+                taken[(np, proto)] = s.key
             chosen[(s.key, i)] = np
-    return [replace(s, ports=tuple(replace(p, node_port=chosen[(s.key, i)]) for i, p in enumerate(s.ports))) if s.wants_node_ports else s for s in services]
+    out = []
+    for s in services:
+        if s.wants_node_ports:
+            s = replace(s, ports=tuple(replace(p, node_port=chosen[(s.key, i)]) for i, p in enumerate(s.ports)))
+        if s.needs_health_check:
+            s = replace(s, health_check_node_port=chosen[(s.key, HC)])
+        out.append(s)
+    return out
 
 
 def _lb_ips(services: list[Service], spec: LabSpec, prev: dict[str, Service], where, problems) -> list[Service]:

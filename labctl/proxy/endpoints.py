@@ -3,7 +3,9 @@
 An endpoint is a ready pod of the service's namespace whose labels match the
 selector, at the container port the targetPort names (looked up per pod, with
 the service port's protocol; a pod without that named port is not an
-endpoint of it). Endpoints are listed in address order.
+endpoint of it). Endpoints are listed in kube-proxy's order (its
+EndpointSliceCache sorts them by "ip:port" as text), so the statistic rules and
+the numgen maps list them as a real node does.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class ServicePortInfo:
             s.affinity_timeout,
             s.allocate_lb_node_ports,
             s.load_balancer_source_ranges,
+            s.health_check_node_port,
             p.port,
             p.protocol,
             p.name,
@@ -133,7 +136,7 @@ def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodInd
         target = _target(pod, port)
         if target is not None:
             out.append(Endpoint(pod.ip, target, pod.node, pod.key))
-    return tuple(sorted(out, key=lambda e: (socket.inet_aton(e.ip), e.port)))
+    return tuple(sorted(out, key=lambda e: e.addr))  # kube-proxy's order: "ip:port" as text (10.0.0.10 before 10.0.0.9)
 
 
 def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | None = None) -> list[ServicePortInfo]:

@@ -31,7 +31,7 @@ from labctl.plan.diff import keyed, members
 from labctl.plumbing.node import Chains, masquerade_chains
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
-from labctl.proxy.mode import RestoreMode
+from labctl.proxy.mode import NodeSync, RestoreMode
 from labctl.proxy.policy import decide
 
 MASQ_MARK = "0x4000"
@@ -39,8 +39,16 @@ LARGE_CLUSTER_ENDPOINTS = 1000  # kube-proxy's largeClusterEndpointsThreshold
 TABLES = ("filter", "nat")
 TOP = {
     "nat": ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
-    "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL"),
+    "filter": ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-FIREWALL", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL"),
 }
+# kube-proxy's nfacct counters (when the kernel has nfnetlink_acct): INVALID packets
+# dropped in KUBE-FORWARD, and NodePort connections accepted on 127.0.0.0/8.
+INVALID_COUNTER = "ct_state_invalid_dropped_pkts"
+LOCALHOST_COUNTER = "localhost_nps_accepted_pkts"
+COUNTERS = (INVALID_COUNTER, LOCALHOST_COUNTER)
+# Localhost NodePorts (kube-proxy's default --iptables-localhost-nodeports): DNAT from
+# 127.0.0.1 needs route_localnet, and KUBE-FIREWALL closes the hole it opens (#90259).
+SYSCTLS = {"net.ipv4.conf.all.route_localnet": "1"}
 BUILTIN = {
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -57,12 +65,14 @@ JUMPS = {
         ("INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
         ("INPUT", '-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS'),
         ("INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
+        ("INPUT", "-j KUBE-FIREWALL"),  # kubelet's chain, made before kube-proxy's jumps on a real node
         ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
         ("FORWARD", '-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD'),
         ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
         ("FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
         ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
         ("OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+        ("OUTPUT", "-j KUBE-FIREWALL"),
     ],
 }
 
@@ -127,10 +137,11 @@ def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint, large: bo
     piece.add(sep, f"-p {info.proto}{comment}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
 
 
-def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: bool = False, node_ip: str | None = None) -> Piece:
+def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: bool = False, node_ip: str | None = None, nfacct: bool = True) -> Piece:
     """The chains and top-level rules of one service port, on one node (`large`:
     kube-proxy's large cluster mode, see large_cluster; `node_ip`: the node's
-    address, which loadBalancerSourceRanges may cover)."""
+    address, which loadBalancerSourceRanges may cover; `nfacct`: the kernel has
+    kube-proxy's counters, which count NodePort connections to 127.0.0.0/8)."""
     piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
     pol = decide(info, node)
@@ -148,7 +159,13 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
             target = fw if pol.firewalled and what == "loadbalancer IP" else ext
             piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {target}")
         if pol.node_port:
+            if nfacct:  # counted apart: the next rule would take them too
+                counted = f" -m nfacct --nfacct-name {LOCALHOST_COUNTER}"
+                piece.add_top("nat", "KUBE-NODEPORTS", f"-d 127.0.0.0/8 {_match(info, spn, pol.node_port)}{counted} -j {ext}")
             piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, pol.node_port)} -j {ext}")
+    if s.needs_health_check and s.health_check_node_port:  # open whether or not this node has endpoints
+        hc = f"-p tcp {_c(f'{spn} health check node port')} -m tcp --dport {s.health_check_node_port} -j ACCEPT"
+        piece.add_top("filter", "KUBE-NODEPORTS", hc)
 
     # loadBalancerSourceRanges: what KUBE-FW- did not send on keeps the LoadBalancer IP, and is dropped.
     if pol.firewalled:
@@ -194,8 +211,9 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     return piece
 
 
-def static_chains() -> dict[str, dict[str, list[str]]]:
+def static_chains(nfacct: bool = True) -> dict[str, dict[str, list[str]]]:
     """The top-level chains' fixed rules (KUBE-SERVICES gets the NodePort rule last)."""
+    counted = f" -m nfacct --nfacct-name {INVALID_COUNTER}" if nfacct else ""
     return {
         "nat": {
             "KUBE-SERVICES": [],
@@ -211,8 +229,11 @@ def static_chains() -> dict[str, dict[str, list[str]]]:
             "KUBE-SERVICES": [],
             "KUBE-EXTERNAL-SERVICES": [],
             "KUBE-NODEPORTS": [],
+            "KUBE-FIREWALL": [
+                f"-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 {_c('block incoming localnet connections')} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
+            ],
             "KUBE-FORWARD": [
-                "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+                f"-A KUBE-FORWARD -m conntrack --ctstate INVALID{counted} -j DROP",
                 f"-A KUBE-FORWARD {_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
                 f"-A KUBE-FORWARD {_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
             ],
@@ -231,8 +252,8 @@ class Ruleset:
         return sum(len(lines) for chains in self.tables.values() for lines in chains.values())
 
 
-def assemble(pieces: list[Piece]) -> Ruleset:
-    tables = static_chains()
+def assemble(pieces: list[Piece], nfacct: bool = True) -> Ruleset:
+    tables = static_chains(nfacct)
     for piece in pieces:
         for tc, rules in piece.top.items():
             table, chain = tc.split("/", 1)
@@ -242,12 +263,12 @@ def assemble(pieces: list[Piece]) -> Ruleset:
     return Ruleset(tables)
 
 
-def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> Ruleset:
+def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None, nfacct: bool = True) -> Ruleset:
     """The KUBE-* chains of one node, assembled in kube-proxy's order."""
     infos = infos if infos is not None else service_ports(topo)
     large = large_cluster(infos)
     node_ip = topo.lab.node(node).ip
-    return assemble([render_service(i, node, topo.lab.pod_network, large, node_ip) for i in infos])
+    return assemble([render_service(i, node, topo.lab.pod_network, large, node_ip, nfacct) for i in infos], nfacct)
 
 
 # -- transactions ---------------------------------------------------------------------
@@ -355,14 +376,33 @@ class Iptables(RestoreMode):
 
         run.require("iptables-restore", "iptables")
 
+    @staticmethod
+    def nfacct() -> bool:
+        from labctl.kernel import nfacct
+
+        return nfacct.supported()
+
     def render_service(self, info: ServicePortInfo, node: str, topo: Topology, large: bool) -> Piece:
-        return render_service(info, node, topo.lab.pod_network, large, topo.lab.node(node).ip)
+        return render_service(info, node, topo.lab.pod_network, large, topo.lab.node(node).ip, self.nfacct())
 
     def partial(self, changed: dict, old: dict[str, dict], fps: dict[str, str]) -> str:
         return partial(changed, old, fps)
 
     def full(self, topo: Topology, node: str, pieces: list) -> str:
-        return full(assemble(pieces), masquerade_chains(topo.lab, topo.lab.node(node)))
+        return full(assemble(pieces, self.nfacct()), masquerade_chains(topo.lab, topo.lab.node(node)))
+
+    def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
+        """Before a full sync: the counters its rules count in, and route_localnet, as kube-proxy sets them."""
+        from labctl.kernel import netns, nfacct
+        from labctl.model import names as lab_names
+
+        for s in syncs:
+            if s.full:
+                ns = lab_names.node_netns(topo.lab.name, s.node)
+                if self.nfacct():
+                    nfacct.ensure(ns, list(COUNTERS))
+                netns.write_sysctls(ns, SYSCTLS)
+        super().apply(topo, syncs)
 
     def argv(self, full: bool) -> list[str]:
         return ["iptables-restore"] if full else ["iptables-restore", "--noflush"]
@@ -371,12 +411,13 @@ class Iptables(RestoreMode):
         return endpoints > LARGE_CLUSTER_ENDPOINTS
 
     def leave(self, topo: Topology, node: str) -> None:
-        """Back to flannel's chains alone."""
-        from labctl.kernel import run
+        """Back to flannel's chains alone, and no route_localnet."""
+        from labctl.kernel import netns, run
         from labctl.model.names import node_netns
 
         flannel = full(None, masquerade_chains(topo.lab, topo.lab.node(node)))
         run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["iptables-restore"], flannel)])
+        netns.write_sysctls(node_netns(topo.lab.name, node), {k: "0" for k in SYSCTLS})
 
     def explain(self, info: ServicePortInfo, node: str) -> list[str]:
         return explain_chains(info)

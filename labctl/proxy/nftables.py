@@ -24,39 +24,77 @@ from labctl.proxy.policy import decide
 
 TABLE = "ip kube-proxy"
 MASQ_MARK = "0x4000"
+# Sets, then verdict maps, as kube-proxy declares them: name -> (kind, type, comment).
 MAPS = {
     "cluster-ips": ("set", "ipv4_addr", "Active ClusterIPs"),
+    "nodeport-ips": ("set", "ipv4_addr", "IPs that accept NodePort traffic"),
+    "firewall-ips": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "destinations that are subject to LoadBalancerSourceRanges"),
+    "no-endpoint-nodeports": ("map", "inet_proto . inet_service : verdict", "vmap to drop or reject packets to service nodeports with no endpoints"),
+    "no-endpoint-services": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "vmap to drop or reject packets to services with no endpoints"),
     "service-ips": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
     "service-nodeports": ("map", "inet_proto . inet_service : verdict", "NodePort traffic"),
-    "no-endpoint-services": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "vmap to drop or reject packets to services with no endpoints"),
-    "no-endpoint-nodeports": ("map", "inet_proto . inet_service : verdict", "vmap to drop or reject packets to service nodeports with no endpoints"),
-    "firewall-ips": ("map", "ipv4_addr . inet_proto . inet_service : verdict", "destinations that are subject to LoadBalancerSourceRanges"),
 }
-# Priorities as numbers: dstnat is -100, srcnat 100 (nft 1.0.6 accepts the
-# names only on the prerouting and postrouting hooks).
-BASE_CHAINS = [
-    ("filter-prerouting", "filter", "prerouting", "-110"),
-    ("filter-input", "filter", "input", "-110"),
-    ("filter-forward", "filter", "forward", "-110"),
-    ("filter-output", "filter", "output", "-110"),
-    ("filter-output-post-dnat", "filter", "output", "-90"),
-    ("nat-prerouting", "nat", "prerouting", "-100"),
-    ("nat-output", "nat", "output", "-100"),
-    ("nat-postrouting", "nat", "postrouting", "100"),
-]
-JUMP_CHAINS = [
-    ("nodeport-endpoints-check", "filter-input", "ct state new "),
-    ("service-endpoints-check", "filter-input", "ct state new "),
-    ("service-endpoints-check", "filter-forward", "ct state new "),
-    ("service-endpoints-check", "filter-output", "ct state new "),
-    ("firewall-check", "filter-prerouting", "ct state new "),
-    ("firewall-check", "filter-output", "ct state new "),
-    ("services", "nat-output", ""),
-    ("services", "nat-prerouting", ""),
-    ("masquerading", "nat-postrouting", ""),
-    ("cluster-ips-check", "filter-forward", "ct state new "),
-    ("cluster-ips-check", "filter-output-post-dnat", "ct state new "),
-]
+# Base chains as current kube-proxy lays them out: the firewall before DNAT (-110),
+# the endpoint and ClusterIP checks at filter priority, DNAT at -100, SNAT at 100
+# (numbers: nft 1.0.6 accepts the names only on the prerouting and postrouting hooks).
+BASE_CHAINS = {
+    "filter-prerouting-pre-dnat": ("filter", "prerouting", "-110"),
+    "filter-output-pre-dnat": ("filter", "output", "-110"),
+    "filter-forward": ("filter", "forward", "0"),
+    "filter-input": ("filter", "input", "0"),
+    "filter-output": ("filter", "output", "0"),
+    "nat-output": ("nat", "output", "-100"),
+    "nat-postrouting": ("nat", "postrouting", "100"),
+    "nat-prerouting": ("nat", "prerouting", "-100"),
+}
+# Every fixed chain in kube-proxy's order, base chains among them.
+CHAINS = (
+    "cluster-ips-check",
+    "filter-prerouting-pre-dnat",
+    "filter-output-pre-dnat",
+    "filter-forward",
+    "filter-input",
+    "filter-output",
+    "firewall-check",
+    "mark-for-masquerade",
+    "masquerading",
+    "nat-output",
+    "nat-postrouting",
+    "nat-prerouting",
+    "nodeport-endpoints-check",
+    "reject-chain",
+    "services",
+    "service-endpoints-check",
+)
+
+
+def fixed_rules(service_cidr: str) -> list[tuple[str, str]]:
+    """(chain, rule) of the fixed chains, in kube-proxy's order."""
+    return [
+        ("cluster-ips-check", 'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"'),
+        ("cluster-ips-check", f'ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"'),
+        ("filter-prerouting-pre-dnat", "ct state new jump firewall-check"),
+        ("filter-forward", "ct state new jump service-endpoints-check"),
+        ("filter-forward", "ct state new jump cluster-ips-check"),
+        ("filter-input", "ct state new jump nodeport-endpoints-check"),
+        ("filter-input", "ct state new jump service-endpoints-check"),
+        ("filter-output", "ct state new jump service-endpoints-check"),
+        ("filter-output-pre-dnat", "ct state new jump firewall-check"),
+        ("filter-output", "ct state new jump cluster-ips-check"),
+        ("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips"),
+        ("mark-for-masquerade", f"mark set mark or {MASQ_MARK}"),
+        ("masquerading", f"mark and {MASQ_MARK} == 0 return"),
+        ("masquerading", f"mark set mark xor {MASQ_MARK}"),
+        ("masquerading", "masquerade fully-random"),
+        ("nat-output", "jump services"),
+        ("nat-postrouting", "jump masquerading"),
+        ("nat-prerouting", "jump services"),
+        ("nodeport-endpoints-check", "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"),
+        ("reject-chain", "reject"),
+        ("services", "ip daddr . meta l4proto . th dport vmap @service-ips"),
+        ("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"),
+        ("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services"),
+    ]
 
 
 def _digest(lines: list[str]) -> str:
@@ -74,8 +112,9 @@ class NftPiece:
     def add(self, chain: str, rule: str) -> None:
         self.chains.setdefault(chain, []).append(rule)
 
-    def element(self, name: str, key: str, value: str = "") -> None:
-        self.elements.setdefault(name, {})[key] = value
+    def element(self, name: str, key: str, verdict: str = "", comment: str | None = None) -> None:
+        """A set member (no verdict) or a map element; `comment` names the service it is for."""
+        self.elements.setdefault(name, {})[key] = verdict + (f' comment "{comment}"' if comment else "")
 
     def record(self, fp: str) -> dict:
         return {"fp": fp, "chains": {c: _digest(r) for c, r in self.chains.items()}, "elements": self.elements, "affinity": self.affinity}
@@ -128,14 +167,14 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, node_ip:
     if pol.has_internal:
         r.element("service-ips", key, f"goto {internal_chain}")
     else:
-        r.element("no-endpoint-services", key, verdict)
+        r.element("no-endpoint-services", key, verdict, info.spn)
     for _, ip in pol.externals:
         k = f"{ip} . {proto} . {p.port}"
         if pol.has_endpoints:
             r.element("service-ips", k, f"goto {ext}")
         if not pol.has_external:
-            r.element("no-endpoint-services", k, verdict)
-    if pol.firewalled:  # checked before DNAT (filter-prerouting): other sources are dropped
+            r.element("no-endpoint-services", k, verdict, info.spn)
+    if pol.firewalled:  # checked before DNAT (filter-prerouting-pre-dnat): other sources are dropped
         fw = f"firewall-{base}"
         for ip in pol.load_balancer_ips:
             r.element("firewall-ips", f"{ip} . {proto} . {p.port}", f"goto {fw}")
@@ -144,12 +183,12 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, node_ip:
         if pol.has_endpoints:
             r.element("service-nodeports", f"{proto} . {pol.node_port}", f"goto {ext}")
         if not pol.has_external:
-            r.element("no-endpoint-nodeports", f"{proto} . {pol.node_port}", verdict)
+            r.element("no-endpoint-nodeports", f"{proto} . {pol.node_port}", verdict, info.spn)
     if not pol.has_endpoints:
         return r
 
     if pol.has_internal:
-        r.add(internal_chain, f"ip daddr {s.cluster_ip} {proto} dport {p.port} ip saddr != {cluster_cidr} jump mark-for-masquerade")
+        r.add(internal_chain, f"ip daddr {s.cluster_ip} ip saddr != {cluster_cidr} jump mark-for-masquerade")
     if pol.externally:
         if not pol.external_local:
             r.add(ext, "jump mark-for-masquerade")
@@ -191,56 +230,41 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
 # -- scripts ---------------------------------------------------------------------------
 
 
-def _setup(service_cidr: str) -> list[str]:
-    """The table and its fixed chains (a full sync replaces the table)."""
+def _setup(service_cidr: str, node_ip: str) -> list[str]:
+    """The table, its sets, maps and fixed chains (a full sync replaces the table)."""
     t = TABLE
     out = [
         f'add table {t} {{ comment "rules for kube-proxy" ; }}',
         f"delete table {t}",
         f'add table {t} {{ comment "rules for kube-proxy" ; }}',
     ]
-    for name, ctype, hook, prio in BASE_CHAINS:
-        out.append(f"add chain {t} {name} {{ type {ctype} hook {hook} priority {prio} ; }}")
-    for name in (
-        "services",
-        "service-endpoints-check",
-        "nodeport-endpoints-check",
-        "firewall-check",
-        "cluster-ips-check",
-        "masquerading",
-        "mark-for-masquerade",
-    ):
-        out.append(f"add chain {t} {name}")
-    out.append(f'add chain {t} reject-chain {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
     for name, (kind, typ, comment) in MAPS.items():
         out.append(f'add {kind} {t} {name} {{ type {typ} ; comment "{comment}" ; }}')
-    for dst, src, extra in JUMP_CHAINS:
-        out.append(f"add rule {t} {src} {extra}jump {dst}")
-    out += [
-        f"add rule {t} mark-for-masquerade mark set mark or {MASQ_MARK}",
-        f"add rule {t} masquerading mark and {MASQ_MARK} == 0 return",
-        f"add rule {t} masquerading mark set mark xor {MASQ_MARK}",
-        f"add rule {t} masquerading masquerade fully-random",
-        f'add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
-        f'add rule {t} cluster-ips-check ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"',
-        f"add rule {t} reject-chain reject",
-        f"add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
-        f"add rule {t} nodeport-endpoints-check ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports",
-        f"add rule {t} firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips",
-        f"add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips",
-        f"add rule {t} services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports",
-    ]
+    for name in CHAINS:
+        if name in BASE_CHAINS:
+            ctype, hook, prio = BASE_CHAINS[name]
+            out.append(f"add chain {t} {name} {{ type {ctype} hook {hook} priority {prio} ; }}")
+        elif name == "reject-chain":
+            out.append(f'add chain {t} {name} {{ comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }}')
+        else:
+            out.append(f"add chain {t} {name}")
+    out += [f"add rule {t} {chain} {rule}" for chain, rule in fixed_rules(service_cidr)]
+    out.append(f"add element {t} nodeport-ips {{ {node_ip} }}")  # kube-proxy's default: the node's primary address
     return out
 
 
 def _element(name: str, key: str, value: str) -> str:
-    return f"{{ {key} : {value} }}" if MAPS[name][0] == "map" else f"{{ {key} }}"
+    """`{ key }` for a set, `{ key [comment "..."] : verdict }` for a map (value: the verdict [and comment])."""
+    if MAPS[name][0] == "set":
+        return f"{{ {key} }}"
+    verdict, _, comment = value.partition(" comment ")
+    return f"{{ {key} comment {comment} : {verdict} }}" if comment else f"{{ {key} : {verdict} }}"
 
 
-def full(rules: NftRules, service_cidr: str) -> str:
+def full(rules: NftRules, service_cidr: str, node_ip: str) -> str:
     """The whole table, replaced in one transaction."""
     t = TABLE
-    out = _setup(service_cidr)
+    out = _setup(service_cidr, node_ip)
     out += [f"add set {t} {name} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}" for name, timeout in rules.affinity.items()]
     out += [f"add chain {t} {c}" for c in rules.chains]
     for c, lines in rules.chains.items():
@@ -301,7 +325,9 @@ class Nftables(RestoreMode):
         return partial(changed, old, fps)
 
     def full(self, topo: Topology, node: str, pieces: list) -> str:
-        return full(assemble(pieces), topo.lab.service_network)
+        node_ip = topo.lab.node(node).ip
+        assert node_ip
+        return full(assemble(pieces), topo.lab.service_network, node_ip)
 
     def argv(self, full: bool) -> list[str]:
         return ["nft", "-f", "-"]

@@ -25,7 +25,7 @@ from labctl.proxy.mode import NodeContext, NodeSync
 from labctl.state.records import RecordKind
 from labctl.state.store import LabDir
 
-RECORD_VERSION = 3  # 3: per service port, its endpoint count and UDP frontends
+RECORD_VERSION = 4  # 3: per service port, its endpoint count and UDP frontends; 4: kube-proxy layouts of upstream 1.35 (a full sync rewrites them)
 
 
 def _records(labdir: LabDir) -> RecordKind:
@@ -82,8 +82,9 @@ def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previou
         if rec is not None or store.pending(node):  # a new node has no conntrack entries yet
             known.add(node)
         left = False
-        if rec is not None and rec.get("mode") not in (None, mode.name):
-            old = registry.proxy_mode(rec["mode"])
+        was = store.last(node, "mode")  # even from a record of another version, or one left pending
+        if was not in (None, mode.name) and any(m.name == was for m in registry.proxy_modes()):
+            old = registry.proxy_mode(was)
             old.leave(topo, node)
             left, rec = old.replaces_filter, None
         s = mode.plan(NodeContext(topo, node, rec, scope, scoped, all_ports))

@@ -22,7 +22,8 @@ SERVED = ("TCP", "UDP")
 
 def config(topo: Topology) -> dict:
     """What the responder serves: every pod's ports, the ARP answers for LoadBalancer
-    IPs, and what each system add-on of the lab adds."""
+    IPs, kube-proxy's health check node ports, and what each system add-on of the lab adds."""
+    from labctl.proxy.healthcheck import checks
     from labctl.proxy.lb import announcements
 
     addons = [a for a in registry.addons() if a.enabled(topo.lab)]
@@ -35,7 +36,7 @@ def config(topo: Topology) -> dict:
                 entry.update(a.pod_config(topo, p))
             pods.append(entry)
     announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
-    cfg: dict = {"pods": pods, "announce": announce}
+    cfg: dict = {"pods": pods, "announce": announce, "healthchecks": checks(topo)}
     for a in addons:
         cfg.update(a.responder_config(topo))
     return cfg

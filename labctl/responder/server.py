@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from labctl.kernel import netns
 from labctl.responder import arp
 
-PROTOCOL = 3  # bumped whenever the config or the control protocol changes
+PROTOCOL = 4  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
 MAX_REQUEST = 8192
 
@@ -51,6 +51,7 @@ class Binding:
     port: int
     proto: str  # TCP | UDP
     dns: bool = False  # the cluster DNS pod's port 53: answered by the DNS server
+    health: tuple[str, str, int] | None = None  # a node's health check node port: (namespace, service, local endpoints)
 
     def body(self, client: tuple[str, int]) -> bytes:
         return json.dumps(
@@ -105,6 +106,10 @@ class Responder:
                 if b.dns:
                     dns_ports.add((pod["key"], port, proto))
                     self.dns_netns = pod["netns"]
+        for hc in config.get("healthchecks") or []:
+            health = (hc["namespace"], hc["name"], hc["local"])
+            b = Binding(f"hc/{hc['node']}/{hc['port']}", hc["node"], hc["ip"], hc["port"], "TCP", health=health)
+            wanted[(b.pod, b.port, "TCP")] = (hc["netns"], b)
         if config.get("dns"):
             from labctl.addons.dns.server import Answerer
 
@@ -126,6 +131,7 @@ class Responder:
             if key in self.sockets:
                 self.sockets[key][1].ip = b.ip
                 self.sockets[key][1].dns = b.dns
+                self.sockets[key][1].health = b.health
                 continue
             by_ns.setdefault(ns, []).append((key, b))
         for ns, items in by_ns.items():
@@ -215,9 +221,14 @@ class Responder:
             self._respond(c)
 
     def _respond(self, c: Conn) -> None:
-        body = c.binding.body(c.peer)
-        head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n").encode()
-        c.out = head + body + b"\n"
+        if c.binding.health is not None:
+            from labctl.responder import healthcheck
+
+            c.out = healthcheck.response(*c.binding.health)
+        else:
+            body = c.binding.body(c.peer)
+            head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n").encode()
+            c.out = head + body + b"\n"
         self.sel.modify(c.sock, selectors.EVENT_WRITE, ("conn", c))
         self._write(c)
 

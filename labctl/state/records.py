@@ -45,6 +45,15 @@ class RecordKind:
             return None
         return data if isinstance(data, dict) and data.get("version") == self.version else None
 
+    def last(self, node: str, key: str):
+        """A field of the node's last record written, whatever its version and even if
+        pending: what a sync must undo (the proxy mode it left in the kernel)."""
+        try:
+            data = json.loads(self._path(node).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data.get(key) if isinstance(data, dict) else None
+
     def pending(self, node: str) -> bool:
         return self._pending(node).exists()
 

@@ -89,6 +89,49 @@ def test_node_port_local_policy_keeps_the_client_and_drops_elsewhere(lab, mode):
     assert r.verdict == no_local(mode), "a node without a local endpoint does not forward"
 
 
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_localhost_node_ports_as_kube_proxy_has_them(lab, mode):
+    """iptables mode: `curl 127.0.0.1:<nodePort>` on a node is served (route_localnet, counted
+    in localhost_nps_accepted_pkts) and so is the node's cni0 address; nftables mode takes
+    NodePorts on the node's own IP alone (@nodeport-ips), as kube-proxy does."""
+    lab_with(lab, mode, web("a", "node2"), svc("np", {"app": "web"}, type="NodePort", ports=((80, 8080),)))
+    port = lab.topo.service("default/np").ports[0].node_port
+    node1 = lab.node_ns("node1")
+
+    def curl(addr: str) -> str:
+        return lab.sh(node1, "curl", "-s", "-m", "3", f"http://{addr}:{port}/", check=False)
+
+    assert json.loads(curl(lab.topo.lab.node("node1").ip))["pod"] == "default/a"
+    if mode == "iptables":
+        assert json.loads(curl("127.0.0.1"))["pod"] == "default/a"
+        assert json.loads(curl("10.244.0.1"))["pod"] == "default/a", "--dst-type LOCAL: every local address"
+        counters = lab.sh(node1, "nfacct", "list")
+        assert re.search(r"pkts = 0*1, .* = localhost_nps_accepted_pkts;", counters), counters
+    else:
+        assert curl("127.0.0.1") == "" and curl("10.244.0.1") == "", "nftables mode: no localhost NodePorts, not on cni0"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_health_check_node_port_answers_as_kube_proxy(lab, mode):
+    """A LoadBalancer with externalTrafficPolicy Local gets a healthCheckNodePort; every node
+    answers it with its count of ready local endpoints: 200 with one, 503 without."""
+    lab_with(lab, mode, web("a", "node2"), svc("lb", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", ports=((80, 8080),)))
+    hc = lab.topo.service("default/lb").health_check_node_port
+    assert hc and hc != lab.topo.service("default/lb").ports[0].node_port
+
+    def ask(node: str) -> tuple[int, str, dict]:
+        out = lab.sh(f"{lab.name}-client", "curl", "-s", "-i", "-m", "3", f"http://{lab.topo.lab.node(node).ip}:{hc}/")
+        head, _, body = out.partition("\n\n")  # (text mode reads CRLF as LF)
+        weight = re.search(r"X-Load-Balancing-Endpoint-Weight: (\d+)", head)
+        return int(head.split()[1]), weight.group(1) if weight else "", json.loads(body)
+
+    want = {"service": {"namespace": "default", "name": "lb"}, "serviceProxyHealthy": True}
+    assert ask("node2") == (200, "1", {**want, "localEndpoints": 1})
+    assert ask("node1") == (503, "0", {**want, "localEndpoints": 0}), "no local endpoint: the load balancer skips the node"
+    lab.cli("ready", "--lab", lab.name, "a", "false")
+    assert ask("node2")[:2] == (503, "0"), "readiness is what counts"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_session_affinity_sticks(lab, mode):
     lab_with(

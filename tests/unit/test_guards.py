@@ -79,6 +79,7 @@ SERVICE_CHANGES = {
     "allocate_lb_node_ports": False,
     "load_balancer_source_ranges": ("10.0.0.0/8",),
     "static_endpoints": ("10.10.20.10:6443",),
+    "health_check_node_port": 31500,
 }
 SERVICE_NO_SAY = {
     "doc": "where the manifest was, for messages",

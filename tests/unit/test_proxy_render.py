@@ -76,7 +76,12 @@ def test_node_port_with_cluster_policy():
     nat = chains(iptables.render(topo, "node2"), "nat")
     ext = names.ipt_chain("KUBE-EXT-", "default/np", "tcp")
     svc_chain = names.ipt_chain("KUBE-SVC-", "default/np", "tcp")
-    assert nat["KUBE-NODEPORTS"] == [f'-A KUBE-NODEPORTS -p tcp -m comment --comment "default/np" -m tcp --dport 30000 -j {ext}']
+    assert nat["KUBE-NODEPORTS"] == [
+        f'-A KUBE-NODEPORTS -d 127.0.0.0/8 -p tcp -m comment --comment "default/np" -m tcp --dport 30000 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j {ext}',
+        f'-A KUBE-NODEPORTS -p tcp -m comment --comment "default/np" -m tcp --dport 30000 -j {ext}',
+    ], "localhost NodePorts are counted apart, as kube-proxy does"
+    without = chains(iptables.render(topo, "node2", nfacct=False), "nat")
+    assert without["KUBE-NODEPORTS"] == nat["KUBE-NODEPORTS"][1:], "a kernel without nfnetlink_acct: no counting rule"
     assert nat[ext] == [
         f'-A {ext} -m comment --comment "masquerade traffic for default/np external destinations" -j KUBE-MARK-MASQ',
         f"-A {ext} -j {svc_chain}",
@@ -98,6 +103,14 @@ def test_node_port_with_local_policy_on_nodes_with_and_without_endpoints():
     assert chains(on2, "filter")["KUBE-EXTERNAL-SERVICES"] == [
         '-A KUBE-EXTERNAL-SERVICES -p tcp -m comment --comment "default/np has no local endpoints" -m addrtype --dst-type LOCAL -m tcp --dport 30000 -j DROP'
     ]
+    hc = topo_with(
+        svc("lb", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", healthCheckNodePort=31111, ports=((80, 8080),)),
+        loadBalancerPool="10.10.20.200-10.10.20.201",
+    )
+    for node in ("node1", "node2"):  # open whether or not the node has endpoints: the answer tells
+        assert chains(iptables.render(hc, node), "filter")["KUBE-NODEPORTS"] == [
+            '-A KUBE-NODEPORTS -p tcp -m comment --comment "default/lb health check node port" -m tcp --dport 31111 -j ACCEPT'
+        ]
     # pod and node-local sources still reach the service through the cluster chain
     assert any("pod traffic for default/np" in r for r in chains(on2, "nat")[ext])
     assert any("--src-type LOCAL -j KUBE-MARK-MASQ" in r for r in chains(on2, "nat")[ext])
@@ -355,15 +368,21 @@ def test_nft_dispatch_maps_and_chains():
     assert r.maps["service-ips"]["10.96.0.11 . tcp . 80"] == f"goto {svc_chain}"
     ext = "external-" + names.nft_base("default", "np", "tcp", None)
     assert r.maps["service-nodeports"]["tcp . 30000"] == f"goto {ext}"
-    assert r.maps["no-endpoint-services"]["10.96.0.13 . tcp . 80"] == "goto reject-chain"
+    assert r.maps["no-endpoint-services"]["10.96.0.13 . tcp . 80"] == 'goto reject-chain comment "default/empty"', "a reader can tell which service"
     assert set(r.maps["cluster-ips"]) == {"10.96.0.1", "10.96.0.11", "10.96.0.12", "10.96.0.13"}
     ep_a = "endpoint-" + names.nft_endpoint_base("default", "web", "tcp", "http", "10.244.0.2", 8080)
     assert r.chains[svc_chain] == [
-        "ip daddr 10.96.0.11 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
+        "ip daddr 10.96.0.11 ip saddr != 10.244.0.0/16 jump mark-for-masquerade",
         f"numgen random mod 2 vmap {{ 0 : goto {ep_a} , 1 : goto {'endpoint-' + names.nft_endpoint_base('default', 'web', 'tcp', 'http', '10.244.1.2', 8080)} }}",
     ]
     assert r.chains[ep_a] == ["ip saddr 10.244.0.2 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.244.0.2:8080"]
     assert r.chains[ext] == ["jump mark-for-masquerade", f"goto service-{names.nft_base('default', 'np', 'tcp', None)}"]
+    text = nftables.full(r, "10.96.0.0/16", "10.10.20.10")
+    assert 'add element ip kube-proxy no-endpoint-services { 10.96.0.13 . tcp . 80 comment "default/empty" : goto reject-chain }' in text
+    assert "add element ip kube-proxy nodeport-ips { 10.10.20.10 }" in text, "NodePorts on the node's address alone, not cni0's"
+    assert "add rule ip kube-proxy services ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports" in text
+    assert "add chain ip kube-proxy filter-output { type filter hook output priority 0 ; }" in text
+    assert "add rule ip kube-proxy filter-output ct state new jump cluster-ips-check" in text
 
 
 def test_nft_affinity_sets():
@@ -372,14 +391,14 @@ def test_nft_affinity_sets():
     base = names.nft_endpoint_base("default", "sticky", "tcp", None, "10.244.0.2", 8080)
     assert r.affinity[f"affinity-{base}"] == 10800
     assert f"update @affinity-{base} {{ ip saddr }}" in r.chains[f"endpoint-{base}"]
-    text = nftables.full(r, "10.96.0.0/16")
+    text = nftables.full(r, "10.96.0.0/16", "10.10.20.10")
     assert f"add set ip kube-proxy affinity-{base} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}" in text
 
 
 def test_every_nft_goto_and_jump_target_is_defined():
     topo = full_shapes()
     for node in ("node1", "node2"):
-        text = nftables.full(nftables.render(topo, node), "10.96.0.0/16")
+        text = nftables.full(nftables.render(topo, node), "10.96.0.0/16", topo.lab.node(node).ip)
         defined = set(re.findall(r"^add chain ip kube-proxy (\S+)", text, flags=re.M))
         used = set(re.findall(r"(?:goto|jump) (\S+?)(?: |,|$|\})", text, flags=re.M))
         assert used <= defined, used - defined

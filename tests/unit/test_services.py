@@ -71,6 +71,29 @@ def test_allocations_are_stable_against_the_running_lab():
     assert after["default/c"] == ("10.96.0.13", 30002, "10.10.20.201")
 
 
+def test_health_check_node_ports_are_allocated_as_the_api_server_does():
+    """A LoadBalancer with externalTrafficPolicy Local gets a healthCheckNodePort from the
+    node port range (TCP, shared with node ports); given ones are kept; others get none."""
+    local = svc("a", {"app": "a"}, type="LoadBalancer", externalTrafficPolicy="Local")
+    topo = load(dump(lab_doc(**LB), local, svc("b", {"app": "b"}, type="LoadBalancer")))
+    a, b = topo.service("default/a"), topo.service("default/b")
+    assert (a.ports[0].node_port, a.health_check_node_port) == (30000, 30001)
+    assert (b.ports[0].node_port, b.health_check_node_port) == (30002, None)
+    local["spec"]["healthCheckNodePort"] = 32000
+    again = load(dump(lab_doc(**LB), local), previous=topo)
+    assert again.service("default/a").health_check_node_port == 32000
+    del local["spec"]["healthCheckNodePort"]
+    assert load(dump(lab_doc(**LB), svc("c", {"app": "c"}, type="NodePort"), local), previous=topo).service("default/a").health_check_node_port == 30001, (
+        "kept across changes"
+    )
+    cluster = svc("c", {"app": "c"}, type="LoadBalancer", healthCheckNodePort=31000)
+    assert "spec.healthCheckNodePort: may only be set when type is LoadBalancer and externalTrafficPolicy is Local" in one(dump(lab_doc(**LB), cluster))
+    clash = svc("d", {"app": "d"}, type="NodePort")
+    clash["spec"]["ports"][0]["nodePort"] = 30001
+    local["spec"]["healthCheckNodePort"] = 30001
+    assert "spec.healthCheckNodePort: nodePort 30001/TCP is already used by default/d" in one(dump(lab_doc(**LB), clash, local))
+
+
 # -- validation ---------------------------------------------------------------------
 
 
