@@ -127,8 +127,8 @@ def target_port(pod: Pod, port: ServicePort) -> int | None:
 
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
-        by_ip = {n.ip: n.name for n in topo.lab.nodes}
-        return tuple(Endpoint(ip, int(p), by_ip.get(ip), None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
+        # the API server's endpoints carry no nodeName (its reconciler writes none): local to no node
+        return tuple(Endpoint(ip, int(p), None, None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
     out = []
     for pod in (index or PodIndex(topo.pods)).select(service):
         if pod.ip is None or not (pod.ready or service.publish_not_ready):

@@ -6,7 +6,8 @@ What a node holds, as kube-proxy's IPVS proxier lays it out:
   and LoadBalancer IP as a /32, so the kernel takes them as local and IPVS
   sees the packets in LOCAL_IN;
 - one virtual server per (IP, protocol, port): the ClusterIP, each external
-  IP, the LoadBalancer IP and, for a NodePort, the node's IP; real servers are
+  IP, the LoadBalancer IP and, for a NodePort, each address of the node but
+  kube-ipvs0's and loopback (eth0's, cni0's, flannel.1's); real servers are
   the endpoints, masquerade (NAT) forwarding, weight 1; the Lab's scheduler
   (rr by default); ClientIP affinity is the persistent flag with its timeout;
 - ipsets that the remaining iptables rules match on (KUBE-CLUSTER-IP,
@@ -15,9 +16,12 @@ What a node holds, as kube-proxy's IPVS proxier lays it out:
   pod network, the hairpin masquerade, NodePort and LoadBalancer marks,
   KUBE-IPVS-FILTER (a service IP on a port that is no service: rejected),
   KUBE-SOURCE-RANGES-FIREWALL (loadBalancerSourceRanges: a LoadBalancer IP
-  in KUBE-LOAD-BALANCER-FW is let in only from KUBE-LOAD-BALANCER-SOURCE-CIDR).
-  Rules on sets are always written (kube-proxy leaves out those of empty
-  sets): an empty set matches nothing, so the datapath is the same.
+  in KUBE-LOAD-BALANCER-FW is let in only from KUBE-LOAD-BALANCER-SOURCE-CIDR),
+  KUBE-IPVS-OUT-FILTER (the node itself kept off a LoadBalancer IP whose
+  source ranges leave it out), the health check node ports accepted.
+  As kube-proxy writes them (pkg/proxy/ipvs/proxier.go writeIptablesRules),
+  the rules matching a set are left out while the set is empty; a sync that
+  fills or empties one rewrites the mode's chains (and only those).
 
 Traffic policies as kube-proxy's IPVS mode applies them: a Local policy gives
 the virtual server only this node's endpoints (none: the kernel answers ICMP
@@ -27,6 +31,7 @@ short-circuit of pod traffic to external addresses, unlike iptables mode.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from labctl.model.objects import LabSpec, Topology
@@ -45,12 +50,23 @@ SYSCTLS = {
     "net.ipv4.vs.conntrack": "1",  # the masquerade rules need conntrack entries for IPVS connections
     "net.ipv4.vs.expire_nodest_conn": "1",
     "net.ipv4.vs.expire_quiescent_template": "1",
-    "net.ipv4.vs.conn_reuse_mode": "0",
     # strictARP, as MetalLB requires: service IPs sit on kube-ipvs0 in every node, and
     # only the announcing node may answer ARP for a LoadBalancer IP
     "net.ipv4.conf.all.arp_ignore": "1",
     "net.ipv4.conf.all.arp_announce": "2",
 }
+CONN_REUSE_FIXED = (5, 9)  # kube-proxy sets conn_reuse_mode=0 only on kernels older than this (#93297)
+
+
+def sysctls(kernel_release: str) -> dict[str, str]:
+    """SYSCTLS, plus conn_reuse_mode=0 on a kernel older than 5.9, as kube-proxy decides."""
+    try:
+        version = tuple(int(x) for x in kernel_release.split("-")[0].split(".")[:2])
+    except ValueError:
+        version = CONN_REUSE_FIXED
+    return SYSCTLS if version >= CONN_REUSE_FIXED else {**SYSCTLS, "net.ipv4.vs.conn_reuse_mode": "0"}
+
+
 # ipset name -> (type, create options)
 SETS = {
     "KUBE-CLUSTER-IP": ("hash:ip,port", ""),
@@ -68,6 +84,7 @@ SETS = {
     "KUBE-NODE-PORT-LOCAL-UDP": ("bitmap:port", " range 0-65535"),
     "KUBE-NODE-PORT-SCTP-HASH": ("hash:ip,port", ""),
     "KUBE-NODE-PORT-LOCAL-SCTP-HASH": ("hash:ip,port", ""),
+    "KUBE-HEALTH-CHECK-NODE-PORT": ("bitmap:port", " range 0-65535"),
     "KUBE-IPVS-IPS": ("hash:ip", ""),
 }
 COMMENTS = {
@@ -84,9 +101,10 @@ COMMENTS = {
     "KUBE-NODE-PORT-LOCAL-TCP": "Kubernetes nodeport TCP port with externalTrafficPolicy=local",
     "KUBE-NODE-PORT-UDP": "Kubernetes nodeport UDP port for masquerade purpose",
     "KUBE-NODE-PORT-LOCAL-UDP": "Kubernetes nodeport UDP port with externalTrafficPolicy=local",
-    "KUBE-NODE-PORT-SCTP-HASH": "Kubernetes nodeport SCTP port for masquerade purpose",
-    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": "Kubernetes nodeport SCTP port with externalTrafficPolicy=local",
-    "KUBE-IPVS-IPS": "IPVS service IP addresses",
+    "KUBE-NODE-PORT-SCTP-HASH": "Kubernetes nodeport SCTP port for masquerade purpose with type 'hash ip:port'",
+    "KUBE-NODE-PORT-LOCAL-SCTP-HASH": "Kubernetes nodeport SCTP port with externalTrafficPolicy=local with type 'hash ip:port'",
+    "KUBE-HEALTH-CHECK-NODE-PORT": "Kubernetes health check node port",
+    "KUBE-IPVS-IPS": "Addresses on the ipvs interface",
 }
 
 
@@ -116,6 +134,8 @@ class NodeIpvs:
     addresses: set[str] = field(default_factory=set)  # on kube-ipvs0, /32 each
     servers: dict[tuple[str, str, int], VirtualServer] = field(default_factory=dict)
     sets: dict[str, set[str]] = field(default_factory=lambda: {name: set() for name in SETS})
+    no_node_access: list[tuple[str, str, int]] = field(default_factory=list)  # LoadBalancer (IP, protocol, port) kept from the node
+    rules: str | None = None  # a partial sync: the mode's chains again (`--noflush`), when what they hold changed
 
     def add(self, vs: VirtualServer) -> None:
         self.servers[vs.key] = vs
@@ -128,12 +148,25 @@ def _vs(info: ServicePortInfo, ip: str, port: int, eps, scheduler: str) -> Virtu
     return VirtualServer(ip, info.proto, port, scheduler, timeout, dests, info.spn)
 
 
+def node_addresses(topo: Topology, node: str) -> list[str]:
+    """Where kube-proxy puts a NodePort's virtual servers: every address of the node
+    but kube-ipvs0's and loopback (eth0's, cni0's, the overlay device's)."""
+    from labctl import registry
+    from labctl.model import ipam
+
+    n = topo.lab.node(node)
+    assert n.ip and n.pod_cidr
+    found = [n.ip, ipam.gateway(n.pod_cidr), registry.overlay(topo.lab.overlay).node_source_ip(topo.lab, n)]
+    return list(dict.fromkeys(found))
+
+
 def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None) -> NodeIpvs:
     """The kube-ipvs0 addresses, virtual servers and ipset members of one node."""
     infos = infos if infos is not None else service_ports(topo)
     node_ip = topo.lab.node(node).ip
     sched = topo.lab.ipvs_scheduler
     out = NodeIpvs()
+    node_ips: list[str] | None = None
     for info in infos:
         s, p, proto = info.service, info.port, info.proto
         pol = decide(info, node)
@@ -143,34 +176,44 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
         out.addresses.add(s.cluster_ip)
         out.sets["KUBE-CLUSTER-IP"].add(entry)
         out.add(_vs(info, s.cluster_ip, p.port, internal, sched))
-        for ep in pol.reached() if pol.has_endpoints else ():
+        for ep in info.local(node):  # every local endpoint, whatever the policies
             out.sets["KUBE-LOOP-BACK"].add(f"{ep.ip},{proto}:{ep.port},{ep.ip}")
         for what, ip in pol.externals:
             out.addresses.add(ip)
             entry = f"{ip},{proto}:{p.port}"
-            kind = "LOAD-BALANCER" if what == "loadbalancer IP" else "EXTERNAL-IP"
-            out.sets[f"KUBE-{kind}"].add(entry)
-            if pol.external_local:
-                out.sets[f"KUBE-{kind}-LOCAL"].add(entry)
-            if kind == "LOAD-BALANCER" and pol.firewalled:
+            if what == "loadbalancer IP":
+                out.sets["KUBE-LOAD-BALANCER"].add(entry)
+                if pol.external_local:
+                    out.sets["KUBE-LOAD-BALANCER-LOCAL"].add(entry)
+            else:  # an external IP is in one set or the other
+                out.sets["KUBE-EXTERNAL-IP-LOCAL" if pol.external_local else "KUBE-EXTERNAL-IP"].add(entry)
+            if what == "loadbalancer IP" and pol.firewalled:
                 out.sets["KUBE-LOAD-BALANCER-FW"].add(entry)
+                node_allowed = False
                 for src in pol.allowed_sources(node_ip):  # ranges (hash:net), the LB IP itself (hash:ip)
                     if "/" in src:
                         out.sets["KUBE-LOAD-BALANCER-SOURCE-CIDR"].update(f"{entry},{net}" for net in hash_nets(src))
                     else:
+                        node_allowed = True
                         out.sets["KUBE-LOAD-BALANCER-SOURCE-IP"].add(f"{entry},{src}")
+                if not node_allowed:
+                    out.no_node_access.append((ip, proto, p.port))
             out.add(_vs(info, ip, p.port, external, sched))
         if pol.node_port:
             np = pol.node_port
+            node_ips = node_ips or node_addresses(topo, node)
             if proto == "sctp":
-                out.sets["KUBE-NODE-PORT-SCTP-HASH"].add(f"{node_ip},sctp:{np}")
+                out.sets["KUBE-NODE-PORT-SCTP-HASH"].update(f"{a},sctp:{np}" for a in node_ips)
                 if pol.external_local:
-                    out.sets["KUBE-NODE-PORT-LOCAL-SCTP-HASH"].add(f"{node_ip},sctp:{np}")
+                    out.sets["KUBE-NODE-PORT-LOCAL-SCTP-HASH"].update(f"{a},sctp:{np}" for a in node_ips)
             else:
                 out.sets[f"KUBE-NODE-PORT-{proto.upper()}"].add(str(np))
                 if pol.external_local:
                     out.sets[f"KUBE-NODE-PORT-LOCAL-{proto.upper()}"].add(str(np))
-            out.add(_vs(info, node_ip, np, external, sched))
+            for a in node_ips:
+                out.add(_vs(info, a, np, external, sched))
+        if s.needs_health_check and s.health_check_node_port:
+            out.sets["KUBE-HEALTH-CHECK-NODE-PORT"].add(str(s.health_check_node_port))
     out.sets["KUBE-IPVS-IPS"] = set(out.addresses)
     return out
 
@@ -213,50 +256,71 @@ def _c(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
 
-def chains(cluster_cidr: str) -> Chains:
-    """kube-proxy's IPVS-mode chains in the nat and filter tables, and their jumps."""
+def chains(cluster_cidr: str, n: NodeIpvs | None = None) -> Chains:
+    """kube-proxy's IPVS-mode chains in the nat and filter tables, and their jumps, in
+    the order its writeIptablesRules writes them: a rule matching a set only while the
+    set has members (`n`: the node's sets; None: as if every set had some)."""
     nat: dict[str, list[str]] = {c: [] for c in ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ")}
-    filt: dict[str, list[str]] = {c: [] for c in ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER")}
+    filt: dict[str, list[str]] = {
+        c: [] for c in ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL", "KUBE-IPVS-FILTER", "KUBE-IPVS-OUT-FILTER")
+    }
 
-    def n(chain: str, rule: str) -> None:
-        nat[chain].append(f"-A {chain} {rule}")
+    def full_(name: str) -> bool:
+        return n is None or bool(n.sets.get(name))
 
-    def f(chain: str, rule: str) -> None:
-        filt[chain].append(f"-A {chain} {rule}")
+    def nat_(chain: str, rule: str, needs: str | None = None) -> None:
+        if needs is None or full_(needs):
+            nat[chain].append(f"-A {chain} {rule}")
 
-    ext = _c(COMMENTS["KUBE-EXTERNAL-IP"])
-    n("KUBE-SERVICES", f"{_c(COMMENTS['KUBE-LOAD-BALANCER'])} -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER")
-    n("KUBE-SERVICES", f"! -s {cluster_cidr} {_c(COMMENTS['KUBE-CLUSTER-IP'])} -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ")
-    n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -j KUBE-MARK-MASQ")
-    n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT")
-    n("KUBE-SERVICES", f"{ext} -m set --match-set KUBE-EXTERNAL-IP dst,dst -m addrtype --dst-type LOCAL -j ACCEPT")
-    n("KUBE-SERVICES", "-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT")
-    n("KUBE-SERVICES", "-m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT")
-    n("KUBE-SERVICES", "-m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT")
-    n("KUBE-LOAD-BALANCER", f"{_c(COMMENTS['KUBE-LOAD-BALANCER-LOCAL'])} -m set --match-set KUBE-LOAD-BALANCER-LOCAL dst,dst -j RETURN")
-    n("KUBE-LOAD-BALANCER", "-j KUBE-MARK-MASQ")
-    for proto in ("tcp", "udp"):
-        P = proto.upper()
-        n("KUBE-NODE-PORT", f"-p {proto} {_c(COMMENTS[f'KUBE-NODE-PORT-LOCAL-{P}'])} -m set --match-set KUBE-NODE-PORT-LOCAL-{P} dst -j RETURN")
-        n("KUBE-NODE-PORT", f"-p {proto} {_c(COMMENTS[f'KUBE-NODE-PORT-{P}'])} -m set --match-set KUBE-NODE-PORT-{P} dst -j KUBE-MARK-MASQ")
-    n("KUBE-NODE-PORT", f"-p sctp {_c(COMMENTS['KUBE-NODE-PORT-LOCAL-SCTP-HASH'])} -m set --match-set KUBE-NODE-PORT-LOCAL-SCTP-HASH dst,dst -j RETURN")
-    n("KUBE-NODE-PORT", f"-p sctp {_c(COMMENTS['KUBE-NODE-PORT-SCTP-HASH'])} -m set --match-set KUBE-NODE-PORT-SCTP-HASH dst,dst -j KUBE-MARK-MASQ")
-    n("KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
-    n("KUBE-POSTROUTING", f"{_c(COMMENTS['KUBE-LOOP-BACK'])} -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE")
-    n("KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
-    n("KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
-    n("KUBE-POSTROUTING", f"{_c('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully")
+    def filter_(chain: str, rule: str, needs: str | None = None) -> None:
+        if needs is None or full_(needs):
+            filt[chain].append(f"-A {chain} {rule}")
 
-    f("KUBE-PROXY-FIREWALL", f"{_c(COMMENTS['KUBE-LOAD-BALANCER-FW'])} -m set --match-set KUBE-LOAD-BALANCER-FW dst,dst -j KUBE-SOURCE-RANGES-FIREWALL")
-    for s in ("KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-LOAD-BALANCER-SOURCE-IP"):
-        f("KUBE-SOURCE-RANGES-FIREWALL", f"{_c(COMMENTS[s])} -m set --match-set {s} dst,dst,src -j RETURN")
-    f("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP")
-    f("KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
-    f("KUBE-FORWARD", f"{_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
-    f("KUBE-FORWARD", f"{_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-    for s in ("KUBE-LOAD-BALANCER", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
-        f("KUBE-IPVS-FILTER", f"-m set --match-set {s} dst,dst -j RETURN")
-    f("KUBE-IPVS-FILTER", "-m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable")
+    def on(name: str, match: str) -> str:
+        return f"{_c(COMMENTS[name])} -m set --match-set {name} {match}"
+
+    nat_("KUBE-SERVICES", "-s 127.0.0.0/8 -j RETURN")  # connections to localhost: dismissed early
+    # the sets with a chain of their own (kube-proxy's ipsetWithIptablesChain)
+    nat_("KUBE-POSTROUTING", f"{on('KUBE-LOOP-BACK', 'dst,dst,src')} -j MASQUERADE", "KUBE-LOOP-BACK")
+    nat_("KUBE-SERVICES", f"{on('KUBE-LOAD-BALANCER', 'dst,dst')} -j KUBE-LOAD-BALANCER", "KUBE-LOAD-BALANCER")
+    nat_("KUBE-LOAD-BALANCER", f"{on('KUBE-LOAD-BALANCER-LOCAL', 'dst,dst')} -j RETURN", "KUBE-LOAD-BALANCER-LOCAL")
+    for proto, local, masq, match in (
+        ("tcp", "KUBE-NODE-PORT-LOCAL-TCP", "KUBE-NODE-PORT-TCP", "dst"),
+        ("udp", "KUBE-NODE-PORT-LOCAL-UDP", "KUBE-NODE-PORT-UDP", "dst"),
+        ("sctp", "KUBE-NODE-PORT-LOCAL-SCTP-HASH", "KUBE-NODE-PORT-SCTP-HASH", "dst,dst"),
+    ):
+        nat_("KUBE-NODE-PORT", f"-p {proto} {on(local, match)} -j RETURN", local)
+        nat_("KUBE-NODE-PORT", f"-p {proto} {on(masq, match)} -j KUBE-MARK-MASQ", masq)
+    filter_("KUBE-PROXY-FIREWALL", f"{on('KUBE-LOAD-BALANCER-FW', 'dst,dst')} -j KUBE-SOURCE-RANGES-FIREWALL", "KUBE-LOAD-BALANCER-FW")
+    for name in ("KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-LOAD-BALANCER-SOURCE-IP"):
+        filter_("KUBE-SOURCE-RANGES-FIREWALL", f"{on(name, 'dst,dst,src')} -j RETURN", name)
+    # the others
+    nat_("KUBE-SERVICES", f"! -s {cluster_cidr} {on('KUBE-CLUSTER-IP', 'dst,dst')} -j KUBE-MARK-MASQ", "KUBE-CLUSTER-IP")
+    ext = on("KUBE-EXTERNAL-IP", "dst,dst")
+    nat_("KUBE-SERVICES", f"{ext} -j KUBE-MARK-MASQ", "KUBE-EXTERNAL-IP")
+    nat_("KUBE-SERVICES", f"{ext} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT", "KUBE-EXTERNAL-IP")
+    nat_("KUBE-SERVICES", f"{ext} -m addrtype --dst-type LOCAL -j ACCEPT", "KUBE-EXTERNAL-IP")
+    ext_local = on("KUBE-EXTERNAL-IP-LOCAL", "dst,dst")
+    nat_("KUBE-SERVICES", f"{ext_local} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT", "KUBE-EXTERNAL-IP-LOCAL")
+    nat_("KUBE-SERVICES", f"{ext_local} -m addrtype --dst-type LOCAL -j ACCEPT", "KUBE-EXTERNAL-IP-LOCAL")
+    nat_("KUBE-SERVICES", "-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT")
+    nat_("KUBE-LOAD-BALANCER", "-j KUBE-MARK-MASQ")
+    filter_("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP")
+    for ip, proto, port in n.no_node_access if n is not None else ():
+        filter_("KUBE-IPVS-OUT-FILTER", f"-s {ip}/32 -m ipvs --vaddr {ip}/32 --vproto {proto} --vport {port} -j DROP")
+    nat_("KUBE-SERVICES", "-m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT", "KUBE-CLUSTER-IP")
+    nat_("KUBE-SERVICES", "-m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT", "KUBE-LOAD-BALANCER")
+    filter_("KUBE-FORWARD", f"{_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
+    filter_("KUBE-FORWARD", f"{_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    filter_("KUBE-NODE-PORT", f"{on('KUBE-HEALTH-CHECK-NODE-PORT', 'dst')} -j ACCEPT")
+    for name in ("KUBE-LOAD-BALANCER", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
+        filter_("KUBE-IPVS-FILTER", f"-m set --match-set {name} dst,dst -j RETURN")
+    filter_("KUBE-IPVS-FILTER", "-m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN")
+    filter_("KUBE-IPVS-FILTER", "-m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable")
+    nat_("KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
+    nat_("KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
+    nat_("KUBE-POSTROUTING", f"{_c('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully")
+    nat_("KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
 
     jumps = [
         ("nat", "PREROUTING", f"{_c('kubernetes service portals')} -j KUBE-SERVICES"),
@@ -267,8 +331,21 @@ def chains(cluster_cidr: str) -> Chains:
         ("filter", "INPUT", f"{_c('kubernetes health check rules')} -j KUBE-NODE-PORT"),
         ("filter", "FORWARD", f"{_c('kube-proxy firewall rules')} -j KUBE-PROXY-FIREWALL"),
         ("filter", "FORWARD", f"{_c('kubernetes forwarding rules')} -j KUBE-FORWARD"),
+        ("filter", "OUTPUT", f"{_c('kubernetes ipvs access filter')} -j KUBE-IPVS-OUT-FILTER"),
     ]
     return Chains({"nat": nat, "filter": filt}, jumps)
+
+
+def rules_text(ours: Chains) -> str:
+    """The mode's chains alone, for `iptables-restore --noflush`: each is flushed and
+    written again, every other chain (flannel's, the policy's) and the jumps stay."""
+    return Chains(ours.chains, []).text()
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def full(ours: Chains, flannel: Chains) -> str:
@@ -339,18 +416,22 @@ class Ipvs(ProxyMode):
         by_key = {i.key: i for i in infos}
         fps = {i.key: f"{i.fingerprint(node)}/{topo.lab.ipvs_scheduler}" for i in infos}
         services = {k: {"fp": fp, **entry(by_key[k], node_ip)} for k, fp in fps.items()}
-        extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}}
+        ours = chains(topo.lab.pod_network, want)
+        rules = rules_text(ours)
+        extra = {"sets": {k: sorted(v) for k, v in want.sets.items()}, "rules": _digest(rules)}
         if rec is not None and rec.get("mode") == self.name:
             old = rec["services"]
             d = keyed({k: v.get("fp") for k, v in old.items()}, fps)
             moved, removed = {*d.added, *d.changed}, set(d.removed)
             if not moved and not removed:
                 return None
+            if rec.get("rules") != extra["rules"]:  # a set filled or emptied: its rules come or go
+                want.rules = rules
             text = ipset_update(want.sets, rec.get("sets", {}))
             reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
             udp = udp_frontends(by_key, moved | removed, old, node_ip)
             return NodeSync(node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread)
-        text = full(chains(topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
+        text = full(ours, masquerade_chains(topo.lab, topo.lab.node(node)))
         udp = udp_frontends(by_key, fps, {}, node_ip)
         return NodeSync(node, self.name, True, text, services, frozenset(fps), udp, extra=extra, state=want)
 
@@ -402,7 +483,9 @@ def apply_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
     run.apply_all([run.Transaction(ns, ["ipset", "restore"], sets)] if sets else [])
     if s.full:
         run.apply_all([run.Transaction(ns, ["iptables-restore"], s.text)])
-        netns.write_sysctls(ns, SYSCTLS)
+        netns.write_sysctls(ns, sysctls(os.uname().release))
+    elif want.rules:
+        run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], want.rules)])
     have = ipvs_kernel.addresses(ns)
     ipvs_kernel.set_addresses(ns, sorted(want.addresses - (have or set())), [], create=have is None)
     # a full sync reads every real server back; a partial one those of the service ports that moved

@@ -344,7 +344,10 @@ def test_ipvs_mode_lays_out_the_node_as_kube_proxy_does(lab):
         in nat
     )
     assert "KUBE-SVC-" not in nat, "no per-service chains in IPVS mode"
+    assert "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN" in nat and "KUBE-LOAD-BALANCER dst,dst" not in nat, "no LoadBalancer yet: no rule on its set"
+    assert f"TCP  10.244.0.1:{np} " in out, "NodePorts on every node address but kube-ipvs0's (cni0's too), as kube-proxy"
     assert lab.sh(ns, "sysctl", "-n", "net.ipv4.vs.conntrack").strip() == "1"
+    assert lab.sh(ns, "sysctl", "-n", "net.ipv4.vs.conn_reuse_mode").strip() == "1", "left as is on a kernel >= 5.9, as kube-proxy does"
     st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
     assert (st["proxyMode"], st["ipvsScheduler"]) == ("ipvs", "wrr")
     # a service port that does not exist on a service IP is refused by KUBE-IPVS-FILTER
@@ -353,8 +356,16 @@ def test_ipvs_mode_lays_out_the_node_as_kube_proxy_does(lab):
     result = lab_with(lab, "ipvs", *docs, web("c", "node2"), ipvsScheduler="wrr")
     assert [s.full for s in result.synced] == [False, False]
     assert f"-> {lab.pod_ip('c')}:8080" in lab.sh(ns, "ipvsadm", "-Ln", "-t", f"{vip}:80")
+    # a first LoadBalancer fills KUBE-LOAD-BALANCER: its rules come with it, still a partial sync
+    lb = svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),))
+    result = lab_with(lab, "ipvs", *docs, web("c", "node2"), lb, ipvsScheduler="wrr")
+    assert [s.full for s in result.synced] == [False, False]
+    lb_rule = '-A KUBE-SERVICES -m comment --comment "Kubernetes service lb portal" -m set --match-set KUBE-LOAD-BALANCER dst,dst -j KUBE-LOAD-BALANCER'
+    assert lb_rule in lab.sh(ns, "iptables-save", "-t", "nat")
+    assert lab.probe("ext/client", "svc/default/lb@lb").verdict == "open"
     # and a removed service leaves no virtual server, address or set member behind
     lab_with(lab, "ipvs", *docs[:3], ipvsScheduler="wrr")
+    assert lb_rule not in lab.sh(ns, "iptables-save", "-t", "nat")
     assert vip not in lab.sh(ns, "ipvsadm", "-Ln") and vip not in lab.sh(ns, "ip", "addr", "show", "dev", "kube-ipvs0")
     assert vip not in lab.sh(ns, "ipset", "list", "KUBE-CLUSTER-IP")
 

@@ -20,12 +20,14 @@ def test_one_virtual_server_per_ip_protocol_and_port_with_masquerade_real_server
     cluster = n.servers[(web.cluster_ip, "tcp", 80)]
     assert cluster.dests == ((a, 8080), (b, 8080)) and cluster.scheduler == "rr" and cluster.timeout == 0
     assert n.servers[("10.10.20.10", "tcp", np)].dests == cluster.dests, "the NodePort on the node's own IP"
-    assert ("10.10.20.11", "tcp", np) not in n.servers, "each node serves its own IP"
+    nodeports = sorted(k[0] for k in n.servers if k[2] == np)
+    assert nodeports == ["10.10.20.10", "10.244.0.0", "10.244.0.1"], "and on every other address but kube-ipvs0's and loopback: flannel.1, cni0"
+    assert ("10.10.20.11", "tcp", np) not in n.servers, "each node serves its own addresses"
     assert n.servers[("10.96.0.1", "tcp", 443)].dests == (("10.10.20.10", 6443),)
     assert n.addresses == {web.cluster_ip, "10.96.0.1"}, "ClusterIPs on kube-ipvs0, never node IPs"
     assert n.sets["KUBE-CLUSTER-IP"] == {f"{web.cluster_ip},tcp:80", "10.96.0.1,tcp:443"}
     assert n.sets["KUBE-NODE-PORT-TCP"] == {str(np)} and not n.sets["KUBE-NODE-PORT-LOCAL-TCP"]
-    assert n.sets["KUBE-LOOP-BACK"] >= {f"{a},tcp:8080,{a}", f"{b},tcp:8080,{b}"}
+    assert n.sets["KUBE-LOOP-BACK"] == {f"{a},tcp:8080,{a}"}, "the node's own endpoints alone"
     assert n.sets["KUBE-IPVS-IPS"] == n.addresses
 
 
@@ -100,6 +102,36 @@ def test_remaining_iptables_rules_as_kube_proxy_writes_them():
     assert "KUBE-SVC-" not in text and "KUBE-SEP-" not in text
 
 
+def test_rules_on_sets_are_written_only_while_the_set_has_members():
+    """As kube-proxy's writeIptablesRules: a lab without LoadBalancers has no rule on
+    KUBE-LOAD-BALANCER; the health check and IPVS filter rules are always there."""
+    topo = topo_with(proxyMode="ipvs")
+    ours = ipvs.chains("10.244.0.0/16", ipvs.render(topo, "node1"))
+    nat, filt = ours.chains["nat"], ours.chains["filter"]
+    assert nat["KUBE-SERVICES"][0] == "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN"
+    assert not any("KUBE-LOAD-BALANCER " in r or "KUBE-EXTERNAL-IP" in r for r in nat["KUBE-SERVICES"])
+    assert nat["KUBE-LOAD-BALANCER"] == ["-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ"] and nat["KUBE-NODE-PORT"] == []
+    assert filt["KUBE-NODE-PORT"] == [
+        '-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT'
+    ]
+    assert len(filt["KUBE-IPVS-FILTER"]) == 6 and filt["KUBE-FORWARD"][0].startswith("-A KUBE-FORWARD -m comment"), "no INVALID drop in IPVS mode"
+    assert ("filter", "OUTPUT", '-m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-OUT-FILTER') in ours.jumps
+    local = svc("loc", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", externalIPs=["10.10.20.150"], ports=((80, 8080),))
+    topo = topo_with(local, proxyMode="ipvs", loadBalancerPool="10.10.20.200-10.10.20.201")
+    n = ipvs.render(topo, "node1")
+    assert n.sets["KUBE-EXTERNAL-IP-LOCAL"] == {"10.10.20.150,tcp:80"} and not n.sets["KUBE-EXTERNAL-IP"], "a Local external IP is in one set"
+    assert n.sets["KUBE-HEALTH-CHECK-NODE-PORT"] == {str(topo.service("default/loc").health_check_node_port)}
+    nat = ipvs.chains("10.244.0.0/16", n).chains["nat"]
+    assert nat["KUBE-LOAD-BALANCER"][0].endswith("KUBE-LOAD-BALANCER-LOCAL dst,dst -j RETURN")
+    assert [r.split(" -j ")[-1] for r in nat["KUBE-NODE-PORT"]] == ["RETURN", "KUBE-MARK-MASQ"]
+    assert sum("KUBE-EXTERNAL-IP-LOCAL" in r for r in nat["KUBE-SERVICES"]) == 2
+
+
+def test_sysctls_leave_conn_reuse_mode_on_kernels_that_fixed_it():
+    assert "net.ipv4.vs.conn_reuse_mode" not in ipvs.sysctls("6.1.0-57-amd64")
+    assert ipvs.sysctls("5.4.0-150-generic")["net.ipv4.vs.conn_reuse_mode"] == "0"
+
+
 def test_load_balancer_source_ranges_as_kube_proxy_sets_and_rules():
     lb = svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.0/24", "0.0.0.0/0"])
     topo = topo_with(lb, proxyMode="ipvs", loadBalancerPool="10.10.20.200-10.10.20.201")
@@ -119,6 +151,12 @@ def test_load_balancer_source_ranges_as_kube_proxy_sets_and_rules():
     )
     assert text.index("KUBE-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN") < text.index("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP")
     assert not ipvs.render(topo_with(proxyMode="ipvs"), "node1").sets["KUBE-LOAD-BALANCER-FW"]
+    assert n.no_node_access == [], "node1 is inside a range"
+    outside = svc("db", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["192.0.2.0/24"])
+    n = ipvs.render(topo_with(outside, proxyMode="ipvs", loadBalancerPool="10.10.20.200-10.10.20.201"), "node1")
+    assert ipvs.chains("10.244.0.0/16", n).chains["filter"]["KUBE-IPVS-OUT-FILTER"] == [
+        "-A KUBE-IPVS-OUT-FILTER -s 10.10.20.200/32 -m ipvs --vaddr 10.10.20.200/32 --vproto tcp --vport 80 -j DROP"
+    ], "the node is kept off a LoadBalancer IP its source ranges leave out"
 
 
 def test_scheduler_is_validated_by_the_schema():

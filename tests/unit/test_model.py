@@ -344,3 +344,21 @@ def test_a_new_node_keeps_existing_nodes_addresses():
     assert got["a"] == ("10.10.20.10", "10.244.0.0/24")
     assert got["c"] == ("10.10.20.11", "10.244.1.0/24")
     assert got["b"] == ("10.10.20.12", "10.244.2.0/24")
+
+
+def test_the_kubernetes_documentation_examples_load_as_they_are():
+    """The NetworkPolicy, Service and DNS pages' manifests, and shapes of upstream's e2e
+    suites (appProtocol, ipFamilies, trafficDistribution, probes, resources)."""
+    from pathlib import Path
+
+    examples = (Path(__file__).parent.parent / "golden" / "kubernetes-examples.yaml").read_text()
+    head = dump(
+        lab_doc(loadBalancerPool="10.10.20.200-10.10.20.220", dns=True),
+        namespace("myproject", {"project": "myproject"}),
+        namespace("prod"),
+    )
+    topo = load(head + "---\n" + examples)
+    assert {s.key for s in topo.services} >= {"default/nginx-service", "default/my-service", "prod/my-extname", "default/busybox-subdomain", "default/h2c"}
+    assert topo.service("default/my-nodeport").ports[0].node_port == 30007
+    assert {p.name for p in topo.policies} == {"test-network-policy", "multi-port-egress", "default-deny-all", "allow-all-ingress", "dns-egress"}
+    assert len([p for p in topo.pods if p.name.startswith("web-")]) == 2
