@@ -42,16 +42,25 @@ def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
     return handle, topo
 
 
-def still_up(handle: LabHandle, topo: Topology) -> None:
-    """After a command that probed the lab: if it went down meanwhile, say that (exit 2),
-    not what the vanished lab made the probes see. `down` stops the responder first,
-    then deletes the namespaces, then the records: any of them gone tells."""
-    from labctl.kernel import netns
-    from labctl.model import names
+def responder_pid(handle: LabHandle) -> int | None:
+    """The lab's responder now: a lab that goes down and is made again (an `apply`
+    racing a `down`) has another one, so it tells one life of a lab from the next."""
     from labctl.responder import control as responder
 
+    return responder.running(handle.dir, handle.journal)
+
+
+def still_up(handle: LabHandle, topo: Topology, responder_before: int | None = None) -> None:
+    """After a command that probed the lab: if it went down meanwhile, say that (exit 2),
+    not what the vanished lab made the probes see. `down` stops the responder first,
+    then deletes the namespaces, then the records: any of them gone tells, and so does
+    another responder than the one that ran when the probes began (`responder_before`)."""
+    from labctl.kernel import netns
+    from labctl.model import names
+
     present = set(netns.listed())
-    if not handle.exists() or any(n not in present for n in names.lab_namespaces(topo)) or responder.running(handle.dir, handle.journal) is None:
+    now = responder_pid(handle) if handle.exists() else None
+    if now is None or any(n not in present for n in names.lab_namespaces(topo)) or (responder_before is not None and now != responder_before):
         raise NoSuchLab(
             f"lab {handle.name} went down (or lost its namespaces or its responder) while this command ran",
             hint=f"`labctl status --lab {handle.name}`; `labctl up` with its file puts back what is missing",

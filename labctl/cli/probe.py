@@ -6,7 +6,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab, still_up
+from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
 from labctl.model.targets import default_port, resolve
 from labctl.probe import scapy_probe
@@ -46,8 +46,9 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
         port = None
     from labctl.probe import ports
 
+    before = responder_pid(handle)
     result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
-    still_up(handle, topo)
+    still_up(handle, topo, before)
     if as_json:
         output.emit_json(result.to_dict())
     else:

@@ -9,7 +9,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, running_lab, still_up
+from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed
 
 
@@ -32,8 +32,9 @@ def verify(lab_name, timeout, workers, as_json) -> None:
     require_root("verify")
     handle, topo = running_lab(lab_name)
     t0 = time.monotonic()
+    before = responder_pid(handle)
     done = V.run(topo, V.cases(topo), timeout=timeout, workers=workers)
-    still_up(handle, topo)
+    still_up(handle, topo, before)
     seconds = time.monotonic() - t0
     bad = [c for c in done if c.mismatch]
     if as_json:

@@ -13,7 +13,7 @@ import functools
 import socket
 import struct
 
-from labctl.kernel.nl import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Batch, _acks
+from labctl.kernel.nl import NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Batch, acks
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ACCT = 7
@@ -50,7 +50,7 @@ def supported() -> bool:
         sock.bind((0, 0))
         sock.settimeout(2.0)
         sock.send(_message(NFNL_MSG_ACCT_GET, NLM_F_REQUEST | NLM_F_ACK, "labctl-probe"))
-        for _seq, err, _msg in _acks(sock.recv(65536)):
+        for _seq, err, _msg in acks(sock.recv(65536)):
             return -err not in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPROTONOSUPPORT)
         return True
     except OSError:

@@ -330,14 +330,14 @@ def _send_all(sock: socket.socket, requests: list[Request]) -> list[Failure]:
             buf += data
         sock.send(bytes(buf))
         while by_seq:
-            for ack_seq, err, msg in _acks(sock.recv(1 << 20)):
+            for ack_seq, err, msg in acks(sock.recv(1 << 20)):
                 req = by_seq.pop(ack_seq, None)
                 if req is not None and err and -err not in req.ok:
                     failures.append(Failure(req, -err, msg))
     return failures
 
 
-def _acks(data: bytes):
+def acks(data: bytes):
     """Yield (seq, error, extack message) for each NLMSG_ERROR in a buffer."""
     off = 0
     while off + 16 <= len(data):

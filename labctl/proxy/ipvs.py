@@ -31,6 +31,7 @@ short-circuit of pod traffic to external addresses, unlike iptables mode.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -343,8 +344,6 @@ def rules_text(ours: Chains) -> str:
 
 
 def _digest(text: str) -> str:
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 

@@ -57,21 +57,28 @@ def sh(*argv: str, input: str | None = None) -> str:
     return subprocess.run(argv, input=input, capture_output=True, text=True, check=True).stdout
 
 
+class ScenarioLab:
+    """Upstream's scenario as a lab, brought up in one proxy mode or another."""
+
+    def __init__(self):
+        self.name = new_lab_name()
+        self.text = (UPSTREAM / "scenario.yaml").read_text().replace("name: upg", f"name: {self.name}")
+        self.handle = LabHandle(self.name)
+
+    def up(self, mode: str) -> None:
+        body = self.text.replace("proxyMode: iptables", f"proxyMode: {mode}")
+        self.handle.change(changes.up(parse_text(body, "scenario.yaml"), "scenario.yaml"), create=True)
+
+    def applied(self):
+        return self.handle.applied()
+
+
 @pytest.fixture(scope="module")
 def lab():
-    name = new_lab_name()
-    text = (UPSTREAM / "scenario.yaml").read_text().replace("name: upg", f"name: {name}")
-    handle = LabHandle(name)
-
-    def up(mode: str):
-        body = text.replace("proxyMode: iptables", f"proxyMode: {mode}")
-        handle.change(changes.up(parse_text(body, "scenario.yaml"), "scenario.yaml"), create=True)
-
-    handle.name_ = name
-    handle.up_mode = up
-    up("iptables")
-    yield handle
-    handle.down()
+    scenario = ScenarioLab()
+    scenario.up("iptables")
+    yield scenario
+    scenario.handle.down()
 
 
 @pytest.fixture
@@ -139,7 +146,7 @@ def ipt_chains(save: str) -> dict[str, dict[str, list[str]]]:
 
 def test_iptables_chains_equal_upstreams(lab, scratch):
     topo = lab.applied()
-    node_ns = f"{lab.name_}-{NODE}"
+    node_ns = f"{lab.name}-{NODE}"
     nfacct.ensure(scratch, ["ct_state_invalid_dropped_pkts", "localhost_nps_accepted_pkts"])
     text = mapped("\n".join(x for x in (UPSTREAM / "iptables.txt").read_text().splitlines() if not x.startswith("#")), topo)
     sh("ip", "netns", "exec", scratch, "iptables-restore", input=text)
@@ -208,9 +215,9 @@ def without_kubernetes(objects: dict) -> dict:
 
 
 def test_nftables_table_equals_upstreams(lab, scratch):
-    lab.up_mode("nftables")
+    lab.up("nftables")
     topo = lab.applied()
-    node_ns = f"{lab.name_}-{NODE}"
+    node_ns = f"{lab.name}-{NODE}"
     text = mapped("\n".join(x for x in (UPSTREAM / "nftables.txt").read_text().splitlines() if not x.startswith("#")), topo)
     # upstream's dump groups objects per service; one transaction must declare before it refers
     lines = text.splitlines()
