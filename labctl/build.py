@@ -46,6 +46,7 @@ class Builder:
         self.synced: list = []  # the service-rule transactions of the last create()
         self.policies_synced: list = []  # the nodes whose policy rules changed
         self.policy_seconds = 0.0
+        self.addons_served: list = []  # what waits until each add-on serves the new state (after commands start)
 
     def progress(self, step: str, n: int) -> None:
         self._report(step, n)
@@ -136,6 +137,7 @@ class Builder:
             served = responder.begin(self.dir, self.journal, new)
         rules.result()
         served()
+        self.addons_served = [w for a in registry.addons() if a.enabled(spec) and (w := a.sync(self.dir, self.journal, new))]
         for pod in plan.add_pods + plan.commands_changed:
             self.start_commands(new, pod)
 

@@ -95,9 +95,13 @@ def check_host(topo: Topology) -> None:
             )
     if topo.policies:
         run.require("ipset", "ipset")
+    from labctl import registry
     from labctl.proxy.sync import require_mode
 
     require_mode(topo.lab)
+    for addon in registry.addons():
+        if addon.enabled(topo.lab):
+            addon.require(topo.lab)
     sctp = any(p.protocol == "SCTP" for pod in topo.pods for p in pod.served_ports())
     sctp |= any(p.protocol == "SCTP" for s in topo.services if s.proxied for p in s.ports)
     if sctp:
@@ -213,6 +217,8 @@ class LabHandle:
             b.remove(p, old, topo)
         b.create(p, topo, old)
         restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
+        for served in b.addons_served:
+            served()
         failpoints.hit("state")
         self.dir.write_state(
             {"lab": self.name, "source": wanted.source, "topology": topo.to_dict(), "fileKeys": sorted(wanted.file_keys, key=str), "updated": time.time()}

@@ -27,6 +27,8 @@ def status(handle: LabHandle) -> dict[str, Any]:
             "pods": [],
             "services": [],
             "policies": [],
+            "ingressClasses": [],
+            "ingresses": [],
             **{a: None for a in ADDONS},
         }
     lab = topo.lab
@@ -69,8 +71,29 @@ def status(handle: LabHandle) -> dict[str, Any]:
         ],
         "services": services(topo),
         "policies": policies(topo),
-        **{a.name: a.status(topo) for a in registry.addons()},
+        **ingress_status(topo),
+        **{a.name: a.status(topo) if a.enabled(lab) else None for a in registry.addons()},
         "responder": responder.status(handle.dir, handle.journal),
+    }
+
+
+def ingress_status(topo) -> dict[str, Any]:
+    """The contract's `ingressClasses` and `ingresses`: an Ingress's address is the
+    controller Service's LoadBalancer IP when the lab's controller serves its class."""
+    from labctl.model import ingress as I
+
+    classes = list(topo.ingress_classes)
+    address = None
+    if topo.lab.ingress is not None:
+        address = topo.service(f"{I.NAMESPACE}/{I.CONTROLLER}").load_balancer_ip
+    out = []
+    for ing in topo.ingresses:
+        served = I.served_class(ing, classes)
+        ours = served is not None and served.system
+        out.append({"namespace": ing.namespace, "name": ing.name, "class": served.name if served else ing.class_name, "address": address if ours else None})
+    return {
+        "ingressClasses": [{"name": c.name, "controller": c.controller, "default": c.default} for c in classes],
+        "ingresses": out,
     }
 
 

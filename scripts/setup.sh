@@ -24,6 +24,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 packages=(
   iproute2 iptables nftables ipset conntrack tcpdump iputils-ping curl
   dnsutils iperf3 procps psmisc util-linux python3 python3-venv ipvsadm kmod nfacct
+  nginx
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -40,7 +41,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # No service a package brings may start in the host while it installs (Debian's
+  # nginx would serve its default site on the host's port 80): policy-rc.d says no.
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get install -y -q --no-install-recommends "${missing[@]}" || { [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+# nginx runs only inside the ingress controller pods: none in the host, none enabled.
+if [ "$(id -u)" -eq 0 ] && dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet nginx 2>/dev/null || systemctl is-active --quiet nginx 2>/dev/null; then
+      say "disabling the host's nginx service (labctl runs nginx inside its pods)"
+      systemctl disable --now nginx >/dev/null 2>&1 || true
+    fi
+  elif [ -x /etc/init.d/nginx ] && [ -e /etc/rc2.d/S01nginx ]; then
+    say "disabling the host's nginx service (labctl runs nginx inside its pods)"
+    /etc/init.d/nginx stop >/dev/null 2>&1 || true
+    update-rc.d nginx disable >/dev/null 2>&1 || true
+  fi
 fi
 
 # -- Python ------------------------------------------------------------------------

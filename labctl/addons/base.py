@@ -4,7 +4,7 @@ and what `status` shows. Its objects (pods, services) come from its model part
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from labctl.model.objects import LabSpec, Pod, Topology
 
@@ -17,6 +17,14 @@ class AddOn:
         from labctl.model.system import SYSTEM_ADDONS
 
         return any(a.name == self.name and a.enabled(spec) for a in SYSTEM_ADDONS)
+
+    def require(self, spec: LabSpec) -> None:
+        """What the host must have (exit 3), checked before anything is made."""
+
+    def sync(self, labdir, journal, topo: Topology) -> Callable[[], None] | None:
+        """After every change, before new pods' commands start: the add-on's own state
+        (configuration files, reloads). Returns what waits until that state is served."""
+        return None
 
     def pod_config(self, topo: Topology, pod: Pod) -> dict[str, Any]:
         """Keys added to the responder's entry of a pod (one of the add-on's)."""

@@ -23,8 +23,21 @@ VERDICTS = ("open", "refused", "blocked", "filtered")
 @click.option("--timeout", type=click.FloatRange(0.05, 60), default=1.0, show_default=True, help="Seconds to wait for an answer.")
 @click.option("--via", metavar="node/NAME", help="For svc/NS/NAME@nodeport: the node whose address is probed (default: the first).")
 @click.option("--expect", type=click.Choice(VERDICTS), help="Exit 1 unless the verdict is this.")
+@click.option(
+    "--http",
+    "http_path",
+    is_flag=False,
+    flag_value="/",
+    default=None,
+    metavar="[PATH]",
+    help="Make one real HTTP/1.1 request (PATH default /) and report the answer and what the backend saw.",
+)
+@click.option("--host", "http_host", help="--http: the Host header (default: the target's address).")
+@click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
+@click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
+@click.option("--expect-status", type=click.IntRange(100, 599), help="--http: exit 1 unless the answer has this status.")
 @json_option
-def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> None:
+def probe(lab_name, src, dst, port, proto, timeout, via, expect, http_path, http_host, http_method, http_headers, expect_status, as_json) -> None:
     """Send one TCP SYN, UDP datagram or ICMP echo from FROM to TO and report
     what came back: open, refused (RST / port unreachable), blocked (ICMP
     administratively prohibited) or filtered (nothing).
@@ -38,6 +51,8 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
     handle, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")
     b = resolve(topo, dst, role="TO", via=via)
+    if http_path is not None or http_host or http_headers or expect_status:
+        return _http(handle, topo, a, b, port, timeout, http_path or "/", http_host, http_method, http_headers, expect_status, expect, as_json)
     if proto != "icmp":
         port = port or default_port(b, proto)
         if port is None:
@@ -67,3 +82,55 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> Non
         output.say(line + (f" ({', '.join(extra)})" if extra else ""))
     if expect and result.verdict != expect:
         raise CheckFailed(f"expected {expect}, got {result.verdict}")
+
+
+def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, expect_status, expect, as_json) -> None:
+    from labctl.probe import http
+
+    headers = []
+    for h in raw_headers:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise InvalidInput(f"-H {h!r}: a header is 'Name: value'")
+        headers.append((name.strip(), value.strip()))
+    if not path.startswith("/"):
+        raise InvalidInput(f"--http {path!r}: a path starts with /")
+    port = port or default_port(b, "tcp") or 80
+    host = host or b.ip
+    before = responder_pid(handle)
+    answer = http.probe(a.netns, b.ip, port, path, host, method, headers, timeout)
+    still_up(handle, topo, before)
+    result = {
+        "from": a.label,
+        "to": b.ip,
+        "target": b.label,
+        "proto": "tcp",
+        "port": port,
+        "verdict": answer.verdict,
+        "served_by": answer.served_by,
+        "client_ip_seen": answer.client_ip_seen,
+        "rtt_ms": answer.rtt_ms,
+        "src_ip": answer.src_ip,
+        "detail": answer.detail,
+        "http": answer.http(),
+    }
+    if as_json:
+        output.emit_json(result)
+    else:
+        line = f"{a.label} -> {b.label} ({b.ip}:{port}) {method} http://{host}{path}: [bold]{answer.status or answer.verdict}[/bold]"
+        extra = [f"served by {answer.served_by}"] if answer.served_by else []
+        if answer.location:
+            extra.append(f"Location {answer.location}")
+        if answer.detail:
+            extra.append(answer.detail)
+        output.say(line + (f" ({', '.join(extra)})" if extra else ""))
+        saw = answer.backend_saw
+        if saw:
+            output.say(f"  the backend saw: {saw.get('method')} {saw.get('path')} Host {saw.get('host')}")
+            for name, values in saw.get("headers", {}).items():
+                if name.startswith("x-"):
+                    output.say(f"    {name}: {', '.join(values)}")
+    if expect and answer.verdict != expect:
+        raise CheckFailed(f"expected {expect}, got {answer.verdict}")
+    if expect_status is not None and answer.status != expect_status:
+        raise CheckFailed(f"expected HTTP {expect_status}, got {answer.status or answer.verdict}")

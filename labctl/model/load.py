@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from labctl.model import fields, schema, services, system, validate
+from labctl.model import fields, ingress, schema, services, system, validate
 from labctl.model.documents import Document, read_file
 from labctl.model.errors import InvalidInput, Problem, short_repr
 from labctl.model.expect import check_expectations
@@ -46,6 +46,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
             Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}), link=dict(n.get("link") or {})) for n in nodes
         ),
         externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
+        ingress=ingress.spec_from_lab(spec.get("ingress")),
     )
 
 
@@ -151,6 +152,8 @@ def build(
         for addon in system.SYSTEM_ADDONS:
             problems += addon.check(spec, where)
         addons = system.on(spec)
+        for addon in addons:
+            namespaces.update({n: {"kubernetes.io/metadata.name": n} for n in addon.namespaces(spec) if n not in namespaces})
         clash = [p for a in addons for p in a.clashes(spec, objs.pods, objs.services, where_of)]
         problems += clash
         if not found:
@@ -165,7 +168,9 @@ def build(
     found = services.check(objs.services, spec, namespaces, where_of)
     problems += found
     if topo is not None and not found:
-        allocated, found = services.allocate(objs.services, topo.lab, previous, where_of)
+        # an add-on's Services that are allocated like the user's (the ingress controller's LoadBalancer)
+        managed = [s for a in system.on(topo.lab) for s in a.allocated_services(topo.lab)]
+        allocated, found = services.allocate(objs.services + managed, topo.lab, previous, where_of)
         problems += found
         own = [services.kubernetes_service(topo.lab)] + [s for a in system.on(topo.lab) for s in a.services(topo.lab)]
         topo = replace(topo, services=(*own, *allocated))
@@ -178,7 +183,8 @@ def build(
             problems.append(Problem(where_of(pol.doc), "metadata.name", f"network policy {pol.key} is already defined by {where_of(seen_pol[pol.key])}"))
         seen_pol[pol.key] = pol.doc
     if topo is not None:
-        topo = replace(topo, policies=tuple(objs.policies))
+        ingresses, classes = ingress.from_documents(topo.lab, topo.documents)
+        topo = replace(topo, policies=tuple(objs.policies), ingresses=ingresses, ingress_classes=classes)
         problems += check_expectations(topo, lab.where() if lab is not None else f"Lab {topo.lab.name}")
     if problems:
         order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}

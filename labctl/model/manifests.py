@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from labctl.model import policy
+from labctl.model import ingress, policy
 from labctl.model.documents import Document
 from labctl.model.errors import Problem
 from labctl.model.fields import dns1123_subdomain, label_problems
@@ -267,3 +267,16 @@ def _read_network_policy(doc: Document, out: Objects) -> None:
     out.problems += found
     if not found:
         out.policies.append(policy.from_manifest(doc.index, doc.data))
+
+
+# -- Ingress and IngressClass --------------------------------------------------------
+
+
+@register("Ingress", "networking.k8s.io/v1")
+def _read_ingress(doc: Document, out: Objects) -> None:
+    out.problems += ingress.check_ingress(doc.data, doc.where())
+
+
+@register("IngressClass", "networking.k8s.io/v1", namespaced=False)
+def _read_ingress_class(doc: Document, out: Objects) -> None:
+    out.problems += ingress.check_class(doc.data, doc.where())

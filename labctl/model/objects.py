@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from labctl.model import ingress
 from labctl.model.policy import from_manifest
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -170,6 +171,7 @@ class LabSpec:
     expect: tuple[str, ...] = ()  # "FROM -> TO:PORT[/udp] allowed|denied", checked by `labctl verify`
     nodes: tuple[Node, ...] = ()
     externals: tuple[External, ...] = ()
+    ingress: Any = None  # labctl.model.ingress.IngressSpec: the ingress controller (None: none)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -188,6 +190,8 @@ class Topology:
     deployments: tuple[Deployment, ...] = ()
     services: tuple[Service, ...] = ()
     policies: tuple = ()  # labctl.model.policy.NetworkPolicy
+    ingresses: tuple = ()  # labctl.model.ingress.Ingress, in creation order
+    ingress_classes: tuple = ()  # labctl.model.ingress.IngressClass (the lab's own first)
     documents: tuple[dict[str, Any], ...] = ()  # the Kubernetes manifests as given (for apply/delete)
     ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
     readiness: dict[str, bool] = field(default_factory=dict)  # pod -> ready, set with `labctl ready`
@@ -214,7 +218,7 @@ class Topology:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for state.json (policies are rebuilt from the documents)."""
-        d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("policies", "documents")}
+        d = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in ("policies", "ingresses", "ingress_classes", "documents")}
         d["documents"] = list(self.documents)  # already plain: parsed YAML
         return d
 
@@ -224,6 +228,7 @@ class Topology:
         lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
         lab["externals"] = tuple(External(**e) for e in lab["externals"])
         lab["expect"] = tuple(lab.get("expect") or ())
+        lab["ingress"] = ingress.IngressSpec(**lab["ingress"]) if lab.get("ingress") else None
         pods = []
         for p in d["pods"]:
             p = dict(p)
@@ -245,6 +250,7 @@ class Topology:
             sv["load_balancer_source_ranges"] = tuple(sv.get("load_balancer_source_ranges") or ())
             services.append(Service(**sv))
         policies = tuple(from_manifest(-i, doc) for i, doc in enumerate(d["documents"], start=1) if doc.get("kind") == "NetworkPolicy")
+        ingresses, classes = ingress.from_documents(LabSpec(**lab), d["documents"])
         return Topology(
             lab=LabSpec(**lab),
             namespaces={k: dict(v) for k, v in d["namespaces"].items()},
@@ -252,6 +258,8 @@ class Topology:
             deployments=tuple(Deployment(**x) for x in d["deployments"]),
             services=tuple(services),
             policies=policies,
+            ingresses=ingresses,
+            ingress_classes=classes,
             documents=tuple(d["documents"]),
             ipam=dict(d.get("ipam") or {}),
             readiness=dict(d.get("readiness") or {}),

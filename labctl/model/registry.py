@@ -23,4 +23,5 @@ OVERLAYS = {
 
 ADDONS = {
     "dns": "labctl.addons.dns",
+    "ingress": "labctl.addons.ingress",
 }

@@ -82,6 +82,11 @@ def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> 
             if e.name == name:
                 return Endpoint(f"ext/{name}", e.ip, names.external_netns(lab, name))
         raise InvalidInput(f"{role} {text!r}: no external named {name!r}" + _suggest(name, [e.name for e in topo.lab.externals]))
+    if text == "ingress" and topo.lab.ingress is not None:  # the controller Service's address
+        if role != "TO":
+            raise InvalidInput(f"{role} {text!r}: the ingress controller is something to probe, not to probe from")
+        svc = topo.service("ingress-nginx/ingress-nginx-controller")
+        return _service(topo, f"svc/{svc.key}@lb" if svc.type == "LoadBalancer" else f"svc/{svc.key}@nodeport", role, via)
     if text.startswith("svc/"):
         if role != "TO":
             raise InvalidInput(f"{role} {text!r}: a service is something to probe, not to probe from")

@@ -6,8 +6,10 @@ and a socket stays in the namespace it was created in, so this one process
 steps into each pod's namespace, opens its listening sockets there, steps back
 and serves them all from one epoll loop:
 
-- TCP: an HTTP/1.0 server; any request gets 200 and a JSON body naming the pod
-  and the client address as the pod saw it (so NAT is visible).
+- TCP: an HTTP/1.1 server (Date and Server headers, then the connection is
+  closed); any request gets 200 and a JSON body naming the pod, the client
+  address as the pod saw it (so NAT is visible) and the request it received
+  (method, path, host, proto, headers: what a proxy in between changed).
 - UDP: every datagram is answered with the same JSON.
 - DNS: on the cluster DNS pod's port 53 (UDP and TCP), the cluster zone's
   records (labctl.addons.dns.server; dnspython is imported only then), forwarding
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from labctl.kernel import netns
 from labctl.responder import arp
 
-PROTOCOL = 4  # bumped whenever the config or the control protocol changes
+PROTOCOL = 5  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
 MAX_REQUEST = 8192
 
@@ -53,17 +55,50 @@ class Binding:
     dns: bool = False  # the cluster DNS pod's port 53: answered by the DNS server
     health: tuple[str, str, int] | None = None  # a node's health check node port: (namespace, service, local endpoints)
 
-    def body(self, client: tuple[str, int]) -> bytes:
-        return json.dumps(
-            {
-                "pod": self.pod,
-                "node": self.node,
-                "ip": self.ip,
-                "port": self.port,
-                "protocol": self.proto,
-                "client": f"{client[0]}:{client[1]}",
-            }
-        ).encode()
+    def body(self, client: tuple[str, int], request: dict | None = None) -> bytes:
+        answer = {
+            "pod": self.pod,
+            "node": self.node,
+            "ip": self.ip,
+            "port": self.port,
+            "protocol": self.proto,
+            "client": f"{client[0]}:{client[1]}",
+        }
+        if request is not None:
+            answer["request"] = request
+        return json.dumps(answer).encode()
+
+
+def parse_request(raw: bytes) -> dict | None:
+    """The HTTP request a client sent, as the contract's `request` object: method, path,
+    host, proto and headers (lower-case name -> list of values, in order). None when
+    what came is no HTTP request (a bare TCP probe)."""
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0].decode("latin-1")
+    lines = head.replace("\r\n", "\n").split("\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return None
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name.strip():
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return {"method": parts[0], "path": parts[1], "host": (headers.get("host") or [""])[0], "proto": parts[2], "headers": headers}
+
+
+def http_answer(body: bytes) -> bytes:
+    """An HTTP/1.1 200 with the headers an HTTP server sends (Date, Server), then closed."""
+    from email.utils import formatdate
+
+    head = (
+        "HTTP/1.1 200 OK\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"
+        "Server: labctl-responder\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body) + 1}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body + b"\n"
 
 
 @dataclass
@@ -226,9 +261,7 @@ class Responder:
 
             c.out = healthcheck.response(*c.binding.health)
         else:
-            body = c.binding.body(c.peer)
-            head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body) + 1}\r\nConnection: close\r\n\r\n").encode()
-            c.out = head + body + b"\n"
+            c.out = http_answer(c.binding.body(c.peer, parse_request(bytes(c.inbuf))))
         self.sel.modify(c.sock, selectors.EVENT_WRITE, ("conn", c))
         self._write(c)
 

@@ -15,6 +15,7 @@ import dataclasses
 import json
 from dataclasses import fields, replace
 
+from labctl.model.ingress import IngressSpec
 from labctl.model.objects import Container, ContainerPort, Deployment, External, LabSpec, Node, Pod, Service, ServicePort, Topology
 from labctl.proxy.endpoints import service_ports
 from tests.helpers import dump, lab_doc, load, pod, svc
@@ -143,7 +144,7 @@ def test_a_pod_change_that_moves_endpoints_moves_the_fingerprint():
 
 # -- the applied state's round trip ------------------------------------------------------
 
-STATE_CLASSES = (Topology, LabSpec, Node, External, Pod, Container, ContainerPort, Service, ServicePort, Deployment)
+STATE_CLASSES = (Topology, LabSpec, Node, External, Pod, Container, ContainerPort, Service, ServicePort, Deployment, IngressSpec)
 
 
 def sample() -> Topology:
@@ -165,8 +166,23 @@ def sample() -> Topology:
             nodes=[{"name": "n1", "ip": "10.10.30.20", "podCIDR": "10.200.0.0/25", "labels": {"zone": "a"}, "link": {"rate": "10mbit"}}, {"name": "n2"}],
             externals=[{"name": "x", "ip": "10.10.30.120", "link": {"rate": "1mbit"}}],
             loadBalancerPool="10.10.30.200-10.10.30.210",
+            ingress={"className": "edge", "service": "NodePort", "replicas": 2, "externalTrafficPolicy": "Cluster"},
         ),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "s"}}},
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "web", "annotations": {"a": "b"}},
+            "spec": {
+                "ingressClassName": "edge",
+                "defaultBackend": {"service": {"name": "lb", "port": {"name": "p"}}},
+                "tls": [{"hosts": ["a.example.com"], "secretName": "t"}],
+                "rules": [
+                    {"host": "a.example.com", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"resource": {"kind": "K", "name": "n"}}}]}}
+                ],
+            },
+        },
+        {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "other"}, "spec": {"controller": "example.com/other"}},
         {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -258,6 +274,8 @@ def test_the_sample_state_sets_every_field_of_every_class():
 def test_the_applied_state_survives_its_round_trip():
     t = sample()
     again = Topology.from_dict(json.loads(json.dumps(t.to_dict())))
-    assert replace(again, policies=()) == replace(t, policies=())
+    assert replace(again, policies=(), ingresses=()) == replace(t, policies=(), ingresses=())
+    # Ingresses too, their creation order kept
+    assert [(i.key, i.order) for i in again.ingresses] == [(i.key, i.order) for i in t.ingresses] != []
     # policies are rebuilt from the stored manifests, which count as the running lab's (negative) documents
     assert [replace(p, doc=0) for p in again.policies] == [replace(p, doc=0) for p in t.policies] != []

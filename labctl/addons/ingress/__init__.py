@@ -1,0 +1,157 @@
+"""The ingress controller add-on at run time: real nginx in each controller pod.
+
+Its objects (namespace ingress-nginx, the controller pods, their Service, the
+IngressClass) are its model part (labctl.model.ingress). Here: after every
+change the configuration is rendered (labctl.addons.ingress.nginx) into the
+pod's /etc/netns/<pod>/nginx/nginx.conf (`ip netns exec` mounts that directory
+over /etc/nginx, so `labctl exec ingress-nginx/ingress-nginx-controller-0 --
+cat /etc/nginx/nginx.conf` shows it), checked with `nginx -t` before the running
+proxy is touched, and nginx is told to reload (SIGHUP to its master, a recorded
+process) only when the text changed. The change returns once every controller
+serves the new configuration (its status port answers the new generation).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from labctl.addons.base import AddOn
+from labctl.addons.ingress import nginx
+from labctl.errors import LabError
+from labctl.model import ingress as I
+from labctl.model import names, system
+from labctl.model.objects import LabSpec, Pod, Topology
+
+RELOAD_TIMEOUT = 10.0
+
+
+def conf_dir(lab: str, pod: Pod) -> Path:
+    from labctl.plumbing.etc import pod_dir
+
+    return pod_dir(lab, pod) / "nginx"
+
+
+def runtime_dir(labdir, pod: Pod) -> Path:
+    return labdir.path / "ingress" / pod.name
+
+
+def controllers(topo: Topology) -> list[Pod]:
+    return [p for p in topo.pods if system.is_controller(p)]
+
+
+def _test(conf: Path) -> None:
+    """`nginx -t` on a configuration before it replaces the running one."""
+    p = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-c", str(conf)], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise LabError(f"nginx refused the configuration rendered for the Ingresses:\n{p.stderr.strip()}", hint=f"see {conf}")
+
+
+def _generation_served(ns: str) -> str | None:
+    from labctl.kernel import netns
+
+    with netns.entered(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with s:
+        s.settimeout(1.0)
+        try:
+            s.connect(("127.0.0.1", nginx.STATUS_PORT))
+            s.sendall(f"GET {nginx.GENERATION_PATH} HTTP/1.0\r\n\r\n".encode())
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        except OSError:
+            return None
+    return data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip() or None
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
+
+
+class IngressNginx(AddOn):
+    name = "ingress"
+
+    def require(self, spec: LabSpec) -> None:
+        from labctl.kernel import run
+
+        run.require("nginx", "nginx")
+        if not Path("/etc/nginx").is_dir():
+            from labctl.errors import HostLacks
+
+            raise HostLacks("/etc/nginx is missing (the controller pods' configuration is mounted over it)", hint="install the Debian package nginx")
+
+    def sync(self, labdir, journal, topo: Topology) -> Callable[[], None] | None:
+        """Render, check and install each controller's nginx.conf; signal the running
+        ones whose text changed. Returns what waits until every controller serves it."""
+        from labctl.kernel import procs
+
+        lab = topo.lab.name
+        owned = journal.replay().procs
+        wanted: list[tuple[str, str]] = []
+        old_workers: set[int] = set()
+        for pod in controllers(topo):
+            run_dir = runtime_dir(labdir, pod)
+            for what in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (run_dir / what).mkdir(parents=True, exist_ok=True)
+            conf = nginx.render(topo, topo.lab.ingress.class_name, str(run_dir))
+            d = conf_dir(lab, pod)
+            d.mkdir(parents=True, exist_ok=True)
+            path = d / "nginx.conf"
+            old = path.read_text() if path.exists() else None
+            if conf != old:
+                new = d / "nginx.conf.new"
+                new.write_text(conf)
+                _test(new)
+                os.replace(new, path)
+                rec = owned.get(names.command_key(pod.key, pod.containers[0].name))
+                if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                    old_workers |= _children(rec["pid"])
+                    os.kill(rec["pid"], signal.SIGHUP)  # nginx's master re-reads it and replaces its workers
+            wanted.append((names.pod_netns(lab, pod.namespace, pod.name), nginx.generation(conf)))
+
+        def served() -> None:
+            """The new generation answers, and the old workers (which may still accept a
+            connection or two until they see the master's QUIT) are gone."""
+            deadline = time.monotonic() + RELOAD_TIMEOUT
+            for ns, gen in wanted:
+                while (now := _generation_served(ns)) != gen:
+                    if time.monotonic() > deadline:
+                        raise LabError(f"the ingress controller in {ns} does not serve its new configuration (it serves {now!r})")
+                    time.sleep(0.02)
+            while any(os.path.exists(f"/proc/{pid}") for pid in old_workers):
+                if time.monotonic() > deadline:
+                    raise LabError("the ingress controller's old nginx workers did not exit after its reload")
+                time.sleep(0.02)
+
+        return served if wanted else None
+
+    def status(self, topo: Topology) -> dict[str, Any] | None:
+        spec = topo.lab.ingress
+        s = topo.service(f"{I.NAMESPACE}/{I.CONTROLLER}")
+        return {
+            "className": spec.class_name,
+            "service": s.key,
+            "type": s.type,
+            "address": s.load_balancer_ip,
+            "nodePorts": {p.name: p.node_port for p in s.ports},
+            "pods": [p.key for p in controllers(topo)],
+        }
+
+    def summary(self, topo: Topology) -> str:
+        s = topo.service(f"{I.NAMESPACE}/{I.CONTROLLER}")
+        return f"ingress controller at {s.load_balancer_ip or s.cluster_ip}"
+
+
+ADDON = IngressNginx()

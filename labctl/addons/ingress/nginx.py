@@ -1,0 +1,248 @@
+"""The ingress controller's nginx.conf, rendered as ingress-nginx renders it, with
+the corrections the Ingress specification needs. Pure.
+
+- One `server` per host over every Ingress of the class, oldest first (for one
+  host, path and pathType the older Ingress wins); rules without a host, and
+  hosts no rule names, go to the catch-all `default_server`.
+- A wildcard host `*.foo.com` covers one label, as the specification says: a
+  regex server name `~^[^.]+\\.foo\\.com$` (nginx's own `*.foo.com` covers
+  several). Exact names win over it, as in nginx.
+- Exact `/p`: `location = /p`. Prefix `/p` (and `/p/`): element-wise, as
+  `location /p/` plus `location = /p` (so `/pq` does not match, and no 301 adds a
+  trailing slash); `/foo` and `/foo/` may coexist, the longer declared path
+  wins. An Exact `/p/` that nobody's `/p` owns gets `location = /p { return 404; }`
+  (nginx would answer 301). Exact beats Prefix on the same path.
+  ImplementationSpecific is Prefix.
+- Not matched: the host's Ingress defaultBackend if one of its Ingresses has
+  one, else the defaultBackend of an Ingress with no rules (the oldest), else 404.
+- Backends are the Service port's ready endpoints (pod IP:port, round robin),
+  as ingress-nginx's default; no endpoint or no such Service: 503.
+- The headers ingress-nginx sends the backend (X-Forwarded-For, X-Real-IP,
+  X-Request-ID, X-Forwarded-Host/Port/Proto/Scheme, X-Scheme), HTTP/1.1.
+- A status server on 127.0.0.1:10246 (ingress-nginx's status port) answers
+  `/configuration/generation` with the generation of the configuration, so
+  labctl knows when a reload is served.
+
+Each block is commented with the object it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from labctl.model import ingress as I
+from labctl.model.objects import Service, Topology
+from labctl.proxy.endpoints import PodIndex, endpoints
+
+STATUS_PORT = 10246
+GENERATION_PATH = "/configuration/generation"
+
+HEADERS = (
+    ("Host", "$http_host"),
+    ("X-Request-ID", "$request_id"),
+    ("X-Real-IP", "$remote_addr"),
+    ("X-Forwarded-For", "$remote_addr"),
+    ("X-Forwarded-Host", "$http_host"),
+    ("X-Forwarded-Port", "$server_port"),
+    ("X-Forwarded-Proto", "$scheme"),
+    ("X-Forwarded-Scheme", "$scheme"),
+    ("X-Scheme", "$scheme"),
+    ("X-Original-Forwarded-For", "$http_x_forwarded_for"),
+    ("Proxy", '""'),
+)
+
+
+@dataclass
+class Target:
+    """Where a location sends requests: an upstream, or a status code."""
+
+    upstream: str | None
+    status: int | None
+    why: str  # the object and backend, for the comment
+
+    def lines(self) -> list[str]:
+        if self.upstream:
+            return [f"proxy_pass http://{self.upstream};"]
+        return [f"return {self.status};"]
+
+
+KIND_RANK = {"filler": 0, "Prefix": 1, "Exact": 2}  # on one nginx location: Exact beats Prefix beats a filler
+
+
+@dataclass
+class Location:
+    match: str  # "= /p", "/p/", "/"
+    source: str  # the Ingress and the path it came from
+    kind: str  # Exact | Prefix | filler (a 404 where nginx would answer 301)
+    declared: int  # the declared path's length: the longer wins among Prefix paths
+    ingress: I.Ingress | None = None
+    backend: I.Backend | None = None
+
+    def rank(self) -> tuple[int, int]:
+        return (KIND_RANK[self.kind], self.declared)
+
+
+@dataclass
+class Server:
+    names: list[str]  # nginx server_name values
+    host: str | None
+    locations: dict[str, Location] = field(default_factory=dict)
+    fallback: tuple[I.Ingress, I.Backend] | None = None  # not matched: this default backend, else 404
+    source: list[str] = field(default_factory=list)
+
+
+def server_name(host: str) -> str:
+    """A precise host as is; `*.foo.com` as a one-label regex."""
+    if host.startswith("*."):
+        return "~^[^.]+" + re.escape(host[1:]).replace("\\-", "-") + "$"
+    return host
+
+
+def upstream_name(namespace: str, service: str, port: int | str) -> str:
+    return f"{namespace}-{service}-{port}"
+
+
+class Renderer:
+    def __init__(self, topo: Topology, class_name: str):
+        self.topo = topo
+        self.class_name = class_name
+        self.index = PodIndex(topo.pods)
+        self.services = {s.key: s for s in topo.services}
+        self.upstreams: dict[str, tuple[str, list[str]]] = {}  # name -> (comment, servers)
+
+    def ingresses(self) -> list[I.Ingress]:
+        classes = list(self.topo.ingress_classes)
+        mine = [ing for ing in self.topo.ingresses if (c := I.served_class(ing, classes)) is not None and c.name == self.class_name]
+        return sorted(mine, key=lambda i: i.order)
+
+    def target(self, ing: I.Ingress, b: I.Backend) -> Target:
+        why = f"{ing.key} -> {b.text()}"
+        if b.service is None:
+            return Target(None, 503, f"{why}: not a Service")
+        svc: Service | None = self.services.get(f"{ing.namespace}/{b.service}")
+        if svc is None:
+            return Target(None, 503, f"{why}: no such Service")
+        port = next((p for p in svc.ports if (p.port == b.port_number if b.port_number is not None else p.name == b.port_name)), None)
+        if port is None:
+            return Target(None, 503, f"{why}: the Service has no such port")
+        eps = endpoints(self.topo, svc, port, self.index)
+        if not eps:
+            return Target(None, 503, f"{why}: no ready endpoints")
+        name = upstream_name(ing.namespace, b.service, b.port_number if b.port_number is not None else b.port_name or "")
+        self.upstreams[name] = (f"{ing.namespace}/{b.service} port {port.name or port.port}", [e.addr for e in eps])
+        return Target(name, None, why)
+
+    def servers(self) -> tuple[Server, list[Server]]:
+        catch_all = Server(["_"], None)
+        hosts: dict[str, Server] = {}
+        global_default: tuple[I.Ingress, I.Backend] | None = None
+        for ing in self.ingresses():  # oldest first: on a tie the older stays
+            if ing.default_backend is not None and not ing.rules and global_default is None:
+                global_default = (ing, ing.default_backend)
+                catch_all.source.append(f"defaultBackend of {ing.key}")
+            for rule in ing.rules:
+                server = catch_all if rule.host is None else hosts.setdefault(rule.host, Server([server_name(rule.host)], rule.host))
+                if ing.key not in server.source:
+                    server.source.append(ing.key)
+                if ing.default_backend is not None and rule.host is not None and server.fallback is None:
+                    server.fallback = (ing, ing.default_backend)
+                for p in rule.paths:
+                    self._add(server, ing, p)
+        for server in [catch_all, *hosts.values()]:
+            if server.fallback is None:
+                server.fallback = global_default
+        return catch_all, list(hosts.values())
+
+    def _add(self, server: Server, ing: I.Ingress, p: I.Path) -> None:
+        source = f"{ing.key}: {p.path_type} {p.path}"
+        if p.path_type == "Exact":
+            self._put(server, Location(f"= {p.path}", source, "Exact", len(p.path), ing, p.backend))
+            if p.path.endswith("/") and len(p.path) > 1:  # nginx would answer its path without the slash with 301
+                bare = p.path.rstrip("/") or "/"
+                self._put(server, Location(f"= {bare}", f"{source}: not its path without the slash", "filler", 0))
+            return
+        q = p.path.rstrip("/") or "/"  # Prefix (and ImplementationSpecific): element-wise
+        for key in ["/"] if q == "/" else [f"{q}/", f"= {q}"]:
+            self._put(server, Location(key, source, "Prefix", len(p.path), ing, p.backend))
+
+    @staticmethod
+    def _put(server: Server, loc: Location) -> None:
+        old = server.locations.get(loc.match)
+        if old is None or loc.rank() > old.rank():
+            server.locations[loc.match] = loc
+
+
+def _comment(text: str) -> str:
+    return "# " + text.replace("\n", " ")
+
+
+def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
+    """nginx.conf for the controller of `class_name`; `runtime_dir`: its pid file and temp files."""
+    r = Renderer(topo, class_name)
+    catch_all, hosts = r.servers()
+    out: list[str] = [
+        f"# nginx.conf of ingress-nginx (IngressClass {class_name}), rendered by labctl from the lab's Ingresses",
+        "worker_processes 1;",
+        f"pid {runtime_dir}/nginx.pid;",
+        "error_log stderr notice;",
+        "events { worker_connections 1024; }",
+        "http {",
+        "    default_type text/plain;",
+        "    access_log /dev/stdout;",
+        "    server_tokens on;",
+        "    server_names_hash_bucket_size 128;",
+        "    map_hash_bucket_size 128;",
+    ]
+    for what in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        out.append(f"    {what}_temp_path {runtime_dir}/{what};")
+    out += ["    proxy_http_version 1.1;", "    proxy_next_upstream error timeout;"]
+    out += [f"    proxy_set_header {name} {value};" for name, value in HEADERS]
+    body: list[str] = []
+
+    def server_block(server: Server, default: bool) -> None:
+        body.append("")
+        body.append("    " + _comment(", ".join(server.source) if server.source else "no Ingress: every request gets 404"))
+        body.append("    server {")
+        body.append("        listen 80" + (" default_server;" if default else ";"))
+        body.append(f"        server_name {' '.join(server.names)};")
+        for key in sorted(server.locations, key=lambda k: (-len(k.lstrip("= ")), k)):
+            loc = server.locations[key]
+            t = r.target(loc.ingress, loc.backend) if loc.ingress and loc.backend else Target(None, 404, "no rule")
+            body.append(f"        {_comment(loc.source + ' -> ' + t.why)}")
+            body.append(f"        location {key} {{ {' '.join(t.lines())} }}")
+        if "/" not in server.locations:
+            t = r.target(*server.fallback) if server.fallback else Target(None, 404, "no rule, no default backend")
+            body.append(f"        {_comment('not matched: ' + t.why)}")
+            body.append(f"        location / {{ {' '.join(t.lines())} }}")
+        body.append("    }")
+
+    server_block(catch_all, True)
+    for server in sorted(hosts, key=lambda s: s.host or ""):
+        server_block(server, False)
+    for name in sorted(r.upstreams):
+        comment, servers = r.upstreams[name]
+        out.append("")
+        out.append("    " + _comment(comment))
+        out.append(f"    upstream {name} {{")
+        out += [f"        server {s};" for s in servers]
+        out.append("    }")
+    out += body
+    generation = hashlib.sha1("\n".join(out + body).encode()).hexdigest()[:12]
+    out += [
+        "",
+        "    # ingress-nginx's status port: what labctl waits on after a reload",
+        "    server {",
+        f"        listen 127.0.0.1:{STATUS_PORT};",
+        f'        location = {GENERATION_PATH} {{ return 200 "{generation}\\n"; }}',
+        "        location / { return 404; }",
+        "    }",
+        "}",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def generation(conf: str) -> str:
+    m = re.search(r'return 200 "([0-9a-f]+)\\n";', conf)
+    return m.group(1) if m else ""

@@ -1,0 +1,179 @@
+"""Ingress on real nginx in the controller pods: the ingress conformance suite's
+scenarios (path_rules, host_rules, default_backend, ingress_class), both hops
+seen from the client and from the backend, reloads on every change, and a clean
+`down`. Requests are real HTTP/1.1 from an external host to the controller
+Service's LoadBalancer IP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from labctl.probe import http
+from tests.helpers import pod, svc
+from tests.unit.test_ingress import ingress, rule
+
+pytestmark = pytest.mark.kernel
+
+BACKENDS = ("foo-exact", "foo-prefix", "aaa-slash-bbb-prefix", "aaa-prefix", "aaa-slash-bbb-slash-prefix", "foo-slash-exact", "wildcard-foo-com", "foo-bar-com")
+
+
+def backends(names=BACKENDS, node="node2"):
+    docs = []
+    for n in names:
+        docs.append(pod(n, labels={"app": n}, ports=(8080,), node=node))
+        docs.append(svc(n, {"app": n}, ports=((8080, 8080),)))
+    return docs
+
+
+def path_and_host_rules():
+    p = lambda path, kind, s: (path, kind, s)  # noqa: E731
+    return ingress(
+        "conformance",
+        [
+            rule("exact-path-rules", p("/foo", "Exact", "foo-exact")),
+            rule("prefix-path-rules", p("/foo", "Prefix", "foo-prefix"), p("/aaa/bbb", "Prefix", "aaa-slash-bbb-prefix"), p("/aaa", "Prefix", "aaa-prefix")),
+            rule("mixed-path-rules", p("/foo", "Prefix", "foo-prefix"), p("/foo", "Exact", "foo-exact")),
+            rule("trailing-slash-path-rules", p("/aaa/bbb/", "Prefix", "aaa-slash-bbb-slash-prefix"), p("/foo/", "Exact", "foo-slash-exact")),
+            rule("*.foo.com", p("/", "Prefix", "wildcard-foo-com")),
+            rule("foo.bar.com", p("/", "Prefix", "foo-bar-com")),
+        ],
+    )
+
+
+def for_8080(doc):
+    for r in doc["spec"].get("rules", []):
+        for path in r["http"]["paths"]:
+            path["backend"]["service"]["port"]["number"] = 8080
+    if "defaultBackend" in doc["spec"]:
+        doc["spec"]["defaultBackend"]["service"]["port"]["number"] = 8080
+    return doc
+
+
+def up(lab, *docs, **spec):
+    spec.setdefault("ingress", {})
+    spec.setdefault("externals", [{"name": "client"}])
+    spec.setdefault("loadBalancerPool", "10.10.20.200-10.10.20.210")
+    return lab.up(lab.doc(**spec), *docs)
+
+
+def get(lab, host, path="/", method="GET", headers=()):
+    address = lab.topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip
+    return http.probe(f"{lab.name}-client", address, 80, path, host, method, list(headers), 3.0)
+
+
+def test_path_and_host_rules_as_the_conformance_suite_expects(lab):
+    up(lab, *backends(), for_8080(path_and_host_rules()))
+    cases = [
+        ("exact-path-rules", "/foo", "foo-exact"),  # P1
+        ("exact-path-rules", "/foo/", 404),  # P2
+        ("exact-path-rules", "/FOO", 404),  # P3
+        ("exact-path-rules", "/bar", 404),  # P4
+        ("prefix-path-rules", "/foo", "foo-prefix"),  # P5
+        ("prefix-path-rules", "/foo/", "foo-prefix"),  # P6
+        ("prefix-path-rules", "/FOO", 404),  # P7
+        ("prefix-path-rules", "/aaa/bbb", "aaa-slash-bbb-prefix"),  # P8
+        ("prefix-path-rules", "/aaa/bbb/ccc", "aaa-slash-bbb-prefix"),  # P9
+        ("prefix-path-rules", "/aaa/ccc", "aaa-prefix"),  # P10
+        ("prefix-path-rules", "/aaaccc", 404),  # P11
+        ("mixed-path-rules", "/foo", "foo-exact"),  # P12
+        ("trailing-slash-path-rules", "/aaa/bbb", "aaa-slash-bbb-slash-prefix"),  # P13
+        ("trailing-slash-path-rules", "/aaa/bbb/", "aaa-slash-bbb-slash-prefix"),  # P14
+        ("trailing-slash-path-rules", "/foo", 404),  # P15: no 301 to /foo/
+        ("foo.bar.com", "/", "foo-bar-com"),  # H2: served over HTTP, no redirect
+        ("subdomain.bar.com", "/", 404),  # H3
+        ("bar.foo.com", "/", "wildcard-foo-com"),  # H4
+        ("baz.bar.foo.com", "/", 404),  # H5: a wildcard covers one label
+        ("foo.com", "/", 404),  # H6
+        ("FOO.BAR.COM:8080", "/", "foo-bar-com"),  # the Host header's case and port do not matter
+    ]
+    wrong = []
+    for host, path, want in cases:
+        got = get(lab, host, path)
+        seen = got.served_by.split("/")[1] if got.served_by else got.status
+        if seen != want:
+            wrong.append(f"{host}{path}: {seen} (want {want})")
+    assert not wrong, wrong
+    h4 = get(lab, "bar.foo.com")
+    assert h4.backend_saw["host"] == "bar.foo.com" and h4.backend_saw["proto"] == "HTTP/1.1"
+
+
+def test_default_backend_takes_every_method_host_and_path(lab):
+    up(lab, *backends(["echo-service"]), for_8080(ingress("default", default="echo-service")))
+    for method, host, path in [
+        ("GET", "my-host", "/"),
+        ("GET", "my-host", "/sub-path"),
+        ("POST", "some-host", "/"),
+        ("PUT", "", "/resource"),
+        ("DELETE", "some-host", "/resource"),
+        ("PATCH", "my-host", "/resource"),
+    ]:
+        got = get(lab, host or lab.topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip, path, method)
+        assert (got.status, got.served_by) == (200, "default/echo-service"), (method, host, path, got)
+        assert (got.backend_saw["method"], got.backend_saw["path"], got.backend_saw["proto"]) == (method, path, "HTTP/1.1")
+        assert {"date", "server", "content-type", "content-length"} <= set(got.response_headers)
+
+
+def test_both_hops_client_to_controller_then_controller_to_pod(lab):
+    """externalTrafficPolicy Local keeps the client's address for X-Forwarded-For; the
+    backend's connection comes from the controller pod (a new connection, L7)."""
+    up(lab, *backends(["web"]), for_8080(ingress("web", [rule("web.example", ("/", "Prefix", "web"))])))
+    got = get(lab, "web.example", "/x?y=1", headers=[("X-Custom", "1")])
+    client = lab.topo.lab.externals[0].ip
+    controller = lab.topo.pod("ingress-nginx/ingress-nginx-controller-0").ip
+    assert got.status == 200 and got.client_ip_seen == controller, "hop 2: a new connection from the controller pod"
+    saw = got.backend_saw["headers"]
+    assert saw["x-forwarded-for"] == [client] and saw["x-real-ip"] == [client], "hop 1 kept the client's address"
+    assert saw["x-custom"] == ["1"] and got.backend_saw["path"] == "/x?y=1" and saw["x-forwarded-host"] == ["web.example"]
+    conf = lab.sh(lab.pod_ns("ingress-nginx/ingress-nginx-controller-0"), "cat", "/etc/nginx/nginx.conf")
+    assert "# default/web: Prefix / -> default/web -> web:8080" in conf, "labctl exec ... cat /etc/nginx/nginx.conf shows where each block came from"
+
+
+def test_changes_reload_nginx_and_endpoints_follow_readiness(lab):
+    docs = [*backends(["a", "b"]), for_8080(ingress("one", [rule("x.example", ("/a", "Prefix", "a"))]))]
+    up(lab, *docs)
+    assert get(lab, "x.example", "/b").status == 404
+    result = lab.cli("apply", "--lab", lab.name, "-f", "-", input=json.dumps(for_8080(ingress("two", [rule("x.example", ("/b", "Prefix", "b"))]))))
+    assert result.returncode == 0
+    assert get(lab, "x.example", "/b").served_by == "default/b", "apply returns once nginx serves the new configuration"
+    lab.cli("ready", "--lab", lab.name, "b", "false")
+    assert get(lab, "x.example", "/b").status == 503, "no ready endpoint: 503"
+    lab.cli("delete", "--lab", lab.name, "-f", "-", input=json.dumps(for_8080(ingress("two", [rule("x.example", ("/b", "Prefix", "b"))]))))
+    assert get(lab, "x.example", "/b").status == 404
+
+
+def test_an_ingress_of_another_class_gets_no_address_and_no_route(lab):
+    other = {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "other"}, "spec": {"controller": "example.com/other"}}
+    invalid = for_8080(ingress("invalid", [rule("c.example", ("/", "Prefix", "a"))], ingressClassName="some-invalid-class-name"))
+    theirs = for_8080(ingress("theirs", [rule("d.example", ("/", "Prefix", "a"))], ingressClassName="other"))
+    up(lab, *backends(["a"]), other, invalid, theirs, for_8080(ingress("mine", [rule("e.example", ("/", "Prefix", "a"))])))
+    st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
+    addresses = {i["name"]: i["address"] for i in st["ingresses"]}
+    lb = lab.topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip
+    assert addresses == {"invalid": None, "theirs": None, "mine": lb}
+    assert {(c["name"], c["default"]) for c in st["ingressClasses"]} == {("nginx", True), ("other", False)}
+    assert get(lab, "c.example").status == 404 and get(lab, "d.example").status == 404 and get(lab, "e.example").served_by == "default/a"
+
+
+def running(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_down_stops_nginx_and_leaves_no_host_nginx(lab):
+    up(lab, *backends(["a"]))
+    pids = [
+        int(x)
+        for x in subprocess.run(["ip", "netns", "pids", lab.pod_ns("ingress-nginx/ingress-nginx-controller-0")], capture_output=True, text=True).stdout.split()
+    ]
+    [master] = [p for p in pids if "nginx: master process" in open(f"/proc/{p}/cmdline").read()]
+    workers = [int(x) for x in open(f"/proc/{master}/task/{master}/children").read().split()]
+    assert workers and master in lab.owned_pids(), "nginx's master is the controller pod's recorded process"
+    lab.down()
+    assert not [p for p in [master, *workers] if running(p)], "down stopped nginx's master and workers"
+    root = subprocess.run(["ss", "-Hltn", "sport = :80"], capture_output=True, text=True).stdout
+    assert not root.strip(), "nothing listens on the host's port 80"

@@ -1,0 +1,187 @@
+"""Ingress and IngressClass, pure: the API server's validation, the lab's controller
+objects, and the nginx.conf rendered for them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from labctl.addons.ingress import nginx
+from tests.helpers import dump, lab_doc, load, one, pod, svc
+
+LB = {"loadBalancerPool": "10.10.20.200-10.10.20.210"}
+
+
+def ingress(name, rules=None, default=None, namespace="default", **spec):
+    body = dict(spec)
+    if rules is not None:
+        body["rules"] = rules
+    if default is not None:
+        body["defaultBackend"] = {"service": {"name": default, "port": {"number": 80}}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def rule(host, *paths):
+    r = {"http": {"paths": [{"path": p, "pathType": t, "backend": {"service": {"name": s, "port": {"number": 80}}}} for p, t, s in paths]}}
+    if host:
+        r["host"] = host
+    return r
+
+
+def backends(*names):
+    docs = []
+    for n in names:
+        docs.append(pod(n, labels={"app": n}, ports=(80,)))
+        docs.append(svc(n, {"app": n}, ports=((80, 80),)))
+    return docs
+
+
+def lab(*docs, **spec):
+    spec.setdefault("ingress", {})
+    return load(dump(lab_doc(**LB, **spec), *docs))
+
+
+# -- the controller's objects ---------------------------------------------------------------
+
+
+def test_spec_ingress_adds_the_controller_its_service_and_the_default_class():
+    topo = lab(ingress={"replicas": 2})
+    ctrl = [p for p in topo.pods if p.namespace == "ingress-nginx"]
+    assert [p.name for p in ctrl] == ["ingress-nginx-controller-0", "ingress-nginx-controller-1"]
+    assert {p.node for p in ctrl} == {"node1", "node2"} and ctrl[0].containers[0].command[0] == "nginx"
+    s = topo.service("ingress-nginx/ingress-nginx-controller")
+    assert s.type == "LoadBalancer" and s.load_balancer_ip == "10.10.20.200" and s.external_traffic_policy == "Local"
+    assert [(p.name, p.port) for p in s.ports] == [("http", 80), ("https", 443)] and s.health_check_node_port
+    assert [(c.name, c.controller, c.default) for c in topo.ingress_classes] == [("nginx", "k8s.io/ingress-nginx", True)]
+    assert "ingress-nginx" in topo.namespaces
+    assert "spec.ingress.service: LoadBalancer needs spec.loadBalancerPool" in one(dump(lab_doc(ingress={})))
+    nodeport = load(dump(lab_doc(ingress={"service": "NodePort", "externalTrafficPolicy": "Cluster"})))
+    assert nodeport.service("ingress-nginx/ingress-nginx-controller").type == "NodePort"
+
+
+def test_the_controller_names_are_the_labs():
+    taken = svc("ingress-nginx-controller", {"app": "x"}, namespace="ingress-nginx")
+    assert "is the ingress controller's" in one(dump(lab_doc(**LB, ingress={}), taken))
+
+
+# -- validation as the API server's ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec,expect",
+    [
+        ({}, "spec: either `defaultBackend` or `rules` must be specified"),
+        ({"rules": [rule("foo.com", ("foo", "Prefix", "a"))]}, "spec.rules[0].http.paths[0].path: 'foo' must be an absolute path"),
+        ({"rules": [rule("foo.com", ("/a//b", "Exact", "a"))]}, "must not contain '//'"),
+        ({"rules": [rule("foo.com", ("/a/..", "Prefix", "a"))]}, "must not end with '/..'"),
+        ({"rules": [rule("foo.com", ("/a", "Regex", "a"))]}, "pathType: must be one of Exact, Prefix, ImplementationSpecific"),
+        ({"rules": [rule("1.2.3.4", ("/", "Prefix", "a"))]}, "spec.rules[0].host: '1.2.3.4' must be a DNS name, not an IP address"),
+        ({"rules": [rule("a.*.com", ("/", "Prefix", "a"))]}, "a wildcard '*' must be the whole first label"),
+        ({"rules": [{"host": "a.com", "http": {"paths": []}}]}, "spec.rules[0].http.paths: must have at least one path"),
+        (
+            {"defaultBackend": {"service": {"name": "a", "port": {"name": "http", "number": 80}}}},
+            "spec.defaultBackend.service.port: cannot set both port name & port number",
+        ),
+        ({"defaultBackend": {"service": {"name": "a", "port": {}}}}, "spec.defaultBackend.service.port: port name or number is required"),
+    ],
+)
+def test_ingress_validation(spec, expect):
+    msg = one(dump(lab_doc(**LB, ingress={}), {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"}, "spec": spec}))
+    assert expect in msg
+
+
+def test_path_type_is_required_and_classes_need_a_controller():
+    doc = ingress("i", [rule("a.com", ("/", "Prefix", "a"))])
+    del doc["spec"]["rules"][0]["http"]["paths"][0]["pathType"]
+    assert "pathType" in one(dump(lab_doc(**LB, ingress={}), doc))
+    bad = {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "c"}, "spec": {"controller": "nodomain"}}
+    assert "spec.controller: 'nodomain' must be a domain-prefixed path" in one(dump(lab_doc(**LB, ingress={}), bad))
+
+
+# -- nginx.conf ---------------------------------------------------------------------------------
+
+
+def conf(*docs) -> str:
+    return nginx.render(lab(*docs), "nginx", "/run/x")
+
+
+def server(text: str, name: str) -> str:
+    block = text.split(f"server_name {name};")[1]
+    return block.split("\n    }")[0]
+
+
+def test_path_types_render_with_the_specifications_semantics():
+    """The ingress conformance suite's path_rules hosts, as nginx locations."""
+    rules = [
+        rule("exact-path-rules", ("/foo", "Exact", "foo-exact")),
+        rule("prefix-path-rules", ("/foo", "Prefix", "foo-prefix"), ("/aaa/bbb", "Prefix", "aaa-slash-bbb-prefix"), ("/aaa", "Prefix", "aaa-prefix")),
+        rule("mixed-path-rules", ("/foo", "Prefix", "foo-prefix"), ("/foo", "Exact", "foo-exact")),
+        rule("trailing-slash-path-rules", ("/aaa/bbb/", "Prefix", "aaa-slash-bbb-slash-prefix"), ("/foo/", "Exact", "foo-slash-exact")),
+    ]
+    text = conf(
+        *backends("foo-exact", "foo-prefix", "aaa-slash-bbb-prefix", "aaa-prefix", "aaa-slash-bbb-slash-prefix", "foo-slash-exact"), ingress("p", rules)
+    )
+    exact = server(text, "exact-path-rules")
+    assert "location = /foo { proxy_pass http://default-foo-exact-80; }" in exact and "location / { return 404; }" in exact
+    prefix = server(text, "prefix-path-rules")
+    for loc in ("/foo/", "= /foo", "/aaa/bbb/", "= /aaa/bbb", "/aaa/", "= /aaa"):
+        assert f"location {loc} {{" in prefix, loc
+    assert "location /foo {" not in prefix, "element-wise: no plain nginx prefix (it would match /foobar)"
+    mixed = server(text, "mixed-path-rules")
+    assert "location = /foo { proxy_pass http://default-foo-exact-80; }" in mixed, "Exact beats Prefix on the same path"
+    assert "location /foo/ { proxy_pass http://default-foo-prefix-80; }" in mixed
+    trailing = server(text, "trailing-slash-path-rules")
+    assert "location = /aaa/bbb { proxy_pass http://default-aaa-slash-bbb-slash-prefix-80; }" in trailing, "Prefix /aaa/bbb/ matches /aaa/bbb"
+    assert "location = /foo { return 404; }" in trailing, "Exact /foo/: /foo is no match (and no 301)"
+
+
+def test_hosts_wildcards_and_default_backends():
+    text = conf(
+        *backends("wild", "exact", "fallback", "catch"),
+        ingress("w", [rule("*.foo.com", ("/", "Prefix", "wild")), rule("foo.bar.com", ("/", "Prefix", "exact"))]),
+        ingress("d", default="catch"),
+    )
+    assert re.search(r"server_name ~\^\[\^\.\]\+\\\.foo\\\.com\$;", text), "a wildcard covers one label"
+    assert "server_name foo.bar.com;" in text
+    catch_all = text.split("listen 80 default_server;")[1].split("\n    }")[0]
+    assert "location / { proxy_pass http://default-catch-80; }" in catch_all, "an Ingress with only a defaultBackend takes what no rule matches"
+
+
+def test_the_older_ingress_wins_and_missing_backends_answer_503():
+    text = conf(
+        *backends("old", "new"),
+        pod("idle", labels={"app": "idle"}),
+        svc("idle", {"app": "nobody"}, ports=((80, 80),)),
+        ingress("first", [rule("a.com", ("/x", "Prefix", "old"))]),
+        ingress("second", [rule("a.com", ("/x", "Prefix", "new"), ("/gone", "Exact", "missing"), ("/idle", "Exact", "idle"))]),
+    )
+    a = server(text, "a.com")
+    assert "location /x/ { proxy_pass http://default-old-80; }" in a
+    assert "location = /gone { return 503; }" in a and "missing:80: no such Service" in a
+    assert "location = /idle { return 503; }" in a and "no ready endpoints" in a
+    assert "upstream default-old-80 {" in text and "upstream default-new-80" not in text, "upstreams only for what is served"
+
+
+def test_a_class_the_lab_does_not_serve_is_left_out():
+    other = {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "other"}, "spec": {"controller": "example.com/x"}}
+    topo = lab(
+        *backends("a"),
+        other,
+        ingress("mine", [rule("a.com", ("/", "Prefix", "a"))]),
+        ingress("theirs", [rule("b.com", ("/", "Prefix", "a"))], ingressClassName="other"),
+    )
+    text = nginx.render(topo, "nginx", "/run/x")
+    assert "server_name a.com;" in text and "b.com" not in text
+    assert nginx.generation(text) and nginx.generation(text) != nginx.generation(conf(*backends("a")))
+
+
+def test_the_ingress_topology_loads_with_the_seeds_ingress():
+    from pathlib import Path
+
+    from labctl.model.load import load as load_file
+
+    topo = load_file(str(Path(__file__).parent.parent.parent / "topologies" / "ingress.yaml"))
+    assert [i.key for i in topo.ingresses] == ["default/minimal-ingress"] and topo.lab.ingress is not None
+    text = nginx.render(topo, "nginx", "/run/x")
+    assert "location /app1/ { proxy_pass http://default-service1-80; }" in text
