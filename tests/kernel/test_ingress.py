@@ -177,3 +177,18 @@ def test_down_stops_nginx_and_leaves_no_host_nginx(lab):
     assert not [p for p in [master, *workers] if running(p)], "down stopped nginx's master and workers"
     root = subprocess.run(["ss", "-Hltn", "sport = :80"], capture_output=True, text=True).stdout
     assert not root.strip(), "nothing listens on the host's port 80"
+
+
+def test_the_seeds_annotations_rewrite_target_use_regex_and_limit_rps(lab):
+    rw = for_8080(ingress("rewrite", [rule("rewrite.bar.com", ("/something(/|$)(.*)", "ImplementationSpecific", "a"))]))
+    rw["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/use-regex": "true", "nginx.ingress.kubernetes.io/rewrite-target": "/$2"}
+    root = for_8080(ingress("minimal", [rule("example.com", ("/app1", "Prefix", "a"))]))
+    root["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/rewrite-target": "/", "nginx.ingress.kubernetes.io/limit-rps": "1"}
+    up(lab, *backends(["a"]), rw, root)
+    assert get(lab, "rewrite.bar.com", "/something/new").backend_saw["path"] == "/new", "capture group $2"
+    assert get(lab, "rewrite.bar.com", "/something").backend_saw["path"] == "/"
+    got = get(lab, "example.com", "/APP1/x?q=1")
+    assert got.status == 200 and got.backend_saw["path"] == "/?q=1", "regex mode is case-insensitive; rewrite-target / replaces the whole path"
+    statuses = [get(lab, "example.com", "/app1").status for _ in range(12)]
+    # the request above and the next five fit rate 1 with burst 5 (ingress-nginx's 5x); then 503, at once
+    assert statuses[:5] == [200] * 5 and statuses[6:] == [503] * 6, f"limit-rps 1, burst 5: {statuses}"

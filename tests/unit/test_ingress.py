@@ -185,3 +185,23 @@ def test_the_ingress_topology_loads_with_the_seeds_ingress():
     assert [i.key for i in topo.ingresses] == ["default/minimal-ingress"] and topo.lab.ingress is not None
     text = nginx.render(topo, "nginx", "/run/x")
     assert "location /app1/ { proxy_pass http://default-service1-80; }" in text
+
+
+def test_rewrite_target_and_use_regex_as_ingress_nginx_renders_them():
+    rw = ingress("rw", [rule("a.com", ("/something(/|$)(.*)", "ImplementationSpecific", "a"), ("/x", "Prefix", "b"))])
+    rw["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/use-regex": "true", "nginx.ingress.kubernetes.io/rewrite-target": "/$2"}
+    other = ingress("plain", [rule("a.com", ("/plain", "Exact", "a"))])
+    text = conf(*backends("a", "b"), rw, other)
+    a = server(text, "a.com")
+    lines = [x.strip() for x in a.splitlines() if x.strip().startswith("location ~*")]
+    assert lines[0] == 'location ~* "^/something(/|$)(.*)" { rewrite "(?i)/something(/|$)(.*)" /$2 break; proxy_pass http://default-a-80; }', "longest first"
+    assert 'location ~* "^/plain" { proxy_pass http://default-a-80; }' in lines, "the whole host turns regex, other Ingresses' paths too"
+    assert "location = /plain" not in a
+
+
+def test_limit_rps_is_a_zone_per_ingress_with_a_burst():
+    limited = ingress("lim", [rule("a.com", ("/", "Prefix", "a"))])
+    limited["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/limit-rps": "3"}
+    text = conf(*backends("a"), limited)
+    assert "limit_req_zone $binary_remote_addr zone=default_lim_rps:5m rate=3r/s;" in text and "limit_req_status 503;" in text
+    assert "location / { limit_req zone=default_lim_rps burst=15 nodelay; proxy_pass http://default-a-80; }" in server(text, "a.com")

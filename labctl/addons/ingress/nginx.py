@@ -17,6 +17,12 @@ the corrections the Ingress specification needs. Pure.
   one, else the defaultBackend of an Ingress with no rules (the oldest), else 404.
 - Backends are the Service port's ready endpoints (pod IP:port, round robin),
   as ingress-nginx's default; no endpoint or no such Service: 503.
+- Annotations (nginx.ingress.kubernetes.io/): `use-regex` and
+  `rewrite-target` turn every path of the host into a case-insensitive regex
+  prefix `~* "^path"` (longest first), and rewrite-target adds
+  `rewrite "(?i)path" target break;` (capture groups such as `/$2` work); as
+  in ingress-nginx, `/app1` then also matches `/APP1x`. `limit-rps`: a
+  `limit_req_zone` per Ingress on the client address, burst 5x, 503 beyond.
 - The headers ingress-nginx sends the backend (X-Forwarded-For, X-Real-IP,
   X-Request-ID, X-Forwarded-Host/Port/Proto/Scheme, X-Scheme), HTTP/1.1.
 - A status server on 127.0.0.1:10246 (ingress-nginx's status port) answers
@@ -91,6 +97,34 @@ class Server:
     locations: dict[str, Location] = field(default_factory=dict)
     fallback: tuple[I.Ingress, I.Backend] | None = None  # not matched: this default backend, else 404
     source: list[str] = field(default_factory=list)
+    paths: list[tuple[I.Ingress, I.Path]] = field(default_factory=list)  # every path as declared, oldest first
+    regex: bool = False  # an Ingress of the host has use-regex or rewrite-target: every path is a regex
+
+
+ANNOTATION = "nginx.ingress.kubernetes.io/"
+LIMIT_BURST_MULTIPLIER = 5  # ingress-nginx's limit-burst-multiplier
+
+
+def annotation(ing: I.Ingress, name: str) -> str | None:
+    return ing.annotations.get(ANNOTATION + name)
+
+
+def rewrite_target(ing: I.Ingress, path: str) -> str | None:
+    """ingress-nginx's needsRewrite: a rewrite-target other than the path itself."""
+    target = annotation(ing, "rewrite-target")
+    return target if target and target != path else None
+
+
+def regex_mode(ing: I.Ingress, paths: list[I.Path]) -> bool:
+    return annotation(ing, "use-regex") == "true" or any(rewrite_target(ing, p.path) for p in paths)
+
+
+def rate_zone(ing: I.Ingress) -> tuple[str, int] | None:
+    """limit-rps: (zone name, requests per second per client address)."""
+    value = annotation(ing, "limit-rps")
+    if value is None or not value.isdigit() or int(value) < 1:
+        return None
+    return f"{ing.namespace}_{ing.name}_rps", int(value)
 
 
 def server_name(host: str) -> str:
@@ -148,8 +182,12 @@ class Renderer:
                     server.source.append(ing.key)
                 if ing.default_backend is not None and rule.host is not None and server.fallback is None:
                     server.fallback = (ing, ing.default_backend)
+                if regex_mode(ing, list(rule.paths)):
+                    server.regex = True
                 for p in rule.paths:
                     self._add(server, ing, p)
+                    if not any(q.path == p.path and q.path_type == p.path_type for _, q in server.paths):
+                        server.paths.append((ing, p))
         for server in [catch_all, *hosts.values()]:
             if server.fallback is None:
                 server.fallback = global_default
@@ -200,6 +238,15 @@ def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
     out += ["    proxy_http_version 1.1;", "    proxy_next_upstream error timeout;"]
     out += [f"    proxy_set_header {name} {value};" for name, value in HEADERS]
     body: list[str] = []
+    zones = {z for ing in r.ingresses() if (z := rate_zone(ing))}
+    for name, rps in sorted(zones):
+        out.append(f"    limit_req_zone $binary_remote_addr zone={name}:5m rate={rps}r/s;  # limit-rps")
+    if zones:
+        out.append("    limit_req_status 503;")
+
+    def limits(ing: I.Ingress) -> list[str]:
+        z = rate_zone(ing)
+        return [f"limit_req zone={z[0]} burst={z[1] * LIMIT_BURST_MULTIPLIER} nodelay;"] if z else []
 
     def server_block(server: Server, default: bool) -> None:
         body.append("")
@@ -207,11 +254,20 @@ def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
         body.append("    server {")
         body.append("        listen 80" + (" default_server;" if default else ";"))
         body.append(f"        server_name {' '.join(server.names)};")
-        for key in sorted(server.locations, key=lambda k: (-len(k.lstrip("= ")), k)):
-            loc = server.locations[key]
-            t = r.target(loc.ingress, loc.backend) if loc.ingress and loc.backend else Target(None, 404, "no rule")
-            body.append(f"        {_comment(loc.source + ' -> ' + t.why)}")
-            body.append(f"        location {key} {{ {' '.join(t.lines())} }}")
+        if server.regex:
+            # ingress-nginx's regex mode: every path of the host a case-insensitive regex
+            # prefix `~* "^path"`, longest first (nginx takes the first regex that matches)
+            for ing, p in sorted(server.paths, key=lambda x: -len(x[1].path)):
+                t = r.target(ing, p.backend)
+                body.append(f"        {_comment(f'{ing.key}: {p.path_type} {p.path} (use-regex / rewrite-target) -> {t.why}')}")
+                extra = [f'rewrite "(?i){p.path}" {target} break;'] if (target := rewrite_target(ing, p.path)) else []
+                body.append(f'        location ~* "^{p.path}" {{ {" ".join(limits(ing) + extra + t.lines())} }}')
+        else:
+            for key in sorted(server.locations, key=lambda k: (-len(k.lstrip("= ")), k)):
+                loc = server.locations[key]
+                t = r.target(loc.ingress, loc.backend) if loc.ingress and loc.backend else Target(None, 404, "no rule")
+                body.append(f"        {_comment(loc.source + ' -> ' + t.why)}")
+                body.append(f"        location {key} {{ {' '.join((limits(loc.ingress) if loc.ingress else []) + t.lines())} }}")
         if "/" not in server.locations:
             t = r.target(*server.fallback) if server.fallback else Target(None, 404, "no rule, no default backend")
             body.append(f"        {_comment('not matched: ' + t.why)}")
