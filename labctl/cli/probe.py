@@ -36,8 +36,15 @@ VERDICTS = ("open", "refused", "blocked", "filtered")
 @click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
 @click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
 @click.option("--expect-status", type=click.IntRange(100, 599), help="--http: exit 1 unless the answer has this status.")
+@click.option(
+    "--https", is_flag=True, help="--http over TLS (port 443 unless --port): verified against the lab's CA, made anyway when that fails (as curl -k)."
+)
+@click.option("--sni", help="--https: the server name sent (default: --host).")
+@click.option("--insecure", is_flag=True, help="--https: no verification at all (tls.verified is null).")
 @json_option
-def probe(lab_name, src, dst, port, proto, timeout, via, expect, http_path, http_host, http_method, http_headers, expect_status, as_json) -> None:
+def probe(
+    lab_name, src, dst, port, proto, timeout, via, expect, http_path, http_host, http_method, http_headers, expect_status, https, sni, insecure, as_json
+) -> None:
     """Send one TCP SYN, UDP datagram or ICMP echo from FROM to TO and report
     what came back: open, refused (RST / port unreachable), blocked (ICMP
     administratively prohibited) or filtered (nothing).
@@ -51,8 +58,16 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, http_path, http
     handle, topo = running_lab(lab_name)
     a = resolve(topo, src, role="FROM")
     b = resolve(topo, dst, role="TO", via=via)
-    if http_path is not None or http_host or http_headers or expect_status:
-        return _http(handle, topo, a, b, port, timeout, http_path or "/", http_host, http_method, http_headers, expect_status, expect, as_json)
+    if http_path is not None or http_host or http_headers or expect_status or https:
+        tls = None
+        if https:
+            from labctl import pki
+            from labctl.probe.http import TlsOptions
+
+            cafile = None if insecure else str(pki.ca(handle.dir.path / "ca", topo.lab.name).cert)
+            tls = TlsOptions(sni=sni or http_host or b.ip, cafile=cafile)
+            port = port or 443
+        return _http(handle, topo, a, b, port, timeout, http_path or "/", http_host, http_method, http_headers, expect_status, expect, as_json, tls)
     if proto != "icmp":
         port = port or default_port(b, proto)
         if port is None:
@@ -84,7 +99,7 @@ def probe(lab_name, src, dst, port, proto, timeout, via, expect, http_path, http
         raise CheckFailed(f"expected {expect}, got {result.verdict}")
 
 
-def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, expect_status, expect, as_json) -> None:
+def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, expect_status, expect, as_json, tls=None) -> None:
     from labctl.probe import http
 
     headers = []
@@ -98,7 +113,7 @@ def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, ex
     port = port or default_port(b, "tcp") or 80
     host = host or b.ip
     before = responder_pid(handle)
-    answer = http.probe(a.netns, b.ip, port, path, host, method, headers, timeout)
+    answer = http.probe(a.netns, b.ip, port, path, host, method, headers, timeout, tls)
     still_up(handle, topo, before)
     result = {
         "from": a.label,
@@ -117,13 +132,21 @@ def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, ex
     if as_json:
         output.emit_json(result)
     else:
-        line = f"{a.label} -> {b.label} ({b.ip}:{port}) {method} http://{host}{path}: [bold]{answer.status or answer.verdict}[/bold]"
+        scheme = "https" if tls else "http"
+        line = f"{a.label} -> {b.label} ({b.ip}:{port}) {method} {scheme}://{host}{path}: [bold]{answer.status or answer.verdict}[/bold]"
         extra = [f"served by {answer.served_by}"] if answer.served_by else []
         if answer.location:
             extra.append(f"Location {answer.location}")
         if answer.detail:
             extra.append(answer.detail)
         output.say(line + (f" ({', '.join(extra)})" if extra else ""))
+        if answer.tls is not None:
+            t = answer.tls
+            state = "verified" if t.get("verified") else ("not verified" if tls and tls.cafile else "not checked")
+            output.say(
+                f"  TLS: {state}; subject {t.get('subject')}, issuer {t.get('issuer')}, SAN {', '.join(t.get('san') or []) or '-'}"
+                + (f"; {t['error']}" if t.get("error") else "")
+            )
         saw = answer.backend_saw
         if saw:
             output.say(f"  the backend saw: {saw.get('method')} {saw.get('path')} Host {saw.get('host')}")

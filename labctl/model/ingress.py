@@ -298,3 +298,49 @@ def from_documents(lab: Any, documents) -> tuple[tuple[Ingress, ...], tuple[Ingr
     classes = [system_class(lab.ingress)] if lab.ingress is not None else []
     classes += [class_from_manifest(d) for d in documents if d.get("kind") == "IngressClass"]
     return ingresses, tuple(classes)
+
+
+# -- Secrets of type kubernetes.io/tls --------------------------------------------------------
+
+TLS_SECRET = "kubernetes.io/tls"
+SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def check_secret(data: dict[str, Any], w: str) -> list[Problem]:
+    """What the API server refuses in a Secret (a TLS one needs tls.crt and tls.key)."""
+    import base64
+    import binascii
+
+    out: list[Problem] = []
+    why = v.dns1123_subdomain(str(data["metadata"]["name"]))
+    if why:
+        out.append(Problem(w, "metadata.name", why))
+    values = dict(data.get("data") or {})
+    for key, value in values.items():
+        if not SECRET_KEY.fullmatch(str(key)):
+            out.append(Problem(w, f"data[{key}]", "a key must consist of alphanumeric characters, '-', '_' or '.'"))
+        try:
+            base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            out.append(Problem(w, f"data[{key}]", "is not valid base64"))
+    if data.get("type") == TLS_SECRET:
+        given = set(values) | set(data.get("stringData") or {})
+        for key in ("tls.crt", "tls.key"):
+            if key not in given:
+                out.append(Problem(w, f"data[{key}]", f"is required for a Secret of type {TLS_SECRET}"))
+    return out
+
+
+def tls_secrets(documents) -> dict[str, tuple[bytes, bytes]]:
+    """ns/name -> (tls.crt, tls.key) of the Secrets of type kubernetes.io/tls."""
+    import base64
+
+    out = {}
+    for d in documents:
+        if d.get("kind") != "Secret" or d.get("type") != TLS_SECRET:
+            continue
+        meta = d["metadata"]
+        data = {k: base64.b64decode(str(x)) for k, x in (d.get("data") or {}).items()}
+        data.update({k: str(x).encode() for k, x in (d.get("stringData") or {}).items()})
+        out[f"{meta.get('namespace') or 'default'}/{meta['name']}"] = (data.get("tls.crt", b""), data.get("tls.key", b""))
+    return out

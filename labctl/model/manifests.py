@@ -280,3 +280,8 @@ def _read_ingress(doc: Document, out: Objects) -> None:
 @register("IngressClass", "networking.k8s.io/v1", namespaced=False)
 def _read_ingress_class(doc: Document, out: Objects) -> None:
     out.problems += ingress.check_class(doc.data, doc.where())
+
+
+@register("Secret", "v1")
+def _read_secret(doc: Document, out: Objects) -> None:
+    out.problems += ingress.check_secret(doc.data, doc.where())

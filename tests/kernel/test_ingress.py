@@ -192,3 +192,62 @@ def test_the_seeds_annotations_rewrite_target_use_regex_and_limit_rps(lab):
     statuses = [get(lab, "example.com", "/app1").status for _ in range(12)]
     # the request above and the next five fit rate 1 with burst 5 (ingress-nginx's 5x); then 503, at once
     assert statuses[:5] == [200] * 5 and statuses[6:] == [503] * 6, f"limit-rps 1, burst 5: {statuses}"
+
+
+def test_tls_from_a_secret_from_the_lab_ca_and_the_fake_certificate(lab, tmp_path):
+    """HTTPS with SNI: a Secret's certificate (made here from the lab's CA), one issued by
+    the cert-manager annotation, the fake certificate for an unknown name (verification
+    fails, as with ingress-nginx), and ssl-redirect's 308."""
+    import base64
+
+    from labctl import pki
+
+    up(lab, *backends(["a"]))  # the lab exists: its CA can issue the Secret's certificate
+    pair = pki.issue(lab.handle.dir.path / "ca", lab.name, ["secret.example"])
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "secret-tls"},
+        "data": {"tls.crt": base64.b64encode(pair.cert.read_bytes()).decode(), "tls.key": base64.b64encode(pair.key.read_bytes()).decode()},
+    }
+    given = for_8080(ingress("given", [rule("secret.example", ("/", "Prefix", "a"))], tls=[{"hosts": ["secret.example"], "secretName": "secret-tls"}]))
+    given["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/ssl-redirect": "true"}
+    issued = for_8080(ingress("issued", [rule("issued.example", ("/", "Prefix", "a"))], tls=[{"hosts": ["issued.example"], "secretName": "issued-tls"}]))
+    issued["metadata"]["annotations"] = {"cert-manager.io/cluster-issuer": "labctl-ca"}
+    up(lab, *backends(["a"]), secret, given, issued)
+    address = lab.topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip
+    ca = str(pki.ca(lab.handle.dir.path / "ca", lab.name).cert)
+
+    def https(host, sni=None):
+        return http.probe(f"{lab.name}-client", address, 443, "/", host, "GET", [], 3.0, http.TlsOptions(sni=sni or host, cafile=ca))
+
+    for host in ("secret.example", "issued.example"):
+        got = https(host)
+        assert got.status == 200 and got.tls["verified"] and host in got.tls["san"], (host, got.tls)
+        assert got.backend_saw["headers"]["x-forwarded-proto"] == ["https"]
+    unknown = https("secret.example", sni="nobody.example")
+    assert unknown.tls["verified"] is False and "Fake Certificate" in unknown.tls["subject"], unknown.tls
+    assert unknown.status == 200, "the request is made anyway (curl -k), routed by its Host header"
+    plain = get(lab, "secret.example", "/x?y=1")
+    assert (plain.status, plain.location) == (308, "https://secret.example/x?y=1"), "ssl-redirect: 308 to HTTPS"
+    assert get(lab, "issued.example").status == 200, "no ssl-redirect asked: HTTP is served (no implicit redirect)"
+    out = lab.cli("ca", "--lab", lab.name, "--json").stdout
+    assert json.loads(out)["path"] == ca
+
+
+def test_network_policy_applies_to_the_second_hop(lab):
+    """The backend's connection comes from the controller pod: a default-deny ingress
+    policy in the backend's namespace refuses it (nginx answers 502, the connection being
+    rejected) until the ingress-nginx namespace is allowed."""
+    from tests.helpers import namespace, np
+
+    app = [namespace("app"), pod("web", namespace="app", labels={"app": "web"}, ports=(8080,), node="node2")]
+    app.append(svc("web", {"app": "web"}, namespace="app", ports=((8080, 8080),)))
+    route = for_8080(ingress("web", [rule("web.example", ("/", "Prefix", "web"))], namespace="app"))
+    deny = np("deny", ns="app")
+    up(lab, *app, route, deny)
+    assert get(lab, "web.example").status == 502
+    allow = np("from-ingress", ns="app", ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}])
+    up(lab, *app, route, deny, allow)
+    assert get(lab, "web.example").served_by == "app/web"

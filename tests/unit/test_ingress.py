@@ -205,3 +205,36 @@ def test_limit_rps_is_a_zone_per_ingress_with_a_burst():
     text = conf(*backends("a"), limited)
     assert "limit_req_zone $binary_remote_addr zone=default_lim_rps:5m rate=3r/s;" in text and "limit_req_status 503;" in text
     assert "location / { limit_req zone=default_lim_rps burst=15 nodelay; proxy_pass http://default-a-80; }" in server(text, "a.com")
+
+
+def tls_secret(name, crt=b"x", key=b"y", namespace="default"):
+    import base64
+
+    data = {"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls", "metadata": {"name": name, "namespace": namespace}, "data": data}
+
+
+def test_tls_secrets_are_validated_as_the_api_server_does():
+    s = tls_secret("t")
+    del s["data"]["tls.key"]
+    assert "data[tls.key]: is required for a Secret of type kubernetes.io/tls" in one(dump(lab_doc(), s))
+    s = tls_secret("t")
+    s["data"]["tls.crt"] = "not base64!"
+    assert "data[tls.crt]: is not valid base64" in one(dump(lab_doc(), s))
+    load(dump(lab_doc(), tls_secret("ok"), {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "plain"}, "stringData": {"a": "b"}}))
+
+
+def test_tls_servers_listen_on_443_with_their_hosts_certificate_else_the_fake_one():
+    secure = ingress(
+        "s", [rule("secure.example", ("/", "Prefix", "a")), rule("plain.example", ("/", "Prefix", "a"))], tls=[{"hosts": ["secure.example"], "secretName": "t"}]
+    )
+    secure["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/ssl-redirect": "true"}
+    topo = lab(*backends("a"), secure)
+    tls = nginx.Tls(default=("/fake.crt", "/fake.key"), hosts={"secure.example": ("/s.crt", "/s.key")}, why={"secure.example": "Secret default/t"})
+    text = nginx.render(topo, "nginx", "/run/x", tls)
+    assert "listen 443 ssl;" in text and "listen 443 ssl default_server;" in text
+    blocks = {b.split("server_name ")[1].split(";")[0]: b for b in text.split("    server {")[1:] if "server_name " in b}
+    assert "ssl_certificate /s.crt;" in blocks["secure.example"] and "ssl_certificate /fake.crt;" in blocks["plain.example"]
+    assert "ssl_certificate /fake.crt;" in blocks["_"], "an unknown SNI gets the fake certificate"
+    assert "if ($scheme = http) { return 308 https://$host$request_uri; }" in blocks["secure.example"], "ssl-redirect on a host with tls"
+    assert "return 308" not in blocks["plain.example"], "no tls, no redirect"

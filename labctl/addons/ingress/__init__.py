@@ -13,6 +13,7 @@ serves the new configuration (its status port answers the new generation).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -70,6 +71,51 @@ def _generation_served(ns: str) -> str | None:
     return data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip() or None
 
 
+CERT_MANAGER_ANNOTATION = "cert-manager.io/cluster-issuer"
+
+
+def certificates(labdir, topo: Topology, run_dir: Path) -> nginx.Tls:
+    """Every host an Ingress of the class names in `tls`: the certificate of its Secret
+    (written under the controller's runtime directory), or one issued from the lab's CA
+    when the Ingress asks cert-manager's `labctl-ca` issuer, or (a Secret missing or
+    unusable) the fake one; the older Ingress wins a host."""
+    from labctl import pki
+
+    root = labdir.path / "ca"
+    fake = pki.fake(root)
+    out = nginx.Tls(default=(str(fake.cert), str(fake.key)))
+    secrets = I.tls_secrets(topo.documents)
+    for ing in nginx.Renderer(topo, topo.lab.ingress.class_name).ingresses():
+        for hosts, secret in ing.tls:
+            hosts = tuple(h for h in hosts if h not in out.hosts)
+            if not hosts:
+                continue
+            if ing.annotations.get(CERT_MANAGER_ANNOTATION) == pki.ISSUER:
+                pair = pki.issue(root, topo.lab.name, list(hosts))
+                why = f"issued by the lab's CA for {ing.key} ({CERT_MANAGER_ANNOTATION}: {pki.ISSUER})"
+            elif secret and f"{ing.namespace}/{secret}" in secrets:
+                crt, key = secrets[f"{ing.namespace}/{secret}"]
+                problem = pki.usable(crt, key)
+                if problem:
+                    pair, why = fake, f"the fake certificate: Secret {ing.namespace}/{secret} {problem}"
+                else:
+                    d = run_dir / "certs"
+                    d.mkdir(parents=True, exist_ok=True)
+                    pair = pki.Pair(d / f"{ing.namespace}_{secret}.crt", d / f"{ing.namespace}_{secret}.key")
+                    for path, data in ((pair.cert, crt), (pair.key, key)):
+                        if not path.exists() or path.read_bytes() != data:
+                            path.write_bytes(data)
+                            os.chmod(path, 0o600)
+                    why = f"Secret {ing.namespace}/{secret} of {ing.key}"
+            else:
+                pair, why = fake, f"the fake certificate: no Secret {ing.namespace}/{secret} for {ing.key}"
+            why += f", sha1 {hashlib.sha1(pair.cert.read_bytes()).hexdigest()[:12]}"  # a new certificate changes the text: a reload
+            for h in hosts:
+                out.hosts[h] = (str(pair.cert), str(pair.key))
+                out.why[h] = why
+    return out
+
+
 def _children(pid: int) -> set[int]:
     out: set[int] = set()
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -105,7 +151,7 @@ class IngressNginx(AddOn):
             run_dir = runtime_dir(labdir, pod)
             for what in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
                 (run_dir / what).mkdir(parents=True, exist_ok=True)
-            conf = nginx.render(topo, topo.lab.ingress.class_name, str(run_dir))
+            conf = nginx.render(topo, topo.lab.ingress.class_name, str(run_dir), certificates(labdir, topo, run_dir))
             d = conf_dir(lab, pod)
             d.mkdir(parents=True, exist_ok=True)
             path = d / "nginx.conf"

@@ -23,6 +23,13 @@ the corrections the Ingress specification needs. Pure.
   `rewrite "(?i)path" target break;` (capture groups such as `/$2` work); as
   in ingress-nginx, `/app1` then also matches `/APP1x`. `limit-rps`: a
   `limit_req_zone` per Ingress on the client address, burst 5x, 503 beyond.
+  `ssl-redirect: "true"` (a host with `tls`) and `force-ssl-redirect`: 308
+  to HTTPS; no redirect otherwise (the specification and the conformance
+  suite: ingress-nginx would redirect every host with `tls`).
+- TLS: every server also listens on 443 with its host's certificate (an
+  Ingress's `tls` naming the host: its Secret, or one issued from the lab's
+  CA for `cert-manager.io/cluster-issuer: labctl-ca`), else ingress-nginx's
+  self-signed fake certificate; SNI picks the server.
 - The headers ingress-nginx sends the backend (X-Forwarded-For, X-Real-IP,
   X-Request-ID, X-Forwarded-Host/Port/Proto/Scheme, X-Scheme), HTTP/1.1.
 - A status server on 127.0.0.1:10246 (ingress-nginx's status port) answers
@@ -216,8 +223,23 @@ def _comment(text: str) -> str:
     return "# " + text.replace("\n", " ")
 
 
-def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
-    """nginx.conf for the controller of `class_name`; `runtime_dir`: its pid file and temp files."""
+@dataclass
+class Tls:
+    """Certificate files: per host (from the Ingresses' `tls`), and the default one
+    (ingress-nginx's fake certificate) for every other name."""
+
+    default: tuple[str, str]
+    hosts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    why: dict[str, str] = field(default_factory=dict)  # host -> where its certificate came from
+
+
+def tls_hosts(ing: I.Ingress) -> list[tuple[str, str | None]]:
+    return [(h, secret) for hosts, secret in ing.tls for h in hosts]
+
+
+def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = None) -> str:
+    """nginx.conf for the controller of `class_name`; `runtime_dir`: its pid file and temp
+    files; `tls`: the certificates to serve HTTPS with (None: HTTP only)."""
     r = Renderer(topo, class_name)
     catch_all, hosts = r.servers()
     out: list[str] = [
@@ -244,15 +266,32 @@ def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
     if zones:
         out.append("    limit_req_status 503;")
 
-    def limits(ing: I.Ingress) -> list[str]:
+    with_tls = {h for ing in r.ingresses() for h, _ in tls_hosts(ing)}
+
+    def limits(ing: I.Ingress, host: str | None = None) -> list[str]:
+        """Per Ingress: limit-rps, and ssl-redirect (a host with tls) / force-ssl-redirect: 308 to HTTPS."""
+        out = []
         z = rate_zone(ing)
-        return [f"limit_req zone={z[0]} burst={z[1] * LIMIT_BURST_MULTIPLIER} nodelay;"] if z else []
+        if z:
+            out.append(f"limit_req zone={z[0]} burst={z[1] * LIMIT_BURST_MULTIPLIER} nodelay;")
+        redirect = annotation(ing, "force-ssl-redirect") == "true" or (annotation(ing, "ssl-redirect") == "true" and host in with_tls)
+        if redirect:
+            out.append("if ($scheme = http) { return 308 https://$host$request_uri; }")
+        return out
 
     def server_block(server: Server, default: bool) -> None:
         body.append("")
         body.append("    " + _comment(", ".join(server.source) if server.source else "no Ingress: every request gets 404"))
         body.append("    server {")
         body.append("        listen 80" + (" default_server;" if default else ";"))
+        if tls is not None:
+            cert, key = tls.hosts.get(server.host or "", tls.default)
+            body.append("        listen 443 ssl" + (" default_server;" if default else ";"))
+            body.append(
+                f"        {_comment('certificate: ' + tls.why.get(server.host or '', 'the fake default certificate (no Ingress names this host in tls)'))}"
+            )
+            body.append(f"        ssl_certificate {cert};")
+            body.append(f"        ssl_certificate_key {key};")
         body.append(f"        server_name {' '.join(server.names)};")
         if server.regex:
             # ingress-nginx's regex mode: every path of the host a case-insensitive regex
@@ -261,13 +300,13 @@ def render(topo: Topology, class_name: str, runtime_dir: str) -> str:
                 t = r.target(ing, p.backend)
                 body.append(f"        {_comment(f'{ing.key}: {p.path_type} {p.path} (use-regex / rewrite-target) -> {t.why}')}")
                 extra = [f'rewrite "(?i){p.path}" {target} break;'] if (target := rewrite_target(ing, p.path)) else []
-                body.append(f'        location ~* "^{p.path}" {{ {" ".join(limits(ing) + extra + t.lines())} }}')
+                body.append(f'        location ~* "^{p.path}" {{ {" ".join(limits(ing, server.host) + extra + t.lines())} }}')
         else:
             for key in sorted(server.locations, key=lambda k: (-len(k.lstrip("= ")), k)):
                 loc = server.locations[key]
                 t = r.target(loc.ingress, loc.backend) if loc.ingress and loc.backend else Target(None, 404, "no rule")
                 body.append(f"        {_comment(loc.source + ' -> ' + t.why)}")
-                body.append(f"        location {key} {{ {' '.join((limits(loc.ingress) if loc.ingress else []) + t.lines())} }}")
+                body.append(f"        location {key} {{ {' '.join((limits(loc.ingress, server.host) if loc.ingress else []) + t.lines())} }}")
         if "/" not in server.locations:
             t = r.target(*server.fallback) if server.fallback else Target(None, 404, "no rule, no default backend")
             body.append(f"        {_comment('not matched: ' + t.why)}")
