@@ -251,3 +251,17 @@ def test_network_policy_applies_to_the_second_hop(lab):
     allow = np("from-ingress", ns="app", ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}])
     up(lab, *app, route, deny, allow)
     assert get(lab, "web.example").served_by == "app/web"
+
+
+def test_affinity_cookie_sends_a_client_back_to_the_same_pod(lab):
+    web = [pod(f"w{i}", labels={"app": "web"}, ports=(8080,), node=f"node{i % 2 + 1}") for i in range(3)]
+    sticky = for_8080(ingress("sticky", [rule("s.example", ("/", "Prefix", "web"))]))
+    sticky["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/affinity": "cookie", "nginx.ingress.kubernetes.io/session-cookie-name": "route"}
+    up(lab, *web, svc("web", {"app": "web"}, ports=((8080, 8080),)), sticky)
+    first = get(lab, "s.example")
+    [cookie] = first.response_headers["set-cookie"]
+    name, _, value = cookie.split(";")[0].partition("=")
+    assert name == "route" and value == f"{lab.topo.pod(first.served_by).ip}:8080"
+    again = {get(lab, "s.example", headers=[("Cookie", f"route={value}")]).served_by for _ in range(6)}
+    assert again == {first.served_by}, "the cookie's endpoint, every time"
+    assert len({get(lab, "s.example").served_by for _ in range(9)}) > 1, "without it: round robin"

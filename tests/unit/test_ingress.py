@@ -240,3 +240,13 @@ def test_tls_servers_listen_on_443_with_their_hosts_certificate_else_the_fake_on
     assert "# certificate: Secret default/t" in blocks["secure.example"] and "# certificate: the fake default" in blocks["plain.example"]
     assert "if ($scheme = http) { return 308 https://$host$request_uri; }" in blocks["secure.example"], "ssl-redirect on a host with tls"
     assert "return 308" not in blocks["plain.example"], "no tls, no redirect"
+
+
+def test_affinity_cookie_maps_the_cookie_to_the_endpoint():
+    sticky = ingress("sticky", [rule("a.com", ("/", "Prefix", "a"))])
+    sticky["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/affinity": "cookie"}
+    topo = lab(*backends("a"), sticky)
+    text = nginx.render(topo, "nginx", "/run/x")
+    ip = topo.pod("default/a").ip
+    assert f'map $cookie_INGRESSCOOKIE $sticky_default_a_80_INGRESSCOOKIE {{\n        default default-a-80;\n        "{ip}:80" {ip}:80;\n    }}' in text
+    assert "location / { proxy_pass http://$sticky_default_a_80_INGRESSCOOKIE; add_header Set-Cookie $sticky_default_a_80_INGRESSCOOKIE_set always; }" in text

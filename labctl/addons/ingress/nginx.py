@@ -21,7 +21,10 @@ the corrections the Ingress specification needs. Pure.
   `rewrite-target` turn every path of the host into a case-insensitive regex
   prefix `~* "^path"` (longest first), and rewrite-target adds
   `rewrite "(?i)path" target break;` (capture groups such as `/$2` work); as
-  in ingress-nginx, `/app1` then also matches `/APP1x`. `limit-rps`: a
+  in ingress-nginx, `/app1` then also matches `/APP1x`. `affinity: cookie`
+  (`session-cookie-name`, default INGRESSCOOKIE): the first answer sets the
+  cookie to the endpoint that served it, and a request carrying it goes back
+  there (ingress-nginx does it in Lua, with a hash for the value). `limit-rps`: a
   `limit_req_zone` per Ingress on the client address, burst 5x, 503 beyond.
   `ssl-redirect: "true"` (a host with `tls`) and `force-ssl-redirect`: 308
   to HTTPS; no redirect otherwise (the specification and the conformance
@@ -74,11 +77,19 @@ class Target:
     upstream: str | None
     status: int | None
     why: str  # the object and backend, for the comment
+    sticky: str | None = None  # affinity: cookie: the cookie's name
 
     def lines(self) -> list[str]:
+        if self.upstream and self.sticky:
+            var = sticky_var(self.upstream, self.sticky)
+            return [f"proxy_pass http://${var};", f"add_header Set-Cookie ${var}_set always;"]
         if self.upstream:
             return [f"proxy_pass http://{self.upstream};"]
         return [f"return {self.status};"]
+
+
+def sticky_var(upstream: str, cookie: str) -> str:
+    return "sticky_" + re.sub(r"[^A-Za-z0-9_]", "_", f"{upstream}_{cookie}")
 
 
 KIND_RANK = {"filler": 0, "Prefix": 1, "Exact": 2}  # on one nginx location: Exact beats Prefix beats a filler
@@ -152,6 +163,7 @@ class Renderer:
         self.index = PodIndex(topo.pods)
         self.services = {s.key: s for s in topo.services}
         self.upstreams: dict[str, tuple[str, list[str]]] = {}  # name -> (comment, servers)
+        self.sticky: dict[tuple[str, str], list[str]] = {}  # (upstream, cookie) -> its endpoints
 
     def ingresses(self) -> list[I.Ingress]:
         classes = list(self.topo.ingress_classes)
@@ -173,7 +185,12 @@ class Renderer:
             return Target(None, 503, f"{why}: no ready endpoints")
         name = upstream_name(ing.namespace, b.service, b.port_number if b.port_number is not None else b.port_name or "")
         self.upstreams[name] = (f"{ing.namespace}/{b.service} port {port.name or port.port}", [e.addr for e in eps])
-        return Target(name, None, why)
+        cookie = (annotation(ing, "session-cookie-name") or "INGRESSCOOKIE") if annotation(ing, "affinity") == "cookie" else None
+        if cookie and not re.fullmatch(r"[A-Za-z0-9_]+", cookie):
+            cookie = None  # nginx's $cookie_ variables take letters, digits and '_' only
+        if cookie:
+            self.sticky[(name, cookie)] = [e.addr for e in eps]
+        return Target(name, None, why, cookie)
 
     def servers(self) -> tuple[Server, list[Server]]:
         catch_all = Server(["_"], None)
@@ -324,6 +341,20 @@ def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = 
     server_block(catch_all, True)
     for server in sorted(hosts, key=lambda s: s.host or ""):
         server_block(server, False)
+    for (name, cookie), servers in sorted(r.sticky.items()):
+        # affinity: cookie, without ingress-nginx's Lua balancer: the cookie names the endpoint
+        # that answered first ($upstream_addr); a request that carries it goes there again
+        var = sticky_var(name, cookie)
+        out.append("")
+        out.append(f"    # affinity: cookie {cookie} for {name}")
+        out.append(f"    map $cookie_{cookie} ${var} {{")
+        out.append(f"        default {name};")
+        out += [f'        "{addr}" {addr};' for addr in servers]
+        out.append("    }")
+        out.append(f"    map $cookie_{cookie} ${var}_set {{")
+        out.append(f'        "" "{cookie}=$upstream_addr; Path=/; HttpOnly";')
+        out.append('        default "";')
+        out.append("    }")
     for name in sorted(r.upstreams):
         comment, servers = r.upstreams[name]
         out.append("")
