@@ -7,7 +7,8 @@ rules (service rules written, their records not), state (everything built, the
 applied state not yet written), and the side-effect edges: journal (a line
 appended), netlink (a batch sent), restore (a rule transaction applied),
 record (a node's record written), responder (reloaded), stopped (processes
-stopped), netns-del (a namespace deleted).
+stopped), netns-del (a namespace deleted), ingress-config (a controller's
+nginx.conf replaced, nginx not yet told).
 
 LABCTL_FAILPOINT=*:N kills at the N-th point of any step: a test walks N up
 from 1 until the command finishes, and so crashes it at every point it has.

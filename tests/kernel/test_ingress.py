@@ -265,3 +265,19 @@ def test_affinity_cookie_sends_a_client_back_to_the_same_pod(lab):
     again = {get(lab, "s.example", headers=[("Cookie", f"route={value}")]).served_by for _ in range(6)}
     assert again == {first.served_by}, "the cookie's endpoint, every time"
     assert len({get(lab, "s.example").served_by for _ in range(9)}) > 1, "without it: round robin"
+
+
+def test_a_run_killed_between_the_new_config_and_the_reload_is_completed_by_the_next(lab):
+    import os
+
+    from tests.helpers import labctl_cmd
+
+    docs = [*backends(["a"]), for_8080(ingress("one", [rule("k.example", ("/", "Prefix", "a"))]))]
+    up(lab, *docs)
+    more = for_8080(ingress("two", [rule("k2.example", ("/", "Prefix", "a"))]))
+    env = dict(os.environ, LABCTL_FAILPOINT="ingress-config:0")
+    killed = subprocess.run([*labctl_cmd(), "apply", "--lab", lab.name, "-f", "-"], input=json.dumps(more), env=env, capture_output=True, text=True)
+    assert killed.returncode == -9
+    assert get(lab, "k2.example").status == 404, "the file is new, nginx still serves the old text"
+    lab.cli("apply", "--lab", lab.name, "-f", "-", input=json.dumps(more))
+    assert get(lab, "k2.example").served_by == "default/a", "the next command sees nginx serve another text than the file's, and reloads"

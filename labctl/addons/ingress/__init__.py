@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from labctl import failpoints
 from labctl.addons.base import AddOn
 from labctl.addons.ingress import nginx
 from labctl.errors import LabError
@@ -156,16 +157,22 @@ class IngressNginx(AddOn):
             d.mkdir(parents=True, exist_ok=True)
             path = d / "nginx.conf"
             old = path.read_text() if path.exists() else None
+            ns = names.pod_netns(lab, pod.namespace, pod.name)
+            gen = nginx.generation(conf)
             if conf != old:
                 new = d / "nginx.conf.new"
                 new.write_text(conf)
                 _test(new)
                 os.replace(new, path)
-                rec = owned.get(names.command_key(pod.key, pod.containers[0].name))
-                if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
-                    old_workers |= _children(rec["pid"])
-                    os.kill(rec["pid"], signal.SIGHUP)  # nginx's master re-reads it and replaces its workers
-            wanted.append((names.pod_netns(lab, pod.namespace, pod.name), nginx.generation(conf)))
+                failpoints.hit("ingress-config")
+            rec = owned.get(names.command_key(pod.key, pod.containers[0].name))
+            running = rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start"))
+            # a reload when the text changed, or when nginx serves another text than the file's
+            # (a run killed between writing the file and signalling nginx)
+            if running and (conf != old or _generation_served(ns) != gen):
+                old_workers |= _children(rec["pid"])
+                os.kill(rec["pid"], signal.SIGHUP)  # nginx's master re-reads it and replaces its workers
+            wanted.append((ns, gen))
 
         def served() -> None:
             """The new generation answers, and the old workers (which may still accept a
