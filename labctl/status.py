@@ -90,7 +90,17 @@ def ingress_status(topo) -> dict[str, Any]:
     for ing in topo.ingresses:
         served = I.served_class(ing, classes)
         ours = served is not None and served.system
-        out.append({"namespace": ing.namespace, "name": ing.name, "class": served.name if served else ing.class_name, "address": address if ours else None})
+        hosts = ",".join(dict.fromkeys(r.host or "*" for r in ing.rules)) or "*"
+        out.append(
+            {
+                "namespace": ing.namespace,
+                "name": ing.name,
+                "class": served.name if served else ing.class_name,
+                "address": address if ours else None,
+                "hosts": hosts,
+                "tls": bool(ing.tls),
+            }
+        )
     return {
         "ingressClasses": [{"name": c.name, "controller": c.controller, "default": c.default} for c in classes],
         "ingresses": out,

@@ -94,6 +94,16 @@ def _show(r: dict) -> None:
         checked = [f"{s['namespace']}/{s['name']} :{s['healthCheckNodePort']}" for s in services if s.get("healthCheckNodePort")]
         if checked:
             output.say(f"health check node ports (200 on nodes with a ready local endpoint, else 503): {', '.join(checked)}")
+    if r.get("ingresses"):
+        output.say("")
+        hosts = {(i["namespace"], i["name"]): i.get("hosts") or "*" for i in r["ingresses"]}
+        output.table(
+            ["NAMESPACE", "INGRESS", "CLASS", "HOSTS", "ADDRESS", "PORTS"],
+            [
+                (i["namespace"], i["name"], i["class"] or "<none>", hosts[(i["namespace"], i["name"])], i["address"] or "", "80, 443" if i.get("tls") else "80")
+                for i in r["ingresses"]
+            ],
+        )
     if r["policies"]:
         output.say("")
         output.table(

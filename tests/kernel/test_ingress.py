@@ -154,6 +154,9 @@ def test_an_ingress_of_another_class_gets_no_address_and_no_route(lab):
     lb = lab.topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip
     assert addresses == {"invalid": None, "theirs": None, "mine": lb}
     assert {(c["name"], c["default"]) for c in st["ingressClasses"]} == {("nginx", True), ("other", False)}
+    assert {i["name"]: (i["hosts"], i["tls"]) for i in st["ingresses"]}["mine"] == ("e.example", False)
+    table = [line.split() for line in lab.cli("status", "--lab", lab.name).stdout.splitlines() if line.startswith("default ") and "example" in line]
+    assert ["default", "mine", "nginx", "e.example", lb, "80"] in table, table
     assert get(lab, "c.example").status == 404 and get(lab, "d.example").status == 404 and get(lab, "e.example").served_by == "default/a"
 
 
