@@ -128,14 +128,17 @@ class Builder:
         # indexes before IPVS mode adds kube-ipvs0), not the pods' links: they are
         # synced in a thread while this one wires the pods, and the responder reloads
         # meanwhile too (for a new lab, it has had the build to start up).
-        with ThreadPoolExecutor(max_workers=1) as pool:  # leaving it waits for the thread, whatever happened here
+        with ThreadPoolExecutor(max_workers=2) as pool:  # leaving it waits for the threads, whatever happened here
             rules = pool.submit(self._sync_rules, plan, new, previous)
+            prepared = [pool.submit(a.prepare, self.dir, new) for a in registry.addons() if a.enabled(spec)]
             self._links(plan, new)
             self._pods(plan, new)
             etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
             self.progress("responder", 0)
             served = responder.begin(self.dir, self.journal, new)
         rules.result()
+        for p in prepared:
+            p.result()
         served()
         self.addons_served = [w for a in registry.addons() if a.enabled(spec) and (w := a.sync(self.dir, self.journal, new))]
         for pod in plan.add_pods + plan.commands_changed:

@@ -21,6 +21,9 @@ class AddOn:
     def require(self, spec: LabSpec) -> None:
         """What the host must have (exit 3), checked before anything is made."""
 
+    def prepare(self, labdir, topo: Topology) -> None:
+        """Work that needs no namespace (imports, files), run in a thread while the lab is built."""
+
     def sync(self, labdir, journal, topo: Topology) -> Callable[[], None] | None:
         """After every change, before new pods' commands start: the add-on's own state
         (configuration files, reloads). Returns what waits until that state is served."""

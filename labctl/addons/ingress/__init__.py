@@ -134,10 +134,17 @@ class IngressNginx(AddOn):
         from labctl.kernel import run
 
         run.require("nginx", "nginx")
+        run.require("openssl", "openssl")
         if not Path("/etc/nginx").is_dir():
             from labctl.errors import HostLacks
 
             raise HostLacks("/etc/nginx is missing (the controller pods' configuration is mounted over it)", hint="install the Debian package nginx")
+
+    def prepare(self, labdir, topo: Topology) -> None:
+        """The fake certificate, while the lab is built."""
+        from labctl import pki
+
+        pki.fake(labdir.path / "ca")
 
     def sync(self, labdir, journal, topo: Topology) -> Callable[[], None] | None:
         """Render, check and install each controller's nginx.conf; signal the running
