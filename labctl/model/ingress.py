@@ -291,13 +291,22 @@ def served_class(ingress: Ingress, classes: list[IngressClass]) -> IngressClass 
     return defaults[-1] if defaults else None
 
 
-def from_documents(lab: Any, documents) -> tuple[tuple[Ingress, ...], tuple[IngressClass, ...]]:
-    """The Ingresses (in document order: creation order) and IngressClasses of a lab's
-    manifests (`lab`: the LabSpec), the lab's own class first."""
-    ingresses = tuple(ingress_from_manifest(i, d) for i, d in enumerate(documents) if d.get("kind") == "Ingress")
+def created_key(d: dict[str, Any]) -> str:
+    meta = d.get("metadata") or {}
+    scoped = d.get("kind") not in ("Namespace", "IngressClass")
+    return f"{d.get('kind')}/{(meta.get('namespace') or 'default') if scoped else ''}/{meta.get('name')}"
+
+
+def from_documents(lab: Any, documents, created: dict[str, list] | None = None) -> tuple[tuple[Ingress, ...], tuple[IngressClass, ...]]:
+    """The Ingresses, oldest first (`created`: each object's creation order, as labctl
+    stamped it; else the documents' order), and the IngressClasses of a lab's manifests
+    (`lab`: the LabSpec), the lab's own class first."""
+    created = created or {}
+    ingresses = [ingress_from_manifest(created.get(created_key(d), [i])[0], d) for i, d in enumerate(documents) if d.get("kind") == "Ingress"]
+    ingresses.sort(key=lambda x: x.order)
     classes = [system_class(lab.ingress)] if lab.ingress is not None else []
     classes += [class_from_manifest(d) for d in documents if d.get("kind") == "IngressClass"]
-    return ingresses, tuple(classes)
+    return tuple(ingresses), tuple(classes)
 
 
 # -- Secrets of type kubernetes.io/tls --------------------------------------------------------
@@ -343,4 +352,20 @@ def tls_secrets(documents) -> dict[str, tuple[bytes, bytes]]:
         data = {k: base64.b64decode(str(x)) for k, x in (d.get("data") or {}).items()}
         data.update({k: str(x).encode() for k, x in (d.get("stringData") or {}).items()})
         out[f"{meta.get('namespace') or 'default'}/{meta['name']}"] = (data.get("tls.crt", b""), data.get("tls.key", b""))
+    return out
+
+
+def stamp(previous: dict[str, list] | None, documents, now: str) -> dict[str, list]:
+    """Creation order and creationTimestamp of every object: kept for the ones the lab
+    already had, the next numbers (in document order) and `now` for new ones."""
+    prev = previous or {}
+    out: dict[str, list] = {}
+    next_order = max((v[0] for v in prev.values()), default=-1) + 1
+    for d in documents:
+        key = created_key(d)
+        if key in prev:
+            out[key] = list(prev[key])
+        elif key not in out:
+            out[key] = [next_order, now]
+            next_order += 1
     return out

@@ -183,8 +183,12 @@ def build(
             problems.append(Problem(where_of(pol.doc), "metadata.name", f"network policy {pol.key} is already defined by {where_of(seen_pol[pol.key])}"))
         seen_pol[pol.key] = pol.doc
     if topo is not None:
-        ingresses, classes = ingress.from_documents(topo.lab, topo.documents)
-        topo = replace(topo, policies=tuple(objs.policies), ingresses=ingresses, ingress_classes=classes)
+        import datetime
+
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        created = ingress.stamp(previous.created if previous is not None else None, topo.documents, now)
+        ingresses, classes = ingress.from_documents(topo.lab, topo.documents, created)
+        topo = replace(topo, policies=tuple(objs.policies), ingresses=ingresses, ingress_classes=classes, created=created)
         problems += check_expectations(topo, lab.where() if lab is not None else f"Lab {topo.lab.name}")
     if problems:
         order = {d.where(): (d.index if d.index > 0 else 10**6 - d.index) for d in docs}

@@ -194,6 +194,7 @@ class Topology:
     ingress_classes: tuple = ()  # labctl.model.ingress.IngressClass (the lab's own first)
     documents: tuple[dict[str, Any], ...] = ()  # the Kubernetes manifests as given (for apply/delete)
     ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
+    created: dict[str, list] = field(default_factory=dict)  # "Kind/ns/name" -> [creation order, creationTimestamp] when labctl first made it
     readiness: dict[str, bool] = field(default_factory=dict)  # pod -> ready, set with `labctl ready`
 
     def pod(self, key: str) -> Pod:
@@ -250,7 +251,8 @@ class Topology:
             sv["load_balancer_source_ranges"] = tuple(sv.get("load_balancer_source_ranges") or ())
             services.append(Service(**sv))
         policies = tuple(from_manifest(-i, doc) for i, doc in enumerate(d["documents"], start=1) if doc.get("kind") == "NetworkPolicy")
-        ingresses, classes = ingress.from_documents(LabSpec(**lab), d["documents"])
+        created = {k: list(v) for k, v in (d.get("created") or {}).items()}
+        ingresses, classes = ingress.from_documents(LabSpec(**lab), d["documents"], created)
         return Topology(
             lab=LabSpec(**lab),
             namespaces={k: dict(v) for k, v in d["namespaces"].items()},
@@ -262,5 +264,6 @@ class Topology:
             ingress_classes=classes,
             documents=tuple(d["documents"]),
             ipam=dict(d.get("ipam") or {}),
+            created=created,
             readiness=dict(d.get("readiness") or {}),
         )

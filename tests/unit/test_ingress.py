@@ -250,3 +250,24 @@ def test_affinity_cookie_maps_the_cookie_to_the_endpoint():
     ip = topo.pod("default/a").ip
     assert f'map $cookie_INGRESSCOOKIE $sticky_default_a_80_INGRESSCOOKIE {{\n        default default-a-80;\n        "{ip}:80" {ip}:80;\n    }}' in text
     assert "location / { proxy_pass http://$sticky_default_a_80_INGRESSCOOKIE; add_header Set-Cookie $sticky_default_a_80_INGRESSCOOKIE_set always; }" in text
+
+
+def test_the_older_ingress_is_the_one_made_first_whatever_the_file_order():
+    """creationTimestamp as labctl stamps it: document order within one file, then the
+    order of the changes; an `up` that lists an older Ingress later keeps it older."""
+    first = lab(*backends("a", "b"), ingress("old", [rule("x.com", ("/", "Prefix", "a"))]))
+    order, stamp = first.created["Ingress/default/old"]
+    assert stamp.endswith("Z") and "T" in stamp and order == len(first.documents) - 1, "the file's last document"
+    later = load(
+        dump(
+            lab_doc(**LB, ingress={}),
+            *backends("a", "b"),
+            ingress("new", [rule("x.com", ("/", "Prefix", "b"))]),
+            ingress("old", [rule("x.com", ("/", "Prefix", "a"))]),
+        ),
+        previous=first,
+    )
+    assert [i.name for i in later.ingresses] == ["old", "new"], "old was made first"
+    assert later.created["Ingress/default/old"] == first.created["Ingress/default/old"]
+    assert later.created["Ingress/default/new"][0] > later.created["Ingress/default/old"][0]
+    assert "location / { proxy_pass http://default-a-80; }" in server(nginx.render(later, "nginx", "/run/x"), "x.com"), "the older wins the clash"
