@@ -99,6 +99,7 @@ def ingress_status(topo) -> dict[str, Any]:
                 "address": address if ours else None,
                 "hosts": hosts,
                 "tls": bool(ing.tls),
+                "creationTimestamp": (topo.created.get(f"Ingress/{ing.namespace}/{ing.name}") or [None, None])[1],
             }
         )
     return {

@@ -48,9 +48,10 @@ def verify(lab_name, timeout, workers, as_json) -> None:
             state = "ok" if not c.mismatch else "MISMATCH"
             output.say(f"{state}: {c.why[8:]} (kernel: {c.verdict})")
         for c in bad:
+            wanted = f"HTTP {c.http['status']}" if c.http else ("allowed" if c.expected else "denied")
             output.say(
                 f"[bold]mismatch[/bold]: {c.src} -> {c.dst}:{c.port}/{c.protocol.lower()} expected "
-                f"{'allowed' if c.expected else 'denied'}, kernel {c.verdict}{f' ({c.detail})' if c.detail else ''}: {c.why}"
+                f"{wanted}, kernel {c.verdict}{f' ({c.detail})' if c.detail else ''}: {c.why}"
             )
         output.say(f"{len(done)} checks in {seconds:.2f} s: {len(bad)} mismatch{'es' * (len(bad) != 1)}")
     if bad:

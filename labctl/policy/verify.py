@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from labctl import registry
 from labctl.model import ipam
-from labctl.model.expect import parse_expectation
+from labctl.model.expect import parse_expectation, parse_http_expectation
 from labctl.model.objects import Topology
 from labctl.model.targets import resolve
 from labctl.policy.engine import Engine, Party
@@ -37,6 +37,7 @@ class Case:
     observed: bool | None = None
     verdict: str | None = None
     detail: str | None = None  # what the probe saw: the ICMP error and its sender, who answered and whom it saw
+    http: dict | None = None  # an L7 expectation (labctl.model.expect.parse_http_expectation): the status is compared
 
     @property
     def mismatch(self) -> bool:
@@ -48,8 +49,8 @@ class Case:
             "to": self.dst,
             "port": self.port,
             "proto": self.protocol.lower(),
-            "expected": "allowed" if self.expected else "denied",
-            "observed": None if self.observed is None else ("allowed" if self.observed else "denied"),
+            "expected": str(self.http["status"]) if self.http else ("allowed" if self.expected else "denied"),
+            "observed": self.verdict if self.http else (None if self.observed is None else ("allowed" if self.observed else "denied")),
             "verdict": self.verdict,
             "detail": self.detail,
             "why": self.why,
@@ -89,9 +90,32 @@ def cases(topo: Topology) -> list[Case]:
                 why = f"from {src.ip}; ingress: {d.ingress.explain()}"
                 out.append(Case(f"node/{node.name}", dst.key, cp.port, cp.protocol, d.allowed, why))
     for text in topo.lab.expect:
+        http = parse_http_expectation(text)
+        if http is not None:
+            out.append(Case(http["src"], http["dst"], http["port"], "HTTP", True, f"expect: {text}", http=http))
+            continue
         src, dst, port, proto, ok = parse_expectation(text)
         out.append(Case(src, dst, port, proto, ok, f"expect: {text}"))
     return out
+
+
+def _http_case(topo: Topology, case: Case, a, b, timeout: float) -> Case:
+    from labctl.probe import http as http_probe
+
+    h = case.http
+    tls = None
+    if h["https"]:
+        from labctl import pki
+        from labctl.state.store import LabDir
+
+        tls = http_probe.TlsOptions(sni=h["host"], cafile=str(pki.ca(LabDir(topo.lab.name).path / "ca", topo.lab.name).cert))
+    answer = http_probe.probe(a.netns, b.ip, h["port"], h["path"], h["host"], h["method"], [], max(timeout, 2.0), tls)
+    case.verdict = str(answer.status) if answer.status is not None else answer.verdict
+    case.observed = answer.status == h["status"]
+    served = f"served by {answer.served_by}" if answer.served_by else None
+    unverified = "certificate not verified" if answer.tls and answer.tls.get("verified") is False else None
+    case.detail = ", ".join(x for x in (served, unverified, answer.detail) if x) or None
+    return case
 
 
 def run(topo: Topology, todo: list[Case], timeout: float = 1.0, workers: int = 32) -> list[Case]:
@@ -103,6 +127,8 @@ def run(topo: Topology, todo: list[Case], timeout: float = 1.0, workers: int = 3
         i, case = item
         a = resolve(topo, case.src, role="FROM")
         b = resolve(topo, case.dst, role="TO")
+        if case.http is not None:
+            return _http_case(topo, case, a, b, timeout)
         r = scapy_probe.probe(a.label, a.netns, b.ip, b.label, case.protocol.lower(), case.port, timeout, fetch=False, sport=ports.port(base, i))
         case.verdict = r.verdict
         case.observed = r.verdict == "open"

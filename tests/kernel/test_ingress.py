@@ -284,3 +284,33 @@ def test_a_run_killed_between_the_new_config_and_the_reload_is_completed_by_the_
     assert get(lab, "k2.example").status == 404, "the file is new, nginx still serves the old text"
     lab.cli("apply", "--lab", lab.name, "-f", "-", input=json.dumps(more))
     assert get(lab, "k2.example").served_by == "default/a", "the next command sees nginx serve another text than the file's, and reloads"
+
+
+def test_verify_checks_l7_expect_lines(lab):
+    docs = [*backends(["a"]), for_8080(ingress("k", [rule("k.example", ("/", "Prefix", "a"))]))]
+    lines = ["ext/client -> ingress http://k.example/x 200", "ext/client -> ingress POST http://none.example/ 404"]
+    up(lab, *docs, expect=lines)
+    out = json.loads(lab.cli("verify", "--lab", lab.name, "--json").stdout)
+    assert out["mismatches"] == [] and out["checked"] >= 2
+    up(lab, *docs, expect=[*lines, "ext/client -> ingress http://k.example/ 503"])
+    bad = lab.cli("verify", "--lab", lab.name, "--json", check=False)
+    assert bad.returncode == 1
+    [m] = json.loads(bad.stdout)["mismatches"]
+    assert (m["proto"], m["expected"], m["observed"]) == ("http", "503", "200") and "served by default/a" in m["detail"]
+
+
+def test_removing_spec_ingress_stops_the_controller(lab):
+    docs = [*backends(["a"]), for_8080(ingress("k", [rule("k.example", ("/", "Prefix", "a"))]))]
+    up(lab, *docs)
+    ns = lab.pod_ns("ingress-nginx/ingress-nginx-controller-0")
+    [master] = [
+        int(p)
+        for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+        if "master" in open(f"/proc/{p}/cmdline").read()
+    ]
+    lab.up(lab.doc(externals=[{"name": "client"}], loadBalancerPool="10.10.20.200-10.10.20.210"), *docs)
+    assert not running(master) and ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
+    [k] = st["ingresses"]
+    assert (k["name"], k["class"], k["address"], k["hosts"]) == ("k", None, None, "k.example") and k["creationTimestamp"].endswith("Z")
+    assert st["ingressClasses"] == [] and st["ingress"] is None

@@ -271,3 +271,23 @@ def test_the_older_ingress_is_the_one_made_first_whatever_the_file_order():
     assert later.created["Ingress/default/old"] == first.created["Ingress/default/old"]
     assert later.created["Ingress/default/new"][0] > later.created["Ingress/default/old"][0]
     assert "location / { proxy_pass http://default-a-80; }" in server(nginx.render(later, "nginx", "/run/x"), "x.com"), "the older wins the clash"
+
+
+def test_l7_expect_lines_parse_and_are_checked_against_the_lab():
+    from labctl.model.expect import parse_http_expectation
+
+    assert parse_http_expectation("ext/client -> ingress https://shop.example/cart 200") == {
+        "src": "ext/client",
+        "dst": "ingress",
+        "method": "GET",
+        "https": True,
+        "host": "shop.example",
+        "port": 443,
+        "path": "/cart",
+        "status": 200,
+    }
+    assert parse_http_expectation("a -> ingress POST http://x.example:8080 404")["port"] == 8080
+    assert parse_http_expectation("a -> b:80 allowed") is None
+    lab(*backends("a"), expect=["default/a -> ingress http://x.example/ 404"], externals=[{"name": "client"}])
+    msg = one(dump(lab_doc(**LB, ingress={}, expect=["a -> ingress http://x.example/"]), *backends("a")))
+    assert "spec.expect[0]" in msg and "http(s)://HOST[:PORT]/PATH STATUS" in msg
