@@ -228,6 +228,15 @@ def check_ingress(data: dict[str, Any], w: str) -> list[Problem]:
                 if why:
                     out.append(Problem(w, f"{pp}.path", why))
             out += _backend_problems(p.get("backend") or {}, w, f"{pp}.backend")
+    annotations = (data.get("metadata") or {}).get("annotations") or {}
+    regex = annotations.get("nginx.ingress.kubernetes.io/use-regex") == "true" or bool(annotations.get("nginx.ingress.kubernetes.io/rewrite-target"))
+    for ri, rule in enumerate(spec.get("rules") or [] if regex else []):
+        for pi, p in enumerate((rule.get("http") or {}).get("paths") or []):
+            try:
+                re.compile(str(p.get("path") or "/"))
+            except re.error as e:
+                # nginx would refuse the whole configuration: refused here, before any proxy is touched
+                out.append(Problem(w, f"spec.rules[{ri}].http.paths[{pi}].path", f"is not a regular expression, as use-regex / rewrite-target make it: {e}"))
     for ti, t in enumerate(spec.get("tls") or []):
         for hi, host in enumerate(t.get("hosts") or []):
             why = _host_problem(str(host))

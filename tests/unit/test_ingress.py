@@ -291,3 +291,12 @@ def test_l7_expect_lines_parse_and_are_checked_against_the_lab():
     lab(*backends("a"), expect=["default/a -> ingress http://x.example/ 404"], externals=[{"name": "client"}])
     msg = one(dump(lab_doc(**LB, ingress={}, expect=["a -> ingress http://x.example/"]), *backends("a")))
     assert "spec.expect[0]" in msg and "http(s)://HOST[:PORT]/PATH STATUS" in msg
+
+
+def test_a_path_that_is_no_regex_is_refused_when_use_regex_makes_it_one():
+    doc = ingress("r", [rule("a.com", ("/a(", "ImplementationSpecific", "a"))])
+    doc["metadata"]["annotations"] = {"nginx.ingress.kubernetes.io/use-regex": "true"}
+    msg = one(dump(lab_doc(**LB, ingress={}), doc))
+    assert "spec.rules[0].http.paths[0].path: is not a regular expression, as use-regex / rewrite-target make it" in msg
+    del doc["metadata"]["annotations"]
+    load(dump(lab_doc(**LB, ingress={}), *backends("a"), doc))  # without the annotation it is a plain path
