@@ -64,17 +64,42 @@ def verify(lab_name, timeout, workers, as_json) -> None:
 @click.argument("dst", metavar="TO")
 @click.option("--port", type=click.IntRange(1, 65535), help="Destination port (default: the pod's first port of the protocol).")
 @click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"]), default="tcp", show_default=True)
+@click.option(
+    "--http",
+    "http_path",
+    is_flag=False,
+    flag_value="/",
+    default=None,
+    metavar="[PATH]",
+    help="TO is an L7 proxy (ingress, gw/NS/NAME): explain an HTTP request for PATH (default /), both hops.",
+)
+@click.option("--host", "http_host", help="--http: the Host header (default: the target's address).")
+@click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
+@click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
+@click.option("--https", is_flag=True, help="--http: over TLS (hop 1 to port 443).")
 @json_option
-def explain(lab_name, src, dst, port, proto, as_json) -> None:
+def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, http_headers, https, as_json) -> None:
     """Which policies select FROM (egress) and TO (ingress), which rule allows
     the connection or why it is denied, and the kernel chains that decide it.
     TO may be a service (svc/NS/NAME): where FROM's node decides it, and the
     verdict for each endpoint (policies see the pod after the DNAT).
+    With --http, TO is an L7 proxy (`ingress`, gw/NS/NAME): hop 1 to the
+    proxy's Service, the route its nginx.conf picks, and hop 2 from each proxy
+    pod to the backend's endpoints.
     Needs no root: it reads the applied topology."""
     from labctl.model.targets import resolve
     from labctl.policy.explain import explain as why
+    from labctl.policy.explain import explain_http
 
     _, topo = running_lab(lab_name)
+    if http_path is not None:
+        headers = _headers(http_headers)
+        r = explain_http(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), http_path, http_host, https, http_method, headers)
+        if as_json:
+            output.emit_json({k: v for k, v in r.items() if k != "ip"})
+        else:
+            _say_http(r)
+        return
     r = why(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), port, proto)
     if as_json:
         output.emit_json({k: v for k, v in r.items() if k != "ip"} if "service" in r else _pod_json(r))
@@ -106,3 +131,35 @@ def _pod_json(r: dict) -> dict:
         **{k: v for k, v in r.items() if k not in ("ip", "egress", "ingress")},
         **{d: {k: v for k, v in r[d].items() if k != "node"} for d in ("egress", "ingress")},
     }
+
+
+def _headers(given: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for h in given:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{h!r} is not 'Name: value'", param_hint="-H")
+        out.setdefault(name.strip().lower(), value.strip())
+    return out
+
+
+def _say_http(r: dict) -> None:
+    svc, http, route = r["service"], r["http"], r["http"]["route"]
+    verdict = "[bold]served[/bold]" if r["allowed"] else "[bold]not served[/bold]"
+    output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}) http://{http['host']}{http['path']}: {verdict}")
+    output.say(f"hop 1: {r['from']} -> {r['to']}, decided on {svc['node']} by kube-proxy's {svc['proxyMode']} rules:")
+    for line in svc["kernel"]:
+        output.say(f"  kernel: {line}")
+    for v in svc["endpoints"]:
+        verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold]"
+        output.say(f"  -> proxy {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")
+    output.say(f"route: server {route['server']}, {route['location'] or 'no location matches'}")
+    if route["status"] is not None:
+        output.say(f"  the proxy answers {route['status']} itself: {route['backend'] or 'nothing matches'}")
+        return
+    output.say(f"  -> {route['backend']}")
+    for hop in http["hops"]:
+        output.say(f"hop 2: from {hop['proxy']} ({hop['ip']}), a new connection:")
+        for v in hop["endpoints"]:
+            verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold] (the proxy answers 502)"
+            output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")

@@ -77,3 +77,42 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
             "endpoints": verdicts,
         },
     }
+
+
+def explain_http(
+    topo: Topology, a: Endpoint, b: Endpoint, path: str, host: str | None, https: bool, method: str = "GET", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An HTTP request from `a` to an L7 proxy's Service `b` (the ingress controller, a
+    Gateway): hop 1 is the connection to the proxy (kube-proxy's rules, as to any
+    Service); then the route the proxy's nginx.conf picks for HOST and PATH; hop 2 is
+    each proxy pod's new connection to the backend's endpoints (policies see the proxy
+    pod as the client)."""
+    assert b.service is not None
+    port = 443 if https else 80
+    hop1 = _to_service(topo, a, b, port, "tcp")
+    route, proxies = l7_route(topo, b.service, host or b.ip, path, method, headers or {})
+    by_ip = {p.ip: p.key for p in topo.pods}
+    engine = Engine(topo)
+    hop2 = []
+    for proxy in proxies:
+        verdicts = []
+        for addr in route["endpoints"]:
+            ip, _, p = addr.rpartition(":")
+            d = engine.check(engine.party(proxy.ip), engine.party(ip), int(p), "TCP")
+            verdicts.append({"endpoint": by_ip.get(ip), "address": addr, "allowed": d.allowed, "explanation": [d.egress.explain(), d.ingress.explain()]})
+        hop2.append({"proxy": proxy.key, "ip": proxy.ip, "endpoints": verdicts})
+    served = hop1["allowed"] and route["status"] is None and any(v["allowed"] for h in hop2 for v in h["endpoints"])
+    return {
+        **{k: v for k, v in hop1.items() if k != "allowed"},
+        "allowed": served,
+        "http": {"host": host or b.ip, "path": path, "route": route, "hops": hop2},
+    }
+
+
+def l7_route(topo: Topology, svc, host: str, path: str, method: str, headers: dict[str, str]) -> tuple[dict[str, Any], list]:
+    """What the proxy behind Service `svc` does with HOST and PATH, and its pods."""
+    from labctl.addons.ingress import controllers, nginx
+
+    if topo.lab.ingress is not None and svc.key == "ingress-nginx/ingress-nginx-controller":
+        return nginx.route(topo, topo.lab.ingress.class_name, host, path), controllers(topo)
+    raise InvalidInput(f"TO svc/{svc.key} is not an ingress controller: --http explains requests to `ingress`")

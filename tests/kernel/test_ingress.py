@@ -251,9 +251,22 @@ def test_network_policy_applies_to_the_second_hop(lab):
     deny = np("deny", ns="app")
     up(lab, *app, route, deny)
     assert get(lab, "web.example").status == 502
+    # explain says why, hop by hop: the client reaches the controller, the controller is refused
+    why = json.loads(lab.cli("explain", "--lab", lab.name, "ext/client", "ingress", "--http", "/x", "--host", "web.example", "--json").stdout)
+    assert why["service"]["endpoints"][0]["allowed"] and not why["allowed"]
+    assert why["http"]["route"]["ingress"] == "app/web" and why["http"]["route"]["endpoints"] == [f"{lab.pod_ip('app/web')}:8080"]
+    [hop2] = why["http"]["hops"]
+    assert hop2["proxy"] == "ingress-nginx/ingress-nginx-controller-0"
+    assert [(v["endpoint"], v["allowed"]) for v in hop2["endpoints"]] == [("app/web", False)]
+    assert "app/deny" in hop2["endpoints"][0]["explanation"][1]
     allow = np("from-ingress", ns="app", ingress=[{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]}])
     up(lab, *app, route, deny, allow)
     assert get(lab, "web.example").served_by == "app/web"
+    why = json.loads(lab.cli("explain", "--lab", lab.name, "ext/client", "ingress", "--http", "/x", "--host", "web.example", "--json").stdout)
+    assert why["allowed"] and why["http"]["hops"][0]["endpoints"][0]["allowed"]
+    assert "app/from-ingress" in why["http"]["hops"][0]["endpoints"][0]["explanation"][1]
+    text = lab.cli("explain", "--lab", lab.name, "ext/client", "ingress", "--http", "/nothing", "--host", "other.example").stdout
+    assert "answers 404" in text and "hop 1" in text
 
 
 def test_affinity_cookie_sends_a_client_back_to_the_same_pod(lab):

@@ -300,3 +300,36 @@ def test_a_path_that_is_no_regex_is_refused_when_use_regex_makes_it_one():
     assert "spec.rules[0].http.paths[0].path: is not a regular expression, as use-regex / rewrite-target make it" in msg
     del doc["metadata"]["annotations"]
     load(dump(lab_doc(**LB, ingress={}), *backends("a"), doc))  # without the annotation it is a plain path
+
+
+def test_route_decides_as_nginx_does_on_the_rendered_locations():
+    """What `explain --http` says nginx picks: the ingress conformance suite's paths and hosts."""
+    names = ("foo-exact", "foo-prefix", "aaa-slash-bbb-prefix", "aaa-prefix", "foo-slash-exact", "wild", "catch")
+    topo = lab(
+        *backends(*names),
+        ingress(
+            "p",
+            [
+                rule("mixed", ("/foo", "Prefix", "foo-prefix"), ("/foo", "Exact", "foo-exact")),
+                rule("prefix", ("/aaa/bbb", "Prefix", "aaa-slash-bbb-prefix"), ("/aaa", "Prefix", "aaa-prefix")),
+                rule("trailing", ("/foo/", "Exact", "foo-slash-exact")),
+                rule("*.foo.com", ("/", "Prefix", "wild")),
+                rule("gone", ("/", "Prefix", "no-such-service")),
+            ],
+        ),
+        ingress("d", default="catch"),
+    )
+
+    def where(host, path):
+        r = nginx.route(topo, "nginx", host, path)
+        return r["status"] or r["backend"].split("-> ")[1].split(":")[0]
+
+    assert where("mixed", "/foo") == "foo-exact" and where("mixed", "/foo/x") == "foo-prefix"
+    assert where("prefix", "/aaa/bbb/c") == "aaa-slash-bbb-prefix" and where("prefix", "/aaa/bbbc") == "aaa-prefix"
+    assert where("prefix", "/other") == "catch", "not matched: the defaultBackend of an Ingress without rules"
+    assert where("trailing", "/foo/") == "foo-slash-exact" and where("trailing", "/foo") == 404
+    assert where("a.foo.com", "/") == "wild" and where("a.b.foo.com", "/") == "catch", "one label, else the default backend"
+    assert where("gone", "/") == 503
+    r = nginx.route(topo, "nginx", "MIXED:8080", "/foo?x=1")
+    ip = next(p.ip for p in topo.pods if p.key == "default/foo-exact")
+    assert r["server"] == "mixed" and r["ingress"] == "default/p" and r["endpoints"] == [f"{ip}:80"], "the port and the query are ignored"

@@ -380,3 +380,51 @@ def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = 
 def generation(conf: str) -> str:
     m = re.search(r'return 200 "([0-9a-f]+)\\n";', conf)
     return m.group(1) if m else ""
+
+
+def route(topo: Topology, class_name: str, host: str, path: str) -> dict:
+    """Which location the controller's nginx.conf sends HOST and PATH to, decided as nginx
+    decides it on what `render` writes (server by exact name, then one-label wildcard,
+    else the catch-all; then `= p`, the longest prefix, or in regex mode the longest
+    regex first). For `labctl explain`: the Ingress, its backend and what it answers."""
+    r = Renderer(topo, class_name)
+    catch_all, hosts = r.servers()
+    name = host.split(":", 1)[0].lower()
+    server = next((s for s in hosts if s.host == name), None)
+    if server is None:
+        server = next((s for s in hosts if s.host and s.host.startswith("*.") and re.fullmatch(server_name(s.host)[1:], name)), catch_all)
+    path = path.split("?", 1)[0]
+    chosen: tuple[str, I.Ingress | None, I.Backend | None] | None = None
+    if server.regex:
+        for ing, p in sorted(server.paths, key=lambda x: -len(x[1].path)):
+            if re.match("(?i)" + p.path, path):
+                chosen = (f"{ing.key}: {p.path_type} {p.path} (regex)", ing, p.backend)
+                break
+    else:
+        exact = server.locations.get(f"= {path}")
+        if exact is not None:
+            chosen = (exact.source, exact.ingress, exact.backend)
+        else:
+            prefixes = [k for k in server.locations if not k.startswith("=") and path.startswith(k)]
+            if prefixes:
+                loc = server.locations[max(prefixes, key=len)]
+                chosen = (loc.source, loc.ingress, loc.backend)
+    if chosen is None:
+        if server.fallback is not None:
+            ing, backend = server.fallback
+            chosen = (f"the default backend of {ing.key}", ing, backend)
+        else:
+            return {"server": server.host or "_", "location": None, "ingress": None, "backend": None, "status": 404, "endpoints": []}
+    source, ing, backend = chosen
+    if ing is None or backend is None:
+        return {"server": server.host or "_", "location": source, "ingress": None, "backend": None, "status": 404, "endpoints": []}
+    t = r.target(ing, backend)
+    eps = r.upstreams.get(t.upstream, ("", []))[1] if t.upstream else []
+    return {
+        "server": server.host or "_",
+        "location": source,
+        "ingress": ing.key,
+        "backend": t.why,
+        "status": None if t.upstream else t.status,
+        "endpoints": eps,
+    }
