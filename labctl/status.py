@@ -29,6 +29,8 @@ def status(handle: LabHandle) -> dict[str, Any]:
             "policies": [],
             "ingressClasses": [],
             "ingresses": [],
+            "gateways": [],
+            "httpRoutes": [],
             **{a: None for a in ADDONS},
         }
     lab = topo.lab
@@ -72,6 +74,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "services": services(topo),
         "policies": policies(topo),
         **ingress_status(topo),
+        **gateway_status(topo),
         **{a.name: a.status(topo) if a.enabled(lab) else None for a in registry.addons()},
         "responder": responder.status(handle.dir, handle.journal),
     }
@@ -106,6 +109,14 @@ def ingress_status(topo) -> dict[str, Any]:
         "ingressClasses": [{"name": c.name, "controller": c.controller, "default": c.default} for c in classes],
         "ingresses": out,
     }
+
+
+def gateway_status(topo) -> dict[str, Any]:
+    """The contract's `gateways` and `httpRoutes`, with the Gateway API's conditions."""
+    from labctl.addons.gateway import addresses
+    from labctl.model.gateway import World
+
+    return World.of(topo).status(addresses(topo))
 
 
 def services(topo) -> list[dict[str, Any]]:

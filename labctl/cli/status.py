@@ -104,6 +104,46 @@ def _show(r: dict) -> None:
                 for i in r["ingresses"]
             ],
         )
+    if r.get("gateways"):
+
+        def cond(conds, kind):
+            c = next((c for c in conds if c["type"] == kind), None)
+            return "-" if c is None else c["status"] + ("" if c["status"] == "True" else f" ({c['reason']})")
+
+        output.say("")
+        output.table(
+            ["NAMESPACE", "GATEWAY", "CLASS", "ADDRESS", "PROGRAMMED", "LISTENERS (ATTACHED ROUTES)"],
+            [
+                (
+                    g["namespace"],
+                    g["name"],
+                    g["class"],
+                    ",".join(g["addresses"]) or "",
+                    cond(g["conditions"], "Programmed"),
+                    ", ".join(f"{li['name']}:{li['port']} ({li['attachedRoutes']})" for li in g["listeners"]) or "-",
+                )
+                for g in r["gateways"]
+            ],
+        )
+    if r.get("httpRoutes"):
+        output.say("")
+        output.table(
+            ["NAMESPACE", "HTTPROUTE", "HOSTNAMES", "PARENTS: ACCEPTED, RESOLVEDREFS"],
+            [
+                (
+                    h["namespace"],
+                    h["name"],
+                    ",".join(h["hostnames"]) or "*",
+                    "; ".join(
+                        f"{p['namespace']}/{p['name']}{'/' + p['sectionName'] if p['sectionName'] else ''}: "
+                        + ", ".join(c["status"] if c["status"] == "True" else f"{c['status']} ({c['reason']})" for c in p["conditions"])
+                        for p in h["parents"]
+                    )
+                    or "-",
+                )
+                for h in r["httpRoutes"]
+            ],
+        )
     if r["policies"]:
         output.say("")
         output.table(

@@ -94,7 +94,7 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
     _, topo = running_lab(lab_name)
     if http_path is not None:
         headers = _headers(http_headers)
-        r = explain_http(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), http_path, http_host, https, http_method, headers)
+        r = explain_http(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), http_path, http_host, https, http_method, headers, port)
         if as_json:
             output.emit_json({k: v for k, v in r.items() if k != "ip"})
         else:

@@ -302,7 +302,7 @@ def served_class(ingress: Ingress, classes: list[IngressClass]) -> IngressClass 
 
 def created_key(d: dict[str, Any]) -> str:
     meta = d.get("metadata") or {}
-    scoped = d.get("kind") not in ("Namespace", "IngressClass")
+    scoped = d.get("kind") not in ("Namespace", "IngressClass", "GatewayClass")
     return f"{d.get('kind')}/{(meta.get('namespace') or 'default') if scoped else ''}/{meta.get('name')}"
 
 

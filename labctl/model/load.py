@@ -47,6 +47,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         ),
         externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
         ingress=ingress.spec_from_lab(spec.get("ingress")),
+        gateway_api=bool(spec.get("gatewayAPI", False)),
     )
 
 
@@ -92,11 +93,15 @@ def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> 
             problems.append(Problem(d.where(), "kind", f"{what}; labctl accepts Lab ({LAB_API_VERSION}), {accepted_kinds()}"))
             continue
         k = KINDS[kind]
-        if d.data.get("apiVersion") != k.api_version:
+        if not k.serves(d.data.get("apiVersion")):
             problems.append(Problem(d.where(), "apiVersion", f"{kind} is {k.api_version!r}, not {short_repr(d.data.get('apiVersion'))}"))
             continue
         # Manifests of a running lab were validated when they were applied.
-        found = [] if d.index <= 0 else schema.validate_kubernetes(d.where(), kind, k.api_version, d.data) + _null_items(d.where(), d.data)
+        found = (
+            []
+            if d.index <= 0 or not k.kubernetes_schema
+            else schema.validate_kubernetes(d.where(), kind, k.api_version, d.data) + _null_items(d.where(), d.data)
+        )
         meta = d.data.get("metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
             found.append(Problem(d.where(), "metadata.name", "is required"))
@@ -149,16 +154,21 @@ def build(
             found = validate.hosts(spec, where)
         problems += found
         found += names_found
+        doc_problems = []
         for addon in system.SYSTEM_ADDONS:
             problems += addon.check(spec, where)
+            doc_problems += addon.check_documents(spec, [(d.index, d.data) for d in k8s], where_of)
+        problems += doc_problems
         addons = system.on(spec)
+        manifests = [d.data for d in k8s]
         for addon in addons:
             namespaces.update({n: {"kubernetes.io/metadata.name": n} for n in addon.namespaces(spec) if n not in namespaces})
-        clash = [p for a in addons for p in a.clashes(spec, objs.pods, objs.services, where_of)]
+        clash = [p for a in addons for p in a.clashes(spec, objs.pods, objs.services, where_of, manifests)]
         problems += clash
+        clash += doc_problems  # no add-on objects for manifests the add-on refuses
         if not found:
             # system pods come last: they do not shift the addresses of the lab's own pods
-            pods_in = objs.pods + ([p for a in addons for p in a.pods(spec)] if not clash else [])
+            pods_in = objs.pods + ([p for a in addons for p in a.pods(spec, manifests)] if not clash else [])
             topo, found = resolve(spec, namespaces, pods_in, objs.deployments, [d.data for d in k8s], previous, where, where_of)
             problems += found
             problems += validate.hosts(topo.lab, where)
@@ -169,7 +179,7 @@ def build(
     problems += found
     if topo is not None and not found:
         # an add-on's Services that are allocated like the user's (the ingress controller's LoadBalancer)
-        managed = [s for a in system.on(topo.lab) for s in a.allocated_services(topo.lab)]
+        managed = [s for a in system.on(topo.lab) for s in a.allocated_services(topo.lab, list(topo.documents))]
         allocated, found = services.allocate(objs.services + managed, topo.lab, previous, where_of)
         problems += found
         own = [services.kubernetes_service(topo.lab)] + [s for a in system.on(topo.lab) for s in a.services(topo.lab)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from labctl.model import ingress, policy
+from labctl.model import gateway, ingress, policy
 from labctl.model.documents import Document
 from labctl.model.errors import Problem
 from labctl.model.fields import dns1123_subdomain, label_problems
@@ -37,14 +37,19 @@ class Kind:
     api_version: str
     namespaced: bool
     read: Callable[[Document, Objects], None]
+    also: tuple[str, ...] = ()  # other apiVersions served (v1beta1 of the Gateway API)
+    kubernetes_schema: bool = True  # False: a CRD, checked by its own module
+
+    def serves(self, api_version: Any) -> bool:
+        return api_version == self.api_version or api_version in self.also
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def register(kind: str, api_version: str, namespaced: bool = True):
+def register(kind: str, api_version: str, namespaced: bool = True, also: tuple[str, ...] = (), kubernetes_schema: bool = True):
     def deco(fn):
-        KINDS[kind] = Kind(kind, api_version, namespaced, fn)
+        KINDS[kind] = Kind(kind, api_version, namespaced, fn, also, kubernetes_schema)
         return fn
 
     return deco
@@ -285,3 +290,14 @@ def _read_ingress_class(doc: Document, out: Objects) -> None:
 @register("Secret", "v1")
 def _read_secret(doc: Document, out: Objects) -> None:
     out.problems += ingress.check_secret(doc.data, doc.where())
+
+
+# -- Gateway API (CRDs: their own validation) -------------------------------------------
+
+
+def _read_gateway_api(doc: Document, out: Objects) -> None:
+    out.problems += gateway.check(doc.data, doc.where())
+
+
+for _kind in gateway.KINDS:
+    register(_kind, gateway.API_VERSIONS[0], namespaced=_kind != "GatewayClass", also=gateway.API_VERSIONS[1:], kubernetes_schema=False)(_read_gateway_api)

@@ -172,6 +172,7 @@ class LabSpec:
     nodes: tuple[Node, ...] = ()
     externals: tuple[External, ...] = ()
     ingress: Any = None  # labctl.model.ingress.IngressSpec: the ingress controller (None: none)
+    gateway_api: bool = False  # GatewayClass nginx: each Gateway of it gets nginx pods and a LoadBalancer Service
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

@@ -24,4 +24,5 @@ OVERLAYS = {
 ADDONS = {
     "dns": "labctl.addons.dns",
     "ingress": "labctl.addons.ingress",
+    "gateway": "labctl.addons.gateway",
 }

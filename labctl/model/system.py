@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from labctl.model import dns, ingress
+from labctl.model import dns, gateway, ingress
 from labctl.model.errors import Problem
 from labctl.model.objects import Container, ContainerPort, LabSpec, Pod, Service, ServicePort
 
@@ -29,7 +29,11 @@ class SystemAddOn:
         """The Lab fields of the add-on (checked whether it is on or not)."""
         return []
 
-    def clashes(self, spec: LabSpec, pods: list[Pod], services: list[Service], where_of: Callable[[int], str]) -> list[Problem]:
+    def check_documents(self, spec: LabSpec, documents: list[tuple[int, dict]], where_of: Callable[[int], str]) -> list[Problem]:
+        """The manifests that need the add-on ((index, manifest) pairs)."""
+        return []
+
+    def clashes(self, spec: LabSpec, pods: list[Pod], services: list[Service], where_of: Callable[[int], str], documents=()) -> list[Problem]:
         """User objects that take the add-on's names."""
         return []
 
@@ -37,14 +41,15 @@ class SystemAddOn:
         """Namespaces the add-on's objects live in (made as if a Namespace document said so)."""
         return []
 
-    def pods(self, spec: LabSpec) -> list[Pod]:
+    def pods(self, spec: LabSpec, documents=()) -> list[Pod]:
+        """`documents`: the lab's manifests (a Gateway's pods follow its listeners)."""
         return []
 
     def services(self, spec: LabSpec) -> list[Service]:
         """Services with their addresses given (kube-dns at .10)."""
         return []
 
-    def allocated_services(self, spec: LabSpec) -> list[Service]:
+    def allocated_services(self, spec: LabSpec, documents=()) -> list[Service]:
         """Services allocated like the user's (ClusterIP, NodePorts, LoadBalancer IP)."""
         return []
 
@@ -58,10 +63,10 @@ class ClusterDns(SystemAddOn):
     def check(self, spec: LabSpec, where: str) -> list[Problem]:
         return dns.check_lab(spec, where)
 
-    def clashes(self, spec, pods, services, where_of) -> list[Problem]:
+    def clashes(self, spec, pods, services, where_of, documents=()) -> list[Problem]:
         return dns.reserved(spec, pods, services, where_of)
 
-    def pods(self, spec: LabSpec) -> list[Pod]:
+    def pods(self, spec: LabSpec, documents=()) -> list[Pod]:
         return [dns.dns_pod(spec)]
 
     def services(self, spec: LabSpec) -> list[Service]:
@@ -112,7 +117,7 @@ class IngressController(SystemAddOn):
     def check(self, spec: LabSpec, where: str) -> list[Problem]:
         return ingress.check_lab(spec, spec.ingress, where)
 
-    def clashes(self, spec, pods, services, where_of) -> list[Problem]:
+    def clashes(self, spec, pods, services, where_of, documents=()) -> list[Problem]:
         taken = [s for s in services if s.key == f"{ingress.NAMESPACE}/{ingress.CONTROLLER}"]
         taken += [p for p in pods if p.namespace == ingress.NAMESPACE and p.name.startswith(ingress.CONTROLLER + "-")]
         return [Problem(where_of(x.doc), "metadata.name", f"{x.namespace}/{x.name} is the ingress controller's (spec.ingress of the Lab)") for x in taken]
@@ -120,14 +125,95 @@ class IngressController(SystemAddOn):
     def namespaces(self, spec: LabSpec) -> list[str]:
         return [ingress.NAMESPACE]
 
-    def pods(self, spec: LabSpec) -> list[Pod]:
+    def pods(self, spec: LabSpec, documents=()) -> list[Pod]:
         return controller_pods(spec, spec.ingress)
 
-    def allocated_services(self, spec: LabSpec) -> list[Service]:
+    def allocated_services(self, spec: LabSpec, documents=()) -> list[Service]:
         return [controller_service(spec.ingress)]
 
 
-SYSTEM_ADDONS: tuple[SystemAddOn, ...] = (ClusterDns(), IngressController())
+def served_gateways(spec: LabSpec, documents) -> list[gateway.Gateway]:
+    """The Gateways of a class of ours, oldest first (document order here: their pods only
+    need a stable order)."""
+    classes = {gateway.CLASS: gateway.CONTROLLER_NAME}
+    for d in documents:
+        if d.get("kind") == "GatewayClass":
+            classes.setdefault(d["metadata"]["name"], (d.get("spec") or {}).get("controllerName", ""))
+    gws = [gateway.gateway_from_manifest(i, d) for i, d in enumerate(documents) if d.get("kind") == "Gateway"]
+    return [g for g in gws if classes.get(g.class_name) == gateway.CONTROLLER_NAME]
+
+
+def gateway_labels(gw: gateway.Gateway) -> dict[str, str]:
+    return {gateway.GATEWAY_LABEL: gw.name, "app.kubernetes.io/name": gateway.proxy_name(gw.name)}
+
+
+def gateway_ports(gw: gateway.Gateway) -> list[int]:
+    return sorted({li.port for li in gw.listeners if li.protocol in gateway.PROTOCOLS})
+
+
+def is_gateway_proxy(pod: Pod) -> str | None:
+    """The Gateway (ns/name) whose nginx runs in this pod, or None."""
+    name = pod.labels.get(gateway.GATEWAY_LABEL)
+    if name and pod.labels.get("app.kubernetes.io/name") == gateway.proxy_name(name) and pod.name.startswith(gateway.proxy_name(name) + "-"):
+        return f"{pod.namespace}/{name}"
+    return None
+
+
+class GatewayAPI(SystemAddOn):
+    """NGINX Gateway Fabric's provisioning: per Gateway of the class `nginx`, nginx
+    pod(s) `<ns>/<gateway>-nginx-<i>` and the LoadBalancer Service `<ns>/<gateway>-nginx`
+    with a port per listener port (labctl.model.gateway)."""
+
+    name = "gateway"
+
+    def enabled(self, spec: LabSpec) -> bool:
+        return spec.gateway_api
+
+    def check_documents(self, spec, documents, where_of) -> list[Problem]:
+        return gateway.check_lab(spec, documents, where_of)
+
+    def clashes(self, spec, pods, services, where_of, documents=()) -> list[Problem]:
+        out = []
+        for gw in served_gateways(spec, documents):
+            name = gateway.proxy_name(gw.name)
+            taken = [s for s in services if s.key == f"{gw.namespace}/{name}"]
+            taken += [p for p in pods if p.namespace == gw.namespace and p.name.startswith(name + "-")]
+            out += [Problem(where_of(x.doc), "metadata.name", f"{x.namespace}/{x.name} is the nginx of Gateway {gw.key}") for x in taken]
+        return out
+
+    def pods(self, spec: LabSpec, documents=()) -> list[Pod]:
+        nodes = [n.name for n in spec.nodes]
+        out = []
+        for k, gw in enumerate(served_gateways(spec, documents)):
+            ports = tuple(ContainerPort(p, "TCP", f"port-{p}") for p in gateway_ports(gw))
+            command = ingress.NGINX_COMMAND
+            out.append(
+                Pod(
+                    namespace=gw.namespace,
+                    name=f"{gateway.proxy_name(gw.name)}-0",
+                    node=nodes[k % len(nodes)],
+                    labels=gateway_labels(gw),
+                    containers=(Container("nginx", ports, command=command),),
+                )
+            )
+        return out
+
+    def allocated_services(self, spec: LabSpec, documents=()) -> list[Service]:
+        return [
+            Service(
+                namespace=gw.namespace,
+                name=gateway.proxy_name(gw.name),
+                type="LoadBalancer",
+                selector=gateway_labels(gw),
+                ports=tuple(ServicePort(p, "TCP", f"port-{p}", p) for p in gateway_ports(gw)),
+                external_traffic_policy="Local",
+            )
+            for gw in served_gateways(spec, documents)
+            if gateway_ports(gw)
+        ]
+
+
+SYSTEM_ADDONS: tuple[SystemAddOn, ...] = (ClusterDns(), IngressController(), GatewayAPI())
 
 
 def on(spec: LabSpec) -> list[SystemAddOn]:

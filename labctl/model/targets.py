@@ -2,8 +2,10 @@
 
 NS/POD, POD (namespace default), node/NAME, ext/NAME, or (TO only) an IPv4
 address, svc/NS/NAME (its ClusterIP), svc/NS/NAME@nodeport (a node's
-address and the NodePort; the node is --via, else the first) or
-svc/NS/NAME@lb (its LoadBalancer IP).
+address and the NodePort; the node is --via, else the first),
+svc/NS/NAME@lb (its LoadBalancer IP), `ingress` (the ingress controller's
+Service) or gw/NS/NAME (a Gateway's Service, NGINX Gateway Fabric's
+<name>-nginx).
 """
 
 from __future__ import annotations
@@ -87,6 +89,17 @@ def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> 
             raise InvalidInput(f"{role} {text!r}: the ingress controller is something to probe, not to probe from")
         svc = topo.service("ingress-nginx/ingress-nginx-controller")
         return _service(topo, f"svc/{svc.key}@lb" if svc.type == "LoadBalancer" else f"svc/{svc.key}@nodeport", role, via)
+    if text.startswith("gw/"):  # a Gateway: its Service's LoadBalancer IP
+        if role != "TO":
+            raise InvalidInput(f"{role} {text!r}: a Gateway is something to probe, not to probe from")
+        ns, _, name = text[3:].rpartition("/")
+        key = f"{ns or 'default'}/{name}-nginx"
+        if not any(s.key == key for s in topo.services):
+            gws = [f"gw/{(d['metadata'].get('namespace') or 'default')}/{d['metadata']['name']}" for d in topo.documents if d.get("kind") == "Gateway"]
+            raise InvalidInput(f"{role} {text!r}: no Gateway {ns or 'default'}/{name} served by the lab's GatewayClass" + _suggest(text, gws))
+        from dataclasses import replace
+
+        return replace(_service(topo, f"svc/{key}@lb", role, via), label=f"gw/{ns or 'default'}/{name}")
     if text.startswith("svc/"):
         if role != "TO":
             raise InvalidInput(f"{role} {text!r}: a service is something to probe, not to probe from")

@@ -80,7 +80,15 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
 
 
 def explain_http(
-    topo: Topology, a: Endpoint, b: Endpoint, path: str, host: str | None, https: bool, method: str = "GET", headers: dict[str, str] | None = None
+    topo: Topology,
+    a: Endpoint,
+    b: Endpoint,
+    path: str,
+    host: str | None,
+    https: bool,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> dict[str, Any]:
     """An HTTP request from `a` to an L7 proxy's Service `b` (the ingress controller, a
     Gateway): hop 1 is the connection to the proxy (kube-proxy's rules, as to any
@@ -88,9 +96,9 @@ def explain_http(
     each proxy pod's new connection to the backend's endpoints (policies see the proxy
     pod as the client)."""
     assert b.service is not None
-    port = 443 if https else 80
+    port = port or (443 if https else 80)
     hop1 = _to_service(topo, a, b, port, "tcp")
-    route, proxies = l7_route(topo, b.service, host or b.ip, path, method, headers or {})
+    route, proxies = l7_route(topo, b.service, port, host or b.ip, path, method, headers or {})
     by_ip = {p.ip: p.key for p in topo.pods}
     engine = Engine(topo)
     hop2 = []
@@ -109,10 +117,18 @@ def explain_http(
     }
 
 
-def l7_route(topo: Topology, svc, host: str, path: str, method: str, headers: dict[str, str]) -> tuple[dict[str, Any], list]:
+def l7_route(topo: Topology, svc, port: int, host: str, path: str, method: str, headers: dict[str, str]) -> tuple[dict[str, Any], list]:
     """What the proxy behind Service `svc` does with HOST and PATH, and its pods."""
     from labctl.addons.ingress import controllers, nginx
 
     if topo.lab.ingress is not None and svc.key == "ingress-nginx/ingress-nginx-controller":
         return nginx.route(topo, topo.lab.ingress.class_name, host, path), controllers(topo)
-    raise InvalidInput(f"TO svc/{svc.key} is not an ingress controller: --http explains requests to `ingress`")
+    from labctl.addons import gateway
+    from labctl.addons.gateway import nginx as gw_nginx
+    from labctl.model.gateway import World
+
+    world = World.of(topo)
+    for gw in world.served():
+        if gateway.service_key(gw.key) == svc.key:
+            return gw_nginx.route(topo, world, gw.key, port, host, path, method, headers), gateway.proxies(topo, gw.key)
+    raise InvalidInput(f"TO svc/{svc.key} is not an L7 proxy: --http explains requests to `ingress` or gw/NS/NAME")

@@ -167,6 +167,7 @@ def sample() -> Topology:
             externals=[{"name": "x", "ip": "10.10.30.120", "link": {"rate": "1mbit"}}],
             loadBalancerPool="10.10.30.200-10.10.30.210",
             ingress={"className": "edge", "service": "NodePort", "replicas": 2, "externalTrafficPolicy": "Cluster"},
+            gatewayAPI=True,
         ),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "s"}}},
         {

@@ -15,61 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from labctl import failpoints
+from labctl.addons import nginxproc
 from labctl.addons.base import AddOn
 from labctl.addons.ingress import nginx
-from labctl.errors import LabError
 from labctl.model import ingress as I
-from labctl.model import names, system
+from labctl.model import system
 from labctl.model.objects import LabSpec, Pod, Topology
-
-RELOAD_TIMEOUT = 10.0
-
-
-def conf_dir(lab: str, pod: Pod) -> Path:
-    from labctl.plumbing.etc import pod_dir
-
-    return pod_dir(lab, pod) / "nginx"
-
-
-def runtime_dir(labdir, pod: Pod) -> Path:
-    return labdir.path / "ingress" / pod.name
 
 
 def controllers(topo: Topology) -> list[Pod]:
     return [p for p in topo.pods if system.is_controller(p)]
-
-
-def _test(conf: Path) -> None:
-    """`nginx -t` on a configuration before it replaces the running one."""
-    p = subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-c", str(conf)], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise LabError(f"nginx refused the configuration rendered for the Ingresses:\n{p.stderr.strip()}", hint=f"see {conf}")
-
-
-def _generation_served(ns: str) -> str | None:
-    from labctl.kernel import netns
-
-    with netns.entered(ns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with s:
-        s.settimeout(1.0)
-        try:
-            s.connect(("127.0.0.1", nginx.STATUS_PORT))
-            s.sendall(f"GET {nginx.GENERATION_PATH} HTTP/1.0\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        except OSError:
-            return None
-    return data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip() or None
 
 
 CERT_MANAGER_ANNOTATION = "cert-manager.io/cluster-issuer"
@@ -117,16 +75,6 @@ def certificates(labdir, topo: Topology, run_dir: Path) -> nginx.Tls:
     return out
 
 
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out |= {int(x) for x in (task / "children").read_text().split()}
-        except OSError:
-            pass
-    return out
-
-
 class IngressNginx(AddOn):
     name = "ingress"
 
@@ -147,55 +95,13 @@ class IngressNginx(AddOn):
         pki.fake(labdir.path / "ca")
 
     def sync(self, labdir, journal, topo: Topology) -> Callable[[], None] | None:
-        """Render, check and install each controller's nginx.conf; signal the running
+        """Render, check and install each controller's nginx.conf; reload the running
         ones whose text changed. Returns what waits until every controller serves it."""
-        from labctl.kernel import procs
-
-        lab = topo.lab.name
-        owned = journal.replay().procs
-        wanted: list[tuple[str, str]] = []
-        old_workers: set[int] = set()
+        configs = []
         for pod in controllers(topo):
-            run_dir = runtime_dir(labdir, pod)
-            for what in ("", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (run_dir / what).mkdir(parents=True, exist_ok=True)
-            conf = nginx.render(topo, topo.lab.ingress.class_name, str(run_dir), certificates(labdir, topo, run_dir))
-            d = conf_dir(lab, pod)
-            d.mkdir(parents=True, exist_ok=True)
-            path = d / "nginx.conf"
-            old = path.read_text() if path.exists() else None
-            ns = names.pod_netns(lab, pod.namespace, pod.name)
-            gen = nginx.generation(conf)
-            if conf != old:
-                new = d / "nginx.conf.new"
-                new.write_text(conf)
-                _test(new)
-                os.replace(new, path)
-                failpoints.hit("ingress-config")
-            rec = owned.get(names.command_key(pod.key, pod.containers[0].name))
-            running = rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start"))
-            # a reload when the text changed, or when nginx serves another text than the file's
-            # (a run killed between writing the file and signalling nginx)
-            if running and (conf != old or _generation_served(ns) != gen):
-                old_workers |= _children(rec["pid"])
-                os.kill(rec["pid"], signal.SIGHUP)  # nginx's master re-reads it and replaces its workers
-            wanted.append((ns, gen))
-
-        def served() -> None:
-            """The new generation answers, and the old workers (which may still accept a
-            connection or two until they see the master's QUIT) are gone."""
-            deadline = time.monotonic() + RELOAD_TIMEOUT
-            for ns, gen in wanted:
-                while (now := _generation_served(ns)) != gen:
-                    if time.monotonic() > deadline:
-                        raise LabError(f"the ingress controller in {ns} does not serve its new configuration (it serves {now!r})")
-                    time.sleep(0.02)
-            while any(os.path.exists(f"/proc/{pid}") for pid in old_workers):
-                if time.monotonic() > deadline:
-                    raise LabError("the ingress controller's old nginx workers did not exit after its reload")
-                time.sleep(0.02)
-
-        return served if wanted else None
+            run_dir = nginxproc.runtime_dir(labdir, pod)
+            configs.append((pod, nginx.render(topo, topo.lab.ingress.class_name, str(run_dir), certificates(labdir, topo, run_dir))))
+        return nginxproc.install(journal, topo, configs, "the Ingresses")
 
     def status(self, topo: Topology) -> dict[str, Any] | None:
         spec = topo.lab.ingress
