@@ -36,7 +36,7 @@ CONTROLLER_NAME = "gateway.nginx.org/nginx-gateway-controller"
 CLASS = "nginx"
 KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "ReferenceGrant")
 PROTOCOLS = ("HTTP", "HTTPS")  # the Core HTTP profile; TLS, TCP, UDP: UnsupportedProtocol
-FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite")
+FILTERS = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "RequestMirror")
 GATEWAY_LABEL = "gateway.networking.k8s.io/gateway-name"
 CERT_MANAGER_ANNOTATION = "cert-manager.io/cluster-issuer"
 LAB_ISSUER = "labctl-ca"  # labctl.pki.ISSUER: the ClusterIssuer that is the lab's CA
@@ -219,6 +219,11 @@ def route_from_manifest(order: int, d: dict[str, Any]) -> HTTPRoute:
     return HTTPRoute(ns, d["metadata"]["name"], parents, tuple(spec.get("hostnames") or ()), tuple(rules), order)
 
 
+def mirror_ref(f: Filter, namespace: str) -> Ref:
+    b = f.spec.get("backendRef") or {}
+    return Ref(b.get("group", ""), b.get("kind", "Service"), b.get("namespace") or namespace, b.get("name", ""), port=b.get("port"))
+
+
 def grant_from_manifest(d: dict[str, Any]) -> ReferenceGrant:
     spec = d.get("spec") or {}
     return ReferenceGrant(
@@ -383,7 +388,7 @@ def _filter(c: _Checker, f: Any, path: str, rule: dict[str, Any]) -> None:
         ("type",),
     )
     t = f.get("type")
-    c.enum(t, f"{path}.type", (*FILTERS, "RequestMirror", "ExtensionRef", "CORS"))
+    c.enum(t, f"{path}.type", (*FILTERS, "ExtensionRef", "CORS"))
     key = (t or "")[:1].lower() + (t or "")[1:]
     if t == "URLRewrite":
         key = "urlRewrite"
@@ -405,6 +410,15 @@ def _filter(c: _Checker, f: Any, path: str, rule: dict[str, Any]) -> None:
             c.bad(f"{path}.{key}.statusCode", f"must be one of 301, 302, 303, 307, 308, not {r['statusCode']!r}")
         if r.get("path") is not None:
             _path_modifier(c, r["path"], f"{path}.{key}.path", rule)
+    if t == "RequestMirror":
+        r = c.obj(f.get(key), f"{path}.{key}", ("backendRef", "percent", "fraction"), ("backendRef",))
+        b = c.obj(r.get("backendRef"), f"{path}.{key}.backendRef", ("group", "kind", "namespace", "name", "port"), ("name",))
+        if b.get("group", "") == "" and b.get("kind", "Service") == "Service" and b.get("port") is None:
+            c.bad(f"{path}.{key}.backendRef.port", "Must have port for Service reference")
+        if r.get("percent") is not None and (not isinstance(r["percent"], int) or not 0 <= r["percent"] <= 100):
+            c.bad(f"{path}.{key}.percent", f"{r['percent']!r} must be an integer 0-100")
+        if r.get("fraction") is not None:
+            c.bad(f"{path}.{key}.fraction", "give percent: labctl mirrors a whole percentage")
     if t == "URLRewrite":
         r = c.obj(f.get(key), f"{path}.{key}", ("hostname", "path"))
         if r.get("hostname") is not None:
@@ -791,19 +805,26 @@ class World:
         backends: dict[tuple[int, int], str | None] = {}
         for rule in route.rules:
             for i, b in enumerate(rule.backends):
-                if b.group != "" or b.kind != "Service":
-                    backends[(rule.index, i)] = "InvalidKind"
-                elif not self.granted("HTTPRoute", route.namespace, "Service", b.namespace, b.name):
-                    backends[(rule.index, i)] = "RefNotPermitted"
-                elif f"{b.namespace}/{b.name}" not in self.services:
-                    backends[(rule.index, i)] = "BackendNotFound"
-                else:
-                    backends[(rule.index, i)] = None
+                backends[(rule.index, i)] = self._resolve(route, b)
+            for j, f in enumerate(rule.filters):
+                if f.type == "RequestMirror":
+                    b = mirror_ref(f, route.namespace)
+                    backends[(rule.index, 1000 + j)] = self._resolve(route, b)
         bad = next((r for r in backends.values() if r), None)
         resolved = Condition("ResolvedRefs", bad is None, "ResolvedRefs" if bad is None else bad)
         for p in parents:
             p.conditions.append(resolved)
         return RouteState(route, parents, backends)
+
+    def _resolve(self, route: HTTPRoute, b: Ref) -> str | None:
+        """None when a backendRef resolves, else the ResolvedRefs reason."""
+        if b.group != "" or b.kind != "Service":
+            return "InvalidKind"
+        if not self.granted("HTTPRoute", route.namespace, "Service", b.namespace, b.name):
+            return "RefNotPermitted"
+        if f"{b.namespace}/{b.name}" not in self.services:
+            return "BackendNotFound"
+        return None
 
     # -- status, as the contract's keys ------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -254,7 +255,21 @@ def test_filters_header_modifiers_redirects_and_rewrites(lab):
             ],
         ),
     ]
+    mirror = {"type": "RequestMirror", "requestMirror": {"backendRef": backend("infra-backend-v2")}}
+    routes.append(route("mirror", hostnames=["mirror.example"], rules=[rule(v1, filters=[mirror])]))
     up(lab, *base(), *routes)
+    # RequestMirror: the answer is v1's, and v2 gets a copy (seen in conntrack on v2's node)
+    v2 = lab.pod_ip(f"{INFRA}/infra-backend-v2")
+
+    def copies() -> int:
+        return lab.sh(lab.node_ns("node2"), "conntrack", "-L", "-p", "tcp", "-d", v2, "--dport", "3000", check=False).count("dport=3000")
+
+    before = copies()
+    assert who(get(lab, "same-namespace", "mirror.example", "/copy")) == "infra-backend-v1"
+    deadline = time.monotonic() + 3
+    while copies() != before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the copy is nginx's subrequest, made alongside the answer
+    assert copies() == before + 1
     got = get(
         lab,
         "same-namespace",

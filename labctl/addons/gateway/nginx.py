@@ -247,6 +247,7 @@ class Plan:
     summary: str
     status: int | None  # what the proxy answers itself (redirect, 500, 503), else None
     backends: list[tuple[str, int, list[str]]] = field(default_factory=list)  # (text, weight, endpoints)
+    extra: list[str] = field(default_factory=list)  # more locations of the server (mirrors)
 
 
 class Renderer:
@@ -280,7 +281,7 @@ class Renderer:
         return self.rule_vars.setdefault((route.key, rule.index), len(self.rule_vars))
 
     def backend(self, route: G.HTTPRoute, rule: G.RouteRule, i: int, ref: G.Ref) -> tuple[str, list[str], str]:
-        """(upstream name or "500"/"503", endpoints, text)."""
+        """(upstream name or "500"/"503", endpoints, text); `i` >= 1000: a mirror filter's."""
         reason = self.world.route_states[route.key].backends.get((rule.index, i))
         if reason:
             return "500", [], f"{ref.text()}: {reason} (500)"
@@ -357,6 +358,24 @@ class Renderer:
             )
             return f"${var}"
 
+        extra: list[str] = []
+        mirrors = []
+        for j, f in enumerate(rule.filters):
+            if f.type != "RequestMirror":
+                continue
+            target, _, text = self.backend(route, rule, 1000 + j, G.mirror_ref(f, route.namespace))
+            mirrors.append(text)
+            if target in ("500", "503"):
+                continue  # nothing to copy the request to
+            loc = f"/_ngf/mirror{k}_{j}"
+            lines.append(f"mirror {loc};  # RequestMirror to {text}")
+            body = [f"proxy_set_header {n} {v};" for n, v in HEADERS]
+            percent = f.spec.get("percent")
+            if percent is not None and percent < 100:
+                var = f"gw_mirror_{k}_{j}"
+                self.define(var, [f'    split_clients "$request_id" ${var} {{ {percent}% 1; * 0; }}  # RequestMirror percent'])
+                body.insert(0, f"if (${var} = 0) {{ return 204; }}")
+            extra += [f"location = {loc} {{", "    internal;", *[f"    {x}" for x in body], f"    proxy_pass http://{target}$request_uri;", "}"]
         redirect = filters.get("RequestRedirect")
         if redirect is not None:
             scheme = redirect.get("scheme") or ("https" if server.protocol == "HTTPS" else "http")
@@ -366,7 +385,7 @@ class Renderer:
             code = redirect.get("statusCode") or 302
             location = f"{scheme}://{host}{shown}{uri(redirect.get('path'))}"
             lines.append(f'return {code} "{location}";')
-            return Plan(lines, f"RequestRedirect {code} to {location}", code)
+            return Plan(lines, f"RequestRedirect {code} to {location}", code, extra=extra)
         lines += [f"proxy_set_header {n} {v};" for n, v in headers]
         targets = []
         texts = []
@@ -377,13 +396,14 @@ class Renderer:
                 targets.append((target, ref.weight))
         if not targets:
             why = "no backendRefs" if not rule.backends else "every backendRef has weight 0"
-            return Plan(lines + ["return 500;"], f"{why} (500)", 500, texts)
+            return Plan(lines + ["return 500;"], f"{why} (500)", 500, texts, extra)
         path = uri(rewrite.get("path"))
         if len(targets) == 1:
             target = targets[0][0]
+            also = "".join(f", mirrored to {m}" for m in mirrors)
             if target in ("500", "503"):
-                return Plan(lines + [f"return {target};"], texts[0][0], int(target), texts)
-            return Plan(lines + [f"proxy_pass http://{target}{path};"], texts[0][0], None, texts)
+                return Plan(lines + [f"return {target};"], texts[0][0] + also, int(target), texts, extra)
+            return Plan(lines + [f"proxy_pass http://{target}{path};"], texts[0][0] + also, None, texts, extra)
         var = f"gw_split_{k}"
         total = sum(w for _, w in targets)
         split = [f"    # weights of {route.key} rule {rule.index}", f'    split_clients "$request_id" ${var} {{']
@@ -394,7 +414,7 @@ class Renderer:
         for code in sorted({t for t, _ in targets if t in ("500", "503")}):
             lines.append(f"if (${var} = {code}) {{ return {code}; }}")
         lines.append(f"proxy_pass http://${var}{path};")
-        return Plan(lines, ", ".join(t for t, _, _ in texts), None, texts)
+        return Plan(lines, ", ".join(t for t, _, _ in texts) + "".join(f", mirrored to {m}" for m in mirrors), None, texts, extra)
 
 
 def _comment(text: str) -> str:
@@ -498,6 +518,7 @@ def render(topo: Topology, world: G.World, gw_key: str, runtime_dir: str, tls: T
             body.append("            internal;")
             body += [f"            {line}" for line in p.lines]
             body.append("        }")
+            body += [f"        {line}" for line in p.extra]
         body.append("    }")
     out += [""] + r.maps
     for name in sorted(r.upstreams):
