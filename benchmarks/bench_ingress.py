@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Ingress on real nginx at scale: 200 Ingresses (200 hosts) over 20 backend pods.
+"""L7 on real nginx at scale: 200 Ingresses (200 hosts), then 200 HTTPRoutes on one
+Gateway (200 hostnames), over 20 backend pods.
 
-Measures, on a real lab:
-  - programming: `up` with the 200 Ingresses (render, `nginx -t`, start or
+Measures, on a real lab, for each of the two:
+  - programming: `up` with the 200 routes (render, `nginx -t`, start or
     reload, served), against the same lab without them;
-  - a one-route change (`apply` of a 201st Ingress): from the start of the
+  - a one-route change (`apply` of a 201st route): from the start of the
     command to the first request that the new route answers, from a client
     probing all along;
-  - throughput: HTTP/1.1 requests per second through the controller (client ->
+  - throughput: HTTP/1.1 requests per second through the proxy (client ->
     LoadBalancer IP -> nginx -> pod), against the same requests straight to a
     pod's address in the same run (the baseline), one connection per request,
     for a bounded time.
@@ -59,7 +60,30 @@ def ingress(i: int) -> dict:
     }
 
 
-def docs(n: int) -> list[dict]:
+def http_route(i: int) -> dict:
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": f"route-{i}"},
+        "spec": {
+            "parentRefs": [{"name": "bench"}],
+            "hostnames": [f"host-{i}.example"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"name": f"svc-{i % PODS}", "port": 80}]}],
+        },
+    }
+
+
+GATEWAY = {
+    "apiVersion": "gateway.networking.k8s.io/v1",
+    "kind": "Gateway",
+    "metadata": {"name": "bench"},
+    "spec": {"gatewayClassName": "nginx", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]},
+}
+ROUTE = {"ingress": ingress, "gateway": http_route}
+PROXY = {"ingress": "ingress-nginx/ingress-nginx-controller", "gateway": "default/bench-nginx"}
+
+
+def docs(n: int, kind: str) -> list[dict]:
     out: list[dict] = [
         {
             "apiVersion": "labctl/v1",
@@ -68,12 +92,14 @@ def docs(n: int) -> list[dict]:
             "spec": {
                 "dns": False,
                 "loadBalancerPool": "10.10.20.200-10.10.20.210",
-                "ingress": {},
+                **({"ingress": {}} if kind == "ingress" else {"gatewayAPI": True}),
                 "nodes": [{"name": "node1"}, {"name": "node2"}],
                 "externals": [{"name": "client"}],
             },
         }
     ]
+    if kind == "gateway":
+        out.append(GATEWAY)
     out.append({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"}, "spec": {"nodeName": "node1", "containers": [{"name": "c"}]}})
     for i in range(PODS):
         out.append(
@@ -92,12 +118,12 @@ def docs(n: int) -> list[dict]:
                 "spec": {"selector": {"app": f"web-{i}"}, "ports": [{"port": 80, "targetPort": 8080}]},
             }
         )
-    out += [ingress(i) for i in range(n)]
+    out += [ROUTE[kind](i) for i in range(n)]
     return out
 
 
-def up(handle: LabHandle, n: int) -> float:
-    text = "".join("---\n" + yaml.safe_dump(d) for d in docs(n))
+def up(handle: LabHandle, n: int, kind: str) -> float:
+    text = "".join("---\n" + yaml.safe_dump(d) for d in docs(n, kind))
     t0 = time.monotonic()
     handle.change(changes.up(parse_text(text, "bench.yaml"), "bench.yaml"), create=True)
     return time.monotonic() - t0
@@ -128,21 +154,20 @@ def throughput(ns: str, ip: str, host: str, port: int) -> float:
     return n / (time.monotonic() - t0)
 
 
-def main() -> int:
+def measure(kind: str) -> dict:
     handle = LabHandle(LAB)
     client = f"{LAB}-client"
     try:
-        base = up(handle, 0)
+        base = up(handle, 0, kind)
         subprocess.run([sys.executable, "-m", "labctl", "down", LAB], capture_output=True, cwd=REPO)
-        full = up(handle, INGRESSES)
+        full = up(handle, INGRESSES, kind)
         topo = handle.applied()
-        lb = topo.service("ingress-nginx/ingress-nginx-controller").load_balancer_ip
-        assert request(client, lb, "host-7.example") == 200, "the Ingresses serve"
+        lb = topo.service(PROXY[kind]).load_balancer_ip
+        assert request(client, lb, "host-7.example") == 200, "the routes serve"
 
         # a one-route change, seen by a client probing all along
         seen: list[float] = []
         stop = threading.Event()
-        t0 = time.monotonic()
 
         def watch() -> None:
             while not stop.is_set():
@@ -152,7 +177,7 @@ def main() -> int:
                     return
 
         watcher = threading.Thread(target=watch)
-        text = yaml.safe_dump(ingress(INGRESSES))
+        text = yaml.safe_dump(ROUTE[kind](INGRESSES))
         watcher.start()
         t0 = time.monotonic()
         handle.change(changes.apply(parse_text(text, "one.yaml"), "one.yaml"))
@@ -167,16 +192,8 @@ def main() -> int:
         direct = throughput(inside, pod.ip, "direct", 8080)
     finally:
         subprocess.run([sys.executable, "-m", "labctl", "down", LAB], capture_output=True, cwd=REPO)
-
-    print(f"{'what':44} {'labctl':>10} {'baseline':>10} {'ratio':>7}")
-    print(f"{'up: the lab with 200 Ingresses (s)':44} {full:10.3f} {base:10.3f} {full / base:6.2f}x   (baseline: the lab without them)")
-    print(f"{'apply one Ingress: command done (ms)':44} {applied * 1000:10.1f}")
-    print(
-        f"{'apply one Ingress: first answer (ms)':44} {(visible or float('nan')) * 1000:10.1f}{'':10}         goal < 300 ms: {'ok' if visible is not None and visible < 0.3 else 'MISSED'}"
-    )
-    print(f"{'requests/s through the controller':44} {via:10.0f} {direct:10.0f} {via / direct:6.2f}x   (baseline: straight to the pod)")
-    out = {
-        "ingresses": INGRESSES,
+    return {
+        "routes": INGRESSES,
         "up_s": full,
         "up_without_s": base,
         "apply_ms": applied * 1000,
@@ -184,8 +201,26 @@ def main() -> int:
         "rps_via": via,
         "rps_direct": direct,
     }
+
+
+def main() -> int:
+    results = {kind: measure(kind) for kind in ("ingress", "gateway")}
+    print(f"{'what':48} {'labctl':>10} {'baseline':>10} {'ratio':>7}")
+    for kind, r in results.items():
+        what, whats = ("Ingress", "Ingresses") if kind == "ingress" else ("HTTPRoute", "HTTPRoutes")
+        visible = r["visible_ms"]
+        print(
+            f"{f'up: the lab with 200 {whats} (s)':48} {r['up_s']:10.3f} {r['up_without_s']:10.3f} {r['up_s'] / r['up_without_s']:6.2f}x   (baseline: the lab without them)"
+        )
+        print(f"{f'apply one {what}: command done (ms)':48} {r['apply_ms']:10.1f}")
+        print(
+            f"{f'apply one {what}: first answer (ms)':48} {(visible or float('nan')):10.1f}{'':10}         goal < 300 ms: {'ok' if visible is not None and visible < 300 else 'MISSED'}"
+        )
+        print(
+            f"{f'requests/s through the {kind} proxy':48} {r['rps_via']:10.0f} {r['rps_direct']:10.0f} {r['rps_via'] / r['rps_direct']:6.2f}x   (baseline: straight to the pod)"
+        )
     (REPO / "benchmarks" / "results").mkdir(exist_ok=True)
-    (REPO / "benchmarks" / "results" / "bench_ingress.json").write_text(json.dumps(out, indent=2) + "\n")
+    (REPO / "benchmarks" / "results" / "bench_ingress.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -53,6 +53,12 @@ labctl verify
 echo "\$ labctl explain toolbox shop/db --port 5432"
 labctl explain toolbox shop/db --port 5432
 
+bold "L7 on real nginx: an Ingress with TLS from the lab's CA, and a Gateway API HTTPRoute:"
+labctl probe ext/client ingress --http / --host web.demo.example --https --expect-status 200
+labctl probe ext/client gw/default/demo --http /hello --host web.demo.example --expect-status 200
+echo "\$ labctl explain ext/client gw/default/demo --http /hello --host web.demo.example"
+labctl explain ext/client gw/default/demo --http /hello --host web.demo.example
+
 bold "The datapath, as a learner sees it:"
 echo "\$ labctl exec node/node1 -- ip route"
 labctl exec node/node1 -- ip route
@@ -70,6 +76,7 @@ The demo lab is up. Try next:
   sudo .venv/bin/labctl ready web-1 false                                     # a failing readiness probe: web-1 leaves the endpoints
   sudo .venv/bin/labctl exec node/node3 -- iptables-save -t filter            # LABCTL-NETPOL chains, one NP-* chain per policy
   sudo .venv/bin/labctl exec node/node3 -- ipset list                         # the policy's selectors as sets of pod IPs
+  sudo .venv/bin/labctl exec default/demo-nginx-0 -- cat /etc/nginx/nginx.conf # the Gateway's nginx.conf: a server per hostname, matches as maps
   sudo .venv/bin/labctl link node/node2 --rate 10mbit                         # a slow link (tc tbf on node2's eth0); --delay/--loss need netem
   sudo ip netns list                                                          # every node and pod is a namespace
   sudo .venv/bin/labctl down demo                                             # removes all of it
