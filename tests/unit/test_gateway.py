@@ -365,3 +365,14 @@ def test_the_models_issuer_is_the_labs_ca():
     from labctl.model import gateway as G
 
     assert G.LAB_ISSUER == pki.ISSUER
+
+
+def test_the_gateway_topology_loads_with_the_seeds_gateway_as_written():
+    from labctl.model.load import load as load_file
+    from tests.helpers import REPO
+
+    topo = load_file(str(REPO / "topologies/gateway.yaml"))
+    world = World.of(topo)
+    assert [g.key for g in world.served()] == ["default/example-gateway"], "the seeds' class, declared for the lab's controller"
+    assert topo.service("default/example-gateway-nginx").load_balancer_ip
+    assert [p["conditions"][0]["reason"] for r in world.status({})["httpRoutes"] for p in r["parents"]] == ["Accepted"]
