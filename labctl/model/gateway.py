@@ -243,6 +243,13 @@ SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
 
 
+STRINGS = frozenset(
+    "name namespace group kind sectionName hostname type value method protocol gatewayClassName controllerName "
+    "replaceFullPath replacePrefixMatch scheme mode description".split()
+)
+INTEGERS = frozenset("port weight statusCode percent".split())
+
+
 class _Checker:
     """Field-by-field checks with the path of each problem; unknown fields refused."""
 
@@ -260,8 +267,13 @@ class _Checker:
             self.bad(path, "must be an object")
             return {}
         for k in value:
+            where = f"{path}.{k}" if path else k
             if k not in allowed:
-                self.bad(f"{path}.{k}" if path else k, f"unknown field {k!r}")
+                self.bad(where, f"unknown field {k!r}")
+            elif k in STRINGS and value[k] is not None and not isinstance(value[k], str):
+                self.bad(where, f"{value[k]!r} must be a string")
+            elif k in INTEGERS and value[k] is not None and (not isinstance(value[k], int) or isinstance(value[k], bool)):
+                self.bad(where, f"{value[k]!r} must be an integer")
         for k in required:
             if value.get(k) in (None, ""):
                 self.bad(f"{path}.{k}" if path else k, "is required")
@@ -276,6 +288,17 @@ class _Checker:
         if len(value) > most:
             self.bad(path, f"must have at most {most} items")
         return value
+
+    def text(self, value: Any, path: str, required: bool = False) -> bool:
+        """A string field (required: non-empty). True when it is one."""
+        if value is None or value == "":
+            if required:
+                self.bad(path, "is required")
+            return False
+        if not isinstance(value, str):
+            self.bad(path, f"{value!r} must be a string")
+            return False
+        return True
 
     def enum(self, value: Any, path: str, options: tuple[str, ...]) -> None:
         if value is not None and value not in options:
@@ -387,8 +410,8 @@ def _filter(c: _Checker, f: Any, path: str, rule: dict[str, Any]) -> None:
         ("type", "requestHeaderModifier", "responseHeaderModifier", "requestRedirect", "urlRewrite", "requestMirror", "extensionRef", "cors"),
         ("type",),
     )
-    t = f.get("type")
-    c.enum(t, f"{path}.type", (*FILTERS, "ExtensionRef", "CORS"))
+    t = f.get("type") if isinstance(f.get("type"), str) else None
+    c.enum(f.get("type"), f"{path}.type", (*FILTERS, "ExtensionRef", "CORS"))
     key = (t or "")[:1].lower() + (t or "")[1:]
     if t == "URLRewrite":
         key = "urlRewrite"
@@ -478,12 +501,15 @@ def check(data: dict[str, Any], w: str) -> list[Problem]:
     _meta(c, data, kind != "GatewayClass")
     spec = data.get("spec")
     if kind == "GatewayClass":
-        s = c.obj(spec, "spec", ("controllerName", "parametersRef", "description"), ("controllerName",))
+        s = c.obj(spec, "spec", ("controllerName", "parametersRef", "description"))
+        c.text(s.get("controllerName"), "spec.controllerName", required=True)
         cn = s.get("controllerName")
         if isinstance(cn, str) and ("/" not in cn or len(cn) > 253):
             c.bad("spec.controllerName", f"{cn!r} must be a domain-prefixed path (such as 'example.com/bar')")
     elif kind == "Gateway":
-        s = c.obj(spec, "spec", ("gatewayClassName", "listeners", "addresses", "infrastructure"), ("gatewayClassName",))
+        s = c.obj(spec, "spec", ("gatewayClassName", "listeners", "addresses", "infrastructure"))
+        if c.text(s.get("gatewayClassName"), "spec.gatewayClassName", required=True):
+            c.name(s["gatewayClassName"], "spec.gatewayClassName")
         listeners = c.items(s.get("listeners"), "spec.listeners", 64)
         if not listeners:
             c.bad("spec.listeners", "must have at least 1 item")
@@ -492,18 +518,21 @@ def check(data: dict[str, Any], w: str) -> list[Problem]:
             lp = f"spec.listeners[{i}]"
             item = c.obj(item, lp, ("name", "hostname", "port", "protocol", "tls", "allowedRoutes"), ("name", "port", "protocol"))
             c.name(item.get("name"), f"{lp}.name", "label")
-            if item.get("name") in names:
-                c.bad("spec.listeners", f"Listener name must be unique within the Gateway: {item['name']!r} is given twice")
-            names.add(item.get("name"))
+            name = item.get("name") if isinstance(item.get("name"), str) else None
+            if name is not None and name in names:
+                c.bad("spec.listeners", f"Listener name must be unique within the Gateway: {name!r} is given twice")
+            names.add(name)
             c.port(item.get("port"), f"{lp}.port")
             proto = item.get("protocol")
-            if proto is not None and (not isinstance(proto, str) or not re.fullmatch(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(/[a-zA-Z0-9]+)?", proto)):
+            if proto is not None and not isinstance(proto, str):
+                c.bad(f"{lp}.protocol", f"{proto!r} must be a string")
+            elif proto is not None and (not re.fullmatch(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(/[a-zA-Z0-9]+)?", proto)):
                 c.bad(f"{lp}.protocol", f"{proto!r} is not a protocol name")
             if item.get("hostname") is not None:
                 c.hostname(item["hostname"], f"{lp}.hostname")
                 if proto in ("TCP", "UDP"):
                     c.bad(f"{lp}.hostname", "hostname must not be specified for protocols ['TCP', 'UDP']")
-            combo = (item.get("port"), proto, item.get("hostname") or "")
+            combo = repr((item.get("port"), proto, item.get("hostname") or ""))
             if combo in combos:
                 c.bad("spec.listeners", "Combination of port, protocol and hostname must be unique for each listener")
             combos.add(combo)
@@ -889,6 +918,8 @@ def check_lab(spec: Any, documents, where_of) -> list[Problem]:
     known = set(DEFAULT_NAMESPACES) | {(d.get("metadata") or {}).get("name") for _, d in documents if d.get("kind") == "Namespace"}
     for i, d in documents:
         ns = (d.get("metadata") or {}).get("namespace") or "default"
+        if not isinstance(ns, str):
+            continue  # refused by the kind's own checks
         if d.get("kind") in KINDS and d.get("kind") != "GatewayClass" and ns not in known:
             out.append(Problem(where_of(i), "metadata.namespace", f"namespace {ns!r} is not defined: add a Namespace document for it"))
         if d.get("kind") in KINDS and not getattr(spec, "gateway_api", False):

@@ -97,11 +97,10 @@ def _split(docs: list[Document], require_lab: bool, problems: list[Problem]) -> 
             problems.append(Problem(d.where(), "apiVersion", f"{kind} is {k.api_version!r}, not {short_repr(d.data.get('apiVersion'))}"))
             continue
         # Manifests of a running lab were validated when they were applied.
-        found = (
-            []
-            if d.index <= 0 or not k.kubernetes_schema
-            else schema.validate_kubernetes(d.where(), kind, k.api_version, d.data) + _null_items(d.where(), d.data)
-        )
+        found = []
+        if d.index > 0:
+            found = schema.validate_kubernetes(d.where(), kind, k.api_version, d.data) if k.kubernetes_schema else []
+            found += _null_items(d.where(), d.data)
         meta = d.data.get("metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
             found.append(Problem(d.where(), "metadata.name", "is required"))

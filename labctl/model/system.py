@@ -137,9 +137,10 @@ def served_gateways(spec: LabSpec, documents) -> list[gateway.Gateway]:
     need a stable order)."""
     classes = {gateway.CLASS: gateway.CONTROLLER_NAME}
     for d in documents:
-        if d.get("kind") == "GatewayClass":
+        if d.get("kind") == "GatewayClass" and not gateway.check(d, ""):
             classes.setdefault(d["metadata"]["name"], (d.get("spec") or {}).get("controllerName", ""))
-    gws = [gateway.gateway_from_manifest(i, d) for i, d in enumerate(documents) if d.get("kind") == "Gateway"]
+    # only well-formed Gateways get a proxy (the others are reported by their own checks)
+    gws = [gateway.gateway_from_manifest(i, d) for i, d in enumerate(documents) if d.get("kind") == "Gateway" and not gateway.check(d, "")]
     return [g for g in gws if classes.get(g.class_name) == gateway.CONTROLLER_NAME]
 
 

@@ -87,7 +87,10 @@ def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> 
     if text == "ingress" and topo.lab.ingress is not None:  # the controller Service's address
         if role != "TO":
             raise InvalidInput(f"{role} {text!r}: the ingress controller is something to probe, not to probe from")
-        svc = topo.service("ingress-nginx/ingress-nginx-controller")
+        try:
+            svc = topo.service("ingress-nginx/ingress-nginx-controller")
+        except KeyError:  # a file with other problems: its Services are not allocated
+            raise InvalidInput(f"{role} {text!r}: the ingress controller's Service is not made (see the other problems)") from None
         return _service(topo, f"svc/{svc.key}@lb" if svc.type == "LoadBalancer" else f"svc/{svc.key}@nodeport", role, via)
     if text.startswith("gw/"):  # a Gateway: its Service's LoadBalancer IP
         if role != "TO":

@@ -34,7 +34,10 @@ def cli_lab(root, tmp_path):
 def test_validate_needs_no_root_and_creates_nothing():
     p = as_nobody("validate", "topologies/demo.yaml")
     assert p.returncode == 0, p.stderr
-    assert "valid: lab demo, 3 nodes, 1 external, 9 pods in 4 namespaces, 7 services, cluster DNS at 10.96.0.10, ingress controller at 10.10.20.201, 1 Gateway" in p.stdout
+    assert (
+        "valid: lab demo, 3 nodes, 1 external, 9 pods in 4 namespaces, 7 services, cluster DNS at 10.96.0.10, ingress controller at 10.10.20.201, 1 Gateway"
+        in p.stdout
+    )
     j = json.loads(as_nobody("validate", "topologies/demo.yaml", "--json").stdout)
     assert j["valid"] and [n["ip"] for n in j["nodes"]] == ["10.10.20.10", "10.10.20.11", "10.10.20.12"]
 

@@ -14,7 +14,8 @@ from collections import Counter
 import pytest
 
 from labctl.probe import http
-from tests.unit.test_gateway import APP, INFRA, LB, WEB, backend, base, gateway, grant, listener, route, rule
+from tests.l7 import APP, INFRA, LB, WEB, backend, base, gateway, grant, listener, route, running
+from tests.l7 import route_rule as rule
 
 pytestmark = pytest.mark.kernel
 
@@ -434,3 +435,20 @@ def test_network_policy_on_the_second_hop_and_changes_reload(lab):
     new = route("new", hostnames=["new.example"], rules=[rule(backend("infra-backend-v2"))])
     lab.cli("apply", "--lab", lab.name, "-f", "-", input=json.dumps(new))
     assert who(get(lab, "same-namespace", "new.example")) == "infra-backend-v2", "apply returns once nginx serves the change"
+
+
+def test_deleting_a_gateway_stops_its_nginx_and_removes_its_service(lab):
+    import subprocess
+
+    up(lab, *base())
+    ns = lab.pod_ns(f"{INFRA}/all-namespaces-nginx-0")
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+    assert pids and any("nginx" in open(f"/proc/{p}/cmdline").read() for p in pids)
+    gone = gateway("all-namespaces")
+    lab.cli("delete", "--lab", lab.name, "-f", "-", input=json.dumps(gone))
+    assert not [p for p in pids if running(p)], "its nginx (master and worker) is stopped"
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
+    assert f"{INFRA}/all-namespaces-nginx" not in [f"{s['namespace']}/{s['name']}" for s in st["services"]]
+    assert [g["name"] for g in st["gateways"]] == ["same-namespace", "backend-namespaces"]
+    assert who(get(lab, "same-namespace", "x.example")) == 404, "the other Gateways still serve"

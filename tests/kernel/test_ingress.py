@@ -13,7 +13,8 @@ import pytest
 
 from labctl.probe import http
 from tests.helpers import pod, svc
-from tests.unit.test_ingress import ingress, rule
+from tests.l7 import ingress, running
+from tests.l7 import ingress_rule as rule
 
 pytestmark = pytest.mark.kernel
 
@@ -158,13 +159,6 @@ def test_an_ingress_of_another_class_gets_no_address_and_no_route(lab):
     table = [line.split() for line in lab.cli("status", "--lab", lab.name).stdout.splitlines() if line.startswith("default ") and "example" in line]
     assert ["default", "mine", "nginx", "e.example", lb, "80"] in table, table
     assert get(lab, "c.example").status == 404 and get(lab, "d.example").status == 404 and get(lab, "e.example").served_by == "default/a"
-
-
-def running(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_down_stops_nginx_and_leaves_no_host_nginx(lab):

@@ -9,24 +9,10 @@ import pytest
 
 from labctl.addons.ingress import nginx
 from tests.helpers import dump, lab_doc, load, one, pod, svc
+from tests.l7 import ingress
+from tests.l7 import ingress_rule as rule
 
 LB = {"loadBalancerPool": "10.10.20.200-10.10.20.210"}
-
-
-def ingress(name, rules=None, default=None, namespace="default", **spec):
-    body = dict(spec)
-    if rules is not None:
-        body["rules"] = rules
-    if default is not None:
-        body["defaultBackend"] = {"service": {"name": default, "port": {"number": 80}}}
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def rule(host, *paths):
-    r = {"http": {"paths": [{"path": p, "pathType": t, "backend": {"service": {"name": s, "port": {"number": 80}}}} for p, t, s in paths]}}
-    if host:
-        r["host"] = host
-    return r
 
 
 def backends(*names):
