@@ -595,8 +595,14 @@ class Condition:
     reason: str
     message: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "status": "True" if self.status else "False", "reason": self.reason, "message": self.message}
+    def to_json(self, generation: int = 1) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "status": "True" if self.status else "False",
+            "reason": self.reason,
+            "message": self.message,
+            "observedGeneration": generation,
+        }
 
 
 def _cond(type_: str, ok: bool, reason_ok: str, reason_bad: str | None = None, message: str = "") -> Condition:
@@ -685,6 +691,7 @@ class World:
         from labctl.model.ingress import created_key, tls_secrets
 
         order = lambda d, i: created.get(created_key(d), [i])[0]  # noqa: E731
+        self.generations = {created_key(d): (v[2] if len(v) > 2 else 1) for d in documents if (v := created.get(created_key(d)))}
         docs = list(documents)
         self.classes: dict[str, str] = {CLASS: CONTROLLER_NAME} if getattr(lab, "gateway_api", False) else {}
         for d in docs:
@@ -863,13 +870,15 @@ class World:
         for gw in self.gateways:
             st = self.gateway_states[gw.key]
             addr = addresses.get(gw.key)
+            gen = self.generations.get(f"Gateway/{gw.key}", 1)
             gws.append(
                 {
                     "namespace": gw.namespace,
                     "name": gw.name,
                     "class": gw.class_name,
                     "addresses": [addr] if addr and st.ours else [],
-                    "conditions": [c.to_json() for c in st.conditions],
+                    "generation": gen,
+                    "conditions": [c.to_json(gen) for c in st.conditions],
                     "listeners": [
                         {
                             "name": s.listener.name,
@@ -878,7 +887,7 @@ class World:
                             "hostname": s.listener.hostname,
                             "attachedRoutes": len(s.attached),
                             "supportedKinds": [{"group": g, "kind": k} for g, k in s.supported_kinds],
-                            "conditions": [c.to_json() for c in s.conditions],
+                            "conditions": [c.to_json(gen) for c in s.conditions],
                         }
                         for s in (st.listeners if st.ours else [])
                     ],
@@ -887,18 +896,20 @@ class World:
         routes = []
         for route in self.routes:
             st = self.route_states[route.key]
+            gen = self.generations.get(f"HTTPRoute/{route.key}", 1)
             routes.append(
                 {
                     "namespace": route.namespace,
                     "name": route.name,
                     "hostnames": list(route.hostnames),
+                    "generation": gen,
                     "parents": [
                         {
                             "namespace": p.ref.namespace,
                             "name": p.ref.name,
                             "sectionName": p.ref.section_name,
                             "controllerName": CONTROLLER_NAME,
-                            "conditions": [c.to_json() for c in p.conditions],
+                            "conditions": [c.to_json(gen) for c in p.conditions],
                         }
                         for p in st.parents
                     ],

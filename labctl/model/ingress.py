@@ -365,16 +365,28 @@ def tls_secrets(documents) -> dict[str, tuple[bytes, bytes]]:
 
 
 def stamp(previous: dict[str, list] | None, documents, now: str) -> dict[str, list]:
-    """Creation order and creationTimestamp of every object: kept for the ones the lab
-    already had, the next numbers (in document order) and `now` for new ones."""
+    """Creation order, creationTimestamp and generation of every object: kept for the
+    ones the lab already had (the generation goes up by one when the spec changed, as
+    the API server's metadata.generation), the next numbers (in document order), `now`
+    and generation 1 for new ones. Each value: [order, timestamp, generation, spec hash]."""
+    import hashlib
+    import json
+
     prev = previous or {}
     out: dict[str, list] = {}
     next_order = max((v[0] for v in prev.values()), default=-1) + 1
     for d in documents:
         key = created_key(d)
+        if key in out:
+            continue
+        digest = hashlib.sha1(json.dumps(d.get("spec"), sort_keys=True, default=str).encode()).hexdigest()[:16]
         if key in prev:
-            out[key] = list(prev[key])
-        elif key not in out:
-            out[key] = [next_order, now]
+            old = list(prev[key])
+            generation = old[2] if len(old) > 2 else 1
+            if len(old) > 3 and old[3] != digest:
+                generation += 1
+            out[key] = [old[0], old[1], generation, digest]
+        else:
+            out[key] = [next_order, now, 1, digest]
             next_order += 1
     return out

@@ -298,3 +298,21 @@ def test_the_gateway_topology_loads_with_the_seeds_gateway_as_written():
     assert [g.key for g in world.served()] == ["default/example-gateway"], "the seeds' class, declared for the lab's controller"
     assert topo.service("default/example-gateway-nginx").load_balancer_ip
     assert [p["conditions"][0]["reason"] for r in world.status({})["httpRoutes"] for p in r["parents"]] == ["Accepted"]
+
+
+def test_conditions_carry_the_generation_a_spec_change_bumps():
+    """HTTPRouteObservedGenerationBump / GatewayObservedGenerationBump: every condition
+    carries observedGeneration, and a changed spec (not a re-applied one) bumps it."""
+    docs = [*base(), route("r")]
+    first = lab(*docs)
+    again = load(dump(lab_doc(**LB), *docs), first)
+    changed = load(dump(lab_doc(**LB), *base(), route("r", hostnames=["x.example"])), again)
+
+    def gens(topo):
+        st = status(topo)
+        r = next(r for r in st["httpRoutes"] if r["name"] == "r")
+        g = next(g for g in st["gateways"] if g["name"] == "same-namespace")
+        return r["generation"], {c["observedGeneration"] for p in r["parents"] for c in p["conditions"]}, g["generation"]
+
+    assert gens(first) == (1, {1}, 1) and gens(again) == (1, {1}, 1)
+    assert gens(changed) == (2, {2}, 1), "only the route's spec changed"
