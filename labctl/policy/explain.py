@@ -63,6 +63,10 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
         raise InvalidInput(f"TO {b.label!r} has no {proto} port {port}")
     info = infos[0]
     node = a.pod.node if a.pod else (a.label[5:] if a.label.startswith("node/") else topo.lab.nodes[0].name)
+    if b.access == "lb" and a.pod is None and not a.label.startswith("node/"):
+        from labctl.proxy.lb import speaker
+
+        node = speaker(topo, b.service) or node  # from outside: the node that answers ARP for the LoadBalancer IP
     engine = Engine(topo)
     verdicts = []
     for ep in info.endpoints:
