@@ -155,7 +155,8 @@ def gateway_ports(gw: gateway.Gateway) -> list[int]:
 def is_gateway_proxy(pod: Pod) -> str | None:
     """The Gateway (ns/name) whose nginx runs in this pod, or None."""
     name = pod.labels.get(gateway.GATEWAY_LABEL)
-    if name and pod.labels.get("app.kubernetes.io/name") == gateway.proxy_name(name) and pod.name.startswith(gateway.proxy_name(name) + "-"):
+    proxy = gateway.proxy_name(name) if name else None
+    if proxy and pod.owner == proxy and pod.labels.get("app.kubernetes.io/name") == proxy and pod.name.startswith(proxy + "-"):
         return f"{pod.namespace}/{name}"
     return None
 
@@ -183,18 +184,16 @@ class GatewayAPI(SystemAddOn):
         return out
 
     def pods(self, spec: LabSpec, documents=()) -> list[Pod]:
-        nodes = [n.name for n in spec.nodes]
         out = []
-        for k, gw in enumerate(served_gateways(spec, documents)):
+        for gw in served_gateways(spec, documents):
             ports = tuple(ContainerPort(p, "TCP", f"port-{p}") for p in gateway_ports(gw))
-            command = ingress.NGINX_COMMAND
             out.append(
                 Pod(
                     namespace=gw.namespace,
                     name=f"{gateway.proxy_name(gw.name)}-0",
-                    node=nodes[k % len(nodes)],
                     labels=gateway_labels(gw),
-                    containers=(Container("nginx", ports, command=command),),
+                    containers=(Container("nginx", ports, command=ingress.NGINX_COMMAND),),
+                    owner=gateway.proxy_name(gw.name),  # scheduled like a Deployment's pod, and kept where it is
                 )
             )
         return out

@@ -444,8 +444,10 @@ def test_deleting_a_gateway_stops_its_nginx_and_removes_its_service(lab):
     ns = lab.pod_ns(f"{INFRA}/all-namespaces-nginx-0")
     pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
     assert pids and any("nginx" in open(f"/proc/{p}/cmdline").read() for p in pids)
+    kept = {p.key: (p.node, p.ip) for p in lab.topo.pods if "nginx" in p.name and "all-namespaces" not in p.name}
     gone = gateway("all-namespaces")
     lab.cli("delete", "--lab", lab.name, "-f", "-", input=json.dumps(gone))
+    assert {p.key: (p.node, p.ip) for p in lab.topo.pods if "nginx" in p.name} == kept, "the other Gateways' pods stay where they are"
     assert not [p for p in pids if running(p)], "its nginx (master and worker) is stopped"
     assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
