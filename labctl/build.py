@@ -8,6 +8,7 @@ pod moving to another node can reuse its namespace name.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -95,6 +96,7 @@ class Builder:
         self.delete_namespaces([names.pod_netns(lab, p.namespace, p.name) for p in plan.remove_pods])
         etc.remove(self.journal, lab, plan.remove_pods)
         if plan.remove_nodes:
+            self.stop_node_daemons(spec, plan.remove_nodes)
             backend = registry.overlay(spec.overlay)
             staying = [n for n in new.lab.nodes if n.name not in {a.name for a in plan.add_nodes}]
             for local in staying:
@@ -124,6 +126,9 @@ class Builder:
 
         self._uplinks(plan, spec)
         self._nodes(plan, new)
+        converged = self._node_daemons(new)  # bird starts now and converges while the pods are wired
+        if converged is not None:
+            self.addons_served.append(converged)
         # The rules need the nodes (their namespaces, and their devices made at fixed
         # indexes before IPVS mode adds kube-ipvs0), not the pods' links: they are
         # synced in a thread while this one wires the pods, and the responder reloads
@@ -140,7 +145,7 @@ class Builder:
         for p in prepared:
             p.result()
         served()
-        self.addons_served = [w for a in registry.addons() if a.enabled(spec) and (w := a.sync(self.dir, self.journal, new))]
+        self.addons_served += [w for a in registry.addons() if a.enabled(spec) and (w := a.sync(self.dir, self.journal, new))]
         for pod in plan.add_pods + plan.commands_changed:
             self.start_commands(new, pod)
 
@@ -200,6 +205,70 @@ class Builder:
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
                 self.progress("nodes", 1)
+
+    def _node_daemons(self, new: Topology):
+        """The overlay's daemon on every node (bgp: bird): its configuration written, a new
+        or dead one started, a running one told to reload a changed configuration.
+        Returns what waits until the routes are learned."""
+        spec = new.lab
+        backend = registry.overlay(spec.overlay)
+        d = backend.daemon
+        if d is None:
+            return None
+        owned = self.journal.replay().procs
+        for node in spec.nodes:
+            home = self.dir.path / d.name / node.name
+            home.mkdir(parents=True, exist_ok=True)
+            conf, sock = home / f"{d.name}.conf", home / f"{d.name}.ctl"
+            text = backend.daemon_config(spec, node, str(sock))
+            changed = not conf.exists() or conf.read_text() != text
+            if changed:
+                tmp = conf.with_name(conf.name + ".new")
+                tmp.write_text(text)
+                os.replace(tmp, conf)
+            key = names.daemon_key(node.name, d.name)
+            rec = owned.get(key)
+            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                if changed:
+                    p = subprocess.run(backend.daemon_reload_argv(sock), capture_output=True, text=True)
+                    if p.returncode != 0 or "error" in p.stdout.lower():
+                        raise LabError(f"{d.program} on node {node.name} refused its new configuration: {(p.stdout + p.stderr).strip()}", hint=f"see {conf}")
+                continue
+            if rec:
+                self.journal.release_proc(key)
+            sock.unlink(missing_ok=True)
+            procs.spawn(
+                backend.daemon_argv(conf, sock),
+                key=key,
+                journal=self.journal,
+                log=self.dir.logs / f"node_{node.name}_{d.name}.log",
+                netns=names.node_netns(spec.name, node.name),
+            )
+
+        def dead() -> tuple[str, str] | None:
+            owned = self.journal.replay().procs
+            for node in spec.nodes:
+                rec = owned.get(names.daemon_key(node.name, d.name))
+                if rec and rec.get("pid") and not procs.alive(rec["pid"], rec.get("start")):
+                    log = self.dir.logs / f"node_{node.name}_{d.name}.log"
+                    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                    return node.name, tail[0] if tail else "no output"
+            return None
+
+        return lambda: backend.wait_converged(spec, lambda n: names.node_netns(spec.name, n), dead)
+
+    def stop_node_daemons(self, spec: LabSpec, nodes) -> None:
+        d = registry.overlay(spec.overlay).daemon
+        if d is None:
+            return
+        owned = self.journal.replay().procs
+        for node in nodes:
+            key = names.daemon_key(node.name, d.name)
+            rec = owned.get(key)
+            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                procs.stop([rec["pid"]])
+            if rec:
+                self.journal.release_proc(key)
 
     def _links(self, plan: Plan, new: Topology) -> None:
         """Link impairments the topology file sets (or no longer sets) on nodes and externals."""

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from labctl import failpoints
+from labctl import failpoints, registry
 from labctl.changes import Applied, Change, Desire
 from labctl.errors import HostLacks, InvalidInput, LabError, NoSuchLab
 from labctl.kernel import netns, procs, run
@@ -251,6 +251,9 @@ class LabHandle:
         if old is not None:
             keep_procs.add(responder.KEY)
             keep_procs |= {names.command_key(p.key, c.name) for p in old.pods for c in p.containers if c.command is not None}
+            daemon = registry.overlay(old.lab.overlay).daemon
+            if daemon is not None:
+                keep_procs |= {names.daemon_key(n.name, daemon.name) for n in old.lab.nodes}
         stray = [k for k in owned.procs if k not in keep_procs]
         if not debris and not stray:
             return

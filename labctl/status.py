@@ -35,6 +35,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         }
     lab = topo.lab
     present = set(netns.listed())
+    overlay = registry.overlay(lab.overlay)
     return {
         "lab": lab.name,
         "state": "up",
@@ -50,6 +51,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "podCIDR": n.pod_cidr,
                 "netns": names.node_netns(lab.name, n.name),
                 "present": names.node_netns(lab.name, n.name) in present,
+                **({overlay.name: overlay.node_status(lab, n, handle.dir.path)} if overlay.daemon else {}),
             }
             for n in lab.nodes
         ],

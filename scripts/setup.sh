@@ -24,7 +24,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 packages=(
   iproute2 iptables nftables ipset conntrack tcpdump iputils-ping curl
   dnsutils iperf3 procps psmisc util-linux python3 python3-venv ipvsadm kmod nfacct
-  nginx openssl
+  nginx openssl bird2
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -51,19 +51,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
-# nginx runs only inside the ingress controller pods: none in the host, none enabled.
-if [ "$(id -u)" -eq 0 ] && dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "install ok installed"; then
+# nginx runs only inside the L7 proxies' pods, bird only inside the nodes of a bgp lab:
+# none of them in the host, none enabled (package:service).
+for pair in nginx:nginx bird2:bird; do
+  pkg=${pair%%:*} svc=${pair##*:}
+  [ "$(id -u)" -eq 0 ] && dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || continue
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    if systemctl is-enabled --quiet nginx 2>/dev/null || systemctl is-active --quiet nginx 2>/dev/null; then
-      say "disabling the host's nginx service (labctl runs nginx inside its pods)"
-      systemctl disable --now nginx >/dev/null 2>&1 || true
+    if systemctl is-enabled --quiet "$svc" 2>/dev/null || systemctl is-active --quiet "$svc" 2>/dev/null; then
+      say "disabling the host's $svc service (labctl runs $svc inside its lab's namespaces)"
+      systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi
-  elif [ -x /etc/init.d/nginx ] && [ -e /etc/rc2.d/S01nginx ]; then
-    say "disabling the host's nginx service (labctl runs nginx inside its pods)"
-    /etc/init.d/nginx stop >/dev/null 2>&1 || true
-    update-rc.d nginx disable >/dev/null 2>&1 || true
+  elif [ -x "/etc/init.d/$svc" ] && ls /etc/rc2.d/S??"$svc" >/dev/null 2>&1; then
+    say "disabling the host's $svc service (labctl runs $svc inside its lab's namespaces)"
+    "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+    update-rc.d "$svc" disable >/dev/null 2>&1 || true
   fi
-fi
+done
 
 # -- Python ------------------------------------------------------------------------
 pick_python() {

@@ -109,6 +109,21 @@ def lab_processes(lab: str) -> list[int]:
     return sorted(p for p in out if p != os.getpid() and procs.alive(p))
 
 
+def leftovers(lab) -> dict:
+    """What a lab left behind: its namespaces, processes, records and /etc/netns files."""
+    from pathlib import Path
+
+    from labctl.kernel import netns
+    from labctl.state.store import LabDir
+
+    return {
+        "namespaces": [n for n in netns.listed() if n.startswith(lab.name + "-")],
+        "processes": lab_processes(lab.name),
+        "records": LabDir(lab.name).exists(),
+        "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")],
+    }
+
+
 # -- topologies built in-process (unit tests) ---------------------------------------
 
 

@@ -50,9 +50,15 @@ def _show(r: dict) -> None:
         f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}" + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "") + "  "
         f"nodes {nets['node']}  pods {nets['pod']}  services {nets['service']}"
     )
+    routed = r["overlay"]  # an overlay whose daemon learns the routes shows each node's peers under its name
+    peers = any(isinstance(n.get(routed), dict) for n in r["nodes"])
     output.table(
-        ["NODE", "IP", "POD CIDR", "NETNS"],
-        [(n["name"], n["ip"], n["podCIDR"], n["netns"] + _mark(n["present"])) for n in r["nodes"]],
+        ["NODE", "IP", "POD CIDR", "NETNS"] + ([f"{routed.upper()} PEERS"] if peers else []),
+        [
+            (n["name"], n["ip"], n["podCIDR"], n["netns"] + _mark(n["present"]))
+            + ((", ".join(f"{peer} {state}" for peer, state in n[routed]["peers"].items()) or "-",) if peers else ())
+            for n in r["nodes"]
+        ],
     )
     if r["externals"]:
         output.say("")

@@ -48,6 +48,7 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
         ingress=ingress.spec_from_lab(spec.get("ingress")),
         gateway_api=bool(spec.get("gatewayAPI", False)),
+        bgp_as=(spec.get("bgp") or {}).get("asNumber"),
     )
 
 

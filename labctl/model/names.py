@@ -85,6 +85,11 @@ def bridge_mac(lab: str, host: str, bridge: str) -> str:
     return _mac(f"{bridge}/{lab}/{host}")
 
 
+def daemon_key(node: str, daemon: str) -> str:
+    """The journal's key for a node's daemon (an overlay's: bird)."""
+    return f"daemon:node/{node}/{daemon}"
+
+
 def command_key(pod_key: str, container: str) -> str:
     """The journal's key for a container command's process."""
     return f"cmd:{pod_key}/{container}"

@@ -173,6 +173,7 @@ class LabSpec:
     externals: tuple[External, ...] = ()
     ingress: Any = None  # labctl.model.ingress.IngressSpec: the ingress controller (None: none)
     gateway_api: bool = False  # GatewayClass nginx: each Gateway of it gets nginx pods and a LoadBalancer Service
+    bgp_as: int | None = None  # overlay bgp: spec.bgp.asNumber (None: 64512, Calico's default)
 
     def node(self, name: str) -> Node:
         for n in self.nodes:

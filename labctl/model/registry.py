@@ -19,6 +19,7 @@ PROXY_MODES = {
 OVERLAYS = {
     "vxlan": "labctl.overlay.vxlan",
     "host-gw": "labctl.overlay.hostgw",
+    "bgp": "labctl.overlay.bgp",
 }
 
 ADDONS = {

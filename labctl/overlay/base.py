@@ -8,15 +8,29 @@ remote node the entries that reach its pod CIDR.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from labctl.kernel.nl import Batch
 from labctl.model.objects import LabSpec, Node
 
 UNDERLAY_MTU = 1500
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """A routing daemon each node runs (bgp: bird), a recorded process of the lab."""
+
+    name: str  # its files: <lab dir>/<name>/<node>/<name>.conf and .ctl
+    package: str
+    program: str
+    client: str  # `labctl exec node/NAME -- <client> ...` is given the node's control socket
+
+
 class Overlay:
     name = ""
     overhead = 0  # bytes of encapsulation per packet
+    daemon: Daemon | None = None  # a daemon per node that learns the routes (None: labctl writes them)
 
     @property
     def mtu(self) -> int:
@@ -41,3 +55,25 @@ class Overlay:
         """The address a pod on another node sees when `node` itself connects to it
         (what a NetworkPolicy ipBlock is matched against)."""
         raise NotImplementedError
+
+    # -- an overlay whose routes a daemon learns (daemon is not None) --------------
+
+    def daemon_config(self, spec: LabSpec, node: Node, socket_path: str) -> str:
+        """The daemon's configuration for one node (pure)."""
+        raise NotImplementedError
+
+    def daemon_argv(self, conf: Path, socket_path: Path) -> list[str]:
+        """The daemon in the foreground (labctl records it, as a container's command)."""
+        raise NotImplementedError
+
+    def daemon_reload_argv(self, socket_path: Path) -> list[str]:
+        """Tell a running daemon to read its changed configuration."""
+        raise NotImplementedError
+
+    def wait_converged(self, spec: LabSpec, netns_of, dead) -> None:
+        """Return once every node has learned what it must (netns_of: node name ->
+        namespace; dead(): (node, why) of a daemon that exited, else None)."""
+
+    def node_status(self, spec: LabSpec, node: Node, labdir: Path) -> dict | None:
+        """What `status --json` shows under nodes[].<overlay name> (None: nothing)."""
+        return None

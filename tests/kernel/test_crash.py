@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from labctl.kernel import netns
-from labctl.state.store import LabDir
-from tests.helpers import deployment, lab_processes, labctl_cmd, pod, run_labctl
+from tests.helpers import deployment, lab_processes, labctl_cmd, leftovers, pod, run_labctl
 
 pytestmark = pytest.mark.kernel
 
@@ -37,15 +36,6 @@ def crash_up(lab, failpoint: str, *docs) -> subprocess.CompletedProcess:
     path = lab.write(*docs)
     env = dict(os.environ, LABCTL_FAILPOINT=failpoint)
     return subprocess.run(labctl_cmd() + ["up", str(path)], capture_output=True, text=True, env=env)
-
-
-def leftovers(lab) -> dict:
-    return {
-        "namespaces": [n for n in netns.listed() if n.startswith(lab.name + "-")],
-        "processes": lab_processes(lab.name),
-        "records": LabDir(lab.name).exists(),
-        "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")],
-    }
 
 
 def docs(lab):

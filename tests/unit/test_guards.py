@@ -168,6 +168,7 @@ def sample() -> Topology:
             loadBalancerPool="10.10.30.200-10.10.30.210",
             ingress={"className": "edge", "service": "NodePort", "replicas": 2, "externalTrafficPolicy": "Cluster"},
             gatewayAPI=True,
+            bgp={"asNumber": 65001},
         ),
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "s"}}},
         {

@@ -6,7 +6,7 @@ from labctl.kernel.nl import Batch
 from labctl.overlay import hostgw, vxlan
 from labctl.plumbing import node as node_plumbing
 from labctl.plumbing import pod as pod_plumbing
-from tests.helpers import dump, lab_doc, load, pod
+from tests.helpers import dump, lab_doc, load, one, pod
 
 EXPECTED_MASQ = """*nat
 :FLANNEL-POSTRTG - [0:0]
@@ -88,3 +88,23 @@ def test_pod_requests_and_their_netlink_headers():
         assert length == len(r.data) and flags & 0x5 == 0x5  # NLM_F_REQUEST | NLM_F_ACK
     # the peer's MAC is derived from the pod IP (0a:58 + IP), as the CNI bridge plugin did
     assert bytes.fromhex("0a580af40002") in b.requests[0].data
+
+
+def test_bird_conf_is_calicos_full_mesh_with_the_nodes_pod_cidr():
+    from labctl.overlay import bgp
+
+    topo = load(dump(lab_doc(overlay="bgp", nodes=[{"name": "node1"}, {"name": "node2"}, {"name": "node3"}], bgp={"asNumber": 65001})))
+    n1, n2, n3 = topo.lab.nodes
+    conf = bgp.config(topo.lab, n2, "/run/x.ctl")
+    assert f"router id {n2.ip};" in conf and f"local {n2.ip} as 65001;" in conf
+    assert f"export filter {{ if net = {n2.pod_cidr} then accept; reject; }};" in conf, "each node announces its own pod CIDR"
+    assert f"neighbor {n1.ip} as 65001;" in conf and f"neighbor {n3.ip} as 65001;" in conf and f"neighbor {n2.ip}" not in conf
+    peer3 = conf.split("protocol bgp node_node3")[1]
+    peer1 = conf.split("protocol bgp node_node1")[1].split("protocol bgp")[0]
+    assert "passive on" in peer3 and "passive on" not in peer1, "only the higher address connects"
+    assert "if source = RTS_BGP then accept" in conf, "learned routes go into the kernel"
+    assert load(dump(lab_doc(overlay="bgp"))).lab.bgp_as is None
+
+
+def test_bgp_as_number_is_checked():
+    assert "spec.bgp.asNumber" in one(dump(lab_doc(overlay="bgp", bgp={"asNumber": 0})))
