@@ -125,6 +125,8 @@ class Builder:
             responder.start(self.dir, self.journal, new)
 
         self._uplinks(plan, spec)
+        if plan.overlay_from:
+            self._leave_overlay(plan, previous, new)
         self._nodes(plan, new)
         converged = self._node_daemons(new)  # bird starts now and converges while the pods are wired
         if converged is not None:
@@ -197,6 +199,9 @@ class Builder:
                 node_plumbing.cni0(b, spec, node, backend.mtu)
                 backend.device(b, spec, node)
                 peers = [r for r in spec.nodes if r.name != node.name]
+            elif plan.overlay_from:  # the new overlay on a node that stays
+                backend.device(b, spec, node)
+                peers = [r for r in spec.nodes if r.name != node.name]
             else:
                 peers = [r for r in plan.add_nodes]
             for remote in peers:
@@ -205,6 +210,37 @@ class Builder:
             if node.name in added:
                 netns.write_sysctls(ns, node_plumbing.SYSCTLS)
                 self.progress("nodes", 1)
+
+    def _leave_overlay(self, plan: Plan, previous: Topology | None, new: Topology) -> None:
+        """A running lab switches overlays: on every node that stays, the old overlay's
+        daemon stopped, its device and routes removed, and the MTU of cni0 and of every
+        pod's veth pair set to the new overlay's (pods keep their namespaces and addresses)."""
+        assert plan.overlay_from and previous is not None
+        spec = new.lab
+        old_spec = previous.lab
+        staying = [n for n in old_spec.nodes if n.name in {x.name for x in spec.nodes}]
+        self.stop_node_daemons(old_spec, staying)
+        old_backend, backend = registry.overlay(plan.overlay_from), registry.overlay(spec.overlay)
+        if old_backend.daemon is not None:
+            import shutil
+
+            shutil.rmtree(self.dir.path / old_backend.daemon.name, ignore_errors=True)
+        pods = [p for p in new.pods if p.key not in {x.key for x in plan.add_pods}]
+        for node in staying:
+            b = Batch(names.node_netns(spec.name, node.name))
+            old_backend.leave(b, old_spec, node)
+            if backend.mtu != old_backend.mtu:
+                b.link_up(name=names.POD_BRIDGE, mtu=backend.mtu)
+                for pod in pods:
+                    if pod.node == node.name:
+                        b.link_up(name=names.pod_veth(spec.name, pod.namespace, pod.name), mtu=backend.mtu)
+            b.commit()
+            records.forget_node(self.dir, node.name)  # the node's rules are written whole again
+        if backend.mtu != old_backend.mtu:
+            for pod in pods:
+                pb = Batch(names.pod_netns(spec.name, pod.namespace, pod.name))
+                pb.link_up(index=pod_plumbing.POD_ETH0_INDEX, mtu=backend.mtu)
+                pb.commit()
 
     def _node_daemons(self, new: Topology):
         """The overlay's daemon on every node (bgp: bird): its configuration written, a new

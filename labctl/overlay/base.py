@@ -51,6 +51,13 @@ class Overlay:
         """On `local`: `remote` left the lab."""
         raise NotImplementedError
 
+    def leave(self, b: Batch, spec: LabSpec, node: Node) -> None:
+        """On `node`: remove the overlay's device and peers (a running lab switches to
+        another overlay; the daemon, if any, is stopped by the builder)."""
+        for remote in spec.nodes:
+            if remote.name != node.name:
+                self.remove_peer(b, spec, node, remote)
+
     def node_source_ip(self, spec: LabSpec, node: Node) -> str:
         """The address a pod on another node sees when `node` itself connects to it
         (what a NetworkPolicy ipBlock is matched against)."""

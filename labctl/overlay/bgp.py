@@ -54,11 +54,11 @@ def config(spec: LabSpec, node: Node, socket_path: str) -> str:
         "}",
         "",
         "template bgp mesh {",
-        "    debug { states };  # session changes in the daemon's log",
+        "    debug { states, events };  # sessions connecting and changing state, in the daemon's log",
         f"    local {node.ip} as {asn};",
         "    direct;  # the peers share the node network (iBGP would be multihop)",
         "    connect delay time 1;  # Calico's; bird waits 0.75-1 s before its first connect (RFC 4271's jitter)",
-        "    connect retry time 3;",
+        "    connect retry time 1;  # Calico: 3 s; a lab retries at once (a peer still starting refuses the first try)",
         "    error wait time 5, 60;",
         "    hold time 6;  # a lab-sized hold time (bird's default is 240 s): a lost node's routes go in seconds",
         "    keepalive time 2;",
@@ -124,6 +124,9 @@ class Bgp(Overlay):
 
     def remove_peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         """Nothing: bird withdraws the route when the session goes (its config drops the peer)."""
+
+    def leave(self, b: Batch, spec: LabSpec, node: Node) -> None:
+        """Nothing in the kernel: bird, stopped with SIGTERM, withdraws and deletes its routes."""
 
     def node_source_ip(self, spec: LabSpec, node: Node) -> str:
         assert node.ip

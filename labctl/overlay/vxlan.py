@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+
 from labctl.kernel.nl import Batch
 from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node
@@ -26,10 +29,13 @@ class Vxlan(Overlay):
     overhead = 50  # outer Ethernet 14, IP 20, UDP 8, VXLAN 8
 
     def device(self, b: Batch, spec: LabSpec, node: Node) -> None:
+        """flannel.1 at index 4 on a new node (made before its pods' veths); on a running
+        node switching to vxlan, at the next free index (the pods' veths hold 4 on)."""
         assert node.ip and node.pod_cidr
+        index = DEVICE_INDEX if b.netns is None or not _links(b.netns) - {1, 2, 3} else 0
         b.vxlan(
             DEV,
-            index=DEVICE_INDEX,
+            index=index,
             vni=names.VXLAN_VNI,
             local=node.ip,
             link=HOST_ETH0_INDEX,
@@ -37,27 +43,56 @@ class Vxlan(Overlay):
             mtu=self.mtu,
             mac=names.vtep_mac(spec.name, node.name),
         )
-        b.addr(DEVICE_INDEX, ipam.vtep_address(node.pod_cidr), 32, DEV)
-        b.link_up(index=DEVICE_INDEX)
+        if index:
+            b.addr(DEVICE_INDEX, ipam.vtep_address(node.pod_cidr), 32, DEV)
+            b.link_up(index=DEVICE_INDEX)
+        else:
+            b.commit()  # its index is the kernel's choice: ask it
+            b.requests.clear()
+            real = device_index(b.netns)
+            b.addr(real, ipam.vtep_address(node.pod_cidr), 32, DEV)
+            b.link_up(index=real)
 
     def peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         assert remote.ip and remote.pod_cidr
+        index = device_index(b.netns)
         vtep = ipam.vtep_address(remote.pod_cidr)
         mac = names.vtep_mac(spec.name, remote.name)
-        b.neigh(DEVICE_INDEX, vtep, mac, DEV)
-        b.fdb(DEVICE_INDEX, mac, remote.ip, DEV)
-        b.route(remote.pod_cidr, gateway=vtep, oif=DEVICE_INDEX, dev=DEV, onlink=True)
+        b.neigh(index, vtep, mac, DEV)
+        b.fdb(index, mac, remote.ip, DEV)
+        b.route(remote.pod_cidr, gateway=vtep, oif=index, dev=DEV, onlink=True)
 
     def remove_peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         assert remote.ip and remote.pod_cidr
+        index = device_index(b.netns)
         b.route_del(remote.pod_cidr)
-        b.neigh_del(DEVICE_INDEX, ipam.vtep_address(remote.pod_cidr), DEV)
-        b.fdb_del(DEVICE_INDEX, names.vtep_mac(spec.name, remote.name), remote.ip, DEV)
+        b.neigh_del(index, ipam.vtep_address(remote.pod_cidr), DEV)
+        b.fdb_del(index, names.vtep_mac(spec.name, remote.name), remote.ip, DEV)
+
+    def leave(self, b: Batch, spec: LabSpec, node: Node) -> None:
+        """Deleting flannel.1 takes its routes, neighbours and FDB entries with it."""
+        b.link_del(DEV)
 
     def node_source_ip(self, spec: LabSpec, node: Node) -> str:
         """flannel.1's address (the pod CIDR's first address, the route's preferred source)."""
         assert node.pod_cidr
         return ipam.vtep_address(node.pod_cidr)
+
+
+def _links(netns: str) -> set[int]:
+    """The interface indexes of a namespace (empty when it does not exist yet)."""
+    p = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True)
+    return {link["ifindex"] for link in json.loads(p.stdout or "[]")} if p.returncode == 0 else set()
+
+
+def device_index(netns: str | None) -> int:
+    """flannel.1's index in a node: 4, as labctl makes it with a new node (also when it
+    is still being made in the same batch), else where a switch to vxlan put it."""
+    if netns is None:
+        return DEVICE_INDEX
+    p = subprocess.run(["ip", "-n", netns, "-j", "link", "show", DEV], capture_output=True, text=True)
+    found = json.loads(p.stdout or "[]") if p.returncode == 0 else []
+    return found[0]["ifindex"] if found else DEVICE_INDEX
 
 
 OVERLAY = Vxlan()

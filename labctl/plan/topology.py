@@ -21,7 +21,6 @@ FIXED = {
     "pod_network": "spec.podNetwork",
     "service_network": "spec.serviceNetwork",
     "node_cidr_mask": "spec.nodeCIDRMaskSize",
-    "overlay": "spec.overlay",
 }
 
 
@@ -37,6 +36,7 @@ class Plan:
     commands_changed: list[Pod] = field(default_factory=list)  # pods whose container commands changed
     files_changed: list[Pod] = field(default_factory=list)  # pods whose resolv.conf or hosts must be written again
     links: list[tuple[str, str, dict]] = field(default_factory=list)  # ("node" | "ext", name, link): impairments to (re)apply
+    overlay_from: str | None = None  # the overlay a running lab leaves for spec.overlay (pods are kept)
 
     def namespaces_to_create(self, lab: str) -> list[str]:
         """The namespaces this plan makes, in the order they are made."""
@@ -67,6 +67,7 @@ class Plan:
             or self.commands_changed
             or self.files_changed
             or self.links
+            or self.overlay_from
         )
 
     def summary(self) -> dict[str, int]:
@@ -160,6 +161,8 @@ def plan(old: Topology | None, new: Topology) -> Plan:
             p.files_changed.append(pod)
     p.remove_pods += [before[k] for k in pods.removed]
     p.links = _links(old, new)
+    if old.lab.overlay != new.lab.overlay:
+        p.overlay_from = old.lab.overlay
     return p
 
 

@@ -127,3 +127,32 @@ def _is_lab_bird(pid: int, lab: str) -> bool:
         return open(f"/proc/{pid}/comm").read().strip() == "bird" and f"/{lab}/" in open(f"/proc/{pid}/cmdline").read()
     except OSError:
         return False
+
+
+def test_a_running_lab_switches_overlays_and_keeps_its_pods(lab):
+    """vxlan -> bgp -> host-gw -> vxlan with `up`: the old overlay's device, routes and
+    daemons go, the MTU follows (1450 with VXLAN, 1500 without), pods keep their
+    namespaces and addresses, and every pair still answers as Kubernetes says."""
+    from labctl.kernel import netns
+
+    def pods():
+        return {p.key: (p.ip, netns.inode(lab.pod_ns(p.key))) for p in lab.topo.pods}
+
+    def mtu(ns, dev):
+        return json.loads(lab.sh(ns, "ip", "-j", "link", "show", dev))[0]["mtu"]
+
+    def links(node):
+        return {link["ifname"] for link in json.loads(lab.sh(lab.node_ns(node), "ip", "-j", "link", "show"))}
+
+    lab.up(lab.doc(overlay="vxlan", nodes=NODES), deployment("web", 3), svc("web", {"app": "web"}))
+    before = pods()
+    for overlay, want_mtu in (("bgp", 1500), ("host-gw", 1500), ("vxlan", 1450), ("bgp", 1500)):
+        up(lab) if overlay == "bgp" else lab.up(lab.doc(overlay=overlay, nodes=NODES), deployment("web", 3), svc("web", {"app": "web"}))
+        assert pods() == before, f"{overlay}: no pod was recreated"
+        assert ("flannel.1" in links("node1")) == (overlay == "vxlan"), overlay
+        assert (set(birds(lab)) == {"node1", "node2", "node3"}) == (overlay == "bgp"), overlay
+        assert mtu(lab.node_ns("node1"), "cni0") == want_mtu and mtu(lab.pod_ns("default/web-0"), "eth0") == want_mtu, overlay
+        routes = json.loads(lab.sh(lab.node_ns("node1"), "ip", "-j", "route", "show", lab.topo.lab.node("node2").pod_cidr))
+        assert len(routes) == 1 and (routes[0].get("protocol") == "bird") == (overlay == "bgp"), (overlay, routes)
+        out = json.loads(run_labctl("verify", "--lab", lab.name, "--json").stdout)
+        assert out["mismatches"] == [], (overlay, out["mismatches"])

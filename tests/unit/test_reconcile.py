@@ -54,13 +54,21 @@ def test_nodes_and_externals_added_and_removed():
     assert [e.name for e in p.add_externals] == ["y"] and [e.name for e in p.remove_externals] == ["x"]
 
 
-@pytest.mark.parametrize("field,value", [("podNetwork", "10.245.0.0/16"), ("overlay", "host-gw"), ("nodeNetwork", "10.10.30.0/24")])
+@pytest.mark.parametrize("field,value", [("podNetwork", "10.245.0.0/16"), ("nodeNetwork", "10.10.30.0/24")])
 def test_fixed_lab_fields_cannot_change(field, value):
     old = load(dump(lab_doc()))
     new = load(dump(lab_doc(**{field: value})), previous=old)
     with pytest.raises(InvalidInput) as e:
         plan(old, new)
     assert e.value.exit_code == 2 and f"spec.{field}" in str(e.value) and "labctl down" in str(e.value)
+
+
+def test_a_running_lab_switches_overlays_keeping_its_pods():
+    old = load(dump(lab_doc(), pod("a"), pod("b")))
+    new = load(dump(lab_doc(overlay="bgp"), pod("a"), pod("b")), previous=old)
+    p = plan(old, new)
+    assert p.overlay_from == "vxlan" and not p.add_pods and not p.remove_pods and not p.empty()
+    assert plan(new, new).overlay_from is None
 
 
 def test_a_node_cannot_be_readdressed():
