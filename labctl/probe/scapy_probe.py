@@ -130,6 +130,7 @@ class _Wire:
             self.ins.append(socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
         for s in self.ins:
             s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def close(self) -> None:
         for s in [self.out, *self.ins]:
@@ -138,6 +139,11 @@ class _Wire:
     def exchange(self, pkt, matches, timeout: float, dst: str = "", sport: int = 0):
         """Send pkt; return (reply, seconds) for the first packet `matches` accepts, or None.
 
+        Time is the kernel's: each packet carries its receive timestamp
+        (SO_TIMESTAMPNS), and a reply that arrived within `timeout` of the send
+        counts even when this thread was not scheduled until later (a loaded
+        machine, many probes in parallel); the round trip is measured the same way.
+
         Raw sockets see every packet of their protocol in the namespace, those of
         other probes running at the same time too: a packet from elsewhere that
         is not an ICMP error and not for our port is skipped before scapy parses it.
@@ -145,28 +151,48 @@ class _Wire:
         from scapy.layers.inet import IP
 
         src_bytes = socket.inet_aton(dst) if dst else b""
-        sent = time.monotonic()
+        sent = time.time()  # CLOCK_REALTIME, the clock of SO_TIMESTAMPNS
         self.out.sendto(bytes(pkt), (pkt[IP].dst, 0))
         deadline = sent + timeout
+        last_look = False
         while True:
-            left = deadline - time.monotonic()
+            left = deadline - time.time()
             if left <= 0:
-                return None
+                if last_look:
+                    return None
+                last_look, left = True, 0.0  # what arrived while we were not running
             ready, _, _ = select.select(self.ins, [], [], left)
             for s in ready:
                 while True:
                     try:
-                        data = s.recv(65535)
+                        data, anc, _, _ = s.recvmsg(65535, _TS_SPACE)
                     except BlockingIOError:
                         break
-                    now = time.monotonic()
+                    at = _stamp(anc)
+                    if at > deadline:
+                        continue
                     if src_bytes and len(data) >= 24 and data[9] in (6, 17):
                         ihl = (data[0] & 0x0F) * 4
                         if data[12:16] != src_bytes or struct.unpack_from("!H", data, ihl + 2)[0] != sport:
                             continue
                     reply = IP(data)
                     if matches(reply):
-                        return reply, now - sent
+                        return reply, max(0.0, at - sent)
+            if last_look:
+                return None
+
+
+_TS_SPACE = socket.CMSG_SPACE(16)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def _stamp(anc) -> float:
+    """The kernel's receive time of a packet (seconds, CLOCK_REALTIME); now when absent."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9
+    return time.time()
 
 
 def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):

@@ -117,7 +117,7 @@ RACERS = [
     ["ready", "b", "false"],
     ["status", "--json"],
     ["probe", "a", "b"],
-    ["verify", "--timeout", "0.2"],
+    ["verify", "--timeout", "1"],
     ["explain", "a", "b"],
     ["exec", "a", "--", "true"],
 ]
