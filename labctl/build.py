@@ -239,7 +239,7 @@ class Builder:
         if backend.mtu != old_backend.mtu:
             for pod in pods:
                 pb = Batch(names.pod_netns(spec.name, pod.namespace, pod.name))
-                pb.link_up(index=pod_plumbing.POD_ETH0_INDEX, mtu=backend.mtu)
+                pb.link_up(name="eth0", mtu=backend.mtu)
                 pb.commit()
 
     def _node_daemons(self, new: Topology):
@@ -305,6 +305,47 @@ class Builder:
                 procs.stop([rec["pid"]])
             if rec:
                 self.journal.release_proc(key)
+
+    def raise_links(self, topo: Topology) -> list[str]:
+        """Set up again the links of the lab's hosts that someone set down (`ip link set
+        eth0 down` in a node to see its routes withdrawn): nodes' eth0, cni0, overlay
+        device and pods' veths, externals' eth0, the switch's bridge and ports, with the
+        routes the kernel dropped with them. Returns them as NETNS/DEV. Pods' own eth0 is the pod's business, as on a node. Links
+        the run has not made yet are not there, and not looked at."""
+        from labctl.kernel import links
+
+        spec = topo.lab
+        lab = spec.name
+        backend = registry.overlay(spec.overlay)
+        hosts = [n.name for n in spec.nodes] + [e.name for e in spec.externals]
+        wanted = {names.underlay_netns(lab): [names.SWITCH_BRIDGE] + [names.switch_port(lab, h) for h in hosts]}
+        for n in spec.nodes:
+            veths = [names.pod_veth(lab, p.namespace, p.name) for p in topo.pods if p.node == n.name]
+            wanted[names.node_netns(lab, n.name)] = ["eth0", names.POD_BRIDGE, *backend.devices, *veths]
+        for e in spec.externals:
+            wanted[names.external_netns(lab, e.name)] = ["eth0"]
+        hosts_of = {names.node_netns(lab, n.name): n for n in spec.nodes} | {names.external_netns(lab, e.name): e for e in spec.externals}
+        raised = []
+        present = set(netns.listed())
+        for ns, devices in wanted.items():
+            down = links.down(ns, devices) if ns in present else []
+            if not down:
+                continue
+            b = Batch(ns)
+            for dev in down:
+                b.link_up(name=dev)
+            host = hosts_of.get(ns)
+            if host is not None:
+                # a link set down took the routes through it: the default route, the
+                # overlay's entries (bird puts back its own), written again
+                underlay.host_address(b, host.ip, spec.node_network)
+                if host in spec.nodes:
+                    for remote in spec.nodes:
+                        if remote.name != host.name:
+                            backend.peer(b, spec, host, remote)
+            b.commit()
+            raised += [f"{ns}/{dev}" for dev in down]
+        return raised
 
     def _links(self, plan: Plan, new: Topology) -> None:
         """Link impairments the topology file sets (or no longer sets) on nodes and externals."""

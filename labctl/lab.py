@@ -46,6 +46,7 @@ class UpResult:
     plan: Plan
     seconds: float
     restarted: int = 0
+    links_up: list[str] = field(default_factory=list)  # NETNS/DEV links found down and set up again
     synced: list = field(default_factory=list)  # proxy.sync.NodeSync of the nodes whose rules changed
     policies_synced: list = field(default_factory=list)  # policy.sync.NodePolicySync likewise
     policy_seconds: float = 0.0
@@ -54,7 +55,7 @@ class UpResult:
 
     @property
     def changed(self) -> bool:
-        return not self.plan.empty() or bool(self.restarted) or bool(self.synced) or bool(self.policies_synced)
+        return not self.plan.empty() or bool(self.restarted) or bool(self.links_up) or bool(self.synced) or bool(self.policies_synced)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +64,7 @@ class UpResult:
             "changed": self.changed,
             "changes": self.plan.summary(),
             "commandsRestarted": self.restarted,
+            "linksSetUp": self.links_up,
             "rulesSynced": [{"node": s.node, "mode": s.mode, "full": s.full, "rules": s.rules} for s in self.synced],
             "policiesSynced": [p.node for p in self.policies_synced],
             "seconds": round(self.seconds, 3),
@@ -99,6 +101,7 @@ def check_host(topo: Topology) -> None:
     from labctl.proxy.sync import require_mode
 
     require_mode(topo.lab)
+    registry.overlay(topo.lab.overlay).require(topo.lab)
     for addon in registry.addons():
         if addon.enabled(topo.lab):
             addon.require(topo.lab)
@@ -213,8 +216,10 @@ class LabHandle:
         from labctl.build import Builder  # netlink: only commands that build pay for it
 
         b = Builder(self.dir, self.journal, progress)
+        raised = []
         if old is not None:
             b.remove(p, old, topo)
+            raised = b.raise_links(topo)  # before the daemons are waited for: routes come back over them
         b.create(p, topo, old)
         restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
         for served in b.addons_served:
@@ -232,6 +237,7 @@ class LabHandle:
             plan=p,
             seconds=time.monotonic() - t0,
             restarted=restarted,
+            links_up=raised,
             synced=b.synced,
             policies_synced=b.policies_synced,
             policy_seconds=b.policy_seconds,

@@ -51,7 +51,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "podCIDR": n.pod_cidr,
                 "netns": names.node_netns(lab.name, n.name),
                 "present": names.node_netns(lab.name, n.name) in present,
-                **({overlay.name: overlay.node_status(lab, n, handle.dir.path)} if overlay.daemon else {}),
+                **({overlay.status_key: overlay.node_status(lab, n, handle.dir.path)} if overlay.daemon else {}),
             }
             for n in lab.nodes
         ],

@@ -101,6 +101,8 @@ def changes(result) -> list[str]:
     out = [f"{k} {v}" for k, v in result.plan.summary().items() if v]
     if result.restarted:
         out.append(f"{result.restarted} commands restarted")
+    if result.links_up:
+        out.append(f"links set up again: {', '.join(result.links_up)}")
     if result.synced:
         out.append(f"service rules synced on {', '.join(s.node for s in result.synced)}")
     if result.policies_synced:

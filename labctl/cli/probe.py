@@ -79,6 +79,10 @@ def probe(
     before = responder_pid(handle)
     result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, sport=ports.reserve(topo.lab.name))
     still_up(handle, topo, before)
+    if result.verdict == "filtered" or "unreachable" in (result.detail or ""):
+        from labctl.probe.routes import route_gap
+
+        result.detail = route_gap(topo, a, b.ip) or result.detail  # the kernel's reason, when it has one
     if as_json:
         output.emit_json(result.to_dict())
     else:

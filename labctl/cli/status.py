@@ -50,7 +50,7 @@ def _show(r: dict) -> None:
         f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}" + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "") + "  "
         f"nodes {nets['node']}  pods {nets['pod']}  services {nets['service']}"
     )
-    routed = r["overlay"]  # an overlay whose daemon learns the routes shows each node's peers under its name
+    routed = "bgp"  # an overlay whose daemon learns the routes (bgp, ipip) shows each node's peers
     peers = any(isinstance(n.get(routed), dict) for n in r["nodes"])
     output.table(
         ["NODE", "IP", "POD CIDR", "NETNS"] + ([f"{routed.upper()} PEERS"] if peers else []),

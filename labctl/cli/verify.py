@@ -3,6 +3,7 @@ labctl explain FROM TO: which policies decide a connection, and where in the ker
 
 from __future__ import annotations
 
+import os
 import time
 
 import click
@@ -100,7 +101,14 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
         else:
             _say_http(r)
         return
-    r = why(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), port, proto)
+    a, b = resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO")
+    r = why(topo, a, b, port, proto)
+    if "service" not in r and os.geteuid() == 0:  # the semantics, and whether the kernel can route it at all
+        from labctl.probe.routes import route_gap
+
+        gap = route_gap(topo, a, b.ip)
+        if gap:
+            r["routeMissing"] = gap
     if as_json:
         output.emit_json({k: v for k, v in r.items() if k != "ip"} if "service" in r else _pod_json(r))
         return
@@ -117,6 +125,8 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
             output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")
         return
     output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}): {verdict}")
+    if r.get("routeMissing"):
+        output.say(f"  [bold]but[/bold] {r['routeMissing']}")
     for direction, label in (("egress", r["from"]), ("ingress", r["to"])):
         side = r[direction]
         where = f" on {side['node']}" if side["node"] else ""

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from labctl import failpoints
+from labctl.kernel import ifindex
 from labctl.model.names import NETNS_DIR
 
 CLONE_NEWNET = 0x40000000
@@ -101,6 +102,7 @@ def create(name: str) -> None:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         try:
             _check(_libc.mount(b"/proc/thread-self/ns/net", target.encode(), b"none", MS_BIND, None), f"mount --bind {target}")
+            ifindex.note_created(name)  # where its devices go (tunnel modules' fallback devices come first)
         finally:
             _check(_libc.setns(home, CLONE_NEWNET), "setns back")
     except BaseException:
@@ -125,6 +127,7 @@ def delete(name: str) -> bool:
     if not os.path.lexists(target):
         return False
     _remove(target)
+    ifindex.forget(name)
     failpoints.hit("netns-del")
     return True
 

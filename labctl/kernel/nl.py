@@ -36,7 +36,7 @@ NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
 NLM_F_CREATE = 0x400
 RTM_NEWLINK, RTM_DELLINK = 16, 17
-RTM_NEWADDR = 20
+RTM_NEWADDR, RTM_DELADDR = 20, 21
 RTM_NEWROUTE, RTM_DELROUTE = 24, 25
 RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 
@@ -221,6 +221,10 @@ class Batch:
             attrs.append(("IFLA_MTU", mtu))
         self._add(_link({"index": index, "flags": IFF_UP, "change": IFF_UP}, attrs), f"ip link set {name or index} up")
 
+    def link_down(self, *, name: str, mtu: int | None = None) -> None:
+        attrs: list = [("IFLA_IFNAME", name)] + ([("IFLA_MTU", mtu)] if mtu else [])
+        self._add(_link({"index": 0, "flags": 0, "change": IFF_UP}, attrs), f"ip link set {name} down")
+
     def hairpin(self, name: str) -> None:
         """ip link set NAME type bridge_slave hairpin on"""
         info = [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", {"attrs": [("IFLA_BRPORT_MODE", 1)]})]
@@ -236,6 +240,12 @@ class Batch:
         attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
         data = _msg("ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
         self._add(data, f"ip addr add {address}/{prefixlen} dev {dev}")
+
+    def addr_del(self, index: int, address: str, prefixlen: int, dev: str) -> None:
+        """ip addr del ADDRESS/PREFIXLEN dev DEV; an address not there is success."""
+        attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        data = _msg("ifaddrmsg", RTM_DELADDR, 0, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
+        self._add(data, f"ip addr del {address}/{prefixlen} dev {dev}", ok=(errno_mod.EADDRNOTAVAIL,))
 
     def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int):
         net, _, plen = dst.partition("/")

@@ -20,6 +20,7 @@ OVERLAYS = {
     "vxlan": "labctl.overlay.vxlan",
     "host-gw": "labctl.overlay.hostgw",
     "bgp": "labctl.overlay.bgp",
+    "ipip": "labctl.overlay.ipip",
 }
 
 ADDONS = {

@@ -31,6 +31,8 @@ class Overlay:
     name = ""
     overhead = 0  # bytes of encapsulation per packet
     daemon: Daemon | None = None  # a daemon per node that learns the routes (None: labctl writes them)
+    status_key = ""  # its key under `status --json` nodes[] (node_status)
+    devices: tuple[str, ...] = ()  # the node devices it keeps up (`up` sets them up again)
 
     @property
     def mtu(self) -> int:
@@ -58,6 +60,12 @@ class Overlay:
             if remote.name != node.name:
                 self.remove_peer(b, spec, node, remote)
 
+    def route_to(self, spec: LabSpec, remote: Node) -> tuple[str, str]:
+        """(gateway, device) of the route a node has to `remote`'s pods (what `probe`
+        compares `ip route get` with, to name a missing route)."""
+        assert remote.ip
+        return remote.ip, "eth0"
+
     def node_source_ip(self, spec: LabSpec, node: Node) -> str:
         """The address a pod on another node sees when `node` itself connects to it
         (what a NetworkPolicy ipBlock is matched against)."""
@@ -82,5 +90,5 @@ class Overlay:
         namespace; dead(): (node, why) of a daemon that exited, else None)."""
 
     def node_status(self, spec: LabSpec, node: Node, labdir: Path) -> dict | None:
-        """What `status --json` shows under nodes[].<overlay name> (None: nothing)."""
+        """What `status --json` shows under nodes[].<status_key> (None: nothing)."""
         return None

@@ -32,9 +32,11 @@ def peer_name(node: Node) -> str:
     return "node_" + "".join(c if c.isalnum() else "_" for c in node.name)
 
 
-def config(spec: LabSpec, node: Node, socket_path: str) -> str:
+def config(spec: LabSpec, node: Node, socket_path: str, tunnel: str | None = None) -> str:
     """bird.conf of one node: Calico's full mesh (timers from its bird.cfg.template,
-    a lab-sized hold time), the node's pod CIDR announced, BGP routes into the kernel."""
+    a lab-sized hold time), the node's pod CIDR announced, BGP routes into the kernel
+    (`tunnel`: through that device, `via <node> dev tunl0 onlink`, as Calico's
+    krt_tunnel writes them)."""
     assert node.ip and node.pod_cidr
     asn = spec.bgp_as or DEFAULT_AS
     out = [
@@ -48,10 +50,7 @@ def config(spec: LabSpec, node: Node, socket_path: str) -> str:
         "# the node's pod CIDR: cni0's subnet",
         'protocol direct { ipv4; interface "cni0"; }',
         "",
-        "# routes learned over BGP go into the kernel's main table (proto bird, metric 32)",
-        "protocol kernel {",
-        "    ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; };",
-        "}",
+        *_kernel_protocol(tunnel),
         "",
         "template bgp mesh {",
         "    debug { states, events };  # sessions connecting and changing state, in the daemon's log",
@@ -84,6 +83,32 @@ def config(spec: LabSpec, node: Node, socket_path: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _kernel_protocol(tunnel: str | None) -> list[str]:
+    if not tunnel:
+        return [
+            "# routes learned over BGP go into the kernel's main table (proto bird, metric 32)",
+            "protocol kernel {",
+            "    ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; };",
+            "}",
+        ]
+    return [
+        f"# routes learned over BGP go into the kernel's main table through {tunnel}, the next hop",
+        "# (the peer node) as the outer destination: `via <node> dev tunl0 onlink proto bird`",
+        "protocol kernel {",
+        "    ipv4 {",
+        "        import none;",
+        "        export filter {",
+        "            if source != RTS_BGP then reject;",
+        f'            ifname = "{tunnel}";  # (this drops the gateway: set it again after)',
+        "            onlink = true;",
+        "            gw = bgp_next_hop;",
+        "            accept;",
+        "        };",
+        "    };",
+        "}",
+    ]
+
+
 def learned(ns: str) -> set[str]:
     """The prefixes bird installed in a node's main table."""
     p = subprocess.run(["ip", "-n", ns, "-j", "-4", "route", "show", "proto", "bird"], capture_output=True, text=True)
@@ -111,6 +136,7 @@ def sessions(socket_path: str) -> dict[str, str] | None:
 
 class Bgp(Overlay):
     name = "bgp"
+    status_key = "bgp"
     daemon = Daemon("bird", package="bird2", program="bird", client="birdc")
 
     def require(self, spec: LabSpec) -> None:

@@ -6,10 +6,10 @@ node through the node network (all nodes share one L2 segment):
 
 from __future__ import annotations
 
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.model.objects import LabSpec, Node
 from labctl.overlay.base import Overlay
-from labctl.plumbing.underlay import HOST_ETH0_INDEX
 
 
 class HostGw(Overlay):
@@ -17,7 +17,7 @@ class HostGw(Overlay):
 
     def peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         assert remote.ip and remote.pod_cidr
-        b.route(remote.pod_cidr, gateway=remote.ip, oif=HOST_ETH0_INDEX, dev="eth0")
+        b.route(remote.pod_cidr, gateway=remote.ip, oif=ifindex.of(b.netns, ifindex.ETH0, "eth0"), dev="eth0")
 
     def remove_peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         assert remote.pod_cidr

@@ -11,47 +11,41 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node
 from labctl.overlay.base import Overlay
-from labctl.plumbing.underlay import HOST_ETH0_INDEX
 
-DEVICE_INDEX = 4
 DEV = names.VXLAN_DEVICE
 
 
 class Vxlan(Overlay):
     name = "vxlan"
     overhead = 50  # outer Ethernet 14, IP 20, UDP 8, VXLAN 8
+    devices = (DEV,)
 
     def device(self, b: Batch, spec: LabSpec, node: Node) -> None:
-        """flannel.1 at index 4 on a new node (made before its pods' veths); on a running
-        node switching to vxlan, at the next free index (the pods' veths hold 4 on)."""
+        """flannel.1 at its slot on a new node (made before its pods' veths); on a running
+        node switching to vxlan, at the next free index (the kernel's choice)."""
         assert node.ip and node.pod_cidr
-        index = DEVICE_INDEX if b.netns is None or not _links(b.netns) - {1, 2, 3} else 0
+        index = ifindex.fresh(b.netns, ifindex.VXLAN)
         b.vxlan(
             DEV,
             index=index,
             vni=names.VXLAN_VNI,
             local=node.ip,
-            link=HOST_ETH0_INDEX,
+            link=ifindex.of(b.netns, ifindex.ETH0, "eth0"),
             port=names.VXLAN_PORT,
             mtu=self.mtu,
             mac=names.vtep_mac(spec.name, node.name),
         )
-        if index:
-            b.addr(DEVICE_INDEX, ipam.vtep_address(node.pod_cidr), 32, DEV)
-            b.link_up(index=DEVICE_INDEX)
-        else:
+        if not index:
             b.commit()  # its index is the kernel's choice: ask it
             b.requests.clear()
-            real = device_index(b.netns)
-            b.addr(real, ipam.vtep_address(node.pod_cidr), 32, DEV)
-            b.link_up(index=real)
+            index = device_index(b.netns)
+        b.addr(index, ipam.vtep_address(node.pod_cidr), 32, DEV)
+        b.link_up(index=index)
 
     def peer(self, b: Batch, spec: LabSpec, local: Node, remote: Node) -> None:
         assert remote.ip and remote.pod_cidr
@@ -73,26 +67,20 @@ class Vxlan(Overlay):
         """Deleting flannel.1 takes its routes, neighbours and FDB entries with it."""
         b.link_del(DEV)
 
+    def route_to(self, spec: LabSpec, remote: Node) -> tuple[str, str]:
+        assert remote.pod_cidr
+        return ipam.vtep_address(remote.pod_cidr), DEV
+
     def node_source_ip(self, spec: LabSpec, node: Node) -> str:
         """flannel.1's address (the pod CIDR's first address, the route's preferred source)."""
         assert node.pod_cidr
         return ipam.vtep_address(node.pod_cidr)
 
 
-def _links(netns: str) -> set[int]:
-    """The interface indexes of a namespace (empty when it does not exist yet)."""
-    p = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True)
-    return {link["ifindex"] for link in json.loads(p.stdout or "[]")} if p.returncode == 0 else set()
-
-
 def device_index(netns: str | None) -> int:
-    """flannel.1's index in a node: 4, as labctl makes it with a new node (also when it
-    is still being made in the same batch), else where a switch to vxlan put it."""
-    if netns is None:
-        return DEVICE_INDEX
-    p = subprocess.run(["ip", "-n", netns, "-j", "link", "show", DEV], capture_output=True, text=True)
-    found = json.loads(p.stdout or "[]") if p.returncode == 0 else []
-    return found[0]["ifindex"] if found else DEVICE_INDEX
+    """flannel.1's index in a node (also while it is still in an unsent batch of a node
+    this process made)."""
+    return ifindex.of(netns, ifindex.VXLAN, DEV)
 
 
 OVERLAY = Vxlan()

@@ -7,11 +7,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node
-
-CNI0_INDEX = 3
 
 SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -27,8 +26,8 @@ SYSCTLS = {
 def cni0(b: Batch, spec: LabSpec, node: Node, mtu: int) -> None:
     """cni0 holds the first address of the node's pod CIDR; `mtu`: the overlay's."""
     assert node.pod_cidr
-    b.bridge(names.POD_BRIDGE, index=CNI0_INDEX, mtu=mtu, mac=names.bridge_mac(spec.name, node.name, names.POD_BRIDGE), up=True)
-    b.addr(CNI0_INDEX, ipam.gateway(node.pod_cidr), ipaddress.ip_network(node.pod_cidr).prefixlen, names.POD_BRIDGE)
+    b.bridge(names.POD_BRIDGE, index=ifindex.fresh(b.netns, ifindex.CNI0), mtu=mtu, mac=names.bridge_mac(spec.name, node.name, names.POD_BRIDGE), up=True)
+    b.addr(ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE), ipam.gateway(node.pod_cidr), ipaddress.ip_network(node.pod_cidr).prefixlen, names.POD_BRIDGE)
 
 
 @dataclass

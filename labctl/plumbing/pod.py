@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import ipaddress
 
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node, Pod
-from labctl.plumbing.node import CNI0_INDEX
-
-POD_ETH0_INDEX = 2
 
 
 def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int, mtu: int) -> None:
     """In the node's namespace: the veth pair, its pod end created as eth0 in the pod."""
     veth = names.pod_veth(spec.name, pod.namespace, pod.name)
     assert pod.ip
+    pod_netns = names.pod_netns(spec.name, pod.namespace, pod.name)
     b.veth(
         veth,
         "eth0",
         pod_netns_fd,
-        names.pod_netns(spec.name, pod.namespace, pod.name),
-        peer_index=POD_ETH0_INDEX,
+        pod_netns,
+        peer_index=ifindex.fresh(pod_netns, ifindex.ETH0),
         mtu=mtu,
         peer_mac=ipam.mac_for_ip(pod.ip),
-        master=CNI0_INDEX,
+        master=ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE),
         up=True,
     )
     b.hairpin(veth)
@@ -43,6 +42,7 @@ def inside(b: Batch, node: Node, pod: Pod) -> None:
     """In the pod's namespace: lo and eth0 up, the address, the default route via cni0."""
     assert pod.ip and node.pod_cidr
     b.link_up(index=1)
-    b.addr(POD_ETH0_INDEX, pod.ip, ipaddress.ip_network(node.pod_cidr).prefixlen, "eth0")
-    b.link_up(index=POD_ETH0_INDEX)
+    eth0 = ifindex.of(b.netns, ifindex.ETH0, "eth0")
+    b.addr(eth0, pod.ip, ipaddress.ip_network(node.pod_cidr).prefixlen, "eth0")
+    b.link_up(index=eth0)
     b.route("0.0.0.0/0", gateway=ipam.gateway(node.pod_cidr), dev="eth0")

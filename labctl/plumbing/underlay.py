@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.model import names
-
-SWITCH_BRIDGE_INDEX = 2
-HOST_ETH0_INDEX = 2  # eth0 of nodes and externals
 
 
 def gateway(node_network: str) -> str:
@@ -24,8 +22,9 @@ def gateway(node_network: str) -> str:
 
 def switch(b: Batch, lab: str, node_network: str) -> None:
     """br0 in the switch namespace, with the gateway address."""
-    b.bridge(names.SWITCH_BRIDGE, index=SWITCH_BRIDGE_INDEX, mac=names.bridge_mac(lab, names.UNDERLAY, names.SWITCH_BRIDGE), up=True)
-    b.addr(SWITCH_BRIDGE_INDEX, gateway(node_network), ipaddress.ip_network(node_network).prefixlen, names.SWITCH_BRIDGE)
+    b.bridge(names.SWITCH_BRIDGE, index=ifindex.fresh(b.netns, ifindex.BR0), mac=names.bridge_mac(lab, names.UNDERLAY, names.SWITCH_BRIDGE), up=True)
+    index = ifindex.of(b.netns, ifindex.BR0, names.SWITCH_BRIDGE)
+    b.addr(index, gateway(node_network), ipaddress.ip_network(node_network).prefixlen, names.SWITCH_BRIDGE)
 
 
 def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -> None:
@@ -35,9 +34,9 @@ def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -
         "eth0",
         host_netns_fd,
         host_netns,
-        peer_index=HOST_ETH0_INDEX,
+        peer_index=ifindex.fresh(host_netns, ifindex.ETH0),
         peer_mac=names.host_mac(lab, host),
-        master=SWITCH_BRIDGE_INDEX,
+        master=ifindex.of(b.netns, ifindex.BR0, names.SWITCH_BRIDGE),
         up=True,
     )
 
@@ -45,6 +44,7 @@ def uplink(b: Batch, lab: str, host: str, host_netns: str, host_netns_fd: int) -
 def host_address(b: Batch, ip: str, node_network: str) -> None:
     """Inside a node or external: lo and eth0 up, eth0's address, the default route."""
     b.link_up(index=1)
-    b.addr(HOST_ETH0_INDEX, ip, ipaddress.ip_network(node_network).prefixlen, "eth0")
-    b.link_up(index=HOST_ETH0_INDEX)
+    eth0 = ifindex.of(b.netns, ifindex.ETH0, "eth0")
+    b.addr(eth0, ip, ipaddress.ip_network(node_network).prefixlen, "eth0")
+    b.link_up(index=eth0)
     b.route("0.0.0.0/0", gateway=gateway(node_network), dev="eth0")

@@ -75,8 +75,10 @@ class KernelLab:
     def jsh(self, ns: str, *argv: str):
         return json.loads(self.sh(ns, *argv) or "null")
 
-    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 1.0, via: str | None = None, sport: int | None = None):
-        """A probe as `labctl probe` makes it (`sport`: this source port, so that probes are one flow)."""
+    def probe(self, src: str, dst: str, proto: str = "tcp", port: int | None = None, timeout: float = 3.0, via: str | None = None, sport: int | None = None):
+        """A probe as `labctl probe` makes it (`sport`: this source port, so that probes are one flow).
+        An answer comes in milliseconds: the generous default only bounds a probe that should
+        be answered on a loaded CI machine; a test expecting no answer gives a short timeout."""
         topo = self.topo
         a = resolve(topo, src, role="FROM")
         b = resolve(topo, dst, role="TO", via=via)

@@ -190,6 +190,29 @@ def test_up_rebuilds_a_pod_whose_namespace_was_deleted_by_hand(lab):
     assert lab.probe("a", "b").verdict == "open"
 
 
+def test_up_sets_up_again_the_links_someone_set_down(lab):
+    docs = (lab.doc(externals=[{"name": "client"}]), pod("a", node="node1"), pod("b", node="node2"))
+    lab.up(*docs)
+    veth = names.pod_veth(lab.name, "default", "b")
+    port = names.switch_port(lab.name, "node1")
+    lab.sh(lab.node_ns("node2"), "ip", "link", "set", veth, "down")
+    lab.sh(lab.node_ns("node1"), "ip", "link", "set", "flannel.1", "down")
+    lab.sh(names.underlay_netns(lab.name), "ip", "link", "set", port, "down")
+    lab.sh(names.external_netns(lab.name, "client"), "ip", "link", "set", "eth0", "down")
+    assert lab.probe("a", "b", timeout=0.3).verdict == "filtered"
+    result = lab.up(*docs)
+    assert sorted(result.links_up) == sorted(
+        [
+            f"{lab.node_ns('node2')}/{veth}",
+            f"{lab.node_ns('node1')}/flannel.1",
+            f"{names.underlay_netns(lab.name)}/{port}",
+            f"{names.external_netns(lab.name, 'client')}/eth0",
+        ]
+    )
+    assert result.changed and lab.probe("a", "b").verdict == "open" and lab.probe("ext/client", "node/node1", proto="icmp").verdict == "open"
+    assert lab.up(*docs).links_up == []
+
+
 def test_down_is_idempotent_and_reports_an_unknown_lab(lab):
     lab.up(lab.doc(), pod("a"))
     first = lab.cli("down", lab.name)

@@ -116,7 +116,7 @@ def test_unknown_field_in_the_lab():
 def test_bad_lab_name_and_enum():
     found = problems(dump(lab_doc(name="Demo_1", overlay="calico")))
     assert any("metadata.name: 'Demo_1' is not valid" in p for p in found)
-    assert any("spec.overlay: must be one of 'vxlan', 'host-gw', 'bgp', not 'calico'" in p for p in found)
+    assert any("spec.overlay: must be one of 'vxlan', 'host-gw', 'bgp', 'ipip', not 'calico'" in p for p in found)
 
 
 def test_all_problems_are_reported_together():

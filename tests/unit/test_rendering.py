@@ -2,6 +2,7 @@
 
 import struct
 
+from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
 from labctl.overlay import hostgw, vxlan
 from labctl.plumbing import node as node_plumbing
@@ -50,6 +51,7 @@ def whats(b: Batch) -> list[str]:
 def test_vxlan_device_and_peer_entries_as_flannel_writes_them():
     topo = load(dump(lab_doc(name="demo")))
     n1, n2 = topo.lab.nodes
+    ifindex.note_created("demo-node1", highest=1)  # as on a host without tunnel modules
     b = Batch("demo-node1")
     vxlan.OVERLAY.device(b, topo.lab, n1)
     vxlan.OVERLAY.peer(b, topo.lab, n1, n2)
@@ -67,7 +69,8 @@ def test_vxlan_device_and_peer_entries_as_flannel_writes_them():
 def test_host_gw_routes_via_node_addresses():
     topo = load(dump(lab_doc(overlay="host-gw")))
     n1, n2 = topo.lab.nodes
-    b = Batch(None)
+    ifindex.note_created("t-node1", highest=1)
+    b = Batch("t-node1")
     hostgw.OVERLAY.device(b, topo.lab, n1)
     hostgw.OVERLAY.peer(b, topo.lab, n1, n2)
     assert whats(b) == ["ip route replace 10.244.1.0/24 via 10.10.20.11 dev eth0"]
@@ -76,6 +79,8 @@ def test_host_gw_routes_via_node_addresses():
 def test_pod_requests_and_their_netlink_headers():
     topo = load(dump(lab_doc(name="demo"), pod("web", node="node1")))
     p = topo.pods[0]
+    ifindex.note_created("demo-node1", highest=1)
+    ifindex.note_created("demo-default.web", highest=1)
     b = Batch("demo-node1")
     pod_plumbing.host_end(b, topo.lab, p, 99, 1450)
     inside = Batch("demo-default.web")
@@ -108,3 +113,49 @@ def test_bird_conf_is_calicos_full_mesh_with_the_nodes_pod_cidr():
 
 def test_bgp_as_number_is_checked():
     assert "spec.bgp.asNumber" in one(dump(lab_doc(overlay="bgp", bgp={"asNumber": 0})))
+
+
+def test_devices_go_after_the_fallback_tunnels_a_fresh_namespace_holds():
+    """With ipip, ip_gre and sit loaded, a new namespace holds tunl0, gre0, gretap0,
+    erspan0 and sit0 (2-6): labctl's slots start after them."""
+    topo = load(dump(lab_doc(name="tun"), pod("web", node="node1")))
+    n1, n2 = topo.lab.nodes
+    ifindex.note_created("tun-node1", highest=6)
+    ifindex.note_created("tun-default.web", highest=6)
+    b = Batch("tun-node1")
+    node_plumbing.cni0(b, topo.lab, n1, 1450)
+    vxlan.OVERLAY.device(b, topo.lab, n1)
+    vxlan.OVERLAY.peer(b, topo.lab, n1, n2)
+    pod_plumbing.host_end(b, topo.lab, topo.pods[0], 99, 1450)
+    inside = Batch("tun-default.web")
+    pod_plumbing.inside(inside, n1, topo.pods[0])
+    assert "ip link set 9 up" in whats(b), "flannel.1 at 6 + 3"
+    assert whats(inside)[2] == "ip link set 7 up", "the pod's eth0 at 6 + 1"
+    assert ifindex.fresh("tun-node1", ifindex.CNI0) == 8 and ifindex.fresh("never-made", ifindex.ETH0) == 0
+
+
+def test_ipip_bird_conf_routes_through_tunl0_onlink():
+    from labctl.overlay import bgp, ipip
+
+    topo = load(dump(lab_doc(overlay="ipip")))
+    n1 = topo.lab.nodes[0]
+    conf = ipip.OVERLAY.daemon_config(topo.lab, n1, "/run/x.ctl")
+    kernel = conf.split("protocol kernel")[1].split("template bgp")[0]
+    assert kernel.index('ifname = "tunl0"') < kernel.index("onlink = true") < kernel.index("gw = bgp_next_hop"), "the gateway set last"
+    assert "if source != RTS_BGP then reject" in kernel
+    plain = bgp.config(topo.lab, n1, "/run/x.ctl")
+    assert conf.split("template bgp")[1] == plain.split("template bgp")[1], "the same mesh as bgp"
+    assert ipip.OVERLAY.mtu == 1480 and ipip.OVERLAY.node_source_ip(topo.lab, n1) == "10.244.0.0"
+
+
+def test_each_overlay_names_the_route_a_node_has_to_anothers_pods():
+    from labctl import registry
+
+    for overlay, want in (
+        ("vxlan", ("10.244.1.0", "flannel.1")),
+        ("host-gw", ("10.10.20.11", "eth0")),
+        ("bgp", ("10.10.20.11", "eth0")),
+        ("ipip", ("10.10.20.11", "tunl0")),
+    ):
+        spec = load(dump(lab_doc(overlay=overlay))).lab
+        assert registry.overlay(overlay).route_to(spec, spec.nodes[1]) == want, overlay
