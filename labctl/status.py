@@ -26,6 +26,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
             "externals": [],
             "pods": [],
             "services": [],
+            "endpointSlices": [],
             "policies": [],
             "ingressClasses": [],
             "ingresses": [],
@@ -74,6 +75,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
             for p in topo.pods
         ],
         "services": services(topo),
+        "endpointSlices": endpoint_slices(topo),
         "policies": policies(topo),
         **ingress_status(topo),
         **gateway_status(topo),
@@ -119,6 +121,13 @@ def gateway_status(topo) -> dict[str, Any]:
     from labctl.model.gateway import World
 
     return World.of(topo).status(addresses(topo))
+
+
+def endpoint_slices(topo) -> list[dict[str, Any]]:
+    """The contract's `endpointSlices`: what the EndpointSlice controller would write."""
+    from labctl.proxy.endpointslices import compute
+
+    return compute(topo)
 
 
 def services(topo) -> list[dict[str, Any]]:

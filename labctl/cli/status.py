@@ -100,6 +100,11 @@ def _show(r: dict) -> None:
         checked = [f"{s['namespace']}/{s['name']} :{s['healthCheckNodePort']}" for s in services if s.get("healthCheckNodePort")]
         if checked:
             output.say(f"health check node ports (200 on nodes with a ready local endpoint, else 503): {', '.join(checked)}")
+    if r.get("endpointSlices"):
+        from labctl.proxy.endpointslices import table_row
+
+        output.say("")
+        output.table(["NAMESPACE", "ENDPOINTSLICE", "ADDRESSTYPE", "PORTS", "ENDPOINTS"], [table_row(s) for s in r["endpointSlices"]])
     if r.get("ingresses"):
         output.say("")
         hosts = {(i["namespace"], i["name"]): i.get("hosts") or "*" for i in r["ingresses"]}

@@ -1,0 +1,128 @@
+"""EndpointSlices as Kubernetes' EndpointSlice controller computes them. Pure.
+
+For each Service with a selector: every selected pod that has an address
+becomes an endpoint (ready or not: its conditions say which), at the port
+numbers its containers give the Service's target ports. Pods whose ports
+resolve the same go in the same slices, at most 100 endpoints to a slice; the
+slices are labelled with the Service's name and the controller that manages
+them, and named `<service>-<5 characters>` (the API server's generateName;
+here the suffix is a hash, so a lab shows the same names every time).
+
+An endpoint's conditions, as the controller sets them: `serving` is the pod's
+readiness; `ready` is the same, or true whatever the pod when the Service
+publishes not-ready addresses; `terminating` is false (pods here leave at
+once). `zone` comes from the node's `topology.kubernetes.io/zone` label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from typing import Any
+
+from labctl.model.objects import Pod, Service, Topology
+from labctl.proxy.endpoints import PodIndex, target_port
+
+MAX_ENDPOINTS_PER_SLICE = 100  # the controller's --max-endpoints-per-slice default
+MANAGED_BY = "endpointslice-controller.k8s.io"
+SERVICE_NAME = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+HEADLESS = "service.kubernetes.io/headless"
+ZONE = "topology.kubernetes.io/zone"
+_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what generateName draws suffixes from
+
+
+def slice_name(service: Service, n: int) -> str:
+    """`<service>-<suffix>`: generateName's shape (base cut to 58 characters), a stable suffix."""
+    digest = hashlib.sha256(f"{service.namespace}/{service.name}/{n}".encode()).digest()
+    return f"{service.name[:57]}-" + "".join(_ALPHABET[b % len(_ALPHABET)] for b in digest[:5])
+
+
+def _ports(service: Service, pod: Pod) -> tuple[tuple[str, int, str], ...]:
+    """(name, port, protocol) of each Service port the pod resolves."""
+    out = []
+    for p in service.ports:
+        number = target_port(pod, p)
+        if number is not None:
+            out.append((p.name or "", number, p.protocol))
+    return tuple(out)
+
+
+def _endpoint(topo: Topology, service: Service, pod: Pod) -> dict[str, Any]:
+    assert pod.ip
+    ep: dict[str, Any] = {
+        "addresses": [pod.ip],
+        "conditions": {"ready": pod.ready or service.publish_not_ready, "serving": pod.ready, "terminating": False},
+    }
+    if pod.hostname and pod.subdomain == service.name:
+        ep["hostname"] = pod.hostname
+    ep["targetRef"] = {"kind": "Pod", "namespace": pod.namespace, "name": pod.name}
+    if pod.node:
+        ep["nodeName"] = pod.node
+        node = next((n for n in topo.lab.nodes if n.name == pod.node), None)
+        if node is not None and node.labels.get(ZONE):
+            ep["zone"] = node.labels[ZONE]
+    return ep
+
+
+def _api_server(service: Service) -> list[dict[str, Any]]:
+    """The `kubernetes` Service's slice, as the API server's endpoint reconciler writes it:
+    named as the Service, no controller label, addresses without a node."""
+    ips = sorted({a.rpartition(":")[0] for a in service.static_endpoints}, key=socket.inet_aton)
+    number = int(service.static_endpoints[0].rpartition(":")[2])
+    return [
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": service.name, "namespace": service.namespace, "labels": {SERVICE_NAME: service.name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
+            "ports": [{"name": p.name or "", "port": number, "protocol": p.protocol} for p in service.ports[:1]],
+        }
+    ]
+
+
+def for_service(topo: Topology, service: Service, index: PodIndex | None = None) -> list[dict[str, Any]]:
+    """The Service's EndpointSlices (none without a selector, or for an ExternalName)."""
+    if service.static_endpoints:
+        return _api_server(service)
+    if not service.selector or service.type == "ExternalName":
+        return []
+    pods = [p for p in (index or PodIndex(topo.pods)).select(service) if p.ip]
+    groups: dict[tuple, list[Pod]] = {}
+    for pod in sorted(pods, key=lambda p: socket.inet_aton(p.ip or "0.0.0.0")):
+        groups.setdefault(_ports(service, pod), []).append(pod)
+    if not groups:
+        groups[()] = []  # the controller keeps a placeholder slice: no endpoints, ports unset
+    labels = {SERVICE_NAME: service.name, MANAGED_BY_LABEL: MANAGED_BY}
+    if service.headless:
+        labels[HEADLESS] = ""
+    out = []
+    for ports, members in sorted(groups.items()):
+        chunks = [members[i : i + MAX_ENDPOINTS_PER_SLICE] for i in range(0, len(members), MAX_ENDPOINTS_PER_SLICE)] or [[]]
+        for chunk in chunks:
+            out.append(
+                {
+                    "apiVersion": "discovery.k8s.io/v1",
+                    "kind": "EndpointSlice",
+                    "metadata": {"name": slice_name(service, len(out)), "namespace": service.namespace, "labels": dict(labels)},
+                    "addressType": "IPv4",
+                    "endpoints": [_endpoint(topo, service, p) for p in chunk],
+                    "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports] if ports else None,
+                }
+            )
+    return out
+
+
+def compute(topo: Topology) -> list[dict[str, Any]]:
+    """Every EndpointSlice of the lab, by namespace and Service name."""
+    index = PodIndex(topo.pods)
+    return [s for svc in sorted(topo.services, key=lambda s: (s.namespace, s.name)) for s in for_service(topo, svc, index)]
+
+
+def table_row(s: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """NAMESPACE, NAME, ADDRESSTYPE, PORTS, ENDPOINTS, as `kubectl get endpointslices -A` prints them."""
+    ports = ",".join(str(p["port"]) for p in s["ports"] or []) or "<unset>"
+    addresses = [a for e in s["endpoints"] for a in e["addresses"]]
+    shown = ",".join(addresses[:3]) + (f" + {len(addresses) - 3} more..." if len(addresses) > 3 else "") if addresses else "<unset>"
+    return s["metadata"]["namespace"], s["metadata"]["name"], s["addressType"], ports, shown
