@@ -142,8 +142,6 @@ def services(topo) -> list[dict[str, Any]]:
             eps = [e.addr for e in endpoints(topo, s, p)]
             all_eps += [e for e in eps if e not in all_eps]
             ports.append({"name": p.name, "port": p.port, "targetPort": p.target(), "protocol": p.protocol, "nodePort": p.node_port, "endpoints": eps})
-        if s.selector is None and not s.static_endpoints:
-            all_eps = []
         out.append(
             {
                 "namespace": s.namespace,

@@ -45,7 +45,10 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         nodes=tuple(
             Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}), link=dict(n.get("link") or {})) for n in nodes
         ),
-        externals=tuple(External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {})) for e in spec.get("externals") or []),
+        externals=tuple(
+            External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {}), ports=_external_ports(e.get("ports") or []))
+            for e in spec.get("externals") or []
+        ),
         ingress=ingress.spec_from_lab(spec.get("ingress")),
         gateway_api=bool(spec.get("gatewayAPI", False)),
         bgp_as=(spec.get("bgp") or {}).get("asNumber"),
@@ -239,3 +242,8 @@ def lab_name_of(path: str) -> str:
     if name is None:
         raise InvalidInput(f"{source}: the first document is not a Lab with a valid metadata.name")
     return name
+
+
+def _external_ports(given: list) -> tuple[tuple[int, str], ...]:
+    """externals[].ports: a number is TCP."""
+    return tuple((p, "TCP") if isinstance(p, int) else (p["port"], p.get("protocol") or "TCP") for p in given)

@@ -261,6 +261,23 @@ def _read_service(doc: Document, out: Objects) -> None:
     )
 
 
+# -- EndpointSlice and Endpoints (for Services without a selector) ----------------------
+
+
+@register("EndpointSlice", "discovery.k8s.io/v1")
+def _read_endpoint_slice(doc: Document, out: Objects) -> None:
+    from labctl.model import slices
+
+    out.problems += slices.check_slice(doc.data, doc.where())
+
+
+@register("Endpoints", "v1")
+def _read_endpoints(doc: Document, out: Objects) -> None:
+    from labctl.model import slices
+
+    out.problems += slices.check_endpoints(doc.data, doc.where())
+
+
 # -- NetworkPolicy ---------------------------------------------------------------------
 
 

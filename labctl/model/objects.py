@@ -9,6 +9,7 @@ running lab, so `up` and `apply` compare two of them (labctl.plan.topology).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from labctl.model import ingress
@@ -143,6 +144,7 @@ class External:
     name: str
     ip: str | None = None
     link: dict[str, str] = field(default_factory=dict, hash=False)
+    ports: tuple[tuple[int, str], ...] = field(default=(), hash=False)  # (port, protocol) its responder serves
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,15 @@ class Topology:
                 return s
         raise KeyError(key)
 
+    @cached_property
+    def user_slices(self) -> tuple[dict[str, Any], ...]:
+        """EndpointSlices the user wrote, and those mirrored from Endpoints of Services
+        without a selector (labctl.model.slices)."""
+        from labctl.model import slices
+
+        selectorless = {s.key for s in self.services if not s.selector and not s.static_endpoints}
+        return tuple(slices.from_documents(self.documents, selectorless))
+
     def pods_on(self, node: str) -> list[Pod]:
         return [p for p in self.pods if p.node == node]
 
@@ -229,7 +240,7 @@ class Topology:
     def from_dict(d: dict[str, Any]) -> "Topology":
         lab = dict(d["lab"])
         lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
-        lab["externals"] = tuple(External(**e) for e in lab["externals"])
+        lab["externals"] = tuple(External(**{**e, "ports": tuple(tuple(p) for p in e.get("ports") or ())}) for e in lab["externals"])
         lab["expect"] = tuple(lab.get("expect") or ())
         lab["ingress"] = ingress.IngressSpec(**lab["ingress"]) if lab.get("ingress") else None
         pods = []

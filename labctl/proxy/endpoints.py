@@ -125,18 +125,38 @@ def target_port(pod: Pod, port: ServicePort) -> int | None:
     return _target(pod, port)
 
 
+def from_slices(topo: Topology, service: Service, port: ServicePort) -> list[Endpoint]:
+    """Endpoints of the user's EndpointSlices naming this Service (and those mirrored
+    from its Endpoints): kube-proxy takes a slice port of the same name and protocol,
+    and the endpoints that are ready; nodeName makes one local to that node."""
+    from labctl.model.slices import SERVICE_NAME, ready
+
+    out = []
+    for s in topo.user_slices:
+        meta = s["metadata"]
+        if meta["namespace"] != service.namespace or meta["labels"].get(SERVICE_NAME) != service.name:
+            continue
+        for p in s["ports"] or []:
+            if (p["name"] or None) != port.name or p["protocol"] != port.protocol:
+                continue
+            for e in s["endpoints"]:
+                if ready(e):
+                    out += [Endpoint(a, p["port"], e.get("nodeName"), None) for a in e.get("addresses") or []]
+    return out
+
+
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         # the API server's endpoints carry no nodeName (its reconciler writes none): local to no node
         return tuple(Endpoint(ip, int(p), None, None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
-    out = []
+    out = from_slices(topo, service, port) if topo.user_slices else []
     for pod in (index or PodIndex(topo.pods)).select(service):
         if pod.ip is None or not (pod.ready or service.publish_not_ready):
             continue
         target = _target(pod, port)
         if target is not None:
             out.append(Endpoint(pod.ip, target, pod.node, pod.key))
-    return tuple(sorted(out, key=lambda e: e.addr))  # kube-proxy's order: "ip:port" as text (10.0.0.10 before 10.0.0.9)
+    return tuple(sorted(set(out), key=lambda e: e.addr))  # deduplicated across slices; kube-proxy's order: "ip:port" as text (10.0.0.10 before 10.0.0.9)
 
 
 def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | None = None) -> list[ServicePortInfo]:
@@ -160,6 +180,10 @@ def affected_services(old: Topology | None, new: Topology) -> set[str] | None:
     was = {s.key: s for s in old.services}
     now = {s.key: s for s in new.services}
     out = {k for k in was.keys() | now.keys() if was.get(k) != now.get(k)}
+    if old.user_slices != new.user_slices:  # a user's EndpointSlice (or Endpoints) changed: its Service's rules
+        from labctl.model.slices import SERVICE_NAME
+
+        out |= {f"{s['metadata']['namespace']}/{s['metadata']['labels'].get(SERVICE_NAME)}" for s in (*old.user_slices, *new.user_slices)}
     pods_was = {p.key: p for p in old.pods}
     pods_now = {p.key: p for p in new.pods}
     moved = [p for k in pods_was.keys() | pods_now.keys() if pods_was.get(k) != pods_now.get(k) for p in (pods_was.get(k), pods_now.get(k)) if p is not None]

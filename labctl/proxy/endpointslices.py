@@ -115,9 +115,11 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
 
 
 def compute(topo: Topology) -> list[dict[str, Any]]:
-    """Every EndpointSlice of the lab, by namespace and Service name."""
+    """Every EndpointSlice of the lab (the controller's, the user's, those mirrored from
+    Endpoints), by namespace and Service name."""
     index = PodIndex(topo.pods)
-    return [s for svc in sorted(topo.services, key=lambda s: (s.namespace, s.name)) for s in for_service(topo, svc, index)]
+    ours = [s for svc in topo.services for s in for_service(topo, svc, index)]
+    return sorted([*ours, *topo.user_slices], key=lambda s: (s["metadata"]["namespace"], s["metadata"]["labels"].get(SERVICE_NAME, ""), s["metadata"]["name"]))
 
 
 def table_row(s: dict[str, Any]) -> tuple[str, str, str, str, str]:

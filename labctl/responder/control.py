@@ -35,6 +35,10 @@ def config(topo: Topology) -> dict:
             for a in addons:
                 entry.update(a.pod_config(topo, p))
             pods.append(entry)
+    for e in topo.lab.externals:  # an outside server a selector-less Service can front
+        if e.ports:
+            ports = [[port, proto] for port, proto in e.ports]
+            pods.append({"key": f"ext/{e.name}", "netns": names.external_netns(topo.lab.name, e.name), "node": None, "ip": e.ip, "ports": ports})
     announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
     cfg: dict = {"pods": pods, "announce": announce, "healthchecks": checks(topo)}
     for a in addons:

@@ -29,3 +29,57 @@ def test_status_shows_the_slices_and_follows_readiness_and_scaling(lab):
     assert len(s["endpoints"]) == 5
     text = lab.cli("status", "--lab", lab.name).stdout
     assert "ENDPOINTSLICE" in text and s["metadata"]["name"] in text and "kubernetes" in text
+
+
+def _slice(name, service, addresses, port, port_name=None, node=None):
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [a], **({"nodeName": node} if node else {})} for a in addresses],
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"} if port_name else {"port": port, "protocol": "TCP"}],
+    }
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_a_selectorless_service_fronts_an_outside_server_through_a_users_slice(lab, mode):
+    """The classic outside database: a Service without a selector, an EndpointSlice (or a
+    legacy Endpoints, mirrored) with an external's address, the external serving its port."""
+    from tests.helpers import pod
+
+    externals = [{"name": "dbhost", "ip": "10.10.20.100", "ports": [5432]}, {"name": "cache", "ip": "10.10.20.101", "ports": [6379]}]
+    db = svc("db", None, ports=((5432, 5432),))
+    cache = svc("cache", None, ports=((6379, 6379),))
+    legacy = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "cache"},
+        "subsets": [{"addresses": [{"ip": "10.10.20.101"}], "ports": [{"port": 6379}]}],
+    }
+    docs = (
+        lab.doc(proxyMode=mode, externals=externals),
+        pod("client", node="node1", ports=()),
+        db,
+        cache,
+        _slice("db-1", "db", ["10.10.20.100"], 5432),
+        legacy,
+    )
+    lab.up(*docs)
+    r = lab.probe("client", "svc/default/db")
+    assert r.verdict == "open" and r.served_by == "ext/dbhost", r
+    r = lab.probe("client", "svc/default/cache")
+    assert r.verdict == "open" and r.served_by == "ext/cache", "Endpoints of a selector-less Service are mirrored into a slice"
+    st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
+    by_name = {s["metadata"]["name"]: s for s in st["endpointSlices"]}
+    assert by_name["db-1"]["endpoints"][0]["addresses"] == ["10.10.20.100"]
+    mirrored = [
+        s for s in st["endpointSlices"] if s["metadata"]["labels"].get("endpointslice.kubernetes.io/managed-by") == "endpointslicemirroring-controller.k8s.io"
+    ]
+    assert [s["metadata"]["labels"]["kubernetes.io/service-name"] for s in mirrored] == ["cache"]
+    assert {s["name"]: s["endpoints"] for s in st["services"] if s["name"] in ("db", "cache")} == {"db": ["10.10.20.100:5432"], "cache": ["10.10.20.101:6379"]}
+    # the slice's endpoint not ready: kube-proxy drops it, and the Service has no endpoint (refused)
+    moved = _slice("db-1", "db", ["10.10.20.100"], 5432)
+    moved["endpoints"][0]["conditions"] = {"ready": False}
+    lab.up(*docs[:4], moved, legacy)
+    assert lab.probe("client", "svc/default/db", timeout=0.5).verdict == "refused"
