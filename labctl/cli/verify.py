@@ -118,6 +118,8 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
         output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}), decided on {svc['node']} by kube-proxy's {svc['proxyMode']} rules:")
         for line in svc["kernel"]:
             output.say(f"  kernel: {line}")
+        if svc.get("topology"):
+            output.say(f"  topology: {svc['topology']}")
         if not svc["endpoints"]:
             output.say("  no endpoint: the connection is refused")
         for v in svc["endpoints"]:

@@ -220,10 +220,22 @@ def _read_deployment(doc: Document, out: Objects) -> None:
 # -- Service -------------------------------------------------------------------
 
 
+def _topology_mode(annotations: dict[str, Any]) -> str | None:
+    from labctl.model.slices import TOPOLOGY_AWARE_HINTS, TOPOLOGY_MODE
+
+    value = annotations.get(TOPOLOGY_MODE, annotations.get(TOPOLOGY_AWARE_HINTS))
+    return str(value) if value is not None else None
+
+
 @register("Service", "v1")
 def _read_service(doc: Document, out: Objects) -> None:
+    from labctl.model.slices import DISTRIBUTIONS
+
     meta = doc.data["metadata"]
     spec = doc.data.get("spec") or {}
+    given = spec.get("trafficDistribution")
+    if given is not None and given not in DISTRIBUTIONS:
+        out.problems.append(Problem(doc.where(), "spec.trafficDistribution", f"{given!r}: must be one of {', '.join(DISTRIBUTIONS)}"))
     affinity = spec.get("sessionAffinity") or "None"
     timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
     ports = tuple(
@@ -256,6 +268,8 @@ def _read_service(doc: Document, out: Objects) -> None:
             allocate_lb_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
             load_balancer_source_ranges=tuple(str(r).strip() for r in spec.get("loadBalancerSourceRanges") or ()),
             health_check_node_port=spec.get("healthCheckNodePort") or None,
+            traffic_distribution=spec.get("trafficDistribution") or None,
+            topology_mode=_topology_mode(meta.get("annotations") or {}),
             doc=doc.index,
         )
     )

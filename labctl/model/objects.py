@@ -105,6 +105,8 @@ class Service:
     load_balancer_source_ranges: tuple[str, ...] = ()  # CIDRs allowed to the LoadBalancer IP (KUBE-FW-)
     static_endpoints: tuple[str, ...] = ()  # "ip:port" for services without a selector (the built-in kubernetes)
     health_check_node_port: int | None = None  # LoadBalancer with externalTrafficPolicy Local: kube-proxy answers its health check there
+    traffic_distribution: str | None = None  # spec.trafficDistribution (PreferClose...): same-zone hints
+    topology_mode: str | None = None  # the service.kubernetes.io/topology-mode annotation (Auto)
     doc: int = 0
 
     @property

@@ -21,6 +21,10 @@ SERVICE_NAME = "kubernetes.io/service-name"
 MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
 MIRRORING = "endpointslicemirroring-controller.k8s.io"
 SKIP_MIRROR = "endpointslice.kubernetes.io/skip-mirror"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+TOPOLOGY_MODE = "service.kubernetes.io/topology-mode"  # "Auto": the controller's zone shares
+TOPOLOGY_AWARE_HINTS = "service.kubernetes.io/topology-aware-hints"  # its deprecated name
+DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")  # spec.trafficDistribution
 
 
 def _ipv4(value: Any) -> str | None:

@@ -69,10 +69,11 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
         node = speaker(topo, b.service) or node  # from outside: the node that answers ARP for the LoadBalancer IP
     engine = Engine(topo)
     verdicts = []
-    for ep in info.endpoints:
+    usable = info.cluster(node)  # topology hints: the endpoints this node's rules list
+    for ep in usable:
         d = engine.check(engine.party(a.ip), engine.party(ep.ip), ep.port, proto.upper())
         verdicts.append({"endpoint": ep.pod, "address": ep.addr, "allowed": d.allowed, "explanation": [d.egress.explain(), d.ingress.explain()]})
-    return {
+    out = {
         **_head(a, b, port, proto, any(v["allowed"] for v in verdicts)),
         "service": {
             "node": node,
@@ -81,6 +82,10 @@ def _to_service(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, prot
             "endpoints": verdicts,
         },
     }
+    if len(usable) != len(info.endpoints):
+        zone = info.node_zones.get(node, "")
+        out["service"]["topology"] = f"node {node} (zone {zone}) uses the {len(usable)} of {len(info.endpoints)} endpoints hinted for it"
+    return out
 
 
 def explain_http(

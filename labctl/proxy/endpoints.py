@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
 
@@ -25,6 +25,8 @@ class Endpoint(NamedTuple):
     port: int
     node: str | None
     pod: str | None  # ns/name; None for the kubernetes service's API server
+    zones: tuple[str, ...] = ()  # topology hints (forZones) its EndpointSlice carries
+    hint_nodes: tuple[str, ...] = ()  # forNodes (PreferSameNode)
 
     @property
     def addr(self) -> str:
@@ -38,6 +40,14 @@ class ServicePortInfo:
     service: Service
     port: ServicePort
     endpoints: tuple[Endpoint, ...]
+    node_zones: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # node -> its zone label
+
+    def cluster(self, node: str) -> tuple[Endpoint, ...]:
+        """The endpoints cluster-wide traffic may use from `node`: topology hints applied
+        as kube-proxy applies them (all of them when hints do not apply)."""
+        from labctl.proxy.topology import usable
+
+        return usable(self.endpoints, node, self.node_zones.get(node, ""))
 
     @cached_property
     def spn(self) -> str:
@@ -71,6 +81,8 @@ class ServicePortInfo:
             s.allocate_lb_node_ports,
             s.load_balancer_source_ranges,
             s.health_check_node_port,
+            s.traffic_distribution,
+            s.topology_mode,
             p.port,
             p.protocol,
             p.name,
@@ -78,7 +90,7 @@ class ServicePortInfo:
             p is s.ports[0],
             node,
         )
-        eps = ",".join([f"{e.ip}:{e.port}@{e.node}" for e in self.endpoints])  # cheaper than the repr of nested tuples
+        eps = ",".join([f"{e.ip}:{e.port}@{e.node}{e.zones}{e.hint_nodes}" if e.zones or e.hint_nodes else f"{e.ip}:{e.port}@{e.node}" for e in self.endpoints])
         return hashlib.sha1(f"{facts!r}{eps}".encode()).hexdigest()[:16]
 
 
@@ -141,7 +153,10 @@ def from_slices(topo: Topology, service: Service, port: ServicePort) -> list[End
                 continue
             for e in s["endpoints"]:
                 if ready(e):
-                    out += [Endpoint(a, p["port"], e.get("nodeName"), None) for a in e.get("addresses") or []]
+                    h = e.get("hints") or {}
+                    zones = tuple(z["name"] for z in h.get("forZones") or [])
+                    nodes = tuple(n["name"] for n in h.get("forNodes") or [])
+                    out += [Endpoint(a, p["port"], e.get("nodeName"), None, zones, nodes) for a in e.get("addresses") or []]
     return out
 
 
@@ -156,14 +171,20 @@ def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodInd
         target = _target(pod, port)
         if target is not None:
             out.append(Endpoint(pod.ip, target, pod.node, pod.key))
+    if service.traffic_distribution or service.topology_mode:
+        from labctl.proxy.endpointslices import service_hints
+
+        given = service_hints(topo, service, index)
+        out = [e._replace(zones=given[e.ip].zones, hint_nodes=given[e.ip].nodes) if e.ip in given else e for e in out]
     return tuple(sorted(set(out), key=lambda e: e.addr))  # deduplicated across slices; kube-proxy's order: "ip:port" as text (10.0.0.10 before 10.0.0.9)
 
 
 def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | None = None) -> list[ServicePortInfo]:
     """Every port of every (proxied) service with its endpoints; `only`: of those services alone."""
     index = PodIndex(topo.pods)
+    zones = {n.name: n.labels.get("topology.kubernetes.io/zone", "") for n in topo.lab.nodes}
     return [
-        ServicePortInfo(s, p, endpoints(topo, s, p, index))
+        ServicePortInfo(s, p, endpoints(topo, s, p, index), zones)
         for s in topo.services
         if (s.proxied or not proxied_only) and (only is None or s.key in only)
         for p in s.ports

@@ -22,6 +22,7 @@ from typing import Any
 
 from labctl.model.objects import Pod, Service, Topology
 from labctl.proxy.endpoints import PodIndex, target_port
+from labctl.proxy.topology import Candidate, Hints, hints, mode
 
 MAX_ENDPOINTS_PER_SLICE = 100  # the controller's --max-endpoints-per-slice default
 MANAGED_BY = "endpointslice-controller.k8s.io"
@@ -48,7 +49,7 @@ def _ports(service: Service, pod: Pod) -> tuple[tuple[str, int, str], ...]:
     return tuple(out)
 
 
-def _endpoint(topo: Topology, service: Service, pod: Pod) -> dict[str, Any]:
+def _endpoint(topo: Topology, service: Service, pod: Pod, hint: Hints | None = None) -> dict[str, Any]:
     assert pod.ip
     ep: dict[str, Any] = {
         "addresses": [pod.ip],
@@ -62,6 +63,10 @@ def _endpoint(topo: Topology, service: Service, pod: Pod) -> dict[str, Any]:
         node = next((n for n in topo.lab.nodes if n.name == pod.node), None)
         if node is not None and node.labels.get(ZONE):
             ep["zone"] = node.labels[ZONE]
+    if hint is not None:
+        ep["hints"] = {"forZones": [{"name": z} for z in hint.zones]} if hint.zones else {}
+        if hint.nodes:
+            ep["hints"]["forNodes"] = [{"name": n} for n in hint.nodes]
     return ep
 
 
@@ -82,6 +87,29 @@ def _api_server(service: Service) -> list[dict[str, Any]]:
     ]
 
 
+def _zone(topo: Topology, node_name: str | None) -> str | None:
+    for n in topo.lab.nodes:
+        if n.name == node_name:
+            return n.labels.get(ZONE) or None
+    return None
+
+
+def _candidates(topo: Topology, service: Service, pods: list[Pod]) -> list[Candidate]:
+    return [Candidate(p.ip or "", p.ready or service.publish_not_ready, _zone(topo, p.node), p.node) for p in pods if p.ip]
+
+
+def hints_of(topo: Topology, service: Service, pods: list[Pod]) -> tuple[dict[str, Hints], str]:
+    """address -> hints for the Service's endpoints, and why there are none when so."""
+    how = mode(service.topology_mode, service.traffic_distribution)
+    return hints(how, _candidates(topo, service, pods), topo.lab.nodes)
+
+
+def service_hints(topo: Topology, service: Service, index: PodIndex | None = None) -> dict[str, Hints]:
+    """address -> hints, what kube-proxy reads off the slices."""
+    pods = [p for p in (index or PodIndex(topo.pods)).select(service) if p.ip]
+    return hints_of(topo, service, pods)[0]
+
+
 def for_service(topo: Topology, service: Service, index: PodIndex | None = None) -> list[dict[str, Any]]:
     """The Service's EndpointSlices (none without a selector, or for an ExternalName)."""
     if service.static_endpoints:
@@ -89,6 +117,7 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
     if not service.selector or service.type == "ExternalName":
         return []
     pods = [p for p in (index or PodIndex(topo.pods)).select(service) if p.ip]
+    given, _ = hints_of(topo, service, pods)
     groups: dict[tuple, list[Pod]] = {}
     for pod in sorted(pods, key=lambda p: socket.inet_aton(p.ip or "0.0.0.0")):
         groups.setdefault(_ports(service, pod), []).append(pod)
@@ -107,7 +136,7 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
                     "kind": "EndpointSlice",
                     "metadata": {"name": slice_name(service, len(out)), "namespace": service.namespace, "labels": dict(labels)},
                     "addressType": "IPv4",
-                    "endpoints": [_endpoint(topo, service, p) for p in chunk],
+                    "endpoints": [_endpoint(topo, service, p, given.get(p.ip or "")) for p in chunk],
                     "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports] if ports else None,
                 }
             )

@@ -22,7 +22,7 @@ from labctl.proxy.endpoints import Endpoint, ServicePortInfo
 
 @dataclass(frozen=True)
 class PortPolicy:
-    endpoints: tuple[Endpoint, ...]  # all ready endpoints
+    endpoints: tuple[Endpoint, ...]  # the ready endpoints cluster-wide traffic uses from here (topology hints applied)
     local: tuple[Endpoint, ...]  # those on this node
     externals: tuple[tuple[str, str], ...]  # ("external IP" | "loadbalancer IP", address)
     node_port: int | None
@@ -96,7 +96,7 @@ def decide(info: ServicePortInfo, node: str) -> PortPolicy:
     if s.type == "LoadBalancer" and s.load_balancer_ip:
         externals.append(("loadbalancer IP", s.load_balancer_ip))
     return PortPolicy(
-        endpoints=info.endpoints,
+        endpoints=info.cluster(node),
         local=info.local(node),
         externals=tuple(externals),
         node_port=p.node_port if s.wants_node_ports else None,

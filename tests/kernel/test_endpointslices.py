@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.helpers import deployment, svc
+from tests.kernel.test_services import MODES
 
 pytestmark = pytest.mark.kernel
 
@@ -83,3 +84,36 @@ def test_a_selectorless_service_fronts_an_outside_server_through_a_users_slice(l
     moved["endpoints"][0]["conditions"] = {"ready": False}
     lab.up(*docs[:4], moved, legacy)
     assert lab.probe("client", "svc/default/db", timeout=0.5).verdict == "refused"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prefer_close_keeps_traffic_in_its_zone_and_falls_back_when_the_zone_has_none(lab, mode):
+    from tests.helpers import pod
+    from tests.kernel.test_services import served, web
+
+    zones = {"node1": "zone-a", "node2": "zone-b", "node3": "zone-a"}
+    nodes = [{"name": n, "labels": {"topology.kubernetes.io/zone": z}} for n, z in zones.items()]
+    docs = (
+        lab.doc(proxyMode=mode, nodes=nodes),
+        web("a1", "node1"),
+        web("b2", "node2"),
+        web("a3", "node3"),
+        pod("client-a", node="node1", ports=()),
+        pod("client-b", node="node2", ports=()),
+        svc("web", {"app": "web"}, trafficDistribution="PreferClose"),
+    )
+    lab.up(*docs)
+    assert set(served(lab, "client-a", "svc/default/web", n=20)) == {"default/a1", "default/a3"}, "zone a's endpoints only"
+    assert set(served(lab, "client-b", "svc/default/web", n=10)) == {"default/b2"}
+    hinted = {e["targetRef"]["name"]: e["hints"]["forZones"][0]["name"] for e in slices(lab)[0]["endpoints"]}
+    assert hinted == {"a1": "zone-a", "b2": "zone-b", "a3": "zone-a"}
+    if mode == "iptables":
+        rules = lab.sh(lab.node_ns("node2"), "iptables-save", "-t", "nat")
+        chain = next(line.split(" -j ")[1] for line in rules.splitlines() if line.startswith("-A KUBE-SERVICES") and "default/web" in line and "-j KUBE-SVC-" in line)
+        assert len([line for line in rules.splitlines() if line.startswith(f"-A {chain} ") and "KUBE-SEP-" in line]) == 1, "node2 lists its zone's one endpoint"
+    explained = json.loads(lab.cli("explain", "--lab", lab.name, "client-b", "svc/default/web", "--json").stdout)["service"]
+    assert [e["endpoint"] for e in explained["endpoints"]] == ["default/b2"] and "1 of 3 endpoints" in explained["topology"]
+    # zone b loses its endpoint: node2 has none hinted for it, and uses them all
+    lab.cli("ready", "--lab", lab.name, "b2", "false")
+    assert set(served(lab, "client-b", "svc/default/web", n=20)) == {"default/a1", "default/a3"}
+    assert set(served(lab, "client-a", "svc/default/web", n=20)) == {"default/a1", "default/a3"}

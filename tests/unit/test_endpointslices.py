@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from labctl.proxy import endpointslices as E
-from tests.helpers import deployment, dump, lab_doc, load, pod, svc
+from labctl.proxy import topology as T
+from tests.helpers import deployment, dump, lab_doc, load, one, pod, svc
 
 
 def _ours(topo):
@@ -79,3 +80,58 @@ def test_placeholder_headless_published_and_selectorless():
     assert by["head"]["metadata"]["labels"]["service.kubernetes.io/headless"] == ""
     assert by["pub"]["endpoints"][0]["conditions"] == {"ready": True, "serving": False, "terminating": False}
     assert "manual" not in by, "no selector: the user writes the slices"
+
+
+# -- topology hints and kube-proxy's filter ----------------------------------------------
+
+
+def _nodes(*zones):
+    from labctl.model.objects import Node
+
+    return [Node(name=f"node{i}", labels={"topology.kubernetes.io/zone": z} if z else {}) for i, z in enumerate(zones, start=1)]
+
+
+def _cands(*zones):
+    return [T.Candidate(f"10.0.0.{i}", True, z, None) for i, z in enumerate(zones, start=1)]
+
+
+def test_auto_shares_endpoints_out_among_zones_as_the_topology_cache_does():
+    nodes = _nodes("a", "b", "c")
+    got, why = T.auto(_cands("a", "a", "a", "a", "b", "c"), nodes)
+    assert why == "" and sorted(h.zones[0] for h in got.values()) == ["a", "a", "b", "b", "c", "c"], "zone a gives one to b and one to c"
+    assert [got[f"10.0.0.{i}"].zones for i in (5, 6)] == [("b",), ("c",)], "an endpoint keeps its own zone where it is needed"
+    assert T.auto(_cands("a", "b"), nodes) == ({}, "insufficient number of endpoints (2 endpoints, 3 zones)")
+    assert T.auto(_cands("a", "a", "b", "c"), nodes)[1].startswith("minimum allocation exceeds the overload threshold")
+    assert T.auto(_cands("a", "b", "c"), _nodes("a", "b", None))[1].startswith("insufficient node information: node node3")
+    assert T.auto(_cands("a", "b", "c"), _nodes("a", "a"))[1] == "nodes ready in one zone only"
+    assert T.auto(_cands("a", "b", None), nodes)[1] == "endpoint 10.0.0.3 has no zone"
+    assert T.mode("Auto", "PreferClose") == "Auto", "the annotation wins over trafficDistribution"
+
+
+def test_prefer_close_and_kube_proxys_filter():
+    from labctl.proxy.endpoints import Endpoint
+
+    got, _ = T.hints("PreferSameZone", _cands("a", "b", None), _nodes("a", "b"))
+    assert {k: h.zones for k, h in got.items()} == {"10.0.0.1": ("a",), "10.0.0.2": ("b",)}, "no zone, no hint"
+    eps = (Endpoint("10.0.0.1", 80, "node1", None, ("a",)), Endpoint("10.0.0.2", 80, "node2", None, ("b",)), Endpoint("10.0.0.3", 80, "node3", None, ("a",)))
+    assert [e.ip for e in T.usable(eps, "node1", "a")] == ["10.0.0.1", "10.0.0.3"]
+    assert T.usable(eps, "node4", "c") == eps, "no endpoint for this zone: all of them"
+    assert T.usable(eps, "node4", "") == eps, "a node without a zone: all of them"
+    assert T.usable(eps[:2] + (eps[2]._replace(zones=()),), "node1", "a") == eps[:2] + (eps[2]._replace(zones=()),), "one without hints: all"
+    same_node = tuple(e._replace(hint_nodes=(e.node,)) for e in eps)
+    assert [e.ip for e in T.usable(same_node, "node2", "b")] == ["10.0.0.2"]
+
+
+def test_slices_carry_the_hints_and_the_proxy_uses_them():
+    from labctl.proxy.endpoints import service_ports
+    from labctl.proxy.policy import decide
+
+    nodes = [{"name": f"node{i}", "labels": {"topology.kubernetes.io/zone": z}} for i, z in ((1, "a"), (2, "b"), (3, "a"))]
+    topo = load(dump(lab_doc(nodes=nodes), deployment("web", 3), svc("web", {"app": "web"}, trafficDistribution="PreferClose")))
+    (s,) = _ours(topo)
+    zone_of = {"node1": "a", "node2": "b", "node3": "a"}
+    assert all(e["hints"] == {"forZones": [{"name": zone_of[e["nodeName"]]}]} for e in s["endpoints"])
+    info = next(i for i in service_ports(topo) if i.service.name == "web")
+    in_a = {e.ip for e in decide(info, "node1").endpoints}
+    assert in_a == {p.ip for p in topo.pods if p.node in ("node1", "node3")} and len(decide(info, "node2").endpoints) == 1
+    assert "trafficDistribution" in one(dump(lab_doc(), svc("x", {"app": "x"}, trafficDistribution="Nearby")))

@@ -81,6 +81,8 @@ SERVICE_CHANGES = {
     "load_balancer_source_ranges": ("10.0.0.0/8",),
     "static_endpoints": ("10.10.20.10:6443",),
     "health_check_node_port": 31500,
+    "traffic_distribution": "PreferClose",
+    "topology_mode": "Auto",
 }
 SERVICE_NO_SAY = {
     "doc": "where the manifest was, for messages",
@@ -226,8 +228,14 @@ def sample() -> Topology:
             publishNotReadyAddresses=True,
             allocateLoadBalancerNodePorts=False,
             loadBalancerSourceRanges=["10.0.0.0/8"],
+            trafficDistribution="PreferClose",
         ),
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ext", "annotations": {"service.kubernetes.io/topology-mode": "Auto"}},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"},
+        },
         {
             "apiVersion": "v1",
             "kind": "Service",
