@@ -109,7 +109,9 @@ def test_prefer_close_keeps_traffic_in_its_zone_and_falls_back_when_the_zone_has
     assert hinted == {"a1": "zone-a", "b2": "zone-b", "a3": "zone-a"}
     if mode == "iptables":
         rules = lab.sh(lab.node_ns("node2"), "iptables-save", "-t", "nat")
-        chain = next(line.split(" -j ")[1] for line in rules.splitlines() if line.startswith("-A KUBE-SERVICES") and "default/web" in line and "-j KUBE-SVC-" in line)
+        chain = next(
+            line.split(" -j ")[1] for line in rules.splitlines() if line.startswith("-A KUBE-SERVICES") and "default/web" in line and "-j KUBE-SVC-" in line
+        )
         assert len([line for line in rules.splitlines() if line.startswith(f"-A {chain} ") and "KUBE-SEP-" in line]) == 1, "node2 lists its zone's one endpoint"
     explained = json.loads(lab.cli("explain", "--lab", lab.name, "client-b", "svc/default/web", "--json").stdout)["service"]
     assert [e["endpoint"] for e in explained["endpoints"]] == ["default/b2"] and "1 of 3 endpoints" in explained["topology"]
