@@ -9,6 +9,7 @@ objects its previous file had; objects added with `apply` stay until deleted.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -53,6 +54,7 @@ def up(docs: list[Document], source: str) -> Desire:
         mine = _keys(docs)
         kept: list[Document] = []
         if applied is not None:
+            applied = _expired(applied)
             kept = [d for d in manifests_io.stored(applied.topology.documents) if d.key not in mine and d.key not in applied.file_keys]
         topo = build(docs + kept, source, applied.topology if applied else None)
         return Change(topo, source, mine)
@@ -63,7 +65,30 @@ def up(docs: list[Document], source: str) -> Desire:
 def _running(applied: Applied | None) -> Applied:
     if applied is None:
         raise AssertionError("apply, delete and ready change a running lab")
-    return applied
+    return _expired(applied)
+
+
+def _expired(a: Applied, now: float | None = None) -> Applied:
+    """The lab without the terminating pods whose grace period is over (the reaper
+    removes them on time; any change does it too, should the reaper have died)."""
+    now = time.time() if now is None else now
+    over = {k for k, deadline in a.topology.terminating.items() if deadline <= now}
+    if not over:
+        return a
+    docs = [d for d in manifests_io.stored(a.topology.documents) if not (d.kind == "Pod" and f"{d.key[1]}/{d.name}" in over)]
+    left = {k: t for k, t in a.topology.terminating.items() if k not in over}
+    topo = build(docs, a.source, previous=replace(a.topology, terminating=left), lab_spec=a.topology.lab)
+    return Applied(topo, a.source, a.file_keys)
+
+
+def expire() -> Desire:
+    """What the reaper asks: the terminating pods whose time is up, gone."""
+
+    def desire(applied: Applied | None) -> Change:
+        a = _running(applied)
+        return Change(a.topology, a.source, a.file_keys, {})
+
+    return desire
 
 
 def apply(incoming: list[Document], source: str) -> Desire:
@@ -78,14 +103,40 @@ def apply(incoming: list[Document], source: str) -> Desire:
     return desire
 
 
-def delete(targets: list[Document], source: str, ignore_not_found: bool) -> Desire:
+def delete(targets: list[Document], source: str, ignore_not_found: bool, grace: float | None = None) -> Desire:
+    """Remove the targets. A Pod deleted with a grace period (`grace`, else its own
+    spec.terminationGracePeriodSeconds when the manifest gives one) stays, serving and
+    terminating, until the period is over; the reaper then removes it."""
+
     def desire(applied: Applied | None) -> Change:
         a = _running(applied)
-        kept, removed = manifests_io.remove(manifests_io.stored(a.topology.documents), targets, ignore_not_found)
-        topo = build(kept, source, previous=a.topology, lab_spec=a.topology.lab)
-        return Change(topo, a.source, a.file_keys, {"deleted": removed})
+        current = manifests_io.stored(a.topology.documents)
+        kept, _ = manifests_io.remove(current, targets, ignore_not_found)
+        staying = {}
+        now = time.time()
+        for d in current:
+            if d.kind != "Pod" or d in kept:
+                continue
+            given = (d.data.get("spec") or {}).get("terminationGracePeriodSeconds")
+            seconds = grace if grace is not None else given
+            key = f"{d.key[1]}/{d.name}"
+            if seconds and seconds > 0 and d.key[1] not in _deleted_namespaces(targets):
+                staying[key] = a.topology.terminating.get(key, now + float(seconds))
+                kept.append(d)
+        removed = [d.ident() for d in current if d not in kept]
+        previous = replace(a.topology, terminating={**a.topology.terminating, **staying})
+        topo = build(kept, source, previous=previous, lab_spec=a.topology.lab)
+        report: dict[str, Any] = {"deleted": removed}
+        if staying:
+            report["terminating"] = {k: round(t - now, 3) for k, t in sorted(staying.items())}
+        return Change(topo, a.source, a.file_keys, report)
 
     return desire
+
+
+def _deleted_namespaces(targets: list[Document]) -> set[str]:
+    """A Namespace deleted takes its pods at once."""
+    return {t.name for t in targets if t.kind == "Namespace" and t.name}
 
 
 def ready(pod: str, value: bool) -> Desire:

@@ -231,6 +231,10 @@ class LabHandle:
         from labctl.proxy.sync import confirm
 
         confirm(self.dir)  # the state now describes what the rules were synced from
+        if topo.terminating:
+            from labctl import reaper
+
+            reaper.ensure(self)  # removes the terminating pods when their grace period ends
         return UpResult(
             self.name,
             created=old is None,
@@ -260,6 +264,10 @@ class LabHandle:
             daemon = registry.overlay(old.lab.overlay).daemon
             if daemon is not None:
                 keep_procs |= {names.daemon_key(n.name, daemon.name) for n in old.lab.nodes}
+            if old.terminating:
+                from labctl import reaper
+
+                keep_procs.add(reaper.KEY)
         stray = [k for k in owned.procs if k not in keep_procs]
         if not debris and not stray:
             return

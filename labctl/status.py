@@ -68,6 +68,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "ip": p.ip,
                 "labels": dict(p.labels),
                 "ready": p.ready,
+                "terminating": p.terminating,
                 "ports": [{"port": cp.port, "protocol": cp.protocol, "name": cp.name} for cp in p.ports()],
                 "netns": names.pod_netns(lab.name, p.namespace, p.name),
                 "present": names.pod_netns(lab.name, p.namespace, p.name) in present,

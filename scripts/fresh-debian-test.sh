@@ -21,8 +21,15 @@ if ! command -v debootstrap >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >/dev/null
 fi
-mirror=$(awk '/^URIs:/ && $2 ~ /debian$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-mirror=${mirror:-http://deb.debian.org/debian}
+# the mirror this machine's apt already uses (deb822 sources, else the one-line format): never one of ours
+mirror=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+if [ -z "$mirror" ]; then
+  mirror=$(awk '$1 == "deb" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+fi
+if [ -z "$mirror" ]; then
+  echo "fresh-debian-test.sh: no Debian mirror in this machine's apt configuration (/etc/apt/sources.list*)" >&2
+  exit 3
+fi
 
 cache=/var/cache/labctl-fresh
 base="$cache/bookworm-minbase.tar"

@@ -17,6 +17,8 @@ def _report(result, as_json: bool, verb: str) -> None:
         return
     summary = ", ".join(changes(result)) or "no kernel changes"
     output.say(f"lab {result.lab}: {verb} done in {result.seconds:.2f} s ({summary})")
+    for pod, seconds in (result.report.get("terminating") or {}).items():
+        output.say(f"pod {pod} is terminating: it serves for {seconds:g} s more, no longer ready, then goes")
 
 
 @cli.command()
@@ -37,12 +39,19 @@ def apply(lab_name, file, as_json) -> None:
 @lab_option
 @file_option
 @click.option("--ignore-not-found", is_flag=True, help="Objects that are not there are not an error.")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Pods stay this long, serving and terminating (their endpoints' terminating condition), before they go; "
+    "default: a Pod's own spec.terminationGracePeriodSeconds when its manifest gives one, else at once.",
+)
 @json_option
-def delete(lab_name, file, ignore_not_found, as_json) -> None:
+def delete(lab_name, file, ignore_not_found, grace, as_json) -> None:
     """Remove the objects FILE names from a running lab (a Namespace takes its objects with it)."""
     from labctl import changes as want
     from labctl.model.documents import read_file
 
     targets, source = read_file(file)
     require_root("delete")
-    _report(lab_handle(lab_name).change(want.delete(targets, source, ignore_not_found)), as_json, "delete")
+    _report(lab_handle(lab_name).change(want.delete(targets, source, ignore_not_found, grace)), as_json, "delete")

@@ -59,6 +59,7 @@ class Pod:
     dns_config: dict[str, Any] = field(default_factory=dict, hash=False)  # spec.dnsConfig as given
     service_links: bool = True  # spec.enableServiceLinks: service environment variables in `labctl exec`
     ready: bool = True  # a failed readiness probe takes a pod out of its services' endpoints
+    terminating: bool = False  # deleted with a grace period: still serving, no longer ready
     doc: int = 0  # index of the document it came from, for messages
 
     @property
@@ -202,6 +203,7 @@ class Topology:
     ipam: dict[str, str] = field(default_factory=dict)  # node -> last pod address given (host-local's cursor)
     created: dict[str, list] = field(default_factory=dict)  # "Kind/ns/name" -> [creation order, creationTimestamp] when labctl first made it
     readiness: dict[str, bool] = field(default_factory=dict)  # pod -> ready, set with `labctl ready`
+    terminating: dict[str, float] = field(default_factory=dict)  # pod -> end of its grace period (epoch seconds)
 
     def pod(self, key: str) -> Pod:
         for p in self.pods:
@@ -281,4 +283,5 @@ class Topology:
             ipam=dict(d.get("ipam") or {}),
             created=created,
             readiness=dict(d.get("readiness") or {}),
+            terminating={k: float(v) for k, v in (d.get("terminating") or {}).items()},
         )

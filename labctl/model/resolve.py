@@ -160,6 +160,9 @@ def resolve(
     keys = {p.key for p in placed}
     readiness = {k: r for k, r in (previous.readiness if previous else {}).items() if k in keys}
     placed = [replace(p, ready=readiness[p.key]) if p.key in readiness else p for p in placed]
+    # deleted with a grace period: still there, terminating, until the reaper removes it
+    terminating = {k: t for k, t in (previous.terminating if previous else {}).items() if k in keys}
+    placed = [replace(p, terminating=True) if p.key in terminating else p for p in placed]
     topo = Topology(
         lab=spec,
         namespaces=namespaces,
@@ -168,5 +171,6 @@ def resolve(
         documents=tuple(documents),
         ipam=cursors,
         readiness=readiness,
+        terminating=terminating,
     )
     return topo, problems

@@ -41,12 +41,16 @@ class ServicePortInfo:
     port: ServicePort
     endpoints: tuple[Endpoint, ...]
     node_zones: dict[str, str] = field(default_factory=dict, hash=False, compare=False)  # node -> its zone label
+    terminating: tuple[Endpoint, ...] = ()  # serving but terminating (a pod deleted with a grace period)
 
     def cluster(self, node: str) -> tuple[Endpoint, ...]:
         """The endpoints cluster-wide traffic may use from `node`: topology hints applied
-        as kube-proxy applies them (all of them when hints do not apply)."""
+        as kube-proxy applies them (all of them when hints do not apply); with no ready
+        endpoint anywhere, the serving terminating ones (kube-proxy's fallback)."""
         from labctl.proxy.topology import usable
 
+        if not self.endpoints:
+            return self.terminating
         return usable(self.endpoints, node, self.node_zones.get(node, ""))
 
     @cached_property
@@ -58,7 +62,8 @@ class ServicePortInfo:
         return self.port.protocol.lower()
 
     def local(self, node: str) -> tuple[Endpoint, ...]:
-        return tuple(e for e in self.endpoints if e.node == node)
+        """The ready endpoints on `node`, else its serving terminating ones."""
+        return tuple(e for e in self.endpoints if e.node == node) or tuple(e for e in self.terminating if e.node == node)
 
     @cached_property
     def key(self) -> str:
@@ -91,6 +96,8 @@ class ServicePortInfo:
             node,
         )
         eps = ",".join([f"{e.ip}:{e.port}@{e.node}{e.zones}{e.hint_nodes}" if e.zones or e.hint_nodes else f"{e.ip}:{e.port}@{e.node}" for e in self.endpoints])
+        if self.terminating:
+            eps += "|terminating:" + ",".join(f"{e.ip}:{e.port}@{e.node}" for e in self.terminating)
         return hashlib.sha1(f"{facts!r}{eps}".encode()).hexdigest()[:16]
 
 
@@ -129,7 +136,7 @@ def ready_pods(topo: Topology, service: Service, index: PodIndex | None = None) 
     """The pods behind a service whatever its ports (a headless service's DNS
     addresses): selected, with an address, ready or published when not ready."""
     pods = (index or PodIndex(topo.pods)).select(service)
-    return sorted((p for p in pods if p.ip and (p.ready or service.publish_not_ready)), key=lambda p: socket.inet_aton(p.ip))
+    return sorted((p for p in pods if p.ip and _ready(service, p)), key=lambda p: socket.inet_aton(p.ip))
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:
@@ -160,13 +167,30 @@ def from_slices(topo: Topology, service: Service, port: ServicePort) -> list[End
     return out
 
 
+def _ready(service: Service, pod: Pod) -> bool:
+    """The EndpointSlice's `ready`: the pod's readiness, never while terminating, unless
+    the Service publishes not-ready addresses."""
+    return (pod.ready and not pod.terminating) or service.publish_not_ready
+
+
+def terminating_endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
+    """Serving and terminating: kube-proxy's fallback when no ready endpoint is left."""
+    out = []
+    for pod in (index or PodIndex(topo.pods)).select(service):
+        if pod.ip and pod.terminating and pod.ready and not _ready(service, pod):
+            target = _target(pod, port)
+            if target is not None:
+                out.append(Endpoint(pod.ip, target, pod.node, pod.key))
+    return tuple(sorted(out, key=lambda e: e.addr))
+
+
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         # the API server's endpoints carry no nodeName (its reconciler writes none): local to no node
         return tuple(Endpoint(ip, int(p), None, None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
     out = from_slices(topo, service, port) if topo.user_slices else []
     for pod in (index or PodIndex(topo.pods)).select(service):
-        if pod.ip is None or not (pod.ready or service.publish_not_ready):
+        if pod.ip is None or not _ready(service, pod):
             continue
         target = _target(pod, port)
         if target is not None:
@@ -183,8 +207,9 @@ def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | No
     """Every port of every (proxied) service with its endpoints; `only`: of those services alone."""
     index = PodIndex(topo.pods)
     zones = {n.name: n.labels.get("topology.kubernetes.io/zone", "") for n in topo.lab.nodes}
+    terminating = any(p.terminating for p in topo.pods)
     return [
-        ServicePortInfo(s, p, endpoints(topo, s, p, index), zones)
+        ServicePortInfo(s, p, endpoints(topo, s, p, index), zones, terminating_endpoints(topo, s, p, index) if terminating else ())
         for s in topo.services
         if (s.proxied or not proxied_only) and (only is None or s.key in only)
         for p in s.ports

@@ -53,7 +53,7 @@ def _endpoint(topo: Topology, service: Service, pod: Pod, hint: Hints | None = N
     assert pod.ip
     ep: dict[str, Any] = {
         "addresses": [pod.ip],
-        "conditions": {"ready": pod.ready or service.publish_not_ready, "serving": pod.ready, "terminating": False},
+        "conditions": {"ready": (pod.ready and not pod.terminating) or service.publish_not_ready, "serving": pod.ready, "terminating": pod.terminating},
     }
     if pod.hostname and pod.subdomain == service.name:
         ep["hostname"] = pod.hostname
@@ -95,7 +95,7 @@ def _zone(topo: Topology, node_name: str | None) -> str | None:
 
 
 def _candidates(topo: Topology, service: Service, pods: list[Pod]) -> list[Candidate]:
-    return [Candidate(p.ip or "", p.ready or service.publish_not_ready, _zone(topo, p.node), p.node) for p in pods if p.ip]
+    return [Candidate(p.ip or "", (p.ready and not p.terminating) or service.publish_not_ready, _zone(topo, p.node), p.node) for p in pods if p.ip]
 
 
 def hints_of(topo: Topology, service: Service, pods: list[Pod]) -> tuple[dict[str, Hints], str]:

@@ -119,3 +119,28 @@ def test_prefer_close_keeps_traffic_in_its_zone_and_falls_back_when_the_zone_has
     lab.cli("ready", "--lab", lab.name, "b2", "false")
     assert set(served(lab, "client-b", "svc/default/web", n=20)) == {"default/a1", "default/a3"}
     assert set(served(lab, "client-a", "svc/default/web", n=20)) == {"default/a1", "default/a3"}
+
+
+def test_a_pod_deleted_with_a_grace_period_serves_while_terminating_then_the_reaper_removes_it(lab):
+    import time
+
+    from labctl.kernel import netns
+    from tests.helpers import pod
+
+    docs = (lab.doc(), pod("a", node="node1", labels={"app": "w"}), pod("b", node="node2", labels={"app": "w"}), svc("w", {"app": "w"}))
+    lab.up(*docs)
+    out = json.loads(lab.cli("delete", "--lab", lab.name, "-f", "-", "--grace", "3", "--json", input=json.dumps(docs[2])).stdout)
+    assert 2.5 < out["terminating"]["default/b"] <= 3
+    st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
+    assert {p["name"]: p["terminating"] for p in st["pods"]} == {"a": False, "b": True}
+    (s,) = [s for s in st["endpointSlices"] if s["metadata"]["labels"]["kubernetes.io/service-name"] == "w"]
+    assert {e["targetRef"]["name"]: e["conditions"]["terminating"] for e in s["endpoints"]} == {"a": False, "b": True}
+    assert lab.probe("a", "b").verdict == "open", "a terminating pod still serves"
+    assert {lab.probe("a", "svc/default/w").served_by for _ in range(10)} == {"default/a"}, "kube-proxy leaves it out while a ready one is left"
+    lab.cli("delete", "--lab", lab.name, "-f", "-", "--grace", "3", input=json.dumps(docs[1]))
+    assert lab.probe("b", "svc/default/w").verdict == "open", "none ready: the serving terminating ones (kube-proxy's fallback)"
+    deadline = time.monotonic() + 15
+    while lab.topo.pods and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lab.topo.pods == () and lab.topo.terminating == {}, "the reaper removed both when their time was up"
+    assert not [n for n in netns.listed() if n.startswith(lab.name + "-default.")], "their namespaces went with them"

@@ -123,6 +123,7 @@ POD_FIELDS = {
     "ip": "the pod is made again (plan: remove + add)",
     "labels": "endpoints and policy sets (affected_services, policy sync)",
     "ready": "endpoints (affected_services)",
+    "terminating": "endpoints: no longer ready, a fallback while serving (affected_services)",
     "containers": "commands restarted (plan: commands_changed), endpoints through named ports",
     "hostname": "files written again (plan: files_changed), DNS records",
     "subdomain": "files written again (plan: files_changed), DNS records",
@@ -245,7 +246,8 @@ def sample() -> Topology:
         {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "np"}, "spec": {"podSelector": {}}},
     )
     topo = load(text)
-    return replace(topo, readiness={"default/b": False})
+    topo = replace(topo, readiness={"default/b": False}, terminating={"default/b": 1.8e9})
+    return replace(topo, pods=tuple(replace(p, terminating=p.key == "default/b") for p in topo.pods))
 
 
 def _defaults(cls) -> dict[str, object]:
