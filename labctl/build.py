@@ -409,6 +409,37 @@ class Builder:
             if rec:
                 self.journal.release_proc(key)
 
+    def sync_external_commands(self, old: Topology | None, new: Topology) -> int:
+        """Each external's command running as its entry says: started when new or dead,
+        started again when it changed, stopped when the external or its command went.
+        Returns how many were started."""
+        owned = self.journal.replay().procs
+        was = {e.name: e.command for e in old.lab.externals} if old is not None else {}
+        now = {e.name: e for e in new.lab.externals}
+        started = 0
+        for name in set(was) | set(now):
+            key = names.external_command_key(name)
+            rec = owned.get(key)
+            alive = bool(rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")))
+            ext = now.get(name)
+            wanted = ext.command if ext is not None else None
+            if alive and wanted == was.get(name):
+                continue
+            if alive:
+                procs.stop([rec["pid"]])
+            if rec:
+                self.journal.release_proc(key)
+            if ext is not None and wanted:
+                procs.spawn(
+                    list(wanted),
+                    key=key,
+                    journal=self.journal,
+                    log=self.dir.logs / f"ext_{name}.log",
+                    netns=names.external_netns(new.lab.name, name),
+                )
+                started += 1
+        return started
+
     def restart_dead_commands(self, topo: Topology) -> int:
         """Like a kubelet with restartPolicy Always, `up` restarts commands that exited."""
         owned = self.journal.replay().procs

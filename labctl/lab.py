@@ -222,6 +222,7 @@ class LabHandle:
             raised = b.raise_links(topo)  # before the daemons are waited for: routes come back over them
         b.create(p, topo, old)
         restarted = b.restart_dead_commands(topo) if not p.new_lab else 0
+        b.sync_external_commands(old, topo)  # externals' own programs: started, restarted when dead or changed
         for served in b.addons_served:
             served()
         failpoints.hit("state")
@@ -264,6 +265,7 @@ class LabHandle:
             daemon = registry.overlay(old.lab.overlay).daemon
             if daemon is not None:
                 keep_procs |= {names.daemon_key(n.name, daemon.name) for n in old.lab.nodes}
+            keep_procs |= {names.external_command_key(e.name) for e in old.lab.externals if e.command}
             if old.terminating:
                 from labctl import reaper
 

@@ -46,7 +46,13 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
             Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}), link=dict(n.get("link") or {})) for n in nodes
         ),
         externals=tuple(
-            External(name=e["name"], ip=e.get("ip"), link=dict(e.get("link") or {}), ports=_external_ports(e.get("ports") or []))
+            External(
+                name=e["name"],
+                ip=e.get("ip"),
+                link=dict(e.get("link") or {}),
+                ports=_external_ports(e.get("ports") or []),
+                command=tuple(e["command"]) if e.get("command") else None,
+            )
             for e in spec.get("externals") or []
         ),
         ingress=ingress.spec_from_lab(spec.get("ingress")),

@@ -90,6 +90,11 @@ def daemon_key(node: str, daemon: str) -> str:
     return f"daemon:node/{node}/{daemon}"
 
 
+def external_command_key(external: str) -> str:
+    """The journal's key for an external's command."""
+    return f"cmd:ext/{external}"
+
+
 def command_key(pod_key: str, container: str) -> str:
     """The journal's key for a container command's process."""
     return f"cmd:{pod_key}/{container}"

@@ -148,6 +148,7 @@ class External:
     ip: str | None = None
     link: dict[str, str] = field(default_factory=dict, hash=False)
     ports: tuple[tuple[int, str], ...] = field(default=(), hash=False)  # (port, protocol) its responder serves
+    command: tuple[str, ...] | None = field(default=None, hash=False)  # a program of the user's run in its namespace
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,10 @@ class Topology:
     def from_dict(d: dict[str, Any]) -> "Topology":
         lab = dict(d["lab"])
         lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
-        lab["externals"] = tuple(External(**{**e, "ports": tuple(tuple(p) for p in e.get("ports") or ())}) for e in lab["externals"])
+        lab["externals"] = tuple(
+            External(**{**e, "ports": tuple(tuple(p) for p in e.get("ports") or ()), "command": tuple(e["command"]) if e.get("command") else None})
+            for e in lab["externals"]
+        )
         lab["expect"] = tuple(lab.get("expect") or ())
         lab["ingress"] = ingress.IngressSpec(**lab["ingress"]) if lab.get("ingress") else None
         pods = []

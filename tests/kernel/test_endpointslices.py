@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -43,7 +44,7 @@ def _slice(name, service, addresses, port, port_name=None, node=None):
     }
 
 
-@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("mode", MODES)
 def test_a_selectorless_service_fronts_an_outside_server_through_a_users_slice(lab, mode):
     """The classic outside database: a Service without a selector, an EndpointSlice (or a
     legacy Endpoints, mirrored) with an external's address, the external serving its port."""
@@ -80,9 +81,25 @@ def test_a_selectorless_service_fronts_an_outside_server_through_a_users_slice(l
     assert [s["metadata"]["labels"]["kubernetes.io/service-name"] for s in mirrored] == ["cache"]
     assert {s["name"]: s["endpoints"] for s in st["services"] if s["name"] in ("db", "cache")} == {"db": ["10.10.20.100:5432"], "cache": ["10.10.20.101:6379"]}
     # the slice's endpoint not ready: kube-proxy drops it, and the Service has no endpoint (refused)
+    # an external running a program of the user's (a real server), behind its own Service
+    server = "import socket\ns = socket.create_server(('', 8000))\nwhile True:\n    c, _ = s.accept(); c.recv(4096); c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nfiles'); c.close()"
+    files = {"name": "files", "ip": "10.10.20.102", "command": ["python3", "-c", server]}
+    fdocs = (
+        lab.doc(proxyMode=mode, externals=[*externals, files]),
+        *docs[1:],
+        svc("files", None, ports=((80, 8000),)),
+        _slice("files-1", "files", ["10.10.20.102"], 8000),
+    )
+    lab.up(*fdocs)
+    deadline = time.monotonic() + 10
+    while lab.probe("client", "svc/default/files", timeout=0.5).verdict != "open":
+        assert time.monotonic() < deadline, "the external's own server did not answer through its Service"
+        time.sleep(0.1)
+    got = lab.sh(lab.pod_ns("default/client"), "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{lab.topo.service('default/files').cluster_ip}/")
+    assert got == "200", got
     moved = _slice("db-1", "db", ["10.10.20.100"], 5432)
     moved["endpoints"][0]["conditions"] = {"ready": False}
-    lab.up(*docs[:4], moved, legacy)
+    lab.up(*fdocs[:4], moved, legacy, *fdocs[6:])
     assert lab.probe("client", "svc/default/db", timeout=0.5).verdict == "refused"
 
 

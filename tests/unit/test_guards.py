@@ -167,7 +167,9 @@ def sample() -> Topology:
             nodeCIDRMaskSize=25,
             expect=["default/a -> default/b:8080 allowed"],
             nodes=[{"name": "n1", "ip": "10.10.30.20", "podCIDR": "10.200.0.0/25", "labels": {"zone": "a"}, "link": {"rate": "10mbit"}}, {"name": "n2"}],
-            externals=[{"name": "x", "ip": "10.10.30.120", "link": {"rate": "1mbit"}, "ports": [5432, {"port": 53, "protocol": "UDP"}]}],
+            externals=[
+                {"name": "x", "ip": "10.10.30.120", "link": {"rate": "1mbit"}, "ports": [5432, {"port": 53, "protocol": "UDP"}], "command": ["sleep", "60"]}
+            ],
             loadBalancerPool="10.10.30.200-10.10.30.210",
             ingress={"className": "edge", "service": "NodePort", "replicas": 2, "externalTrafficPolicy": "Cluster"},
             gatewayAPI=True,
