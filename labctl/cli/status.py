@@ -70,7 +70,7 @@ def _show(r: dict) -> None:
             [
                 (
                     p["namespace"],
-                    p["name"] + _mark(p["present"]) + ("" if p.get("ready", True) else " (not ready)"),
+                    p["name"] + _mark(p["present"]) + (" (terminating)" if p.get("terminating") else "" if p.get("ready", True) else " (not ready)"),
                     p["node"],
                     p["ip"],
                     ",".join(f"{x['port']}/{x['protocol']}" for x in p["ports"]) or "-",

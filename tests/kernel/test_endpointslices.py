@@ -150,6 +150,7 @@ def test_a_pod_deleted_with_a_grace_period_serves_while_terminating_then_the_rea
     assert 2.5 < out["terminating"]["default/b"] <= 3
     st = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
     assert {p["name"]: p["terminating"] for p in st["pods"]} == {"a": False, "b": True}
+    assert "b (terminating)" in lab.cli("status", "--lab", lab.name).stdout
     (s,) = [s for s in st["endpointSlices"] if s["metadata"]["labels"]["kubernetes.io/service-name"] == "w"]
     assert {e["targetRef"]["name"]: e["conditions"]["terminating"] for e in s["endpoints"]} == {"a": False, "b": True}
     assert lab.probe("a", "b").verdict == "open", "a terminating pod still serves"
