@@ -57,6 +57,8 @@ def up(docs: list[Document], source: str) -> Desire:
             applied = _expired(applied)
             kept = [d for d in manifests_io.stored(applied.topology.documents) if d.key not in mine and d.key not in applied.file_keys]
         topo = build(docs + kept, source, applied.topology if applied else None)
+        if applied is not None:
+            topo = _graceful(applied.topology, topo, lambda previous: build(docs + kept, source, previous))
         return Change(topo, source, mine)
 
     return desire
@@ -72,13 +74,30 @@ def _expired(a: Applied, now: float | None = None) -> Applied:
     """The lab without the terminating pods whose grace period is over (the reaper
     removes them on time; any change does it too, should the reaper have died)."""
     now = time.time() if now is None else now
-    over = {k for k, deadline in a.topology.terminating.items() if deadline <= now}
-    if not over:
+    left = {k: t for k, t in a.topology.terminating.items() if t > now}
+    if left == a.topology.terminating:
         return a
-    docs = [d for d in manifests_io.stored(a.topology.documents) if not (d.kind == "Pod" and f"{d.key[1]}/{d.name}" in over)]
-    left = {k: t for k, t in a.topology.terminating.items() if k not in over}
-    topo = build(docs, a.source, previous=replace(a.topology, terminating=left), lab_spec=a.topology.lab)
+    topo = build(manifests_io.stored(a.topology.documents), a.source, previous=replace(a.topology, terminating=left), lab_spec=a.topology.lab)
     return Applied(topo, a.source, a.file_keys)
+
+
+def _graceful(before: Topology, topo: Topology, rebuild: Callable[[Topology], Topology], grace: dict[str, float] | None = None) -> Topology:
+    """`topo` (which `rebuild(previous)` makes), with the pods that leave it and have a grace period
+    (`grace` for pods a command names, else the pod's own terminationGracePeriodSeconds)
+    kept, terminating, until it is over, as the API server and kubelet do. A pod
+    whose Namespace went leaves at once."""
+    now = time.time()
+    grace = grace or {}
+    staying = {}
+    for p in before.pods:
+        if p.terminating or p.key in {q.key for q in topo.pods}:
+            continue
+        seconds = grace.get(p.key, p.grace)
+        if seconds and seconds > 0 and p.namespace in topo.namespaces:
+            staying[p.key] = now + seconds
+    if not staying:
+        return topo
+    return rebuild(replace(before, terminating={**before.terminating, **staying}))
 
 
 def expire() -> Desire:
@@ -98,45 +117,32 @@ def apply(incoming: list[Document], source: str) -> Desire:
             raise InvalidInput(f"{source} holds no documents")
         docs = manifests_io.merge(manifests_io.stored(a.topology.documents), incoming)
         topo = build(docs, source, previous=a.topology, lab_spec=a.topology.lab)
+        topo = _graceful(a.topology, topo, lambda previous: build(docs, source, previous=previous, lab_spec=a.topology.lab))
         return Change(topo, a.source, a.file_keys, {"applied": [d.ident() for d in incoming]})
 
     return desire
 
 
 def delete(targets: list[Document], source: str, ignore_not_found: bool, grace: float | None = None) -> Desire:
-    """Remove the targets. A Pod deleted with a grace period (`grace`, else its own
-    spec.terminationGracePeriodSeconds when the manifest gives one) stays, serving and
-    terminating, until the period is over; the reaper then removes it."""
+    """Remove the targets. A Pod that leaves with a grace period (`grace` for the Pods
+    named, else each pod's own spec.terminationGracePeriodSeconds, a Deployment's pods
+    too) stays serving and terminating until the period is over; the reaper then
+    removes it."""
 
     def desire(applied: Applied | None) -> Change:
         a = _running(applied)
-        current = manifests_io.stored(a.topology.documents)
-        kept, _ = manifests_io.remove(current, targets, ignore_not_found)
-        staying = {}
-        now = time.time()
-        for d in current:
-            if d.kind != "Pod" or d in kept:
-                continue
-            given = (d.data.get("spec") or {}).get("terminationGracePeriodSeconds")
-            seconds = grace if grace is not None else given
-            key = f"{d.key[1]}/{d.name}"
-            if seconds and seconds > 0 and d.key[1] not in _deleted_namespaces(targets):
-                staying[key] = a.topology.terminating.get(key, now + float(seconds))
-                kept.append(d)
-        removed = [d.ident() for d in current if d not in kept]
-        previous = replace(a.topology, terminating={**a.topology.terminating, **staying})
-        topo = build(kept, source, previous=previous, lab_spec=a.topology.lab)
+        kept, removed = manifests_io.remove(manifests_io.stored(a.topology.documents), targets, ignore_not_found)
+        topo = build(kept, source, previous=a.topology, lab_spec=a.topology.lab)
+        named = {f"{t.key[1]}/{t.name}": grace for t in targets if t.kind == "Pod" and grace is not None}
+        topo = _graceful(a.topology, topo, lambda previous: build(kept, source, previous=previous, lab_spec=a.topology.lab), named)
         report: dict[str, Any] = {"deleted": removed}
-        if staying:
-            report["terminating"] = {k: round(t - now, 3) for k, t in sorted(staying.items())}
+        now = time.time()
+        fresh = {k: t for k, t in topo.terminating.items() if k not in a.topology.terminating}
+        if fresh:
+            report["terminating"] = {k: round(t - now, 3) for k, t in sorted(fresh.items())}
         return Change(topo, a.source, a.file_keys, report)
 
     return desire
-
-
-def _deleted_namespaces(targets: list[Document]) -> set[str]:
-    """A Namespace deleted takes its pods at once."""
-    return {t.name for t in targets if t.kind == "Namespace" and t.name}
 
 
 def ready(pod: str, value: bool) -> Desire:

@@ -126,8 +126,13 @@ def pod_from_spec(
         dns_config=dict(spec.get("dnsConfig") or {}),
         service_links=spec.get("enableServiceLinks", True) is not False,
         ready=ready,
+        grace=_grace(spec.get("terminationGracePeriodSeconds")),
         doc=doc.index,
     )
+
+
+def _grace(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _ready(status: dict[str, Any] | None) -> bool:

@@ -60,6 +60,7 @@ class Pod:
     service_links: bool = True  # spec.enableServiceLinks: service environment variables in `labctl exec`
     ready: bool = True  # a failed readiness probe takes a pod out of its services' endpoints
     terminating: bool = False  # deleted with a grace period: still serving, no longer ready
+    grace: float | None = None  # spec.terminationGracePeriodSeconds when the manifest gives it
     doc: int = 0  # index of the document it came from, for messages
 
     @property

@@ -155,14 +155,19 @@ def resolve(
     problems: list[Problem] = []
     spec = _assign_host_ips(spec, previous, where, problems)
     spec = _assign_pod_cidrs(spec, previous, where, problems)
-    placed, cursors = _place_pods(spec, pods, previous, where_of, problems)
+    # Pods deleted with a grace period (their manifest gone, or their Deployment scaled
+    # down) stay as they were, terminating, until the reaper removes them; a pod the
+    # manifests make again under the same name is a new one.
+    made = {p.key for p in pods}
+    terminating = {k: t for k, t in (previous.terminating if previous else {}).items() if k not in made}
+    nodes = {n.name for n in spec.nodes}
+    leaving = [replace(p, terminating=True) for p in (previous.pods if previous else ()) if p.key in terminating and p.node in nodes]
+    terminating = {k: t for k, t in terminating.items() if k in {p.key for p in leaving}}
+    placed, cursors = _place_pods(spec, [*pods, *leaving], previous, where_of, problems)
     # `labctl ready` overrides the manifests' readiness, for pods that still exist
     keys = {p.key for p in placed}
     readiness = {k: r for k, r in (previous.readiness if previous else {}).items() if k in keys}
     placed = [replace(p, ready=readiness[p.key]) if p.key in readiness else p for p in placed]
-    # deleted with a grace period: still there, terminating, until the reaper removes it
-    terminating = {k: t for k, t in (previous.terminating if previous else {}).items() if k in keys}
-    placed = [replace(p, terminating=True) if p.key in terminating else p for p in placed]
     topo = Topology(
         lab=spec,
         namespaces=namespaces,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from labctl import changes
 from labctl.model.documents import parse_text
 from labctl.proxy import endpointslices as E
@@ -26,7 +28,7 @@ def test_a_pod_deleted_with_a_grace_period_stays_terminating_then_goes():
     c = deleted(a, "b", grace=30)
     b = c.topology.pod("default/b")
     assert b.terminating and "default/b" in c.topology.terminating and c.report["terminating"]["default/b"] > 29
-    assert c.report["deleted"] == []
+    assert c.report["deleted"] == ["Pod default/b"], "the object is deleted; the pod terminates"
     (s,) = [s for s in E.compute(c.topology) if s["metadata"]["labels"]["kubernetes.io/service-name"] == "w"]
     conds = {e["targetRef"]["name"]: e["conditions"] for e in s["endpoints"]}
     assert conds["b"] == {"ready": False, "serving": True, "terminating": True}
@@ -59,3 +61,25 @@ def test_a_pods_own_termination_grace_period_is_used_when_delete_gives_none():
     c = changes.delete(parse_text(dump(p), "d.yaml"), "d.yaml", False, None)(a)
     assert 4 < c.report["terminating"]["default/b"] <= 5
     assert changes.delete(parse_text(dump(p), "d.yaml"), "d.yaml", False, 0)(a).topology.pods == (), "--grace 0: at once"
+
+
+def test_a_deployment_scaled_down_lets_its_pods_terminate_with_the_templates_grace_period():
+    from tests.helpers import deployment
+
+    d = deployment("web", 3)
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 20
+    a = applied(d)
+    ip = a.topology.pod("default/web-2").ip
+    d["spec"]["replicas"] = 2
+    c = changes.apply(parse_text(dump(d), "a.yaml"), "a.yaml")(a)
+    web2 = c.topology.pod("default/web-2")
+    assert web2.terminating and web2.ip == ip and 19 < c.topology.terminating["default/web-2"] - time.time() <= 20
+    b = changes.Applied(c.topology, "t.yaml", a.file_keys)
+    d["spec"]["replicas"] = 3
+    again = changes.apply(parse_text(dump(d), "a.yaml"), "a.yaml")(b).topology
+    assert not again.pod("default/web-2").terminating and again.terminating == {}, "made again by its Deployment: a new pod"
+    gone = changes._expired(b, now=c.topology.terminating["default/web-2"] + 1).topology
+    assert [p.name for p in gone.pods] == ["web-0", "web-1"]
+    no_grace = applied(deployment("web", 3))
+    d2 = deployment("web", 2)
+    assert [p.name for p in changes.apply(parse_text(dump(d2), "a.yaml"), "a.yaml")(no_grace).topology.pods] == ["web-0", "web-1"], "no grace period: at once"
