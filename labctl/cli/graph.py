@@ -1,0 +1,75 @@
+"""labctl graph: a picture of the lab (Graphviz for svg and png)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import click
+
+from labctl.cli import cli, require_root
+from labctl.cli.common import lab_option, running_lab
+from labctl.errors import HostLacks, InvalidInput, LabError
+
+FORMATS = ("svg", "png", "dot", "mermaid")
+
+
+@cli.command()
+@lab_option
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Default: from -o's extension, else svg.")
+@click.option("-o", "--output", "path", metavar="FILE", help="Write there (default: standard output).")
+@click.option(
+    "--verify", "with_verify", is_flag=True, help="Probe every pod pair first and draw allowed (green) and denied (red) connections; a mismatch is bold."
+)
+def graph(lab_name, fmt, path, with_verify) -> None:
+    """Draw the lab: nodes with cni0, their overlay device and pods, the node network
+    and externals, Services pointing at their endpoints. svg and png need Graphviz
+    (`dot`); dot and mermaid are text."""
+    from labctl.view import graph as G
+
+    if fmt is None:
+        ext = (path or "").rsplit(".", 1)[-1].lower() if path and "." in path else ""
+        fmt = {"svg": "svg", "png": "png", "dot": "dot", "gv": "dot", "mmd": "mermaid", "mermaid": "mermaid"}.get(ext, "svg")
+    if fmt == "png" and path is None and sys.stdout.isatty():
+        raise InvalidInput("a png to a terminal: give -o FILE")
+    handle, topo = running_lab(lab_name)
+    pairs = None
+    if with_verify:
+        require_root("graph --verify")
+        pairs = _verified(topo)
+    text = G.mermaid(topo, pairs) if fmt == "mermaid" else G.dot(topo, pairs)
+    data = text.encode()
+    if fmt in ("svg", "png"):
+        if shutil.which("dot") is None:
+            raise HostLacks(
+                f"graph --format {fmt} needs Graphviz's dot, which is not installed",
+                hint="sudo apt-get install graphviz (scripts/setup.sh installs it), or --format dot|mermaid",
+            )
+        p = subprocess.run(["dot", f"-T{fmt}"], input=data, capture_output=True)
+        if p.returncode != 0:
+            raise LabError(f"dot -T{fmt} failed: {p.stderr.decode(errors='replace').strip()}")
+        data = p.stdout
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise InvalidInput(f"-o {path}: {e.strerror}") from None
+
+
+def _verified(topo):
+    from labctl.policy import verify as V
+    from labctl.view.graph import Pair
+
+    done = V.run(topo, [c for c in V.cases(topo) if not c.src.startswith("node/") and not c.why.startswith("expect:")])
+    by_pair: dict[tuple[str, str], Pair] = {}
+    for c in done:
+        was = by_pair.get((c.src, c.dst))
+        allowed = bool(c.observed) or (was is not None and was.allowed)
+        mismatch = bool(c.mismatch) or (was is not None and was.mismatch)
+        by_pair[(c.src, c.dst)] = Pair(c.src, c.dst, allowed, mismatch)
+    return [p for (src, dst), p in sorted(by_pair.items()) if src != dst]
