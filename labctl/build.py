@@ -109,6 +109,7 @@ class Builder:
                 records.forget_node(self.dir, n.name)
         if plan.remove_externals:
             self.delete_namespaces([names.external_netns(lab, e.name) for e in plan.remove_externals])
+            etc.remove_externals(self.journal, lab, plan.remove_externals)
 
     # -- creation ----------------------------------------------------------------
 
@@ -180,6 +181,7 @@ class Builder:
                 underlay.uplink(b, lab, host, ns, fd)
             b.commit()
         self.progress("uplinks", 1)
+        etc.write_externals(self.journal, spec, plan.add_externals)
         for _, ns, ip in hosts[len(plan.add_nodes) :]:  # externals; nodes get theirs in _nodes
             eb = Batch(ns)
             underlay.host_address(eb, ip, spec.node_network)

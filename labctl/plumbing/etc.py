@@ -13,7 +13,7 @@ from pathlib import Path
 
 from labctl import failpoints
 from labctl.model import dns, names
-from labctl.model.objects import Pod, Topology
+from labctl.model.objects import LabSpec, Pod, Topology
 from labctl.state.journal import Journal
 
 ETC_NETNS = Path("/etc/netns")
@@ -47,6 +47,41 @@ def write(journal: Journal, topo: Topology, pods: list[Pod], new: set[str]) -> N
             (d / "resolv.conf").unlink(missing_ok=True)
         else:
             _replace(d / "resolv.conf", resolv)
+
+
+def external_resolv_conf(spec: LabSpec) -> str:
+    """An external's resolv.conf. The host's name servers are out of the lab's reach:
+    without one here, a program in the external would wait for the resolver's timeout
+    at every lookup. The Lab's dnsUpstream (on port 53) is the one server it may
+    have; without it no server is named and lookups fail at once (glibc then asks
+    127.0.0.1, where nothing listens)."""
+    lines = [f"# Written by labctl: external hosts of lab {spec.name} have no name server of the lab."]
+    upstream = spec.dns_upstream
+    if upstream:
+        ip, _, port = upstream.partition(":")
+        if port in ("", "53"):
+            lines.append(f"nameserver {ip}")
+    lines.append("options timeout:1 attempts:1")
+    return "\n".join(lines) + "\n"
+
+
+def write_externals(journal: Journal, spec: LabSpec, externals) -> None:
+    """The resolv.conf of new externals (their directories journaled first)."""
+    if not externals:
+        return
+    dirs = [ETC_NETNS / names.external_netns(spec.name, e.name) for e in externals]
+    journal.files(str(d) for d in dirs)
+    text = external_resolv_conf(spec)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        _replace(d / "resolv.conf", text)
+
+
+def remove_externals(journal: Journal, lab: str, externals) -> None:
+    paths = [ETC_NETNS / names.external_netns(lab, e.name) for e in externals]
+    for d in paths:
+        shutil.rmtree(d, ignore_errors=True)
+    journal.release_files(str(d) for d in paths)
 
 
 def _replace(path: Path, text: str) -> None:

@@ -76,8 +76,8 @@ def test_up_after_kill_9_finishes_the_lab(lab, failpoint):
         + [f"{lab.name}-default.web-{i}" for i in range(4)]
     )
     assert sorted(str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")) == sorted(
-        f"/etc/netns/{n}" for n in netns.listed() if n.startswith(lab.name + "-") and "." in n
-    ), "one /etc/netns directory per pod"
+        f"/etc/netns/{n}" for n in netns.listed() if n.startswith(lab.name + "-") and ("." in n or n == f"{lab.name}-x")
+    ), "one /etc/netns directory per pod and per external (its resolv.conf)"
 
 
 def test_a_namespace_file_left_half_made_is_removed(lab):

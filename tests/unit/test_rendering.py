@@ -159,3 +159,11 @@ def test_each_overlay_names_the_route_a_node_has_to_anothers_pods():
     ):
         spec = load(dump(lab_doc(overlay=overlay))).lab
         assert registry.overlay(overlay).route_to(spec, spec.nodes[1]) == want, overlay
+
+
+def test_an_externals_resolv_conf_names_only_the_labs_upstream():
+    from labctl.plumbing import etc
+
+    assert "nameserver" not in etc.external_resolv_conf(load(dump(lab_doc())).lab), "the host's servers are out of reach: none, and lookups fail at once"
+    assert "nameserver 10.10.20.100\n" in etc.external_resolv_conf(load(dump(lab_doc(dnsUpstream="10.10.20.100"))).lab)
+    assert "nameserver" not in etc.external_resolv_conf(load(dump(lab_doc(dnsUpstream="10.10.20.100:5353"))).lab), "resolv.conf has no port"
