@@ -370,6 +370,7 @@ class Iptables(RestoreMode):
 
     name = "iptables"
     replaces_filter = True  # a full sync restores the filter table whole
+    traceable = True
 
     def require(self, spec: LabSpec) -> None:
         from labctl.kernel import run

@@ -101,6 +101,7 @@ class ProxyMode:
     name = ""
     replaces_filter = False  # a full sync rewrites the iptables filter table whole (policy chains go with it)
     record_version = 1
+    traceable = False  # `labctl trace` follows its rules (xtables-monitor --trace)
 
     def require(self, spec: LabSpec) -> None:
         raise NotImplementedError

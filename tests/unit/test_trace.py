@@ -1,0 +1,37 @@
+"""labctl trace's parsing of xtables-monitor --trace output (pure)."""
+
+from __future__ import annotations
+
+from labctl.probe import trace as T
+
+SAMPLE = """PACKET: 2 6ea78b50 IN=cni0 MACSRC=a:58:a:f4:0:3 MACPROTO=0800 SRC=10.244.0.3 DST=10.96.0.11 LEN=40 TTL=64 ID=1 SPORT=47179 DPORT=80 SYN
+ TRACE: 2 6ea78b50 raw:PREROUTING:rule:0x2:CONTINUE  -4 -t raw -A PREROUTING -p tcp -m tcp --sport 47179 -m comment --comment "labctl trace" -j TRACE
+ TRACE: 2 6ea78b50 raw:PREROUTING:policy:ACCEPT
+PACKET: 2 6ea78b50 IN=cni0 MACSRC=a:58:a:f4:0:3 MACPROTO=0800 SRC=10.244.0.3 DST=10.96.0.11 LEN=40 TTL=64 ID=1 SPORT=47179 DPORT=80 SYN
+ TRACE: 2 6ea78b50 nat:PREROUTING:rule:0x29:JUMP:KUBE-SERVICES  -4 -t nat -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+ TRACE: 2 6ea78b50 nat:KUBE-SEP-4EX2N4PG4ASNZOBF:rule:0x63:ACCEPT  -4 -t nat -A KUBE-SEP-4EX2N4PG4ASNZOBF -p tcp -m comment --comment "default/web:http" -m tcp -j DNAT --to-destination 10.244.2.2:8080
+PACKET: 2 9d5099b0 IN=cni0 OUT=flannel.1 SRC=10.244.0.3 DST=10.244.2.2 LEN=40 TTL=63 ID=1 SPORT=47179 DPORT=8080 SYN
+ TRACE: 2 9d5099b0 filter:FLANNEL-FWD:rule:0x23:ACCEPT  -4 -t filter -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment "flanneld forward" -j ACCEPT
+ TRACE: 2 9d5099b0 nat:KUBE-POSTROUTING:rule:0x46:0xfffffffb  -4 -t nat -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+ TRACE: 2 9d5099b0 nat:POSTROUTING:return:
+ TRACE: 2 9d5099b0 nat:POSTROUTING:policy:ACCEPT
+PACKET: 2 c07b5f6d IN=flannel.1 OUT=cni0 SRC=10.244.2.2 DST=10.244.0.3 LEN=40 TTL=63 ID=0 SPORT=8080 DPORT=47179 SYN ACK
+ TRACE: 2 c07b5f6d filter:KUBE-FORWARD:rule:0x22:ACCEPT  -4 -t filter -A KUBE-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+"""
+
+
+def test_hops_come_in_order_with_rules_as_iptables_save_prints_them_and_the_dnat():
+    hops = T.parse(SAMPLE, "node/node1", 47179)
+    assert [h["table"] for h in hops] == ["nat", "nat", "filter", "nat", "nat", "filter"], "the raw table's own marking is left out"
+    assert hops[0]["rule"] == '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' and hops[0]["verdict"] == "JUMP:KUBE-SERVICES"
+    assert hops[1]["nat"] == {"field": "dst", "before": "10.96.0.11:80", "after": "10.244.2.2:8080"}
+    assert hops[3]["verdict"] == "RETURN" and hops[4]["rule"] == "(policy of POSTROUTING)"
+    assert [h["direction"] for h in hops] == ["request"] * 5 + ["reply"]
+    assert T.outcome(hops) == ("10.244.2.2:8080", None)
+
+
+def test_the_marking_rules_take_only_the_probes_syn_and_syn_ack():
+    got = [" ".join(r) for r in T.rules("tcp", 40000)]
+    assert len(got) == 4 and all("--comment labctl trace -j TRACE" in r and "-t raw -I" in r for r in got)
+    assert "-m tcp --sport 40000 --tcp-flags SYN,ACK SYN " in got[0] and "-m tcp --dport 40000 --tcp-flags SYN,ACK SYN,ACK " in got[1]
+    assert "--tcp-flags" not in " ".join(" ".join(r) for r in T.rules("udp", 40000))
