@@ -52,6 +52,13 @@ def say(text: str) -> None:
         sys.stdout.flush()
 
 
+def escaped(text: str) -> str:
+    """Text of the kernel's or the user's (a rule, a comment) that `say` prints as it is."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def note(text: str) -> None:
     _console(True).print(text)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import click
@@ -36,9 +37,10 @@ def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
 
     require_root("trace")
     handle, topo = running_lab(lab_name)
-    if not registry.proxy_mode(topo.lab.proxy_mode).traceable:
+    tracer = registry.proxy_mode(topo.lab.proxy_mode).tracer
+    if tracer is None:
         raise InvalidInput(
-            f"trace follows the iptables mode's rules so far; lab {topo.lab.name} runs proxyMode {topo.lab.proxy_mode}",
+            f"trace follows the iptables and nftables modes' rules so far; lab {topo.lab.name} runs proxyMode {topo.lab.proxy_mode}",
             hint="labctl explain FROM TO shows the rules this mode has for the flow",
         )
     a = resolve(topo, src, role="FROM")
@@ -57,10 +59,16 @@ def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
         for n in nodes:
             ns = names.node_netns(topo.lab.name, n)
             T.clear(ns)
-            for args in T.rules(proto, sport):
-                T._iptables(ns, args)
+            T.clear_nft(ns)
+            if tracer == "nft":
+                subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=T.nft_rules(proto, sport), text=True, check=True, capture_output=True)
+                monitor = ["nft", "monitor", "trace"]
+            else:
+                for args in T.rules(proto, sport):
+                    T._iptables(ns, args)
+                monitor = ["xtables-monitor", "--trace", "-4"]
             logs[n].write_text("")
-            pids.append(procs.spawn(["xtables-monitor", "--trace", "-4"], key=keys[n], journal=handle.journal, log=logs[n], netns=ns))
+            pids.append(procs.spawn(monitor, key=keys[n], journal=handle.journal, log=logs[n], netns=ns))
         _wait_listening(pids)
         before = responder_pid(handle)
         result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, fetch=False, sport=sport)
@@ -73,9 +81,11 @@ def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
             ns = names.node_netns(topo.lab.name, n)
             if ns in _present():
                 T.clear(ns)
+                T.clear_nft(ns)
     hops = []
     for n in _order(topo, a, nodes):
-        hops += T.parse(logs[n].read_text(), f"node/{n}", sport)
+        parse = T.parse_nft if tracer == "nft" else T.parse
+        hops += parse(logs[n].read_text(), f"node/{n}", sport)
         logs[n].unlink(missing_ok=True)
     request = [h for h in hops if h["direction"] == "request"]
     reply = [h for h in hops if h["direction"] == "reply"]
@@ -103,7 +113,8 @@ def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
             if h["netns"] != last:
                 output.say(f"  {h['netns']}")
                 last = h["netns"]
-            output.say(f"    {h['table']:<6} {h['rule']}   [{h['verdict']}]")
+            where = "" if h["rule"].startswith(("-A ", "(policy")) else f"{h['chain']}: "
+            output.say(f"    {h['table']:<6} " + output.escaped(f"{where}{h['rule']}   [{h['verdict']}]"))
             if h.get("nat") and h["nat"].get("after"):
                 output.say(f"           {h['nat']['field']} {h['nat']['before']} -> {h['nat']['after']}")
 

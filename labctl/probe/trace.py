@@ -136,3 +136,100 @@ def settle(paths, quiet: float = 0.15, limit: float = 1.5) -> None:
         elif time.monotonic() - stable_since >= quiet:
             return
         time.sleep(0.02)
+
+
+# -- nftables mode: kube-proxy's own table, traced with `nft monitor trace` ------------
+
+NFT_TABLE = "labctl-trace"
+_NFT = re.compile(r"^trace id (?P<id>[0-9a-f]+) ip (?P<table>\S+) (?P<chain>\S+) (?P<what>packet|rule|policy|verdict)\b:?\s*(?P<rest>.*)$")
+_COUNTER = re.compile(r"\s*counter packets \d+ bytes \d+")
+
+
+def nft_rules(proto: str, sport: int) -> str:
+    """`nft -f` input: a table of labctl's own whose chains, ahead of every other
+    (priority -350), set nftrace on the probe's packets (for TCP its SYN and SYN-ACK)."""
+    if proto == "tcp":
+        request = f"tcp sport {sport} tcp flags & (syn|ack) == syn"
+        reply = f"tcp dport {sport} tcp flags & (syn|ack) == syn|ack"
+    else:
+        request, reply = f"{proto} sport {sport}", f"{proto} dport {sport}"
+    chains = []
+    for name, hook in (("pre", "prerouting"), ("out", "output")):
+        chains.append(
+            f"  chain {name} {{\n    type filter hook {hook} priority -350; policy accept;\n"
+            f'    {request} meta nftrace set 1 comment "{COMMENT}"\n    {reply} meta nftrace set 1 comment "{COMMENT}"\n  }}'
+        )
+    return f"table ip {NFT_TABLE} {{\n" + "\n".join(chains) + "\n}\n"
+
+
+def normal_rule(text: str) -> str:
+    """A rule as nft prints it, its counters' values left out (they move)."""
+    return re.sub(r"\s+", " ", _COUNTER.sub(" counter", text)).strip()
+
+
+_NFT_FIELDS = {
+    "SRC": re.compile(r"ip saddr (\S+)"),
+    "DST": re.compile(r"ip daddr (\S+)"),
+    "SPORT": re.compile(r"(?:tcp|udp) sport (\d+)"),
+    "DPORT": re.compile(r"(?:tcp|udp) dport (\d+)"),
+}
+
+
+def _nft_fields(rest: str) -> dict[str, str]:
+    return {k: m.group(1) for k, rx in _NFT_FIELDS.items() if (m := rx.search(rest))}
+
+
+def parse_nft(text: str, where: str, sport: int) -> list[dict[str, Any]]:
+    """Hops of one namespace's `nft monitor trace` output (the shape of parse())."""
+    hops: list[dict[str, Any]] = []
+    last: dict[str, dict[str, str]] = {}
+    current = "other"
+    pending: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        m = _NFT.match(line.strip())
+        if not m or m.group("table") == NFT_TABLE:
+            continue
+        what, rest = m.group("what"), m.group("rest")
+        if what == "packet":
+            f = _nft_fields(rest)
+            current = "request" if f.get("SPORT") == str(sport) else "reply" if f.get("DPORT") == str(sport) else "other"
+            for hop in [h for h in pending if h["direction"] == current]:
+                field = hop["nat"]["field"]
+                after = f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}"
+                if after != hop["nat"]["before"]:
+                    hop["nat"]["after"] = after
+                pending.remove(hop)
+            last[current] = f
+            continue
+        if what == "policy":
+            rule, verdict = f"(policy of {m.group('chain')})", rest.strip().upper()
+        elif what == "rule":
+            body, _, tail = rest.rpartition(" (verdict ")
+            rule, verdict = normal_rule(body), tail.rstrip(")").strip()
+        else:
+            continue
+        hop: dict[str, Any] = {
+            "netns": where,
+            "kind": "netfilter",
+            "direction": current,
+            "table": m.group("table"),
+            "chain": m.group("chain"),
+            "rule": rule,
+            "verdict": verdict,
+        }
+        f = last.get(current) or {}
+        for word, field in ((" dnat ", "dst"), (" snat ", "src"), (" masquerade", "src")):
+            if word in f" {rule}":
+                hop["nat"] = {
+                    "field": field,
+                    "before": f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}",
+                    "after": None,
+                }
+                pending.append(hop)
+                break
+        hops.append(hop)
+    return hops
+
+
+def clear_nft(ns: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)

@@ -370,7 +370,7 @@ class Iptables(RestoreMode):
 
     name = "iptables"
     replaces_filter = True  # a full sync restores the filter table whole
-    traceable = True
+    tracer = "xtables"
 
     def require(self, spec: LabSpec) -> None:
         from labctl.kernel import run

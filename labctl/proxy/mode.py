@@ -101,7 +101,7 @@ class ProxyMode:
     name = ""
     replaces_filter = False  # a full sync rewrites the iptables filter table whole (policy chains go with it)
     record_version = 1
-    traceable = False  # `labctl trace` follows its rules (xtables-monitor --trace)
+    tracer: str | None = None  # how `labctl trace` follows its rules: "xtables" (xtables-monitor) or "nft" (nft monitor trace)
 
     def require(self, spec: LabSpec) -> None:
         raise NotImplementedError

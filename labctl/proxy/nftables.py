@@ -312,6 +312,7 @@ class Nftables(RestoreMode):
     """kube-proxy's nftables mode: one table, `ip kube-proxy`, written with `nft -f`."""
 
     name = "nftables"
+    tracer = "nft"
 
     def require(self, spec: LabSpec) -> None:
         from labctl.kernel import run

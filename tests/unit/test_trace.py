@@ -35,3 +35,33 @@ def test_the_marking_rules_take_only_the_probes_syn_and_syn_ack():
     assert len(got) == 4 and all("--comment labctl trace -j TRACE" in r and "-t raw -I" in r for r in got)
     assert "-m tcp --sport 40000 --tcp-flags SYN,ACK SYN " in got[0] and "-m tcp --dport 40000 --tcp-flags SYN,ACK SYN,ACK " in got[1]
     assert "--tcp-flags" not in " ".join(" ".join(r) for r in T.rules("udp", 40000))
+
+
+NFT_SAMPLE = """trace id c895a16c ip labctl-trace pre packet: iif "cni0" ip saddr 10.244.0.3 ip daddr 10.96.0.11 ip ttl 64 tcp sport 50123 tcp dport 80 tcp flags == syn
+trace id c895a16c ip labctl-trace pre rule tcp sport 50123 tcp flags syn / syn,ack meta nftrace set 1 (verdict continue)
+trace id c895a16c ip kube-proxy nat-prerouting packet: iif "cni0" ip saddr 10.244.0.3 ip daddr 10.96.0.11 tcp sport 50123 tcp dport 80 tcp flags == syn
+trace id c895a16c ip kube-proxy nat-prerouting rule jump services (verdict jump services)
+trace id c895a16c ip kube-proxy endpoint-CFQGW5QF-default/web/tcp/http__10.244.0.2/8080 rule meta l4proto tcp dnat to 10.244.0.2:8080 (verdict accept)
+trace id c895a16c ip kube-proxy filter-forward packet: iif "cni0" oif "cni0" ip saddr 10.244.0.3 ip daddr 10.244.0.2 tcp sport 50123 tcp dport 8080 tcp flags == syn
+trace id c895a16c ip filter FORWARD rule  counter packets 7 bytes 420 jump FLANNEL-FWD (verdict jump FLANNEL-FWD)
+trace id c895a16c ip kube-proxy filter-forward policy accept
+trace id d2a7b44a ip kube-proxy filter-forward packet: iif "cni0" ip saddr 10.244.0.2 ip daddr 10.244.0.3 tcp sport 8080 tcp dport 50123 tcp flags == 0x12
+trace id d2a7b44a ip filter LABCTL-NETPOL rule ct state related,established  counter packets 0 bytes 0 return (verdict return)
+"""
+
+
+def test_nft_monitor_trace_lines_become_hops_with_the_dnat_and_no_counters():
+    hops = T.parse_nft(NFT_SAMPLE, "node/node1", 50123)
+    assert [h["chain"] for h in hops] == [
+        "nat-prerouting",
+        "endpoint-CFQGW5QF-default/web/tcp/http__10.244.0.2/8080",
+        "FORWARD",
+        "filter-forward",
+        "LABCTL-NETPOL",
+    ]
+    assert hops[1]["nat"] == {"field": "dst", "before": "10.96.0.11:80", "after": "10.244.0.2:8080"}
+    assert hops[2]["rule"] == "counter jump FLANNEL-FWD" and hops[2]["verdict"] == "jump FLANNEL-FWD", "counter values move: left out"
+    assert hops[3]["rule"] == "(policy of filter-forward)" and hops[3]["verdict"] == "ACCEPT"
+    assert [h["direction"] for h in hops] == ["request"] * 4 + ["reply"]
+    text = T.nft_rules("tcp", 50123)
+    assert text.startswith("table ip labctl-trace {") and "priority -350" in text and "tcp sport 50123 tcp flags & (syn|ack) == syn meta nftrace set 1" in text
