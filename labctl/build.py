@@ -17,7 +17,7 @@ from typing import Callable
 
 from labctl import failpoints, registry
 from labctl.errors import LabError
-from labctl.kernel import netns, procs, run
+from labctl.kernel import ifindex, netns, procs, run
 from labctl.kernel.nl import Batch
 from labctl.model import dns, names
 from labctl.model.objects import Container, LabSpec, Pod, Topology
@@ -266,7 +266,7 @@ class Builder:
                 os.replace(tmp, conf)
             key = names.daemon_key(node.name, d.name)
             rec = owned.get(key)
-            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+            if procs.record_alive(rec):
                 if changed:
                     p = subprocess.run(backend.daemon_reload_argv(sock), capture_output=True, text=True)
                     if p.returncode != 0 or "error" in p.stdout.lower():
@@ -299,11 +299,14 @@ class Builder:
         d = registry.overlay(spec.overlay).daemon
         if d is None:
             return
+        self._stop_recorded([names.daemon_key(node.name, d.name) for node in nodes])
+
+    def _stop_recorded(self, keys: list[str]) -> None:
+        """Stop the recorded processes of these journal keys that run, and forget them."""
         owned = self.journal.replay().procs
-        for node in nodes:
-            key = names.daemon_key(node.name, d.name)
+        for key in keys:
             rec = owned.get(key)
-            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+            if procs.record_alive(rec):
                 procs.stop([rec["pid"]])
             if rec:
                 self.journal.release_proc(key)
@@ -370,11 +373,12 @@ class Builder:
             by_node[pod.node].append(pod)
         for node_name, pods in by_node.items():
             b = Batch(names.node_netns(lab, node_name))
+            cni0 = ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE)  # once per node, not per pod
             with ExitStack() as stack:
                 for pod in pods:
                     fd = netns.open_fd(names.pod_netns(lab, pod.namespace, pod.name))
                     stack.callback(os.close, fd)
-                    pod_plumbing.host_end(b, spec, pod, fd, mtu)
+                    pod_plumbing.host_end(b, spec, pod, fd, mtu, cni0)
                 b.commit()
             node = spec.node(node_name)
             for pod in pods:
@@ -402,45 +406,22 @@ class Builder:
                 self._spawn(topo, pod, c)
 
     def stop_commands(self, pod: Pod) -> None:
-        owned = self.journal.replay().procs
-        for c in pod.containers:
-            key = names.command_key(pod.key, c.name)
-            rec = owned.get(key)
-            if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
-                procs.stop([rec["pid"]])
-            if rec:
-                self.journal.release_proc(key)
+        self._stop_recorded([names.command_key(pod.key, c.name) for c in pod.containers])
 
-    def sync_external_commands(self, old: Topology | None, new: Topology) -> int:
+    def sync_external_commands(self, old: Topology | None, new: Topology) -> None:
         """Each external's command running as its entry says: started when new or dead,
-        started again when it changed, stopped when the external or its command went.
-        Returns how many were started."""
+        started again when it changed, stopped when the external or its command went."""
         owned = self.journal.replay().procs
         was = {e.name: e.command for e in old.lab.externals} if old is not None else {}
-        now = {e.name: e for e in new.lab.externals}
-        started = 0
+        now = {e.name: e.command for e in new.lab.externals}
         for name in set(was) | set(now):
             key = names.external_command_key(name)
-            rec = owned.get(key)
-            alive = bool(rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")))
-            ext = now.get(name)
-            wanted = ext.command if ext is not None else None
-            if alive and wanted == was.get(name):
+            if procs.record_alive(owned.get(key)) and now.get(name) == was.get(name):
                 continue
-            if alive:
-                procs.stop([rec["pid"]])
-            if rec:
-                self.journal.release_proc(key)
-            if ext is not None and wanted:
-                procs.spawn(
-                    list(wanted),
-                    key=key,
-                    journal=self.journal,
-                    log=self.dir.logs / f"ext_{name}.log",
-                    netns=names.external_netns(new.lab.name, name),
-                )
-                started += 1
-        return started
+            self._stop_recorded([key])
+            if now.get(name):
+                log = self.dir.logs / f"ext_{name}.log"
+                procs.spawn(list(now[name] or ()), key=key, journal=self.journal, log=log, netns=names.external_netns(new.lab.name, name))
 
     def restart_dead_commands(self, topo: Topology) -> int:
         """Like a kubelet with restartPolicy Always, `up` restarts commands that exited."""
@@ -451,7 +432,7 @@ class Builder:
                 if c.command is None:
                     continue
                 rec = owned.get(names.command_key(pod.key, c.name))
-                if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+                if procs.record_alive(rec):
                     continue
                 self._spawn(topo, pod, c)
                 n += 1

@@ -27,7 +27,7 @@ def ensure(handle) -> None:
     if topo is None or not topo.terminating:
         return
     rec = handle.journal.replay().procs.get(KEY)
-    if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+    if procs.record_alive(rec):
         return
     if rec:
         handle.journal.release_proc(KEY)

@@ -109,7 +109,7 @@ def install(journal, topo: Topology, configs: list[tuple[Pod, str]], what: str) 
             os.replace(new, path)
             failpoints.hit("ingress-config")
         rec = owned.get(names.command_key(pod.key, pod.containers[0].name))
-        running = rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start"))
+        running = procs.record_alive(rec)
         # a reload when the text changed, or when nginx serves another text than the file's
         # (a run killed between writing the file and signalling nginx)
         if running and (conf != old or generation_served(ns) != gen):

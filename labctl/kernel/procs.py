@@ -90,6 +90,11 @@ def spawn(
     return proc.pid
 
 
+def record_alive(rec: dict | None) -> bool:
+    """A journal's process record whose process still runs (pid and start time match)."""
+    return bool(rec and rec.get("pid") and alive(rec["pid"], rec.get("start")))
+
+
 def recorded(owned: dict[str, dict]) -> list[int]:
     """The journaled processes still running (pid and start time both match)."""
     return [r["pid"] for r in owned.values() if r.get("pid") and alive(r["pid"], r.get("start"))]

@@ -220,6 +220,13 @@ class Topology:
         raise KeyError(key)
 
     @cached_property
+    def zones(self) -> dict[str, str]:
+        """node -> its topology.kubernetes.io/zone label ("" without one)."""
+        from labctl.model.slices import ZONE_LABEL
+
+        return {n.name: n.labels.get(ZONE_LABEL, "") for n in self.lab.nodes}
+
+    @cached_property
     def user_slices(self) -> tuple[dict[str, Any], ...]:
         """EndpointSlices the user wrote, and those mirrored from Endpoints of Services
         without a selector (labctl.model.slices)."""

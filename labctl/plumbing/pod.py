@@ -14,8 +14,9 @@ from labctl.model import ipam, names
 from labctl.model.objects import LabSpec, Node, Pod
 
 
-def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int, mtu: int) -> None:
-    """In the node's namespace: the veth pair, its pod end created as eth0 in the pod."""
+def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int, mtu: int, cni0: int | None = None) -> None:
+    """In the node's namespace: the veth pair, its pod end created as eth0 in the pod
+    (`cni0`: the bridge's index when the caller has it, for many pods of one node)."""
     veth = names.pod_veth(spec.name, pod.namespace, pod.name)
     assert pod.ip
     pod_netns = names.pod_netns(spec.name, pod.namespace, pod.name)
@@ -27,7 +28,7 @@ def host_end(b: Batch, spec: LabSpec, pod: Pod, pod_netns_fd: int, mtu: int) -> 
         peer_index=ifindex.fresh(pod_netns, ifindex.ETH0),
         mtu=mtu,
         peer_mac=ipam.mac_for_ip(pod.ip),
-        master=ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE),
+        master=cni0 or ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE),
         up=True,
     )
     b.hairpin(veth)

@@ -14,7 +14,8 @@ from labctl.model.objects import Node, Topology
 from labctl.model.targets import Endpoint
 
 
-def _node_of(topo: Topology, ep: Endpoint) -> Node | None:
+def node_of(topo: Topology, ep: Endpoint) -> Node | None:
+    """The node an endpoint's traffic starts from: a pod's, or the node itself."""
     if ep.pod is not None:
         return topo.lab.node(ep.pod.node)
     if ep.label.startswith("node/"):
@@ -33,7 +34,7 @@ def _holder(topo: Topology, ip: str) -> Node | None:
 def route_gap(topo: Topology, src: Endpoint, dst_ip: str) -> str | None:
     """A sentence naming the missing route, or None (the route is there, or the
     question does not apply: same node, not a pod address, an external source)."""
-    local = _node_of(topo, src)
+    local = node_of(topo, src)
     remote = _holder(topo, dst_ip)
     if local is None or remote is None or local.name == remote.name:
         return None

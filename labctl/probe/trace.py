@@ -59,69 +59,81 @@ def _fields(rest: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
 
 
+def _addr(f: dict[str, str], field: str) -> str:
+    return f"{f.get('DST')}:{f.get('DPORT')}" if field == "dst" else f"{f.get('SRC')}:{f.get('SPORT')}"
+
+
+class _Flow:
+    """One namespace's trace as it is read: which way each packet goes (the probe's
+    source port says), and the NAT rules waiting for the next packet line of their
+    direction to show what they rewrote. Both monitors' parsers fill it."""
+
+    def __init__(self, where: str, sport: int):
+        self.where, self.sport = where, str(sport)
+        self.current = "other"
+        self.last: dict[str, dict[str, str]] = {}  # direction -> the fields of its last packet line
+        self.pending: list[dict[str, Any]] = []
+        self.hops: list[dict[str, Any]] = []
+
+    def packet(self, f: dict[str, str]) -> None:
+        self.current = "request" if f.get("SPORT") == self.sport else "reply" if f.get("DPORT") == self.sport else "other"
+        for hop in [h for h in self.pending if h["direction"] == self.current]:
+            after = _addr(f, hop["nat"]["field"])
+            if after != hop["nat"]["before"]:
+                hop["nat"]["after"] = after
+            self.pending.remove(hop)
+        self.last[self.current] = f
+
+    def hop(self, table: str, chain: str, rule: str, verdict: str, nat: str | None) -> None:
+        """`nat`: "dst" or "src" when the rule rewrites that side."""
+        hop: dict[str, Any] = {
+            "netns": self.where,
+            "kind": "netfilter",
+            "direction": self.current,
+            "table": table,
+            "chain": chain,
+            "rule": rule,
+            "verdict": verdict,
+        }
+        if nat:
+            hop["nat"] = {"field": nat, "before": _addr(self.last.get(self.current) or {}, nat), "after": None}
+            self.pending.append(hop)
+        self.hops.append(hop)
+
+
 def parse(text: str, where: str, sport: int) -> list[dict[str, Any]]:
-    """Hops of one namespace's monitor output, in order. Each: netns, kind
+    """Hops of one namespace's xtables-monitor output, in order. Each: netns, kind
     ("netfilter"), direction ("request" | "reply"), table, chain, rule (as
     iptables-save prints it, "-A CHAIN ..."), verdict; NAT rules also "nat"."""
-    hops: list[dict[str, Any]] = []
-    last_packet: dict[str, dict[str, str]] = {}  # direction -> the fields of its last packet line
-    pending_nat: list[tuple[dict[str, Any], str]] = []
+    flow = _Flow(where, sport)
     for line in text.splitlines():
         m = _PACKET.match(line)
         if m:
-            f = _fields(m.group("rest"))
-            direction = "request" if f.get("SPORT") == str(sport) else "reply" if f.get("DPORT") == str(sport) else "other"
-            for hop, field in [p for p in pending_nat if p[0]["direction"] == direction]:
-                before = hop["nat"]["before"]
-                after = f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}"
-                if after != before:
-                    hop["nat"]["after"] = after
-                pending_nat.remove((hop, field))
-            last_packet[direction] = f
-            last_packet["_current"] = {"direction": direction}
+            flow.packet(_fields(m.group("rest")))
             continue
         m = _TRACE.match(line)
-        if not m or m.group("table") == "raw":  # the raw table holds nothing but the trace's own marking
+        # the raw table holds nothing but the trace's own marking; "return" lines repeat the caller
+        if not m or m.group("table") == "raw" or m.group("kind") == "return":
             continue
-        direction = (last_packet.get("_current") or {}).get("direction", "other")
-        kind, tail, rule = m.group("kind"), m.group("tail"), m.group("rule").strip()
-        rule = re.sub(r"^-4 -t \w+ ", "", rule)
-        verdict = tail.split(":", 1)[-1] if kind == "rule" else (tail or kind).upper() if kind == "policy" else "RETURN"
-        if kind == "rule" and tail.startswith("0x"):
-            verdict = tail.split(":", 1)[1] if ":" in tail else tail
-        if verdict == "0xfffffffb":
-            verdict = "RETURN"
-        if kind == "return":
-            continue
-        hop: dict[str, Any] = {
-            "netns": where,
-            "kind": "netfilter",
-            "direction": direction,
-            "table": m.group("table"),
-            "chain": m.group("chain"),
-            "rule": rule or f"(policy of {m.group('chain')})",
-            "verdict": verdict,
-        }
-        f = last_packet.get(direction) or {}
-        for target, field in (("DNAT", "dst"), ("SNAT", "src"), ("MASQUERADE", "src")):
-            if f"-j {target}" in rule:
-                before = f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}"
-                hop["nat"] = {"field": field, "before": before, "after": None}
-                pending_nat.append((hop, field))
-        hops.append(hop)
-    return hops
+        rule = re.sub(r"^-4 -t \w+ ", "", m.group("rule").strip())
+        tail = m.group("tail")
+        verdict = tail if m.group("kind") == "policy" else tail.partition(":")[2]
+        verdict = "RETURN" if verdict == "0xfffffffb" else verdict
+        nat = next((field for target, field in (("DNAT", "dst"), ("SNAT", "src"), ("MASQUERADE", "src")) if f"-j {target}" in rule), None)
+        flow.hop(m.group("table"), m.group("chain"), rule or f"(policy of {m.group('chain')})", verdict, nat)
+    return flow.hops
 
 
-def _iptables(ns: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def iptables(ns: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "netns", "exec", ns, "iptables", *args], capture_output=True, text=True, check=check)
 
 
 def clear(ns: str) -> None:
     """Remove every trace rule of a node (this trace's, or one a crash left)."""
-    listing = _iptables(ns, ["-t", "raw", "-S"], check=False).stdout
+    listing = iptables(ns, ["-t", "raw", "-S"], check=False).stdout
     for line in listing.splitlines():
         if f'--comment "{COMMENT}"' in line and line.startswith("-A "):
-            _iptables(ns, ["-t", "raw", "-D", *shlex.split(line)[1:]], check=False)
+            iptables(ns, ["-t", "raw", "-D", *shlex.split(line)[1:]], check=False)
 
 
 def settle(paths, quiet: float = 0.15, limit: float = 1.5) -> None:
@@ -181,55 +193,104 @@ def _nft_fields(rest: str) -> dict[str, str]:
 
 def parse_nft(text: str, where: str, sport: int) -> list[dict[str, Any]]:
     """Hops of one namespace's `nft monitor trace` output (the shape of parse())."""
-    hops: list[dict[str, Any]] = []
-    last: dict[str, dict[str, str]] = {}
-    current = "other"
-    pending: list[dict[str, Any]] = []
+    flow = _Flow(where, sport)
     for line in text.splitlines():
         m = _NFT.match(line.strip())
         if not m or m.group("table") == NFT_TABLE:
             continue
         what, rest = m.group("what"), m.group("rest")
         if what == "packet":
-            f = _nft_fields(rest)
-            current = "request" if f.get("SPORT") == str(sport) else "reply" if f.get("DPORT") == str(sport) else "other"
-            for hop in [h for h in pending if h["direction"] == current]:
-                field = hop["nat"]["field"]
-                after = f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}"
-                if after != hop["nat"]["before"]:
-                    hop["nat"]["after"] = after
-                pending.remove(hop)
-            last[current] = f
-            continue
-        if what == "policy":
-            rule, verdict = f"(policy of {m.group('chain')})", rest.strip().upper()
+            flow.packet(_nft_fields(rest))
+        elif what == "policy":
+            flow.hop(m.group("table"), m.group("chain"), f"(policy of {m.group('chain')})", rest.strip().upper(), None)
         elif what == "rule":
             body, _, tail = rest.rpartition(" (verdict ")
-            rule, verdict = normal_rule(body), tail.rstrip(")").strip()
-        else:
-            continue
-        hop: dict[str, Any] = {
-            "netns": where,
-            "kind": "netfilter",
-            "direction": current,
-            "table": m.group("table"),
-            "chain": m.group("chain"),
-            "rule": rule,
-            "verdict": verdict,
-        }
-        f = last.get(current) or {}
-        for word, field in ((" dnat ", "dst"), (" snat ", "src"), (" masquerade", "src")):
-            if word in f" {rule}":
-                hop["nat"] = {
-                    "field": field,
-                    "before": f"{f.get('DST' if field == 'dst' else 'SRC')}:{f.get('DPORT' if field == 'dst' else 'SPORT')}",
-                    "after": None,
-                }
-                pending.append(hop)
-                break
-        hops.append(hop)
-    return hops
+            rule = normal_rule(body)
+            nat = next((field for word, field in ((" dnat ", "dst"), (" snat ", "src"), (" masquerade", "src")) if word in f" {rule}"), None)
+            flow.hop(m.group("table"), m.group("chain"), rule, tail.rstrip(")").strip(), nat)
+    return flow.hops
 
 
 def clear_nft(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
+
+
+# -- one trace, end to end (the side effects) ---------------------------------------------
+
+
+def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, still_up=lambda: None):
+    """Mark the flow and start a monitor in every node, send the probe, collect and
+    parse what the monitors saw, and take everything away again. Returns (the probe's
+    result, request hops, reply hops); for an answered TCP probe, who served and whom
+    it saw come from the kernel's own rewrites of the traced SYN. `still_up()`
+    raises when the lab went down while the probe ran."""
+    from labctl.kernel import netns, procs
+    from labctl.model import names
+    from labctl.probe import ports, scapy_probe
+    from labctl.probe.routes import node_of
+
+    nodes = [n.name for n in topo.lab.nodes]
+    spaces = {n: names.node_netns(topo.lab.name, n) for n in nodes}
+    sport = ports.reserve(topo.lab.name)
+    logs = {n: handle.dir.logs / f"trace-{n}.log" for n in nodes}
+    keys = {n: f"trace:node/{n}" for n in nodes}
+    pids = []
+    try:
+        for n, ns in spaces.items():
+            clear(ns)
+            clear_nft(ns)
+            if tracer == "nft":
+                subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=nft_rules(proto, sport), text=True, check=True, capture_output=True)
+                monitor = ["nft", "monitor", "trace"]
+            else:
+                for args in rules(proto, sport):
+                    iptables(ns, args)
+                monitor = ["xtables-monitor", "--trace", "-4"]
+            logs[n].write_text("")
+            pids.append(procs.spawn(monitor, key=keys[n], journal=handle.journal, log=logs[n], netns=ns))
+        _wait_listening(pids)
+        result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, fetch=False, sport=sport)
+        settle(list(logs.values()))
+        still_up()
+    finally:
+        procs.stop(pids)
+        present = set(netns.listed())
+        for n, ns in spaces.items():
+            handle.journal.release_proc(keys[n])
+            if ns in present:
+                clear(ns)
+                clear_nft(ns)
+    first = node_of(topo, a)
+    order = ([first.name] if first is not None else []) + [n for n in nodes if first is None or n != first.name]
+    read = parse_nft if tracer == "nft" else parse
+    hops = []
+    for n in order:
+        hops += read(logs[n].read_text(), f"node/{n}", sport)
+        logs[n].unlink(missing_ok=True)
+    request = [h for h in hops if h["direction"] == "request"]
+    reply = [h for h in hops if h["direction"] == "reply"]
+    if proto == "tcp" and result.verdict == "open":
+        dst, seen = outcome(request)
+        ip = (dst or f"{b.ip}:").split(":")[0]
+        result.served_by = next((p.key for p in topo.pods if p.ip == ip), None) or next((f"ext/{e.name}" for e in topo.lab.externals if e.ip == ip), ip)
+        result.client_ip_seen = (seen or f"{result.src_ip}:").split(":")[0]
+    return result, request, reply
+
+
+def _wait_listening(pids: list[int], limit: float = 3.0) -> None:
+    """Each monitor has its netlink socket open (it listens from then on)."""
+    import os
+
+    from labctl.errors import LabError
+
+    deadline = time.monotonic() + limit
+    for pid in pids:
+        while True:
+            try:
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd")):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(f"the trace monitor (pid {pid}) did not start listening within {limit:.0f} s")
+            time.sleep(0.01)

@@ -206,10 +206,9 @@ def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodInd
 def service_ports(topo: Topology, proxied_only: bool = True, only: set[str] | None = None) -> list[ServicePortInfo]:
     """Every port of every (proxied) service with its endpoints; `only`: of those services alone."""
     index = PodIndex(topo.pods)
-    zones = {n.name: n.labels.get("topology.kubernetes.io/zone", "") for n in topo.lab.nodes}
     terminating = any(p.terminating for p in topo.pods)
     return [
-        ServicePortInfo(s, p, endpoints(topo, s, p, index), zones, terminating_endpoints(topo, s, p, index) if terminating else ())
+        ServicePortInfo(s, p, endpoints(topo, s, p, index), topo.zones, terminating_endpoints(topo, s, p, index) if terminating else ())
         for s in topo.services
         if (s.proxied or not proxied_only) and (only is None or s.key in only)
         for p in s.ports

@@ -29,7 +29,6 @@ MANAGED_BY = "endpointslice-controller.k8s.io"
 SERVICE_NAME = "kubernetes.io/service-name"
 MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 HEADLESS = "service.kubernetes.io/headless"
-ZONE = "topology.kubernetes.io/zone"
 _ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what generateName draws suffixes from
 
 
@@ -60,9 +59,9 @@ def _endpoint(topo: Topology, service: Service, pod: Pod, hint: Hints | None = N
     ep["targetRef"] = {"kind": "Pod", "namespace": pod.namespace, "name": pod.name}
     if pod.node:
         ep["nodeName"] = pod.node
-        node = next((n for n in topo.lab.nodes if n.name == pod.node), None)
-        if node is not None and node.labels.get(ZONE):
-            ep["zone"] = node.labels[ZONE]
+        zone = _zone(topo, pod.node)
+        if zone:
+            ep["zone"] = zone
     if hint is not None:
         ep["hints"] = {"forZones": [{"name": z} for z in hint.zones]} if hint.zones else {}
         if hint.nodes:
@@ -88,10 +87,8 @@ def _api_server(service: Service) -> list[dict[str, Any]]:
 
 
 def _zone(topo: Topology, node_name: str | None) -> str | None:
-    for n in topo.lab.nodes:
-        if n.name == node_name:
-            return n.labels.get(ZONE) or None
-    return None
+    """A node's zone label (None: no label, or no such node)."""
+    return topo.zones.get(node_name or "") or None
 
 
 def _candidates(topo: Topology, service: Service, pods: list[Pod]) -> list[Candidate]:

@@ -77,7 +77,7 @@ def _request(labdir: LabDir, command: str, timeout: float = 30.0) -> str:
 
 def running(labdir: LabDir, journal: Journal) -> int | None:
     rec = journal.replay().procs.get(KEY)
-    if rec and rec.get("pid") and procs.alive(rec["pid"], rec.get("start")):
+    if procs.record_alive(rec):
         return rec["pid"]
     return None
 
