@@ -7,7 +7,8 @@ import click
 from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
-from labctl.errors import InvalidInput
+from labctl.cli.probe import VERDICTS
+from labctl.errors import CheckFailed, InvalidInput
 
 
 @cli.command()
@@ -18,43 +19,62 @@ from labctl.errors import InvalidInput
 @click.option("--proto", type=click.Choice(["tcp", "udp"]), default="tcp", show_default=True)
 @click.option("--timeout", type=click.FloatRange(0.05, 30), default=1.0, show_default=True, help="Seconds to wait for an answer.")
 @click.option("--via", metavar="node/NAME", help="For svc/NS/NAME@nodeport: the node whose address is used.")
+@click.option("--expect", type=click.Choice(VERDICTS), help="Exit 1 unless the verdict is this.")
 @json_option
-def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
-    """Send one probe with the kernel's netfilter tracing on for that flow only, in
-    the nodes it may cross, and print every rule it hit (as iptables-save writes
-    them), the address rewrites (DNAT, masquerade) and the reply's rules. Proxy
-    mode iptables; the trace rules and monitors are gone when it ends."""
-    from labctl import registry
-    from labctl.model.targets import default_port, resolve
-    from labctl.probe import trace as T
+def trace(lab_name, src, dst, port, proto, timeout, via, expect, as_json) -> None:
+    """Send one probe with the kernel's tracing on for that flow only and print its
+    path hop by hop, namespace by namespace: the sender's route, the bridge port,
+    conntrack's entry, every netfilter rule it hit (as iptables-save or nft list
+    ruleset prints it, in the iptables, nftables and ipvs modes), the DNAT and
+    masquerade rewrites, IPVS's connection, the route the kernel chose, VXLAN
+    encapsulation and decapsulation with the outer addresses, delivery; then the
+    reply's. The trace rules and monitors are gone when it ends."""
+    from labctl.model.targets import resolve
 
     require_root("trace")
     handle, topo = running_lab(lab_name)
-    tracer = registry.proxy_mode(topo.lab.proxy_mode).tracer
-    if tracer is None:
-        raise InvalidInput(
-            f"trace follows the iptables and nftables modes' rules so far; lab {topo.lab.name} runs proxyMode {topo.lab.proxy_mode}",
-            hint="labctl explain FROM TO shows the rules this mode has for the flow",
-        )
     a = resolve(topo, src, role="FROM")
     b = resolve(topo, dst, role="TO", via=via)
-    if a.netns is None:
-        raise InvalidInput(f"FROM {src!r} is an address: trace sends from a pod, a node or an external")
-    port = port or default_port(b, proto)
-    if port is None:
-        raise InvalidInput(f"TO {dst!r} declares no {proto} port: give --port")
-    before = responder_pid(handle)
-    result, request, reply = T.run(handle, topo, a, b, proto, port, timeout, tracer, still_up=lambda: still_up(handle, topo, before))
-    out = {**result.to_dict(), "hops": request, "reply_hops": reply}
+    out = traced(handle, topo, a, b, port, proto, timeout)
     if as_json:
         output.emit_json(out)
-        return
-    where = f"{b.ip}:{port}/{proto}"
-    output.say(
-        f"{a.label} -> {b.label if b.label != b.ip else where} ({where}): [bold]{result.verdict}[/bold]"
-        + (f" (served by {result.served_by})" if result.served_by else "")
+    else:
+        say(out, b, port)
+    if expect and out["verdict"] != expect:
+        raise CheckFailed(f"expected {expect}, got {out['verdict']}")
+
+
+def traced(handle, topo, a, b, port, proto, timeout) -> dict:
+    """One trace from resolved targets: the probe's keys, hops and reply_hops."""
+    from labctl import registry
+    from labctl.model.targets import default_port
+    from labctl.probe import trace as T
+
+    mode = registry.proxy_mode(topo.lab.proxy_mode)
+    if mode.tracer is None:
+        raise InvalidInput(f"trace does not follow proxyMode {topo.lab.proxy_mode} yet (lab {topo.lab.name})")
+    if a.netns is None:
+        raise InvalidInput(f"FROM {a.label!r} is an address: trace sends from a pod, a node or an external")
+    port = port or default_port(b, proto)
+    if port is None:
+        raise InvalidInput(f"TO {b.label!r} declares no {proto} port: give --port")
+    before = responder_pid(handle)
+    result, request, reply = T.run(
+        handle, topo, a, b, proto, port, timeout, mode.tracer, still_up=lambda: still_up(handle, topo, before), ipvs=mode.traces_ipvs
     )
-    for title, group in (("request", request), ("reply", reply)):
+    return {**result.to_dict(), "hops": request, "reply_hops": reply}
+
+
+def say(out: dict, b, port) -> None:
+    """The text form: a line per hop, grouped by namespace, request then reply."""
+    from labctl.probe import trace as T
+
+    where = f"{b.ip}:{out.get('port') or port}/{out.get('proto')}"
+    output.say(
+        f"{out.get('from', '')} -> {b.label if b.label != b.ip else where} ({where}): [bold]{out['verdict']}[/bold]"
+        + (f" (served by {out['served_by']})" if out.get("served_by") else "")
+    )
+    for title, group in (("request", out["hops"]), ("reply", out["reply_hops"])):
         if not group:
             continue
         output.say(f"{title}:")
@@ -63,7 +83,4 @@ def trace(lab_name, src, dst, port, proto, timeout, via, as_json) -> None:
             if h["netns"] != last:
                 output.say(f"  {h['netns']}")
                 last = h["netns"]
-            where = "" if h["rule"].startswith(("-A ", "(policy")) else f"{h['chain']}: "
-            output.say(f"    {h['table']:<6} " + output.escaped(f"{where}{h['rule']}   [{h['verdict']}]"))
-            if h.get("nat") and h["nat"].get("after"):
-                output.say(f"           {h['nat']['field']} {h['nat']['before']} -> {h['nat']['after']}")
+            output.say(output.escaped(T.hop_line(h)))

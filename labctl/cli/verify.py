@@ -11,7 +11,7 @@ import click
 from labctl import output
 from labctl.cli import cli, require_root
 from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
-from labctl.errors import CheckFailed
+from labctl.errors import CheckFailed, InvalidInput
 
 
 @cli.command()
@@ -78,8 +78,9 @@ def verify(lab_name, timeout, workers, as_json) -> None:
 @click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
 @click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
 @click.option("--https", is_flag=True, help="--http: over TLS (hop 1 to port 443).")
+@click.option("--trace", "with_trace", is_flag=True, help="Also trace the flow in the kernel (labctl trace) and say where the two disagree (root).")
 @json_option
-def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, http_headers, https, as_json) -> None:
+def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, http_headers, https, with_trace, as_json) -> None:
     """Which policies select FROM (egress) and TO (ingress), which rule allows
     the connection or why it is denied, and the kernel chains that decide it.
     TO may be a service (svc/NS/NAME): where FROM's node decides it, and the
@@ -87,7 +88,9 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
     With --http, TO is an L7 proxy (`ingress`, gw/NS/NAME): hop 1 to the
     proxy's Service, the route its nginx.conf picks, and hop 2 from each proxy
     pod to the backend's endpoints.
-    Needs no root: it reads the applied topology."""
+    Needs no root: it reads the applied topology. With --trace (root), a probe
+    of the same flow is traced in the kernel and shown beside it, with the
+    places where the semantics and the kernel's path disagree."""
     from labctl.model.targets import resolve
     from labctl.policy.explain import explain as why
     from labctl.policy.explain import explain_http
@@ -103,6 +106,12 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
         return
     a, b = resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO")
     r = why(topo, a, b, port, proto)
+    if with_trace:
+        from labctl.probe.trace import agreement
+
+        r["trace"] = _trace(lab_name, topo, a, b, r["port"], proto)
+        d = agreement(r, r["trace"])
+        r["trace"].update(agrees=d is None, disagreement=d)
     if "service" not in r and os.geteuid() == 0:  # the semantics, and whether the kernel can route it at all
         from labctl.probe.routes import route_gap
 
@@ -112,6 +121,28 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
     if as_json:
         output.emit_json({k: v for k, v in r.items() if k != "ip"} if "service" in r else _pod_json(r))
         return
+    _say_explain(r)
+    if with_trace:
+        from labctl.cli.trace import say
+
+        output.say("the kernel's path (labctl trace):")
+        say(r["trace"], b, r["port"])
+        t = r["trace"]
+        output.say("[bold]the semantics and the kernel agree[/bold]" if t["agrees"] else f"[bold]they disagree[/bold]: {output.escaped(t['disagreement'])}")
+
+
+def _trace(lab_name, topo, a, b, port, proto) -> dict:
+    from labctl.cli import require_root
+    from labctl.cli.trace import traced
+
+    require_root("explain --trace")
+    if proto not in ("tcp", "udp"):
+        raise InvalidInput(f"--trace follows tcp and udp flows, not {proto}")
+    handle, _ = running_lab(lab_name)
+    return traced(handle, topo, a, b, port, proto, 1.0)
+
+
+def _say_explain(r: dict) -> None:
     verdict = "[bold]allowed[/bold]" if r["allowed"] else "[bold]denied[/bold]"
     if "service" in r:
         svc = r["service"]

@@ -227,7 +227,16 @@ def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq:
 
 
 def probe(
-    src_label: str, src_netns: str, dst: str, target: str, proto: str, port: int | None, timeout: float, fetch: bool = True, sport: int | None = None
+    src_label: str,
+    src_netns: str,
+    dst: str,
+    target: str,
+    proto: str,
+    port: int | None,
+    timeout: float,
+    fetch: bool = True,
+    sport: int | None = None,
+    seq: int | None = None,
 ) -> ProbeResult:
     """One probe; `fetch` False skips the real connection that reads the responder's JSON (TCP).
     `sport`: the source port (or ICMP id), from labctl.probe.ports; default random."""
@@ -241,11 +250,12 @@ def probe(
         wire = _Wire(proto)
     result = ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=src_ip)
     sport = sport or _rng.randint(33000, 60999)
-    seq = _rng.randint(0, 2**31)
+    traced = seq is not None  # a trace's probe: its UDP payload starts with the seq, which its rules match
+    seq = _rng.randint(0, 2**31) if seq is None else seq
     if proto == "tcp":
         pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
     elif proto == "udp":
-        pkt = IP(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / b"labctl-probe\n"
+        pkt = IP(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / ((seq.to_bytes(4, "big") if traced else b"") + b"labctl-probe\n")
     else:
         pkt = IP(src=src_ip, dst=dst) / ICMP(id=sport, seq=1)
     try:

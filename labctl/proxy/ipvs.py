@@ -395,6 +395,8 @@ class Ipvs(ProxyMode):
     a few iptables rules, service addresses on kube-ipvs0 (labctl.proxy.ipvs_kernel)."""
 
     name = "ipvs"
+    tracer = "xtables"
+    traces_ipvs = True
     replaces_filter = True  # a full sync restores the filter table whole
 
     def require(self, spec: LabSpec) -> None:

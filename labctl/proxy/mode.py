@@ -102,6 +102,7 @@ class ProxyMode:
     replaces_filter = False  # a full sync rewrites the iptables filter table whole (policy chains go with it)
     record_version = 1
     tracer: str | None = None  # how `labctl trace` follows its rules: "xtables" (xtables-monitor) or "nft" (nft monitor trace)
+    traces_ipvs = False  # trace also reads the IPVS connection table (the translation is IPVS's, not a rule's)
 
     def require(self, spec: LabSpec) -> None:
         raise NotImplementedError
