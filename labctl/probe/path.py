@@ -202,39 +202,51 @@ def _unnat(base: dict, ct: dict[str, Any], field: str) -> list[dict[str, Any]]:
     return [{**base, "kind": "conntrack", "detail": f"{why}: {field} {before} -> {after}", "nat": {"field": field, "before": before, "after": after}}]
 
 
+# Tunnel devices by the kernel's link kind: (outer header when a packet comes in
+# from a peer's MAC, outer header when it leaves toward a gateway, the header's name).
+
+
+def _vxlan_in(view: View, dev: str, peer_mac: str | None) -> dict[str, Any]:
+    data = view.vxlan(dev)
+    return {"src": view.peer_of(dev, peer_mac), "dst": data.get("local"), "dport": data.get("port"), "vni": data.get("id")}
+
+
+def _vxlan_out(view: View, dev: str, gateway: str | None) -> dict[str, Any]:
+    data = view.vxlan(dev)
+    return {"src": data.get("local"), "dst": view.peer_of(dev, view.neighbour(dev, gateway)), "dport": data.get("port"), "vni": data.get("id")}
+
+
+def _ipip_in(view: View, dev: str, peer_mac: str | None) -> dict[str, Any]:
+    return {"src": None, "dst": None, "dport": None, "vni": None}  # no MAC says who sent it
+
+
+def _ipip_out(view: View, dev: str, gateway: str | None) -> dict[str, Any]:
+    return {"src": None, "dst": gateway, "dport": None, "vni": None}  # onlink: the gateway is the peer node
+
+
+TUNNELS = {"vxlan": (_vxlan_in, _vxlan_out, "VXLAN"), "ipip": (_ipip_in, _ipip_out, "IP-in-IP")}
+
+
+def _outer_text(o: dict[str, Any]) -> str:
+    extra = f":{o['dport']} vni {o['vni']}" if o.get("dport") else ""
+    return f"{o.get('src') or '?'} -> {o.get('dst') or '?'}{extra}"
+
+
 def _ingress(base: dict, f: dict[str, str], view: View, name) -> list[dict[str, Any]]:
     dev = f.get("IN")
     if not dev:
         return []
     kind = view.kind(dev)
+    if kind in TUNNELS:
+        read, _, header = TUNNELS[kind]
+        outer = read(view, dev, mac(f.get("MACSRC")))
+        who = name(outer["src"]) or outer["src"] or "a peer"
+        detail = f"{dev}: {header} from {who} ({_outer_text(outer)}), inner {f.get('SRC')} -> {f.get('DST')}"
+        return [{**base, "kind": "decap", "detail": detail, "dev": dev, "outer": outer}]
     if kind == "bridge":
         port = view.port_of(dev, mac(f.get("MACSRC")))
         who = name(f.get("SRC")) or f.get("SRC")
         return [{**base, "kind": "bridge", "detail": f"{who} -> {port or '?'} -> {dev}", "dev": dev, "port": port}]
-    if kind == "vxlan":
-        data = view.vxlan(dev)
-        peer = view.peer_of(dev, mac(f.get("MACSRC")))
-        outer = {"src": peer, "dst": data.get("local"), "dport": data.get("port"), "vni": data.get("id")}
-        who = name(peer) or peer
-        return [
-            {
-                **base,
-                "kind": "decap",
-                "detail": f"{dev}: VXLAN from {who} ({peer} -> {outer['dst']}:{outer['dport']} vni {outer['vni']}), inner {f.get('SRC')} -> {f.get('DST')}",
-                "dev": dev,
-                "outer": outer,
-            }
-        ]
-    if kind == "ipip":
-        return [
-            {
-                **base,
-                "kind": "decap",
-                "detail": f"{dev}: IP-in-IP, inner {f.get('SRC')} -> {f.get('DST')}",
-                "dev": dev,
-                "outer": {"src": None, "dst": None, "dport": None, "vni": None},
-            }
-        ]
     return []
 
 
@@ -244,36 +256,16 @@ def _egress(base: dict, f: dict[str, str], route: str, view: View, name) -> list
     if not dev:
         return [{**base, "kind": "deliver", "detail": f"to {base['netns']} itself ({target})"}]
     kind = view.kind(dev)
-    if kind == "vxlan":
-        data = view.vxlan(dev)
-        gw = _gateway(route)
-        peer = view.peer_of(dev, view.neighbour(dev, gw))
-        outer = {"src": data.get("local"), "dst": peer, "dport": data.get("port"), "vni": data.get("id")}
-        return [
-            {
-                **base,
-                "kind": "encap",
-                "detail": f"{dev}: inner {f.get('SRC')} -> {dst} in VXLAN {outer['src']} -> {peer}:{outer['dport']} vni {outer['vni']} (to {name(peer) or peer})",
-                "dev": dev,
-                "outer": outer,
-            }
-        ]
-    if kind == "ipip":
-        gw = _gateway(route)
-        outer = {"src": None, "dst": gw, "dport": None, "vni": None}
-        return [{**base, "kind": "encap", "detail": f"{dev}: inner {f.get('SRC')} -> {dst} in IP-in-IP to {gw} ({name(gw) or gw})", "dev": dev, "outer": outer}]
+    if kind in TUNNELS:
+        _, write, header = TUNNELS[kind]
+        outer = write(view, dev, _gateway(route))
+        detail = f"{dev}: inner {f.get('SRC')} -> {dst} in {header} {_outer_text(outer)} (to {name(outer['dst']) or outer['dst']})"
+        return [{**base, "kind": "encap", "detail": detail, "dev": dev, "outer": outer}]
     who = name(dst)
     if kind == "bridge":
         port = view.port_of(dev, view.neighbour(dev, dst))
-        return [
-            {
-                "netns": who or base["netns"],
-                "direction": base["direction"],
-                "kind": "deliver",
-                "detail": f"{base['netns']} {dev} -> {port or '?'} -> eth0 ({target})",
-                "port": port,
-            }
-        ]
+        detail = f"{base['netns']} {dev} -> {port or '?'} -> eth0 ({target})"
+        return [{"netns": who or base["netns"], "direction": base["direction"], "kind": "deliver", "detail": detail, "port": port}]
     if who and not who.startswith("node/") and "/" in who and _gateway(route) is None:
         return [{"netns": who, "direction": base["direction"], "kind": "deliver", "detail": f"{base['netns']} {dev} -> {who} ({target})"}]
     return []
