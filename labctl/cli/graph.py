@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 
 import click
 
 from labctl.cli import cli, require_root
 from labctl.cli.common import lab_option, running_lab
-from labctl.errors import HostLacks, InvalidInput, LabError
+from labctl.errors import InvalidInput
 
 FORMATS = ("svg", "png", "dot", "mermaid")
 
@@ -37,19 +35,8 @@ def graph(lab_name, fmt, path, with_verify) -> None:
     pairs = None
     if with_verify:
         require_root("graph --verify")
-        pairs = _verified(topo)
-    text = G.mermaid(topo, pairs) if fmt == "mermaid" else G.dot(topo, pairs)
-    data = text.encode()
-    if fmt in ("svg", "png"):
-        if shutil.which("dot") is None:
-            raise HostLacks(
-                f"graph --format {fmt} needs Graphviz's dot, which is not installed",
-                hint="sudo apt-get install graphviz (scripts/setup.sh installs it), or --format dot|mermaid",
-            )
-        p = subprocess.run(["dot", f"-T{fmt}"], input=data, capture_output=True)
-        if p.returncode != 0:
-            raise LabError(f"dot -T{fmt} failed: {p.stderr.decode(errors='replace').strip()}")
-        data = p.stdout
+        pairs = verified(topo)
+    data = G.render(topo, fmt, pairs)
     if path is None:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -61,7 +48,7 @@ def graph(lab_name, fmt, path, with_verify) -> None:
         raise InvalidInput(f"-o {path}: {e.strerror}") from None
 
 
-def _verified(topo):
+def verified(topo):
     from labctl.policy import verify as V
     from labctl.view.graph import Pair
 

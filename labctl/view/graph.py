@@ -148,3 +148,25 @@ def mermaid(topo: Topology, pairs: list[Pair] | None = None) -> str:
         arrow = "-->" if pair.allowed else "--x"
         out.append(f"  {_mid('pod', pair.src)} {arrow}{'|MISMATCH|' if pair.mismatch else ''} {_mid('pod', pair.dst)}")
     return "\n".join(out) + "\n"
+
+
+def render(topo: Topology, fmt: str, pairs: list[Pair] | None = None) -> bytes:
+    """The picture in a format: dot and mermaid as text, svg and png through
+    Graphviz's dot (exit 3 without it)."""
+    import shutil
+    import subprocess
+
+    from labctl.errors import HostLacks, LabError
+
+    data = (mermaid(topo, pairs) if fmt == "mermaid" else dot(topo, pairs)).encode()
+    if fmt not in ("svg", "png"):
+        return data
+    if shutil.which("dot") is None:
+        raise HostLacks(
+            f"graph --format {fmt} needs Graphviz's dot, which is not installed",
+            hint="sudo apt-get install graphviz (scripts/setup.sh installs it), or --format dot|mermaid",
+        )
+    p = subprocess.run(["dot", f"-T{fmt}"], input=data, capture_output=True)
+    if p.returncode != 0:
+        raise LabError(f"dot -T{fmt} failed: {p.stderr.decode(errors='replace').strip()}")
+    return p.stdout
