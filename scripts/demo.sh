@@ -59,6 +59,16 @@ labctl probe ext/client gw/default/demo --http /hello --host web.demo.example --
 echo "\$ labctl explain ext/client gw/default/demo --http /hello --host web.demo.example"
 labctl explain ext/client gw/default/demo --http /hello --host web.demo.example
 
+bold "The kernel's own path of a packet (labctl trace), on three paths:"
+echo "\$ labctl trace toolbox default/web-0          # same node: veth -> cni0 -> veth"
+labctl trace toolbox default/web-0 --expect open
+echo "\$ labctl trace toolbox default/web-1          # across nodes: VXLAN on flannel.1, outer header and VNI"
+labctl trace toolbox default/web-1 --expect open
+echo "\$ labctl trace toolbox svc/default/web        # through a Service: KUBE-SVC -> KUBE-SEP and the DNAT, undone on the way back"
+labctl trace toolbox svc/default/web --expect open
+echo "\$ labctl graph -o /tmp/demo.svg --verify      # the picture: nodes, pods, bridges, VXLAN, services, allowed and denied pairs"
+labctl graph -o /tmp/demo.svg --verify && echo "wrote /tmp/demo.svg"
+
 bold "The datapath, as a learner sees it:"
 echo "\$ labctl exec node/node1 -- ip route"
 labctl exec node/node1 -- ip route
@@ -69,6 +79,8 @@ cat <<'NEXT'
 
 The demo lab is up. Try next:
 
+  sudo .venv/bin/labctl ui                                                    # http://127.0.0.1:8080/: picture, live status, verify matrix, a click traces a pair
+  sudo .venv/bin/labctl explain toolbox shop/db --port 5432 --trace           # the semantics and the kernel's path side by side
   sudo .venv/bin/labctl exec toolbox -- curl -s http://web.default/          # by name: who answered, and whom it saw
   sudo .venv/bin/labctl exec shop/frontend -- dig db.shop.svc.cluster.local    # the cluster DNS, as on a cluster (try +search, -x, SRV)
   sudo .venv/bin/labctl exec node/node2 -- tcpdump -ni eth0 udp port 8472     # VXLAN on the wire (then curl again)
