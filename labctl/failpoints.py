@@ -8,7 +8,8 @@ applied state not yet written), and the side-effect edges: journal (a line
 appended), netlink (a batch sent), restore (a rule transaction applied),
 record (a node's record written), responder (reloaded), stopped (processes
 stopped), netns-del (a namespace deleted), ingress-config (a controller's
-nginx.conf replaced, nginx not yet told).
+nginx.conf replaced, nginx not yet told), traced (a trace's rules and monitors
+in place, its probe not yet sent).
 
 LABCTL_FAILPOINT=*:N kills at the N-th point of any step: a test walks N up
 from 1 until the command finishes, and so crashes it at every point it has.

@@ -278,6 +278,9 @@ class LabHandle:
         pids = procs.recorded({k: owned.procs[k] for k in stray})
         pids += procs.in_namespaces({i for i in (netns.inode(n) for n in debris) if i is not None})
         procs.stop(pids)
+        from labctl.probe.trace import clear_after_crash
+
+        clear_after_crash(self.name, stray, set(netns.listed()) - set(debris))
         for k in stray:
             self.journal.release_proc(k)
         if old is not None:

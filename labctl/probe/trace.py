@@ -26,6 +26,7 @@ import time
 from typing import Any
 
 COMMENT = "labctl trace"
+MONITOR_KEY = "trace:node/"  # + the node's name: a trace's monitor in the lab's journal
 _PACKET = re.compile(r"^PACKET: \d+ (?P<id>[0-9a-f]+) (?P<rest>.*)$")
 _TRACE = re.compile(r"^\s*TRACE: \d+ (?P<id>[0-9a-f]+) (?P<table>\w+):(?P<chain>[^:]+):(?P<kind>rule|return|policy):(?P<tail>\S*)\s*(?P<rule>.*)$")
 
@@ -295,6 +296,19 @@ def clear_nft(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "ip", NFT_TABLE], capture_output=True)
 
 
+def clear_after_crash(lab: str, monitor_keys: list[str], present: set[str]) -> None:
+    """A trace killed before it cleaned up left its monitors' records: remove the
+    marking rules of those nodes (their monitors are stopped with the records)."""
+    from labctl.model import names
+
+    for key in monitor_keys:
+        if key.startswith(MONITOR_KEY):
+            ns = names.node_netns(lab, key[len(MONITOR_KEY) :])
+            if ns in present:
+                clear(ns)
+                clear_nft(ns)
+
+
 # -- one trace, end to end (the side effects) ---------------------------------------------
 
 
@@ -304,6 +318,7 @@ def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, 
     result, request hops, reply hops); for an answered TCP probe, who served and whom
     it saw come from the kernel's own rewrites of the traced SYN. `still_up()`
     raises when the lab went down while the probe ran."""
+    from labctl import failpoints
     from labctl.kernel import netns, procs
     from labctl.model import names
     from labctl.probe import path, ports, scapy_probe
@@ -314,22 +329,24 @@ def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, 
     sport = ports.reserve(topo.lab.name)
     seq = random.SystemRandom().randint(1, 2**31)
     logs = {n: handle.dir.logs / f"trace-{n}.log" for n in nodes}
-    keys = {n: f"trace:node/{n}" for n in nodes}
+    keys = {n: MONITOR_KEY + n for n in nodes}
     pids = []
     try:
         for n, ns in spaces.items():
             clear(ns)
             clear_nft(ns)
+            # the monitor first: its journal record is what tells a later run that this
+            # node may hold trace rules (Lab._clear_debris removes them with it)
+            logs[n].write_text("")
+            monitor = ["nft", "monitor", "trace"] if tracer == "nft" else ["xtables-monitor", "--trace", "-4"]
+            pids.append(procs.spawn(monitor, key=keys[n], journal=handle.journal, log=logs[n], netns=ns))
             if tracer == "nft":
                 subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=nft_rules(proto, sport, seq), text=True, check=True, capture_output=True)
-                monitor = ["nft", "monitor", "trace"]
             else:
                 for args in rules(proto, sport, seq):
                     iptables(ns, args)
-                monitor = ["xtables-monitor", "--trace", "-4"]
-            logs[n].write_text("")
-            pids.append(procs.spawn(monitor, key=keys[n], journal=handle.journal, log=logs[n], netns=ns))
         _wait_listening(pids)
+        failpoints.hit("traced")
         result = scapy_probe.probe(a.label, a.netns, b.ip, b.label, proto, port, timeout, fetch=False, sport=sport, seq=seq)
         settle(list(logs.values()))
         still_up()

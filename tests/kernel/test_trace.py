@@ -5,12 +5,13 @@ nothing of the trace stays behind."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
 
 from labctl.probe.trace import normal_rule
-from tests.helpers import deployment, pod, svc
+from tests.helpers import deployment, labctl_cmd, pod, run_labctl, svc
 
 pytestmark = pytest.mark.kernel
 
@@ -152,3 +153,23 @@ def test_a_trace_in_ipvs_mode_reads_the_connection_from_ipvs(lab):
     saved = lab.sh(lab.node_ns("node1"), "iptables-save").splitlines()
     assert all(h["rule"] in saved for h in out["hops"] if h["kind"] == "netfilter" and h["netns"] == "node/node1" and not h["rule"].startswith("(policy"))
     assert any(h["chain"] == "KUBE-SERVICES" for h in out["hops"] if h["kind"] == "netfilter"), "kube-proxy's ipset rules are traced too"
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_a_trace_killed_with_its_rules_in_place_is_cleaned_by_the_next_up(lab, mode):
+    path = lab.write(lab.doc(proxyMode=mode, nodes=[{"name": "node1"}, {"name": "node2"}]), pod("client", node="node1", ports=()), pod("web", node="node2"))
+    run_labctl("up", str(path))
+    env = dict(os.environ, LABCTL_FAILPOINT="traced:0")
+    p = subprocess.run([*labctl_cmd(), "trace", "--lab", lab.name, "client", "web"], capture_output=True, text=True, env=env)
+    assert p.returncode == -9, p.stderr
+
+    def marks(node):
+        raw = lab.sh(lab.node_ns(node), "iptables", "-t", "raw", "-S", check=False)
+        return ("labctl trace" in raw) or ("labctl-trace" in lab.sh(lab.node_ns(node), "nft", "list", "tables"))
+
+    monitors = subprocess.run(["pgrep", "-f", "xtables-monitor --trace|nft monitor trace"], capture_output=True, text=True).stdout.split()
+    assert marks("node1") and marks("node2") and len(monitors) == 2, "killed with its rules and monitors in place"
+    run_labctl("up", str(path))
+    assert not marks("node1") and not marks("node2"), "the next up removes a killed trace's rules"
+    assert subprocess.run(["pgrep", "-f", "xtables-monitor --trace|nft monitor trace"], capture_output=True).returncode == 1
+    assert json.loads(lab.cli("trace", "--lab", lab.name, "client", "web", "--json").stdout)["verdict"] == "open"
