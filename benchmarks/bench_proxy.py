@@ -73,6 +73,17 @@ def fresh_namespace() -> None:
     netns.create(NS)
 
 
+BPF_LAB = "labctl-bench"  # the ebpf mode's pins for the bench node: /sys/fs/bpf/labctl/labctl-bench/node1
+
+
+def bpf_fresh() -> None:
+    from labctl.kernel import bpf
+
+    bpf.unpin_lab(BPF_LAB)
+    bpf.mount()
+    bpf.load(BPF_LAB, "node1")
+
+
 def sync(mode: str, topo: Topology, record, previous: Topology | None = None):
     """What labctl does for one node: find the services that differ from `previous`
     (the lab's state; without it, fingerprint every service port), render what changed,
@@ -86,10 +97,15 @@ def sync(mode: str, topo: Topology, record, previous: Topology | None = None):
     tool = 0.0
     if ns is not None:
         t_tool = time.perf_counter()
-        run.apply_all([run.Transaction(NS, registry.proxy_mode(mode).argv(ns.full), ns.text)])
+        if mode == "ebpf":  # map entries, a batch syscall per map (the programs are loaded once per node)
+            from labctl.proxy.ebpf import write
+
+            write(BPF_LAB, "node1", ns.state)
+        else:
+            run.apply_all([run.Transaction(NS, registry.proxy_mode(mode).argv(ns.full), ns.text)])
         tool = time.perf_counter() - t_tool
     total = time.perf_counter() - t
-    rec = {"mode": mode, "services": ns.services} if ns else record
+    rec = {"mode": mode, "services": ns.services, **ns.extra} if ns else record
     return total, tool, rec, (ns.rules if ns else 0)
 
 
@@ -101,7 +117,14 @@ FLOOR = {  # the smallest change a sync can make: one new chain with one rule, o
 
 def floor(mode: str) -> float:
     """The tool's and the kernel's fixed cost of any transaction on the node as it is
-    (the table's cache read back, the whole table validated on commit)."""
+    (the table's cache read back, the whole table validated on commit; for the ebpf
+    mode, one bpftool process writing one entry)."""
+    if mode == "ebpf":
+        from labctl.kernel import bpf
+
+        t = time.perf_counter()
+        bpf.write([f"map update pinned /sys/fs/bpf/labctl/{BPF_LAB}/node1/lb4_revnat key hex ff ff value hex 0a 00 00 01 00 50 00 00"])
+        return time.perf_counter() - t
     argv, text = FLOOR[mode]
     t = time.perf_counter()
     run.apply_all([run.Transaction(NS, argv, text)])
@@ -114,6 +137,15 @@ def naive(mode: str, n: int) -> tuple[float, int]:
     topo = topology(n)
     infos = service_ports(topo)
     cmds: list[list[str]] = []
+    if mode == "ebpf":  # one bpftool exec per map entry
+        from labctl.proxy import bpfmaps
+
+        bpf_fresh()
+        lines = bpfmaps.render(infos, "node1", "10.10.20.10").lines(f"/sys/fs/bpf/labctl/{BPF_LAB}/node1", limit=10**9)
+        t = time.perf_counter()
+        for line in lines:
+            subprocess.run(["bpftool", *line.split()], check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t, len(lines)
     if mode == "iptables":
         rs = iptables.render(topo, "node1", infos)
         for table, chains in rs.tables.items():
@@ -150,7 +182,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000")
     ap.add_argument("--naive", type=int, default=100, help="services for the naive run")
-    ap.add_argument("--modes", default="iptables,nftables")
+    ap.add_argument("--modes", default="iptables,nftables,ebpf")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_proxy.py builds a namespace: run it as root", file=sys.stderr)
@@ -163,6 +195,8 @@ def main() -> int:
             per_naive = naive_s / naive_rules
             for n in sizes:
                 fresh_namespace()
+                if mode == "ebpf":
+                    bpf_fresh()
                 full_s, tool_s, record, rules = sync(mode, topology(n), None)
                 row = {"mode": mode, "services": n, "rules": rules, "full_s": round(full_s, 3), "full_tool_s": round(tool_s, 3)}
                 row["per_rule_us"] = round(full_s / rules * 1e6, 2)
@@ -176,6 +210,9 @@ def main() -> int:
                 results.append(row)
     finally:
         netns.delete(NS)
+        from labctl.kernel import bpf
+
+        bpf.unpin_lab(BPF_LAB)
     print(
         f"{'mode':>9} {'services':>9} {'rules':>8} {'full sync':>10} {'(tool)':>8} {'per rule':>10} {'naive/rule':>11} {'speed-up':>9} {'1-svc change':>13} {'(tool)':>8} {'floor':>8}"
     )

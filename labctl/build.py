@@ -141,6 +141,7 @@ class Builder:
             prepared = [pool.submit(a.prepare, self.dir, new) for a in registry.addons() if a.enabled(spec)]
             self._links(plan, new)
             self._pods(plan, new)
+            registry.proxy_mode(spec.proxy_mode).pods_wired(new, plan.add_pods)
             etc.write(self.journal, new, plan.add_pods + plan.files_changed, {p.key for p in plan.add_pods})
             self.progress("responder", 0)
             served = responder.begin(self.dir, self.journal, new)

@@ -100,6 +100,7 @@ def check_host(topo: Topology) -> None:
     from labctl import registry
     from labctl.proxy.sync import require_mode
 
+    registry.proxy_mode(topo.lab.proxy_mode).check(topo)
     require_mode(topo.lab)
     registry.overlay(topo.lab.overlay).require(topo.lab)
     for addon in registry.addons():
@@ -333,6 +334,11 @@ class LabHandle:
 def _remove_file(path: str, lab: str) -> None:
     """Remove a journaled file or directory, only where labctl writes them: /etc/netns/<lab>-..."""
     parent, base = os.path.split(path)
+    from labctl.kernel import bpf
+
+    if parent == str(bpf.ROOT) and base == lab:  # the ebpf mode's pins
+        bpf.unpin_lab(lab)
+        return
     if parent != ETC_NETNS or not base.startswith(f"{lab}-") or base in (".", ".."):
         return
     if os.path.isdir(path) and not os.path.islink(path):

@@ -24,7 +24,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 packages=(
   iproute2 iptables nftables ipset conntrack tcpdump iputils-ping curl
   dnsutils iperf3 procps psmisc util-linux python3 python3-venv ipvsadm kmod nfacct
-  nginx openssl bird2 graphviz chromium-headless-shell
+  nginx openssl bird2 graphviz chromium-headless-shell clang llvm bpftool libbpf-dev ethtool
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -110,7 +110,7 @@ def lab_processes(lab: str) -> list[int]:
 
 
 def leftovers(lab) -> dict:
-    """What a lab left behind: its namespaces, processes, records and /etc/netns files."""
+    """What a lab left behind: its namespaces, processes, records, /etc/netns files and BPF pins."""
     from pathlib import Path
 
     from labctl.kernel import netns
@@ -120,7 +120,8 @@ def leftovers(lab) -> dict:
         "namespaces": [n for n in netns.listed() if n.startswith(lab.name + "-")],
         "processes": lab_processes(lab.name),
         "records": LabDir(lab.name).exists(),
-        "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")],
+        "files": [str(f) for f in Path("/etc/netns").glob(f"{lab.name}-*")]
+        + [str(p) for p in Path("/sys/fs/bpf/labctl").glob(lab.name)],  # and the ebpf mode's pins
     }
 
 

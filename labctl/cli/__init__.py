@@ -50,7 +50,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 # Commands register themselves on `cli` when imported.
-from labctl.cli import apply, ca, down, exec_, graph, link, probe, ready, status, trace, ui, up, validate, verify  # noqa: E402,F401
+from labctl.cli import apply, bpf, ca, down, exec_, graph, link, probe, ready, status, trace, ui, up, validate, verify  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

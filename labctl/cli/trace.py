@@ -60,7 +60,7 @@ def traced(handle, topo, a, b, port, proto, timeout) -> dict:
         raise InvalidInput(f"TO {b.label!r} declares no {proto} port: give --port")
     before = responder_pid(handle)
     result, request, reply = T.run(
-        handle, topo, a, b, proto, port, timeout, mode.tracer, still_up=lambda: still_up(handle, topo, before), ipvs=mode.traces_ipvs
+        handle, topo, a, b, proto, port, timeout, mode.tracer, still_up=lambda: still_up(handle, topo, before), ipvs=mode.traces_ipvs, bpf=mode.bpf_maps
     )
     return {**result.to_dict(), "hops": request, "reply_hops": reply}
 

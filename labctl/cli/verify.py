@@ -146,7 +146,7 @@ def _say_explain(r: dict) -> None:
     verdict = "[bold]allowed[/bold]" if r["allowed"] else "[bold]denied[/bold]"
     if "service" in r:
         svc = r["service"]
-        output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}), decided on {svc['node']} by kube-proxy's {svc['proxyMode']} rules:")
+        output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}), decided on {svc['node']} by {_decider(svc['proxyMode'])}:")
         for line in svc["kernel"]:
             output.say(f"  kernel: {line}")
         if svc.get("topology"):
@@ -166,6 +166,12 @@ def _say_explain(r: dict) -> None:
         output.say(f"  {direction} of {label}{where}: {side['explanation']}")
         for line in side["kernel"]:
             output.say(f"    kernel: {line}")
+
+
+def _decider(mode: str) -> str:
+    from labctl import registry
+
+    return registry.proxy_mode(mode).decider.format(mode=mode)
 
 
 def _pod_json(r: dict) -> dict:
@@ -190,7 +196,7 @@ def _say_http(r: dict) -> None:
     svc, http, route = r["service"], r["http"], r["http"]["route"]
     verdict = "[bold]served[/bold]" if r["allowed"] else "[bold]not served[/bold]"
     output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}) http://{http['host']}{http['path']}: {verdict}")
-    output.say(f"hop 1: {r['from']} -> {r['to']}, decided on {svc['node']} by kube-proxy's {svc['proxyMode']} rules:")
+    output.say(f"hop 1: {r['from']} -> {r['to']}, decided on {svc['node']} by {_decider(svc['proxyMode'])}:")
     for line in svc["kernel"]:
         output.say(f"  kernel: {line}")
     for v in svc["endpoints"]:

@@ -14,6 +14,7 @@ PROXY_MODES = {
     "iptables": "labctl.proxy.iptables",
     "nftables": "labctl.proxy.nftables",
     "ipvs": "labctl.proxy.ipvs",
+    "ebpf": "labctl.proxy.ebpf",
 }
 
 OVERLAYS = {

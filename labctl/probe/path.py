@@ -119,6 +119,17 @@ class View:
     def ipvs(self) -> str:
         return self._run("ip", "netns", "exec", self.ns, "ipvsadm", "-Lnc")
 
+    pins = None  # the ebpf mode: the node's pinned maps' directory
+
+    def bpf_connection(self, sport: int) -> dict | None:
+        """The probe's connection in the node's BPF conntrack (ebpf mode)."""
+        if self.pins is None:
+            return None
+        from labctl.proxy.bpfmaps import connection, ct_entries
+
+        text = self._run("bpftool", "-j", "map", "dump", "pinned", f"{self.pins}/ct4")
+        return connection(ct_entries(json.loads(text or "[]")), sport)
+
 
 def _gateway(route: str) -> str | None:
     m = re.search(r"\bvia (\S+)", route)
@@ -156,6 +167,8 @@ def expand(
             continue
         if kind == "_in":
             out += _ingress(base, f, view, name)
+            if d == "request":
+                out += bpf_hops(where, view, sport, f.get("IN"))
             if ct is None:
                 ct = conntrack_entry(view.conntrack(proto, sport)) or {}
             if ct and d == "request":
@@ -180,8 +193,57 @@ def expand(
         elif kind == "_out" and d not in dropped:
             if d == "reply" and ct:
                 out += _unnat(base, ct, "src")
+            if d == "reply":
+                c = view.bpf_connection(sport)
+                if c is not None:
+                    out_dev = f.get("OUT")
+                    prog = "to_container" if view.kind(out_dev) == "bridge" else f"from_host ({out_dev} egress)" if out_dev else "to_host"
+                    out.append(
+                        {
+                            **base,
+                            "kind": "bpf",
+                            "detail": f"{prog}: the reply's source {c['backend']} -> {c['frontend']} (ct4, lb4_revnat)",
+                            "nat": {"field": "src", "before": c["backend"], "after": c["frontend"]},
+                        }
+                    )
             out += _egress(base, {**f, "SRC": snat.get(d, f.get("SRC", ""))}, routes.get(d, ""), view, name)
     return out
+
+
+def bpf_hops(where: str, view: View, sport: int, came_in: str | None = "eth0") -> list[dict[str, Any]]:
+    """The ebpf mode's translation of the probe in this node, from its BPF conntrack
+    (the program rewrote the packet before netfilter saw it): the DNAT, and the
+    SNAT to the node when the backend is on another node. `came_in`: the device
+    the monitors first saw the packet on (none: the node sent it)."""
+    c = view.bpf_connection(sport)
+    if c is None:
+        return []
+    if c["host"] or not came_in:
+        prog = "from_host (eth0 egress)"
+    elif view.kind(came_in) == "bridge":
+        prog = "from_container (the pod's veth, ingress)"
+    else:
+        prog = f"from_netdev ({came_in} ingress)"
+    hops = [
+        {
+            "netns": where,
+            "direction": "request",
+            "kind": "bpf",
+            "detail": f"{prog}: {c['client']} -> {c['frontend']} -> backend {c['backend']} (lb4_services, backend id {c['backendId']}, kept in ct4)",
+            "nat": {"field": "dst", "before": c["frontend"], "after": c["backend"]},
+        }
+    ]
+    if c["source"] != c["client"]:
+        hops.append(
+            {
+                "netns": where,
+                "direction": "request",
+                "kind": "bpf",
+                "detail": f"{prog}: source {c['client']} -> {c['source']}",
+                "nat": {"field": "src", "before": c["client"], "after": c["source"]},
+            }
+        )
+    return hops
 
 
 def _ct_text(ct: dict[str, Any]) -> str:
@@ -285,6 +347,9 @@ def order(by_node: dict[str, list[dict[str, Any]]], direction: str, first: str |
             to = (h.get("outer") or {}).get("dst") if h["kind"] == "encap" else h.get("gateway") if h["kind"] == "route" else None
             if to in owner and owner[to] != n and owner[to] in seen:
                 nxt[n] = owner[to]
+            came = (h.get("outer") or {}).get("src") if h["kind"] == "decap" else None
+            if came in owner and owner[came] != n and owner[came] in seen:
+                nxt.setdefault(owner[came], n)
     pointed = set(nxt.values())
     starts = [n for n in seen if n not in pointed]
     starts.sort(key=lambda n: n != first)

@@ -312,7 +312,7 @@ def clear_after_crash(lab: str, monitor_keys: list[str], present: set[str]) -> N
 # -- one trace, end to end (the side effects) ---------------------------------------------
 
 
-def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, still_up=lambda: None, ipvs: bool = False):
+def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, still_up=lambda: None, ipvs: bool = False, bpf: bool = False):
     """Mark the flow and start a monitor in every node, send the probe, collect and
     parse what the monitors saw, and take everything away again. Returns (the probe's
     result, request hops, reply hops); for an answered TCP probe, who served and whom
@@ -361,12 +361,21 @@ def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, 
     read = parse_nft if tracer == "nft" else parse
     by_node = {}
     views = {n: path.View(spaces[n]) for n in nodes}
+    if bpf:
+        from labctl.kernel.bpf import node_dir
+
+        for n in nodes:
+            views[n].pins = str(node_dir(topo.lab.name, n))
     name = _namer(topo)
     for n in nodes:
         parsed = read(logs[n].read_text(), f"node/{n}", sport, proto)
         logs[n].unlink(missing_ok=True)
         if parsed:
             by_node[n] = path.expand(parsed, views[n], name, proto, sport, ipvs=ipvs)
+        elif bpf:  # translated and forwarded by the program alone (an SNAT to a remote backend): no netfilter saw it
+            hops = path.bpf_hops(f"node/{n}", views[n], sport)
+            if hops:
+                by_node[n] = hops
     first = node_of(topo, a)
     node_ips = {n.name: n.ip for n in topo.lab.nodes}
     request, reply = [], []

@@ -45,6 +45,7 @@ class NodeSync:
     extra: dict = field(default_factory=dict)  # what the mode's record keeps besides the services
     state: Any = None  # the mode's rendered node, for apply (IPVS: virtual servers, addresses, sets)
     moved: set | None = None  # IPVS, partial sync: virtual servers whose real servers are read back
+    entries: int | None = None  # a mode writing map entries, not rules: how many (ebpf)
 
     @property
     def changed(self) -> int:
@@ -52,7 +53,9 @@ class NodeSync:
 
     @property
     def rules(self) -> int:
-        return sum(1 for line in self.text.splitlines() if line.startswith(("-A ", "-I ", "add rule", "add element")))
+        if self.entries is not None:
+            return self.entries
+        return sum(1 for line in self.text.splitlines() if line.startswith(("-A ", "-I ", "add rule", "add element", "map update")))
 
 
 @dataclass
@@ -103,6 +106,8 @@ class ProxyMode:
     record_version = 1
     tracer: str | None = None  # how `labctl trace` follows its rules: "xtables" (xtables-monitor) or "nft" (nft monitor trace)
     traces_ipvs = False  # trace also reads the IPVS connection table (the translation is IPVS's, not a rule's)
+    bpf_maps = False  # its services are BPF maps (`labctl bpf lb list` reads them)
+    decider = "kube-proxy's {mode} rules"  # what `explain` says decides a Service's traffic
 
     def require(self, spec: LabSpec) -> None:
         raise NotImplementedError
@@ -115,6 +120,12 @@ class ProxyMode:
 
     def leave(self, topo: Topology, node: str) -> None:
         raise NotImplementedError
+
+    def check(self, topo: Topology) -> None:
+        """Refuse (InvalidInput, exit 2) what the mode cannot serve, before anything is made."""
+
+    def pods_wired(self, topo: Topology, pods: list) -> None:
+        """New pods' links exist (a mode that attaches to each pod's veth does it now)."""
 
     def node_setup(self, spec: LabSpec, node: Node) -> list:
         """Transactions (labctl.kernel.run) a new node needs before its first sync."""
