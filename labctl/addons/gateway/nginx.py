@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labctl.addons.ingress.nginx import GENERATION_PATH, STATUS_PORT
+from labctl.addons.nginxconf import proxy_defaults, sni_certificates
 from labctl.model import gateway as G
 from labctl.model.objects import Topology
 from labctl.proxy.endpoints import PodIndex, endpoints
@@ -449,19 +450,9 @@ def render(topo: Topology, world: G.World, gw_key: str, runtime_dir: str, tls: T
         "    variables_hash_bucket_size 256;",
         '    geo $gw_dollar { default "$"; }',
     ]
-    for what in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        out.append(f"    {what}_temp_path {runtime_dir}/{what};")
-    out += ["    proxy_http_version 1.1;", "    proxy_next_upstream error timeout;"]
-    out += [f"    proxy_set_header {n} {v};" for n, v in HEADERS]
+    out += proxy_defaults(runtime_dir, HEADERS)
     if tls is not None and any(s.protocol == "HTTPS" for s in plan):
-        for var, i in (("gw_certificate", 0), ("gw_certificate_key", 1)):
-            out.append(f"    map $ssl_server_name ${var} {{")
-            out.append("        hostnames;")
-            if tls.default:
-                out.append(f"        default {tls.default[i]};")
-            out += [f"        {host} {files[i]};" for host, files in sorted(tls.hosts.items())]
-            out.append("    }")
-        out += ["    ssl_certificate $gw_certificate;", "    ssl_certificate_key $gw_certificate_key;"]
+        out += sni_certificates("gw", tls.hosts, tls.default)
     body: list[str] = []
     for n, server in enumerate(plan):
         default = server.hostname is None

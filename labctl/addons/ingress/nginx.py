@@ -48,6 +48,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from labctl.addons.nginxconf import proxy_defaults, sni_certificates
 from labctl.model import ingress as I
 from labctl.model.objects import Service, Topology
 from labctl.proxy.endpoints import PodIndex, endpoints
@@ -273,21 +274,10 @@ def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = 
         "    server_names_hash_bucket_size 128;",
         "    map_hash_bucket_size 128;",
     ]
-    for what in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        out.append(f"    {what}_temp_path {runtime_dir}/{what};")
-    out += ["    proxy_http_version 1.1;", "    proxy_next_upstream error timeout;"]
-    out += [f"    proxy_set_header {name} {value};" for name, value in HEADERS]
+    out += proxy_defaults(runtime_dir, HEADERS)
     body: list[str] = []
     if tls is not None:
-        # One certificate setting for every server, chosen by SNI at the handshake: a
-        # certificate per server would be loaded by every reload (0.8 ms each).
-        for var, i in (("labctl_certificate", 0), ("labctl_certificate_key", 1)):
-            out.append(f"    map $ssl_server_name ${var} {{")
-            out.append("        hostnames;")
-            out.append(f"        default {tls.default[i]};")
-            out += [f"        {host} {files[i]};" for host, files in sorted(tls.hosts.items())]
-            out.append("    }")
-        out += ["    ssl_certificate $labctl_certificate;", "    ssl_certificate_key $labctl_certificate_key;"]
+        out += sni_certificates("labctl", tls.hosts, tls.default)
     zones = {z for ing in r.ingresses() if (z := rate_zone(ing))}
     for name, rps in sorted(zones):
         out.append(f"    limit_req_zone $binary_remote_addr zone={name}:5m rate={rps}r/s;  # limit-rps")
