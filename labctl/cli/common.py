@@ -108,3 +108,10 @@ def changes(result) -> list[str]:
     if result.policies_synced:
         out.append(f"network policies synced on {', '.join(p.node for p in result.policies_synced)}")
     return out
+
+
+def http_request_options(f):
+    """--host, --method and -H: the HTTP request `probe --http` makes and `explain --http` reasons about."""
+    f = click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")(f)
+    f = click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")(f)
+    return click.option("--host", "http_host", help="--http: the Host header (default: the target's address).")(f)

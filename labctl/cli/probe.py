@@ -6,7 +6,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
+from labctl.cli.common import http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
 from labctl.model.targets import default_port, resolve
 from labctl.probe import scapy_probe
@@ -32,9 +32,7 @@ VERDICTS = ("open", "refused", "blocked", "filtered")
     metavar="[PATH]",
     help="Make one real HTTP/1.1 request (PATH default /) and report the answer and what the backend saw.",
 )
-@click.option("--host", "http_host", help="--http: the Host header (default: the target's address).")
-@click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
-@click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
+@http_request_options
 @click.option("--expect-status", type=click.IntRange(100, 599), help="--http: exit 1 unless the answer has this status.")
 @click.option(
     "--https", is_flag=True, help="--http over TLS (port 443 unless --port): verified against the lab's CA, made anyway when that fails (as curl -k)."

@@ -10,7 +10,7 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import json_option, lab_option, responder_pid, running_lab, still_up
+from labctl.cli.common import http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
 
 
@@ -74,9 +74,7 @@ def verify(lab_name, timeout, workers, as_json) -> None:
     metavar="[PATH]",
     help="TO is an L7 proxy (ingress, gw/NS/NAME): explain an HTTP request for PATH (default /), both hops.",
 )
-@click.option("--host", "http_host", help="--http: the Host header (default: the target's address).")
-@click.option("--method", "http_method", default="GET", show_default=True, help="--http: the request method.")
-@click.option("-H", "--header", "http_headers", multiple=True, metavar="'K: V'", help="--http: a request header (repeatable).")
+@http_request_options
 @click.option("--https", is_flag=True, help="--http: over TLS (hop 1 to port 443).")
 @click.option("--trace", "with_trace", is_flag=True, help="Also trace the flow in the kernel (labctl trace) and say where the two disagree (root).")
 @json_option
