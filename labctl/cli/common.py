@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from labctl.errors import NoSuchLab
@@ -42,15 +44,21 @@ def running_lab(lab_name: str | None) -> tuple[LabHandle, Topology]:
     return handle, topo
 
 
-def responder_pid(handle: LabHandle) -> int | None:
-    """The lab's responder now: a lab that goes down and is made again (an `apply`
-    racing a `down`) has another one, so it tells one life of a lab from the next."""
+def responder_pid(handle: LabHandle) -> tuple[int | None, int | None]:
+    """Which life of the lab this is: its responder now, and its state directory's
+    identity. A lab that goes down and is made again (an `apply` racing a `down`)
+    has another responder and another directory, so this tells one life from the
+    next, also when the first was caught between the two (no responder yet)."""
     from labctl.responder import control as responder
 
-    return responder.running(handle.dir, handle.journal)
+    try:
+        made = os.stat(handle.dir.path).st_ino  # a directory made again is another inode (its ctime moves with every file in it)
+    except OSError:
+        made = None
+    return responder.running(handle.dir, handle.journal), made
 
 
-def still_up(handle: LabHandle, topo: Topology, responder_before: int | None = None) -> None:
+def still_up(handle: LabHandle, topo: Topology, responder_before: tuple | None = None) -> None:
     """After a command that probed the lab: if it went down meanwhile, say that (exit 2),
     not what the vanished lab made the probes see. `down` stops the responder first,
     then deletes the namespaces, then the records: any of them gone tells, and so does
@@ -59,8 +67,8 @@ def still_up(handle: LabHandle, topo: Topology, responder_before: int | None = N
     from labctl.model import names
 
     present = set(netns.listed())
-    now = responder_pid(handle) if handle.exists() else None
-    if now is None or any(n not in present for n in names.lab_namespaces(topo)) or (responder_before is not None and now != responder_before):
+    now = responder_pid(handle) if handle.exists() else (None, None)
+    if now[0] is None or any(n not in present for n in names.lab_namespaces(topo)) or (responder_before is not None and now != responder_before):
         raise NoSuchLab(
             f"lab {handle.name} went down (or lost its namespaces or its responder) while this command ran",
             hint=f"`labctl status --lab {handle.name}`; `labctl up` with its file puts back what is missing",
