@@ -184,3 +184,21 @@ def test_trace_shows_the_programs_translation_from_its_conntrack(lab):
     node1 = [h for h in out["hops"] if h["netns"] == "node/node1"]
     assert [h["kind"] for h in node1] == ["bpf", "bpf"] and node1[1]["nat"]["after"].startswith(lab.topo.lab.node("node1").ip + ":")
     assert out["client_ip_seen"] == lab.topo.lab.node("node1").ip and out["served_by"] == "default/a"
+
+
+@pytest.mark.parametrize("overlay", ["host-gw", "bgp", pytest.param("ipip", marks=pytest.mark.stock_kernel)])
+def test_every_overlay_carries_the_translated_traffic(lab, overlay):
+    """The programs hand translated packets to the node's routing (or the FIB): a
+    host-gw route, a BGP-learned route and IP-in-IP serve as VXLAN does."""
+    lab.up(
+        lab.doc(proxyMode="ebpf", overlay=overlay, nodes=NODES, externals=[{"name": "x"}]),
+        pod("a", node="node1", labels={"app": "web"}),
+        pod("b", node="node2", labels={"app": "web"}),
+        pod("client", node="node1", ports=()),
+        svc("web", {"app": "web"}, type="NodePort"),
+    )
+    assert {lab.probe("client", "svc/default/web").served_by for _ in range(12)} == {"default/a", "default/b"}
+    assert {lab.probe("node/node2", "svc/default/web").served_by for _ in range(12)} == {"default/a", "default/b"}
+    far = [lab.probe("ext/x", "svc/default/web@nodeport", via="node/node1") for _ in range(12)]
+    assert all(r.verdict == "open" for r in far) and {r.served_by for r in far} == {"default/a", "default/b"}
+    assert {r.client_ip_seen for r in far if r.served_by == "default/b"} == {lab.topo.lab.node("node1").ip}, "SNAT to a remote backend"
