@@ -10,6 +10,7 @@ is timed as a user runs it: the CLI, Python start-up included.
 
     sudo .venv/bin/python benchmarks/bench_up.py                 # demo, 20x10, 50x20
     sudo .venv/bin/python benchmarks/bench_up.py --sizes 20x10 --repeat 5
+    sudo .venv/bin/python benchmarks/bench_up.py --proxy-mode ebpf  # the labs in another proxy mode
 
 Each size runs floor and labctl alternately, --repeat times, and compares the
 fastest run of each (medians are reported too). The kernel frees a deleted
@@ -43,7 +44,7 @@ DEMO_GOAL_S = 0.3
 SETTLE_TIMEOUT_S = 120.0
 
 
-def topology(lab: str, nodes: int, pods_per_node: int) -> str:
+def topology(lab: str, nodes: int, pods_per_node: int, proxy_mode: str = "iptables") -> str:
     node_list = "\n".join(f"    - name: n{i}" for i in range(nodes))
     return f"""apiVersion: labctl/v1
 kind: Lab
@@ -53,6 +54,7 @@ spec:
   podNetwork: 10.244.0.0/16
   serviceNetwork: 10.96.0.0/16
   overlay: vxlan
+  proxyMode: {proxy_mode}
   dns: false          # the floor makes no DNS pod: compare like with like (the demo row has it)
   nodes:
 {node_list}
@@ -180,11 +182,11 @@ def check_built(lab: str, expected: int) -> None:
         raise SystemExit(f"{lab}: expected {expected} namespaces, found {got}")
 
 
-def bench(size: str, repeat: int, tmp: Path) -> dict:
+def bench(size: str, repeat: int, tmp: Path, proxy_mode: str = "iptables") -> dict:
     nodes, ppn = (int(x) for x in size.split("x"))
     lab = "bench"
     path = tmp / f"{size}.yaml"
-    path.write_text(topology(lab, nodes, ppn))
+    path.write_text(topology(lab, nodes, ppn, proxy_mode))
     expected = 1 + nodes + nodes * ppn
     plan = floor_plan(lab, nodes, ppn)
     rows = {"floor_up": [], "floor_down": [], "labctl_up": [], "labctl_down": []}
@@ -240,6 +242,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="20x10,50x20", help="NODESxPODS_PER_NODE, comma separated")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--proxy-mode", default="iptables", help="the labs' proxyMode (the floor builds no service datapath either way)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_up.py builds namespaces: run it as root", file=sys.stderr)
@@ -247,7 +250,7 @@ def main() -> int:
     results = [bench_demo(max(args.repeat, 3))]
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
-            results.append(bench(size, args.repeat, Path(tmp)))
+            results.append(bench(size, args.repeat, Path(tmp), args.proxy_mode))
     ok = True
     print("fastest of each side (median in brackets), after the kernel freed earlier runs' namespaces")
     print(f"{'size':>7} {'netns':>6} {'floor up':>16} {'labctl up':>16} {'ratio':>13} {'floor down':>11} {'labctl down':>12}  goal")

@@ -91,24 +91,35 @@ class Ebpf(ProxyMode):
         _prepare(topo)
 
         def one(ns: str, s: NodeSync) -> None:
-            bpf.load(topo.lab.name, s.node, fresh=s.full)  # a full sync: maps of unknown content (a lost record) start empty
+            made = bpf.load(topo.lab.name, s.node, fresh=s.full)  # a full sync: maps of unknown content (a lost record) start empty
             write(topo.lab.name, s.node, s.state)
-            bpf.attach(topo.lab.name, s.node, ns, _hooks(topo, s.node))
+            # programs made now go on every device (the pods' veths too: a mode switched on a running lab);
+            # otherwise the node's own devices are checked, and new pods' veths are pods_wired's
+            bpf.attach(topo.lab.name, s.node, ns, _hooks(topo, s.node) if made else _hooks(topo, s.node, pods=False))
 
         each_node(topo, syncs, one)
 
     def pods_wired(self, topo: Topology, pods) -> None:
         """New pods' veths get the programs (their node's are loaded first if needed)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from labctl.kernel import bpf
         from labctl.model import names
 
         if not pods:
             return
         _prepare(topo)
-        for node in sorted({p.node for p in pods}):
-            bpf.load(topo.lab.name, node)
+
+        def one(node: str) -> None:
+            made = bpf.load(topo.lab.name, node)
             veths = [names.pod_veth(topo.lab.name, p.namespace, p.name) for p in pods if p.node == node]
-            bpf.attach(topo.lab.name, node, names.node_netns(topo.lab.name, node), [(v, hook, prog) for v in veths for prog, hook in bpf.POD])
+            hooks = _hooks(topo, node) if made else [(v, hook, prog) for v in veths for prog, hook in bpf.POD]
+            bpf.attach(topo.lab.name, node, names.node_netns(topo.lab.name, node), hooks)
+
+        nodes = sorted({p.node for p in pods})
+        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+            for f in [pool.submit(one, n) for n in nodes]:
+                f.result()
 
     def leave(self, topo: Topology, node: str) -> None:
         """No program on the pods' veths, no pinned map of this node."""
@@ -151,13 +162,13 @@ def write(lab: str, node: str, ch) -> None:
             bpf.delete(d / m, ch.deletes[m])
 
 
-def _hooks(topo: Topology, node: str) -> list[tuple[str, str, str]]:
-    """Every program of a node: its own devices', each of its pods' veths'."""
+def _hooks(topo: Topology, node: str, pods: bool = True) -> list[tuple[str, str, str]]:
+    """Every program of a node: its own devices', each of its pods' veths' (`pods`)."""
     from labctl import registry
     from labctl.kernel import bpf
     from labctl.model import names
 
-    veths = [names.pod_veth(topo.lab.name, p.namespace, p.name) for p in topo.pods if p.node == node]
+    veths = [names.pod_veth(topo.lab.name, p.namespace, p.name) for p in topo.pods if p.node == node] if pods else []
     return bpf.node_hooks(list(registry.overlay(topo.lab.overlay).devices)) + [(v, hook, prog) for v in veths for prog, hook in bpf.POD]
 
 
