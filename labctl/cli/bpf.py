@@ -52,20 +52,20 @@ def lb_list(lab_name, node, as_json) -> None:
     `cilium bpf lb list` prints them; `backend N not found` marks a slot whose
     backend is missing (maps that drifted)."""
     from labctl.kernel import bpf as B
-    from labctl.proxy.bpfmaps import lb_list as rows
+    from labctl.proxy.bpfmaps import lb_frontends, lb_list
 
     require_root("bpf lb list")
     topo = _lab(lab_name)
-    out = {}
+    dumps = {}
     for n in _nodes(topo, node):
         d = B.node_dir(topo.lab.name, n)
-        out[n] = rows(B.dump(d / "lb4_services"), B.dump(d / "lb4_backends"))
-    if as_json:
-        output.emit_json({n: [{"service": s, "backend": b} for s, b in r] for n, r in out.items()})
+        dumps[n] = (B.dump(d / "lb4_services"), B.dump(d / "lb4_backends"))
+    if as_json:  # the contract's list of {node, frontend, type, backends}
+        output.emit_json([{"node": n, **f} for n, (svc, be) in dumps.items() for f in lb_frontends(svc, be)])
         return
-    for n, r in out.items():
+    for n, (svc, be) in dumps.items():
         output.say(f"node {n} ({B.node_dir(topo.lab.name, n)})")
-        output.table(["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"], [list(x) for x in r])
+        output.table(["SERVICE ADDRESS", "BACKEND ADDRESS (REVNAT_ID) (SLOT)"], [list(x) for x in lb_list(svc, be)])
 
 
 @ct.command("list")

@@ -24,7 +24,7 @@ SVC_AFFINITY = 1
 SVC_DROP = 2  # no endpoint here for a Local policy, but some elsewhere: dropped, not rejected
 SVC_SNAT = 4  # externalTrafficPolicy Cluster: a backend on another node is reached SNATed to this node
 SVC_FIREWALL = 8  # loadBalancerSourceRanges: only sources in lb4_src_range
-SVC_FLAGS = {SVC_AFFINITY: "sessionAffinity", SVC_DROP: "local-only, none here", SVC_SNAT: "SNAT to a remote backend", SVC_FIREWALL: "source ranges"}
+SVC_FLAGS = {SVC_AFFINITY: "sessionAffinity", SVC_DROP: "local-only, none here", SVC_SNAT: "SNAT to the node", SVC_FIREWALL: "source ranges"}
 BACKEND_LOCAL = 1
 SCOPE = {0: "internal", 1: "external"}
 MAPS = ("lb4_services", "lb4_backends", "lb4_revnat", "lb4_config", "lb4_src_range")
@@ -263,27 +263,58 @@ def _bytes(field) -> bytes:
     return bytes(int(x, 16) for x in field)
 
 
-def lb_list(services: list[dict], backends: list[dict]) -> list[tuple[str, str]]:
-    """`cilium bpf lb list`'s two columns from `bpftool -j map dump` of lb4_services
-    and lb4_backends (raw "key"/"value" byte lists)."""
+def frontends_of(services: list[dict], backends: list[dict]) -> list[dict]:
+    """The frontends in `bpftool -j map dump` of lb4_services and lb4_backends (raw
+    "key"/"value" byte lists), each with its master's fields and its slots in
+    order; a slot whose backend is missing names it `backend N not found`."""
     bes = {}
     for e in backends:
         k, v = _bytes(e["key"]), _bytes(e["value"])
-        bes[struct.unpack("<I", k)[0]] = f"{ipaddress.IPv4Address(v[:4])}:{struct.unpack('!H', v[4:6])[0]}/{PROTO_NAME.get(v[6], v[6])}"
-    rows = []
+        bes[struct.unpack("<I", k)[0]] = f"{ipaddress.IPv4Address(v[:4])}:{struct.unpack('!H', v[4:6])[0]}"
+    fronts: dict[tuple, dict] = {}
     for e in services:
         k, v = _bytes(e["key"]), _bytes(e["value"])
         ip, port, slot, proto, scope = ipaddress.IPv4Address(k[:4]), struct.unpack("!H", k[4:6])[0], struct.unpack("<H", k[6:8])[0], k[8], k[9]
         backend_id, count, rev, flags, kind, _ = struct.unpack("<IHHBBH", v)
-        front = f"{ip}:{port}/{PROTO_NAME.get(proto, proto)}" + (" (external)" if scope else "")
+        f = fronts.setdefault((str(ip), port, proto, scope), {"slots": {}})
         if slot == 0:
-            kinds = [name for name, code in KINDS.items() if code == kind] + [name for bit, name in SVC_FLAGS.items() if flags & bit]
-            extra = f", affinity timeout {backend_id} s" if flags & SVC_AFFINITY else ""
-            rows.append((front, slot, f"0.0.0.0:0 ({rev}) (0) [{', '.join(kinds)}] (master, count={count}{extra})"))
+            f.update(
+                frontend=f"{ip}:{port}/{PROTO_NAME.get(proto, str(proto)).lower()}",
+                type=next((name for name, code in KINDS.items() if code == kind), "ClusterIP"),
+                scope="external" if scope else "internal",
+                flags=[name for bit, name in SVC_FLAGS.items() if flags & bit],
+                revNat=rev,
+                count=count,
+                affinityTimeout=backend_id if flags & SVC_AFFINITY else None,
+            )
         else:
-            rows.append((front, slot, f"{bes.get(backend_id, f'backend {backend_id} not found')} ({rev}) ({slot})"))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    return [(front if slot == 0 else "", text) for front, slot, text in rows]
+            f["slots"][slot] = (bes.get(backend_id, f"backend {backend_id} not found"), rev)
+    out = [f for f in fronts.values() if "frontend" in f]
+    return sorted(out, key=lambda f: (f["frontend"], f["scope"]))
+
+
+def lb_frontends(services: list[dict], backends: list[dict]) -> list[dict]:
+    """`bpf lb list --json`: the contract's {frontend, type, backends}, plus the scope
+    (internal: what pods and nodes send; external: what comes in on eth0), the
+    master's flags and its rev-NAT index."""
+    return [
+        {k: f[k] for k in ("frontend", "type", "scope", "flags", "revNat")} | {"backends": [b for _, (b, _) in sorted(f["slots"].items())]}
+        for f in frontends_of(services, backends)
+    ]
+
+
+def lb_list(services: list[dict], backends: list[dict]) -> list[tuple[str, str]]:
+    """`cilium bpf lb list`'s two columns: a master row per frontend, a row per slot."""
+    rows = []
+    for f in frontends_of(services, backends):
+        ip_port, _, proto = f["frontend"].rpartition("/")
+        front = f"{ip_port}/{proto.upper()}" + (" (external)" if f["scope"] == "external" else "")
+        extra = f", affinity timeout {f['affinityTimeout']} s" if f["affinityTimeout"] is not None else ""
+        rows.append((front, f"0.0.0.0:0 ({f['revNat']}) (0) [{', '.join([f['type'], *f['flags']])}] (master, count={f['count']}{extra})"))
+        rows += [
+            ("", f"{b}/{proto.upper()} ({rev}) ({slot})" if "not found" not in b else f"{b} ({rev}) ({slot})") for slot, (b, rev) in sorted(f["slots"].items())
+        ]
+    return rows
 
 
 def ct_entries(dump: list[dict]) -> list[dict]:

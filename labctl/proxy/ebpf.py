@@ -12,7 +12,7 @@ flannel's iptables chains, and NetworkPolicy its chains, which see the
 translated addresses.
 
 The node's own devices carry the rest: eth0 `from_netdev` (NodePort,
-LoadBalancer and external IPs from outside, with SNAT to a remote backend and
+LoadBalancer and external IPs from outside, with SNAT to the node under externalTrafficPolicy Cluster and
 loadBalancerSourceRanges) and `from_host` (the node's own traffic to a
 frontend; a pod's reply to an outside client), cni0 and the overlay device
 `to_host` (replies to the node's own connections).

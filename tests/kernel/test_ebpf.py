@@ -50,14 +50,14 @@ def test_a_node_holds_programs_and_pinned_maps_and_no_kube_proxy_rules(lab):
     pins = ROOT / lab.name / "node1"
     assert {p.name for p in pins.iterdir()} >= {"lb4_services", "lb4_backends", "lb4_revnat", "ct4", "lb4_affinity", "lb4_config", "progs"}
     vip = lab.topo.service("default/web").cluster_ip
-    rows = json.loads(lab.cli("bpf", "lb", "list", "--lab", lab.name, "--node", "node1", "--json").stdout)["node1"]
-    front = next(i for i, r in enumerate(rows) if r["service"] == f"{vip}:80/TCP")
-    assert "[ClusterIP] (master, count=2)" in rows[front]["backend"]
-    assert sorted(r["backend"].split(" ")[0] for r in rows[front + 1 : front + 3]) == sorted(
-        f"{p.ip}:8080/TCP" for p in lab.topo.pods if p.name.startswith("web")
-    )
+    fronts = json.loads(lab.cli("bpf", "lb", "list", "--lab", lab.name, "--node", "node1", "--json").stdout)
+    [front] = [f for f in fronts if f["frontend"] == f"{vip}:80/tcp"]
+    assert front["node"] == "node1" and front["type"] == "ClusterIP"
+    assert sorted(front["backends"]) == sorted(f"{p.ip}:8080" for p in lab.topo.pods if p.name.startswith("web"))
+    text = lab.cli("bpf", "lb", "list", "--lab", lab.name, "--node", "node1").stdout
+    assert f"{vip}:80/TCP" in text and "[ClusterIP] (master, count=2)" in text
     dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(pins / "lb4_services")], capture_output=True, text=True, check=True).stdout)
-    assert len(dump) == sum(1 for r in rows), "bpf lb list shows every entry bpftool finds"
+    assert len(dump) == sum(1 + len(f["backends"]) for f in fronts), "bpf lb list shows every entry bpftool finds"
     status = json.loads(lab.cli("status", "--lab", lab.name, "--json").stdout)
     assert status["proxyMode"] == "ebpf" and status.get("bpfPins") == str(ROOT / lab.name)
 

@@ -96,6 +96,9 @@ def test_lb_list_prints_what_cilium_prints_and_names_missing_backends():
     i = next(i for i, (s, _) in enumerate(rows) if s == f"{vip}:80/TCP")
     assert rows[i][1].endswith("[ClusterIP] (master, count=2)") and rows[i + 1][0] == ""
     assert any("not found" in b for _, b in rows)
+    fronts = M.lb_frontends(dump(m.updates["lb4_services"]), dump(m.updates["lb4_backends"]))
+    [web] = [f for f in fronts if f["frontend"] == f"{vip}:80/tcp"]
+    assert web["type"] == "ClusterIP" and sorted(web["backends"]) == sorted(f"{topo.pod(p).ip}:8080" for p in ("default/a", "default/b"))
 
 
 def test_a_host_without_clang_is_exit_3_naming_it(monkeypatch):

@@ -57,7 +57,7 @@
 #define REV_HOST 3    /* into the node's stack from cni0 or the overlay: its own connections' replies */
 #define SVC_AFFINITY 1
 #define SVC_DROP 2 /* no endpoint here for a Local policy, some elsewhere: drop, not reject */
-#define SVC_SNAT 4 /* externalTrafficPolicy Cluster: SNAT to the node when the backend is remote */
+#define SVC_SNAT 4 /* externalTrafficPolicy Cluster: SNAT to the node (the client is seen as a node address) */
 #define SVC_FIREWALL 8 /* loadBalancerSourceRanges: only sources in lb4_src_range */
 #define BACKEND_LOCAL 1
 #define SCOPE_INTERNAL 0
@@ -409,7 +409,7 @@ static __always_inline int reverse(struct __sk_buff *skb, struct flow *f, int wh
 	/* into a pod: everything; out of eth0: a pod's reply to an outside client, once
 	 * the node's netfilter has seen it; in on eth0: an SNATed connection's reply
 	 * (the caller forwards it itself) or the node's own; into the node: its own */
-	int src = where == REV_POD || (where == REV_EGRESS && !host && !client) || (where == REV_INGRESS && (host || client)) || (where == REV_HOST && host);
+	int src = where == REV_POD || (where == REV_EGRESS && !host && !client) || (where == REV_INGRESS && (host || client)) || (where == REV_HOST && (host || client));
 	int dst = src && client && where != REV_EGRESS;
 	if (!src)
 		return 0;
@@ -501,7 +501,7 @@ static __always_inline int translate(struct __sk_buff *skb, struct flow *f, __u8
 		backend = b->address;
 		bport = b->port;
 		hairpin = from_pod && backend == f->saddr;
-		int snat = !hairpin && (svc->flags & SVC_SNAT) && !(b->flags & BACKEND_LOCAL);
+		int snat = !hairpin && (svc->flags & SVC_SNAT); /* as kube-proxy's masquerade: a local backend too */
 		if (hairpin) {
 			src = bpf_htonl(LOOPBACK);
 		} else if (snat) {
@@ -671,7 +671,10 @@ int to_host(struct __sk_buff *skb)
 	struct flow f = {};
 	if (parse(skb, &f) < 0)
 		return TC_ACT_OK;
-	return reverse(skb, &f, REV_HOST) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	int r = reverse(skb, &f, REV_HOST);
+	if (r == 2) /* a local backend's reply to an SNATed outside client: back out, past the stack */
+		return route_to(skb, &f, 0);
+	return r < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "GPL";
