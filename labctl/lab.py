@@ -100,7 +100,6 @@ def check_host(topo: Topology) -> None:
     from labctl import registry
     from labctl.proxy.sync import require_mode
 
-    registry.proxy_mode(topo.lab.proxy_mode).check(topo)
     require_mode(topo.lab)
     registry.overlay(topo.lab.overlay).require(topo.lab)
     for addon in registry.addons():

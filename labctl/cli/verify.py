@@ -93,7 +93,7 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
     from labctl.policy.explain import explain as why
     from labctl.policy.explain import explain_http
 
-    _, topo = running_lab(lab_name)
+    handle, topo = running_lab(lab_name)
     if http_path is not None:
         headers = _headers(http_headers)
         r = explain_http(topo, resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO"), http_path, http_host, https, http_method, headers, port)
@@ -107,7 +107,7 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
     if with_trace:
         from labctl.probe.trace import agreement
 
-        r["trace"] = _trace(lab_name, topo, a, b, r["port"], proto)
+        r["trace"] = _trace(handle, topo, a, b, r["port"], proto)
         d = agreement(r, r["trace"])
         r["trace"].update(agrees=d is None, disagreement=d)
     if "service" not in r and os.geteuid() == 0:  # the semantics, and whether the kernel can route it at all
@@ -129,14 +129,13 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
         output.say("[bold]the semantics and the kernel agree[/bold]" if t["agrees"] else f"[bold]they disagree[/bold]: {output.escaped(t['disagreement'])}")
 
 
-def _trace(lab_name, topo, a, b, port, proto) -> dict:
+def _trace(handle, topo, a, b, port, proto) -> dict:
     from labctl.cli import require_root
     from labctl.cli.trace import traced
 
     require_root("explain --trace")
     if proto not in ("tcp", "udp"):
         raise InvalidInput(f"--trace follows tcp and udp flows, not {proto}")
-    handle, _ = running_lab(lab_name)
     return traced(handle, topo, a, b, port, proto, 1.0)
 
 

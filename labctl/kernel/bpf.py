@@ -139,8 +139,11 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
 def _obj_get(path: Path) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     name = ctypes.create_string_buffer(str(path).encode())
     attr = (ctypes.c_uint64 * 2)(ctypes.cast(name, ctypes.c_void_p).value, 0)
     fd = libc.syscall(_NR_BPF, _BPF_OBJ_GET, ctypes.byref(attr), 16)
@@ -220,7 +223,7 @@ class _BatchAttr(ctypes.Structure):
 
 def _batch(cmd: int, fd: int, keys: bytes, values: bytes | None, count: int) -> tuple[int, int]:
     """One batch syscall: (elements done, errno or 0)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
     kbuf = ctypes.create_string_buffer(keys, len(keys))
     vbuf = ctypes.create_string_buffer(values, len(values)) if values is not None else None
     attr = _BatchAttr(0, 0, ctypes.addressof(kbuf), ctypes.addressof(vbuf) if vbuf is not None else 0, count, fd, 0, 0)
@@ -255,15 +258,6 @@ def delete(path: Path, keys: list[bytes]) -> None:
             keys = keys[done + 1 :]
     finally:
         os.close(fd)
-
-
-def write(lines: list[str]) -> None:
-    """Map changes in one bpftool process."""
-    if not lines:
-        return
-    p = subprocess.run(["bpftool", "batch", "file", "-"], input="\n".join(lines) + "\n", capture_output=True, text=True)
-    if p.returncode != 0:
-        raise KernelError(f"bpftool batch failed: {(p.stderr or p.stdout).strip()[-2000:]}")
 
 
 def dump(path: Path) -> list[dict]:

@@ -125,10 +125,16 @@ class View:
         """The probe's connection in the node's BPF conntrack (ebpf mode)."""
         if self.pins is None:
             return None
-        from labctl.proxy.bpfmaps import connection, ct_entries
+        from labctl.proxy.bpfmaps import connection
 
-        text = self._run("bpftool", "-j", "map", "dump", "pinned", f"{self.pins}/ct4")
-        return connection(ct_entries(json.loads(text or "[]")), sport)
+        return connection(self.bpf_ct, sport)
+
+    @cached_property
+    def bpf_ct(self) -> list[dict]:
+        """The node's ct4, dumped once (the request's and the reply's hops both read it)."""
+        from labctl.proxy.bpfmaps import ct_entries
+
+        return ct_entries(json.loads(self._run("bpftool", "-j", "map", "dump", "pinned", f"{self.pins}/ct4") or "[]"))
 
 
 def _gateway(route: str) -> str | None:

@@ -390,7 +390,9 @@ def run(handle, topo, a, b, proto: str, port: int, timeout: float, tracer: str, 
     # the two ends' own routes: the sender's, and the server's for its answer
     request[:0] = _end_route(a.label, a.netns, b.ip, "request")
     if result.served_by and result.client_ip_seen:
-        server_ns = _netns_of(topo, result.served_by)
+        from labctl.model.targets import resolve
+
+        server_ns = resolve(topo, result.served_by, role="TO").netns
         if server_ns:
             reply[:0] = _end_route(result.served_by, server_ns, result.client_ip_seen, "reply")
     return result, request, reply
@@ -402,18 +404,6 @@ def _namer(topo):
     places.update({n.ip: f"node/{n.name}" for n in topo.lab.nodes})
     places.update({e.ip: f"ext/{e.name}" for e in topo.lab.externals})
     return lambda ip: places.get(ip or "")
-
-
-def _netns_of(topo, label: str) -> str | None:
-    from labctl.model import names
-
-    kind, _, rest = label.partition("/")
-    if kind == "ext":
-        return names.external_netns(topo.lab.name, rest)
-    if kind == "node":
-        return names.node_netns(topo.lab.name, rest)
-    pod = next((p for p in topo.pods if p.key == label), None)
-    return names.pod_netns(topo.lab.name, pod.namespace, pod.name) if pod else None
 
 
 def _end_route(label: str, ns: str, dst: str, direction: str) -> list[dict[str, Any]]:

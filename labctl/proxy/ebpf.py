@@ -179,10 +179,12 @@ def _prepare(topo: Topology) -> None:
     from labctl.lab import LabHandle
 
     bpf.mount()
+    path = bpf.lab_dir(topo.lab.name)
+    if path.exists():  # made only after it was journaled
+        return
     journal = LabHandle(topo.lab.name).journal
-    path = str(bpf.lab_dir(topo.lab.name))
-    if path not in journal.replay().files:
-        journal.file(path)
+    if str(path) not in journal.replay().files:
+        journal.file(str(path))
 
 
 MODE = Ebpf()

@@ -121,9 +121,6 @@ class ProxyMode:
     def leave(self, topo: Topology, node: str) -> None:
         raise NotImplementedError
 
-    def check(self, topo: Topology) -> None:
-        """Refuse (InvalidInput, exit 2) what the mode cannot serve, before anything is made."""
-
     def pods_wired(self, topo: Topology, pods: list) -> None:
         """New pods' links exist (a mode that attaches to each pod's veth does it now)."""
 
