@@ -38,6 +38,13 @@ def verify(lab_name, timeout, workers, as_json) -> None:
     still_up(handle, topo, before)
     seconds = time.monotonic() - t0
     bad = [c for c in done if c.mismatch]
+    if bad and handle.applied() != topo:  # probes of a lab another command changed meanwhile: no verdict on either
+        from labctl.errors import NoSuchLab
+
+        raise NoSuchLab(
+            f"lab {handle.name} changed while verify ran ({len(bad)} probes disagree with the topology it started from)",
+            hint="run `labctl verify` again",
+        )
     if as_json:
         output.emit_json({"checked": len(done), "mismatches": [c.to_dict() for c in bad], "seconds": round(seconds, 3)})
     else:
