@@ -89,6 +89,9 @@ def test_megabytes_through_a_cluster_ip_with_checksum_offload_off_arrive_intact(
     for node in ("node1", "node2"):
         for link in lab.jsh(lab.node_ns(node), "ip", "-j", "link", "show", "master", "cni0"):
             lab.sh(lab.node_ns(node), "ethtool", "-K", link["ifname"], "tx", "off", "rx", "off", "tso", "off", "gso", "off")
+    deadline = time.monotonic() + 10  # the command starts after `up` returns: wait until it listens
+    while ":9000" not in lab.sh(lab.pod_ns("default/blob"), "ss", "-ltn") and time.monotonic() < deadline:
+        time.sleep(0.05)
     fetch = f"curl -s -m 20 http://{vip}/ --http0.9 | sha256sum"
     for client in ("client", "near"):  # across VXLAN, and on the server's node
         got = lab.sh(lab.pod_ns(f"default/{client}"), "sh", "-c", fetch).split()[0]
