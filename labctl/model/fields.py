@@ -98,8 +98,8 @@ def label_problems(labels: dict, where: str, path: str) -> list[Problem]:
     return out
 
 
-def parse_cidr(value: str, where: str, path: str, problems: list[Problem]) -> ipaddress.IPv4Network | None:
-    """An IPv4 CIDR without host bits, or None with a problem added."""
+def parse_cidr(value: str, where: str, path: str, problems: list[Problem], family: int | None = None):
+    """An IPv4 or IPv6 CIDR without host bits (of `family` when given), or None with a problem added."""
     try:
         if not isinstance(value, str) or "/" not in value or value != value.strip():
             raise ValueError(value)
@@ -107,8 +107,8 @@ def parse_cidr(value: str, where: str, path: str, problems: list[Problem]) -> ip
     except ValueError:
         problems.append(Problem(where, path, f"{short_repr(value)} is not a CIDR (e.g. 10.244.0.0/16)"))
         return None
-    if loose.version != 4:
-        problems.append(Problem(where, path, f"{short_repr(value)}: only IPv4 networks are supported"))
+    if family is not None and loose.version != family:
+        problems.append(Problem(where, path, f"{short_repr(value)} is not an IPv{family} CIDR"))
         return None
     if loose.network_address != ipaddress.ip_interface(value).ip:
         problems.append(Problem(where, path, f"{short_repr(value)} has host bits set; did you mean {loose}?"))
@@ -119,4 +119,7 @@ def parse_cidr(value: str, where: str, path: str, problems: list[Problem]) -> ip
 def lb_pool_range(pool: str) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
     """spec.loadBalancerPool "first-last" as two addresses (ValueError when it is not)."""
     first, _, last = pool.partition("-")
-    return ipaddress.IPv4Address(first), ipaddress.IPv4Address(last)
+    a, b = ipaddress.ip_address(first), ipaddress.ip_address(last)
+    if a.version != b.version:
+        raise ValueError(pool)
+    return a, b

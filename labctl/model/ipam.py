@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import ipaddress
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Iterable, Iterator
 
 
@@ -20,7 +20,7 @@ class PoolExhausted(Exception):
     pass
 
 
-def hosts(net: IPv4Network) -> Iterator[IPv4Address]:
+def hosts(net: IPv4Network) -> Iterator[IPv4Address | IPv6Address]:
     """Usable host addresses of a network (no network or broadcast address)."""
     if net.prefixlen >= 31:
         yield from net
@@ -40,22 +40,26 @@ class AddressPool:
         cursor: str | None = None,
         exclude: Iterable[tuple[IPv4Address, IPv4Address]] = (),
     ):
-        self.first = IPv4Address(first)
-        self.last = IPv4Address(last)
-        self.used: set[IPv4Address] = {IPv4Address(a) for a in used}
-        self.exclude = [(int(a), int(b)) for a, b in exclude]
+        self.cls = type(ipaddress.ip_address(first))  # IPv4Address or IPv6Address
+        self.first = self.cls(first)
+        self.last = self.cls(last)
+        self.used: set = {self.cls(a) for a in used if self._ours(a)}
+        self.exclude = [(int(a), int(b)) for a, b in exclude if self._ours(a)]
         # host-local remembers the last address it gave and starts after it.
-        self.cursor = IPv4Address(cursor) if cursor else None
+        self.cursor = self.cls(cursor) if cursor and self._ours(cursor) else None
+
+    def _ours(self, ip) -> bool:
+        return ipaddress.ip_address(ip).version == self.cls(0).version
 
     @property
     def size(self) -> int:
         return int(self.last) - int(self.first) + 1
 
-    def __contains__(self, ip: IPv4Address | str) -> bool:
-        return self.first <= IPv4Address(ip) <= self.last
+    def __contains__(self, ip) -> bool:
+        return self._ours(ip) and self.first <= self.cls(ip) <= self.last
 
-    def reserve(self, ip: str | IPv4Address) -> None:
-        self.used.add(IPv4Address(ip))
+    def reserve(self, ip) -> None:
+        self.used.add(self.cls(ip))
 
     def allocate(self) -> IPv4Address:
         n = self.size
@@ -69,7 +73,7 @@ class AddressPool:
             if skip is not None:  # jump over an excluded range, however large
                 i += min(skip, int(self.last)) - value + 1
                 continue
-            ip = IPv4Address(value)
+            ip = self.cls(value)
             if ip not in self.used:
                 self.used.add(ip)
                 self.cursor = ip
@@ -119,7 +123,7 @@ class SubnetPool:
         return 2 ** (self.prefixlen - self.net.prefixlen)
 
     def _nth(self, i: int) -> IPv4Network:
-        size = 2 ** (32 - self.prefixlen)
+        size = 2 ** (self.net.max_prefixlen - self.prefixlen)
         return ipaddress.ip_network((int(self.net.network_address) + i * size, self.prefixlen))
 
     def allocate(self, preferred_index: int) -> IPv4Network:
@@ -133,5 +137,7 @@ class SubnetPool:
 
 
 def mac_for_ip(ip: str) -> str:
-    """A pod's MAC from its IP, as the CNI bridge plugin used to do: 0a:58 + the IPv4 bytes."""
-    return "0a:58:" + ":".join(f"{b:02x}" for b in IPv4Address(ip).packed)
+    """A pod's MAC from its IP, as the CNI bridge plugin used to do: 0a:58 + the IPv4 bytes
+    (an IPv6 address's last four bytes in an IPv6-only lab)."""
+    packed = ipaddress.ip_address(ip).packed[-4:]
+    return "0a:58:" + ":".join(f"{b:02x}" for b in packed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-from labctl.model import fields, ingress, schema, services, system, validate
+from labctl.model import family, fields, ingress, schema, services, system, validate
 from labctl.model.documents import Document, read_file
 from labctl.model.errors import InvalidInput, Problem, short_repr
 from labctl.model.expect import check_expectations
@@ -21,17 +21,64 @@ from labctl.model.resolve import resolve
 LAB_API_VERSION = "labctl/v1"
 
 
+def _families(spec: dict[str, Any]) -> tuple[str, ...]:
+    fams = spec.get("ipFamilies")
+    return tuple(str(f) for f in fams) if isinstance(fams, list) and fams else ("IPv4",)
+
+
+def _per_family(value: Any, fams: tuple[str, ...], kind: str) -> tuple[str, ...]:
+    """A network given as one CIDR or a list (one per family); the families' defaults
+    when not given."""
+    if value is None:
+        return tuple(family.DEFAULTS[family.NAMES.get(f, 4)][kind] for f in fams)
+    return tuple(str(v) for v in value) if isinstance(value, list) else (str(value),)
+
+
+def _slots(one: Any, many: Any, fams: tuple[str, ...]) -> tuple:
+    """A host's addresses (or pod CIDRs) aligned with the lab's families (None where not
+    given): a list in the families' order, or one value in its family's slot."""
+    if isinstance(many, list) and many:
+        return tuple(str(v) for v in many)
+    if one is None:
+        return ()
+    nums = [family.NAMES.get(f, 4) for f in fams]
+    fam = family.of(str(one))
+    i = nums.index(fam) if fam in nums else 0
+    return tuple(str(one) if j == i else None for j in range(max(len(fams), i + 1)))
+
+
 def spec_from_lab(data: dict[str, Any]) -> LabSpec:
     """The Lab document (schema-valid) as a LabSpec, defaults filled in."""
     spec = data.get("spec") or {}
     nodes = spec.get("nodes")
     if nodes is None:
         nodes = [{"name": "node1"}]
+    fams = _families(spec)
+    primary = family.NAMES.get(fams[0], 4)
+    node_nets = _per_family(spec.get("nodeNetwork"), fams, "node")
+    pod_nets = _per_family(spec.get("podNetwork"), fams, "pod")
+    svc_nets = _per_family(spec.get("serviceNetwork"), fams, "service")
+    pool = spec.get("loadBalancerPool")
+    pools = tuple(str(p) for p in pool) if isinstance(pool, list) else (str(pool),) if pool else ()
+    mask4 = spec.get("nodeCIDRMaskSize", 24 if len(fams) > 1 or primary == 4 else None)
+    mask6 = spec.get("nodeCIDRMaskSizeIPv6", spec.get("nodeCIDRMaskSize", 64) if len(fams) == 1 else 64)
+
+    def first(values: tuple) -> Any:
+        return values[0] if values else None
+
+    def host(h: dict, **more) -> dict:
+        ips = _slots(h.get("ip"), h.get("ips"), fams)
+        return {"name": h["name"], "ip": first(ips), "ips": ips, "link": dict(h.get("link") or {}), **more}
+
+    def node(n: dict) -> Node:
+        cidrs = _slots(n.get("podCIDR"), n.get("podCIDRs"), fams)
+        return Node(**host(n, pod_cidr=first(cidrs), pod_cidrs=cidrs, labels=dict(n.get("labels") or {})))
+
     return LabSpec(
         name=data["metadata"]["name"],
-        node_network=spec.get("nodeNetwork", LabSpec.node_network),
-        pod_network=spec.get("podNetwork", LabSpec.pod_network),
-        service_network=spec.get("serviceNetwork", LabSpec.service_network),
+        node_network=node_nets[0],
+        pod_network=pod_nets[0],
+        service_network=svc_nets[0],
         node_port_range=spec.get("nodePortRange", LabSpec.node_port_range),
         overlay=spec.get("overlay", LabSpec.overlay),
         proxy_mode=spec.get("proxyMode", LabSpec.proxy_mode),
@@ -39,17 +86,13 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         dns=spec.get("dns", LabSpec.dns),
         cluster_domain=spec.get("clusterDomain", LabSpec.cluster_domain),
         dns_upstream=spec.get("dnsUpstream"),
-        load_balancer_pool=spec.get("loadBalancerPool"),
-        node_cidr_mask=spec.get("nodeCIDRMaskSize", LabSpec.node_cidr_mask),
+        load_balancer_pool=first(pools),
+        node_cidr_mask=(mask6 if primary == 6 else mask4) or 24,
         expect=tuple(spec.get("expect") or ()),
-        nodes=tuple(
-            Node(name=n["name"], ip=n.get("ip"), pod_cidr=n.get("podCIDR"), labels=dict(n.get("labels") or {}), link=dict(n.get("link") or {})) for n in nodes
-        ),
+        nodes=tuple(node(n) for n in nodes),
         externals=tuple(
             External(
-                name=e["name"],
-                ip=e.get("ip"),
-                link=dict(e.get("link") or {}),
+                **host(e),
                 ports=_external_ports(e.get("ports") or []),
                 command=tuple(e["command"]) if e.get("command") else None,
             )
@@ -58,6 +101,13 @@ def spec_from_lab(data: dict[str, Any]) -> LabSpec:
         ingress=ingress.spec_from_lab(spec.get("ingress")),
         gateway_api=bool(spec.get("gatewayAPI", False)),
         bgp_as=(spec.get("bgp") or {}).get("asNumber"),
+        ip_families=fams,
+        node_networks=node_nets,
+        pod_networks=pod_nets,
+        service_networks=svc_nets,
+        load_balancer_pools=pools,
+        node_cidr_mask4=mask4 or 24,
+        node_cidr_mask6=mask6,
     )
 
 

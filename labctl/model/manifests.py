@@ -253,7 +253,8 @@ def _read_service(doc: Document, out: Objects) -> None:
         )
         for p in spec.get("ports") or []
     )
-    cluster_ip = spec.get("clusterIP") or None
+    cluster_ips = tuple(str(ip) for ip in spec.get("clusterIPs") or ())
+    cluster_ip = spec.get("clusterIP") or (cluster_ips[0] if cluster_ips else None)
     out.services.append(
         Service(
             namespace=meta.get("namespace") or "default",
@@ -275,6 +276,9 @@ def _read_service(doc: Document, out: Objects) -> None:
             health_check_node_port=spec.get("healthCheckNodePort") or None,
             traffic_distribution=spec.get("trafficDistribution") or None,
             topology_mode=_topology_mode(meta.get("annotations") or {}),
+            ip_family_policy=spec.get("ipFamilyPolicy") or None,
+            ip_families=tuple(str(f) for f in spec.get("ipFamilies") or ()),
+            cluster_ips=cluster_ips,
             doc=doc.index,
         )
     )

@@ -51,7 +51,7 @@ class Pod:
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     containers: tuple[Container, ...] = ()
     node: str | None = None  # requested nodeName, then the node it was placed on
-    ip: str | None = None
+    ip: str | None = None  # its address of the lab's first family (status.podIP)
     owner: str | None = None  # the Deployment that made it
     hostname: str | None = None
     subdomain: str | None = None
@@ -61,6 +61,7 @@ class Pod:
     ready: bool = True  # a failed readiness probe takes a pod out of its services' endpoints
     terminating: bool = False  # deleted with a grace period: still serving, no longer ready
     grace: float | None = None  # spec.terminationGracePeriodSeconds when the manifest gives it
+    ips: tuple[str, ...] = ()  # one address per lab family, the first being `ip` (status.podIPs)
     doc: int = 0  # index of the document it came from, for messages
 
     @property
@@ -109,6 +110,10 @@ class Service:
     health_check_node_port: int | None = None  # LoadBalancer with externalTrafficPolicy Local: kube-proxy answers its health check there
     traffic_distribution: str | None = None  # spec.trafficDistribution (PreferClose...): same-zone hints
     topology_mode: str | None = None  # the service.kubernetes.io/topology-mode annotation (Auto)
+    ip_family_policy: str | None = None  # SingleStack | PreferDualStack | RequireDualStack (None: not given)
+    ip_families: tuple[str, ...] = ()  # IPv4 / IPv6, in order: given, then as the API server defaults them
+    cluster_ips: tuple[str, ...] = ()  # one per family of ip_families, the first being cluster_ip
+    load_balancer_ips: tuple[str, ...] = ()  # one per family the pools give, the first being load_balancer_ip
     doc: int = 0
 
     @property
@@ -141,6 +146,8 @@ class Node:
     pod_cidr: str | None = None
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     link: dict[str, str] = field(default_factory=dict, hash=False)  # impairment of its underlay link (delay, jitter, loss, rate)
+    ips: tuple = ()  # one address per lab family (None where not given yet), the first being `ip`
+    pod_cidrs: tuple = ()  # one pod CIDR per lab family, the first being `pod_cidr`
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,7 @@ class External:
     link: dict[str, str] = field(default_factory=dict, hash=False)
     ports: tuple[tuple[int, str], ...] = field(default=(), hash=False)  # (port, protocol) its responder serves
     command: tuple[str, ...] | None = field(default=None, hash=False)  # a program of the user's run in its namespace
+    ips: tuple = ()  # one address per lab family, the first being `ip`
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,15 @@ class LabSpec:
     ingress: Any = None  # labctl.model.ingress.IngressSpec: the ingress controller (None: none)
     gateway_api: bool = False  # GatewayClass nginx: each Gateway of it gets nginx pods and a LoadBalancer Service
     bgp_as: int | None = None  # overlay bgp: spec.bgp.asNumber (None: 64512, Calico's default)
+    # Dual-stack and IPv6 (labctl.model.family): the singular fields above are the first
+    # family's; these hold one value per family of ip_families (empty: the singular one).
+    ip_families: tuple[str, ...] = ("IPv4",)
+    node_networks: tuple[str, ...] = ()
+    pod_networks: tuple[str, ...] = ()
+    service_networks: tuple[str, ...] = ()
+    load_balancer_pools: tuple = ()  # per family, None where that family has no pool
+    node_cidr_mask4: int = 24  # nodeCIDRMaskSize (node_cidr_mask is the first family's)
+    node_cidr_mask6: int = 64  # nodeCIDRMaskSizeIPv6
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -252,9 +269,19 @@ class Topology:
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Topology":
         lab = dict(d["lab"])
-        lab["nodes"] = tuple(Node(**n) for n in lab["nodes"])
+        for k in ("ip_families", "node_networks", "pod_networks", "service_networks", "load_balancer_pools"):
+            if k in lab:
+                lab[k] = tuple(lab[k])
+        lab["nodes"] = tuple(Node(**{**n, "ips": tuple(n.get("ips") or ()), "pod_cidrs": tuple(n.get("pod_cidrs") or ())}) for n in lab["nodes"])
         lab["externals"] = tuple(
-            External(**{**e, "ports": tuple(tuple(p) for p in e.get("ports") or ()), "command": tuple(e["command"]) if e.get("command") else None})
+            External(
+                **{
+                    **e,
+                    "ports": tuple(tuple(p) for p in e.get("ports") or ()),
+                    "command": tuple(e["command"]) if e.get("command") else None,
+                    "ips": tuple(e.get("ips") or ()),
+                }
+            )
             for e in lab["externals"]
         )
         lab["expect"] = tuple(lab.get("expect") or ())
@@ -270,6 +297,7 @@ class Topology:
                 )
                 for c in p["containers"]
             )
+            p["ips"] = tuple(p.get("ips") or ())
             pods.append(Pod(**p))
         services = []
         for sv in d.get("services") or []:
@@ -278,6 +306,8 @@ class Topology:
             sv["external_ips"] = tuple(sv["external_ips"])
             sv["static_endpoints"] = tuple(sv["static_endpoints"])
             sv["load_balancer_source_ranges"] = tuple(sv.get("load_balancer_source_ranges") or ())
+            for k in ("ip_families", "cluster_ips", "load_balancer_ips"):
+                sv[k] = tuple(sv.get(k) or ())
             services.append(Service(**sv))
         policies = tuple(from_manifest(-i, doc) for i, doc in enumerate(d["documents"], start=1) if doc.get("kind") == "NetworkPolicy")
         created = {k: list(v) for k, v in (d.get("created") or {}).items()}

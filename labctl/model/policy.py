@@ -57,8 +57,9 @@ class IPBlock:
     excepts: tuple[str, ...] = ()
 
     def contains(self, ip: str) -> bool:
-        a = ipaddress.IPv4Address(ip)
-        if a not in ipaddress.ip_network(self.cidr):
+        a = ipaddress.ip_address(ip)
+        net = ipaddress.ip_network(self.cidr)
+        if a.version != net.version or a not in net:
             return False
         return not any(a in ipaddress.ip_network(e) for e in self.excepts)
 
@@ -96,6 +97,25 @@ class NetworkPolicy:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+def family_view(pol: NetworkPolicy, fam: int) -> NetworkPolicy:
+    """The policy as one family's rules enforce it: an ipBlock of the other family
+    matches nothing there, so it is left out, and a rule left without peers goes (it
+    allows nothing in this family; the policy still isolates what it selects)."""
+
+    def rules(items: tuple[Rule, ...]) -> tuple[Rule, ...]:
+        out = []
+        for r in items:
+            peers = tuple(p for p in r.peers if p.ip_block is None or ipaddress.ip_network(p.ip_block.cidr, strict=False).version == fam)
+            if r.peers and not peers:
+                continue
+            out.append(Rule(peers, r.ports) if len(peers) != len(r.peers) else r)
+        return tuple(out)
+
+    from dataclasses import replace
+
+    return replace(pol, ingress=rules(pol.ingress), egress=rules(pol.egress))
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -195,7 +215,7 @@ def check(doc_index: int, data: dict[str, Any], where: Callable[[int], str]) -> 
                 if block:
                     net = v.parse_cidr(str(block.get("cidr", "")), w, f"{pp}.ipBlock.cidr", out)
                     for ei, exc in enumerate(block.get("except") or []):
-                        sub = v.parse_cidr(str(exc), w, f"{pp}.ipBlock.except[{ei}]", out)
+                        sub = v.parse_cidr(str(exc), w, f"{pp}.ipBlock.except[{ei}]", out, family=net.version if net is not None else None)
                         if net is not None and sub is not None and not (sub.subnet_of(net) and sub != net):
                             out.append(Problem(w, f"{pp}.ipBlock.except[{ei}]", f"{sub} must be a strict subset of cidr {net}"))
             for qi, port in enumerate(rule.get("ports") or []):

@@ -10,10 +10,20 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from labctl.model import ipam
+from labctl.model import family, ipam
 from labctl.model.errors import Problem
 from labctl.model.fields import lb_pool_range
 from labctl.model.objects import LabSpec, Pod, Topology
+
+
+def _inside(ip: str, net) -> bool:
+    a = ipaddress.ip_address(ip)
+    return a.version == net.version and a in net
+
+
+def _subnet(cidr: str, net) -> bool:
+    n = ipaddress.ip_network(cidr)
+    return n.version == net.version and n.subnet_of(net)
 
 
 def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
@@ -23,7 +33,7 @@ def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, probl
 
     def keep(h, prev):
         # a previous address stays only while it is still on the node network
-        if h.ip or prev is None or not prev.ip or ipaddress.IPv4Address(prev.ip) not in node_net:
+        if h.ip or prev is None or not prev.ip or not _inside(prev.ip, node_net):
             return h.ip
         return prev.ip
 
@@ -51,7 +61,7 @@ def _assign_host_ips(spec: LabSpec, previous: Topology | None, where: str, probl
 def _assign_pod_cidrs(spec: LabSpec, previous: Topology | None, where: str, problems: list[Problem]) -> LabSpec:
     pod_net = ipaddress.ip_network(spec.pod_network)
     prev = {n.name: n.pod_cidr for n in previous.lab.nodes if n.pod_cidr} if previous else {}
-    prev = {k: v for k, v in prev.items() if ipaddress.ip_network(v).subnet_of(pod_net) and ipaddress.ip_network(v).prefixlen == spec.node_cidr_mask}
+    prev = {k: v for k, v in prev.items() if _subnet(v, pod_net) and ipaddress.ip_network(v).prefixlen == spec.node_cidr_mask}
     nodes = [replace(n, pod_cidr=n.pod_cidr or prev.get(n.name)) for n in spec.nodes]
     pool = ipam.SubnetPool(spec.pod_network, spec.node_cidr_mask, [n.pod_cidr for n in nodes if n.pod_cidr])
     for i, n in enumerate(nodes):
@@ -104,7 +114,7 @@ def _place_pods(spec: LabSpec, pods: list[Pod], previous: Topology | None, where
             continue
         if pod.node is not None and pod.node != old.node:
             continue  # moved: recreated on its new node
-        if ipaddress.IPv4Address(old.ip) not in ipaddress.ip_network(cidr_of[old.node] or "0.0.0.0/32"):
+        if not cidr_of[old.node] or not _inside(old.ip, ipaddress.ip_network(cidr_of[old.node])):
             continue
         placed[pod.key] = replace(pod, node=old.node, ip=old.ip)
 
@@ -142,6 +152,32 @@ def _place_pods(spec: LabSpec, pods: list[Pod], previous: Topology | None, where
     return out, new_cursors
 
 
+def _previous_view(previous: Topology | None, fam: int) -> Topology | None:
+    if previous is None or fam not in family.lab_families(previous.lab):
+        return None
+    return family.view(previous, fam)
+
+
+def _indexed(problems: list[Problem], i: int, dual: bool) -> list[Problem]:
+    from labctl.model.validate import _indexed as indexed
+
+    return indexed(problems, i, dual)
+
+
+def _merge_hosts(spec: LabSpec, views: list[LabSpec]) -> LabSpec:
+    """Each node's and external's addresses (and pod CIDRs) of every family, from the views."""
+
+    def merged(items, groups):
+        out = []
+        for j, h in enumerate(items):
+            ips = tuple(g[j].ip for g in groups)
+            extra = {"pod_cidr": groups[0][j].pod_cidr, "pod_cidrs": tuple(g[j].pod_cidr for g in groups)} if hasattr(h, "pod_cidrs") else {}
+            out.append(replace(h, ip=ips[0], ips=ips, **extra))
+        return tuple(out)
+
+    return replace(spec, nodes=merged(spec.nodes, [v.nodes for v in views]), externals=merged(spec.externals, [v.externals for v in views]))
+
+
 def resolve(
     spec: LabSpec,
     namespaces: dict[str, dict[str, str]],
@@ -153,8 +189,16 @@ def resolve(
     where_of,
 ) -> tuple[Topology, list[Problem]]:
     problems: list[Problem] = []
-    spec = _assign_host_ips(spec, previous, where, problems)
-    spec = _assign_pod_cidrs(spec, previous, where, problems)
+    fams = family.lab_families(spec)
+    dual = len(fams) > 1
+    before = [_previous_view(previous, f) for f in fams]
+    views = []
+    for i, fam in enumerate(fams):
+        found: list[Problem] = []
+        sv = _assign_host_ips(family.spec_view(spec, fam), before[i], where, found)
+        views.append(_assign_pod_cidrs(sv, before[i], where, found))
+        problems += _indexed(found, i, dual)
+    spec = _merge_hosts(spec, views) if dual else views[0]
     # Pods deleted with a grace period (their manifest gone, or their Deployment scaled
     # down) stay as they were, terminating, until the reaper removes them; a pod the
     # manifests make again under the same name is a new one.
@@ -163,7 +207,16 @@ def resolve(
     nodes = {n.name for n in spec.nodes}
     leaving = [replace(p, terminating=True) for p in (previous.pods if previous else ()) if p.key in terminating and p.node in nodes]
     terminating = {k: t for k, t in terminating.items() if k in {p.key for p in leaving}}
-    placed, cursors = _place_pods(spec, [*pods, *leaving], previous, where_of, problems)
+    placed, cursors = _place_pods(views[0], [*pods, *leaving], before[0], where_of, problems)
+    if dual:
+        # the other family's addresses on the nodes the first family placed the pods on
+        on_node = [replace(p, ip=None, ips=()) for p in placed if p.node is not None]
+        more, more_cursors = _place_pods(views[1], on_node, before[1], where_of, problems)
+        second = {p.key: p.ip for p in more}
+        placed = [replace(p, ips=(p.ip, second.get(p.key))) if p.ip and second.get(p.key) else p for p in placed]
+        cursors.update({f"{n}@{family.name(fams[1])}": c for n, c in more_cursors.items()})
+    elif fams != (4,):
+        placed = [replace(p, ips=(p.ip,)) if p.ip else p for p in placed]
     # `labctl ready` overrides the manifests' readiness, for pods that still exist
     keys = {p.key for p in placed}
     readiness = {k: r for k, r in (previous.readiness if previous else {}).items() if k in keys}

@@ -14,8 +14,8 @@ import ipaddress
 from dataclasses import replace
 from typing import Callable
 
+from labctl.model import family, ipam
 from labctl.model import fields as v
-from labctl.model import ipam
 from labctl.model.errors import Problem
 from labctl.model.objects import LabSpec, Service, ServicePort, Topology
 
@@ -34,7 +34,7 @@ def kubernetes_service(spec: LabSpec) -> Service:
         name="kubernetes",
         cluster_ip=str(net.network_address + 1),
         ports=(ServicePort(port=443, protocol="TCP", name="https", target_port=APISERVER_PORT),),
-        static_endpoints=(f"{first}:{APISERVER_PORT}",) if first else (),
+        static_endpoints=(family.hostport(first, APISERVER_PORT),) if first else (),
         doc=0,
     )
 
@@ -90,17 +90,31 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
         bad("spec.ports", "a service needs at least one port")
     if s.headless and s.type in ("NodePort", "LoadBalancer"):
         bad("spec.clusterIP", f"may not be None for type {s.type}")
-    if s.cluster_ip not in (None, "None") and spec is not None:
-        try:
-            ip = ipaddress.IPv4Address(s.cluster_ip)
-        except ValueError:
-            bad("spec.clusterIP", f"{s.cluster_ip!r} is not an IPv4 address")
-        else:
-            if ip not in ipaddress.ip_network(spec.service_network):
-                bad("spec.clusterIP", f"{ip} is not inside serviceNetwork {spec.service_network}")
-            owner = reserved_ips(spec).get(str(ip))
-            if owner and owner != s.key:
-                bad("spec.clusterIP", f"{ip} is reserved for {owner}")
+    if s.cluster_ips and s.cluster_ip != s.cluster_ips[0]:
+        bad("spec.clusterIPs[0]", f"{s.cluster_ips[0]} must be the same as spec.clusterIP {s.cluster_ip}")
+    given = [ip for ip in (s.cluster_ips or ((s.cluster_ip,) if s.cluster_ip else ())) if ip != "None"]
+    if "None" in s.cluster_ips and len(s.cluster_ips) > 1:
+        bad("spec.clusterIPs", "a headless service has the one value None")
+    for k, cip in enumerate(given if spec is not None else []):
+        path = "spec.clusterIP" if k == 0 and not s.cluster_ips else f"spec.clusterIPs[{k}]"
+        if not family.is_address(cip):
+            bad(path, f"{cip!r} is not an IP address")
+            continue
+        fam = family.of(cip)
+        if fam not in family.lab_families(spec):
+            bad(path, f"{cip} is {family.name(fam)}, not a family of this lab (spec.ipFamilies of the Lab)")
+            continue
+        view = family.spec_view(spec, fam)
+        ip = ipaddress.ip_address(cip)
+        if ip not in ipaddress.ip_network(view.service_network):
+            bad(path, f"{ip} is not inside serviceNetwork {view.service_network}")
+        owner = reserved_ips(view).get(str(ip))
+        if owner and owner != s.key:
+            bad(path, f"{ip} is reserved for {owner}")
+    if len(given) == 2 and family.of(given[0]) == family.of(given[1]):
+        bad("spec.clusterIPs[1]", f"{given[1]} is of the same family as clusterIPs[0]: dual-stack clusterIPs are one per family")
+    if len(given) > 2:
+        bad("spec.clusterIPs", "at most two addresses, one per family")
     names: set[str] = set()
     numbers: dict[tuple[int, str], int] = {}
     for i, p in enumerate(s.ports):
@@ -144,13 +158,14 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
     if not 1 <= s.affinity_timeout <= 86400:
         bad("spec.sessionAffinityConfig.clientIP.timeoutSeconds", f"{s.affinity_timeout} is out of range 1-86400")
     for i, eip in enumerate(s.external_ips):
-        try:
-            ipaddress.IPv4Address(eip)
-        except ValueError:
-            bad(f"spec.externalIPs[{i}]", f"{eip!r} is not an IPv4 address")
+        if not family.is_address(eip):
+            bad(f"spec.externalIPs[{i}]", f"{eip!r} is not an IP address")
+        elif spec is not None and family.of(eip) not in family.service_families(s, spec) and s.ip_families:
+            bad(f"spec.externalIPs[{i}]", f"{eip} is {family.name(family.of(eip))}, not a family of the service ({', '.join(s.ip_families)})")
     if s.selector:
         problems += v.label_problems(s.selector, w, "spec.selector")
-    if s.type == "LoadBalancer" and spec is not None and not spec.load_balancer_pool:
+    problems += _check_families(s, spec, w)
+    if s.type == "LoadBalancer" and spec is not None and not spec.load_balancer_pool and not any(spec.load_balancer_pools):
         bad("spec.type", "LoadBalancer services need spec.loadBalancerPool in the Lab document (first-last on the node network)")
     if s.health_check_node_port is not None:
         if not s.needs_health_check:
@@ -169,10 +184,108 @@ def _check_spec(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
     return problems
 
 
+def _check_families(s: Service, spec: LabSpec | None, w: str) -> list[Problem]:
+    """ipFamilyPolicy and ipFamilies as the API server checks them."""
+    out: list[Problem] = []
+    if s.type == "ExternalName":
+        return out
+    if s.ip_family_policy is not None and s.ip_family_policy not in family.POLICIES:
+        out.append(Problem(w, "spec.ipFamilyPolicy", f"{s.ip_family_policy!r}: must be one of {', '.join(family.POLICIES)}"))
+    for i, f in enumerate(s.ip_families):
+        if f not in family.NAMES:
+            out.append(Problem(w, f"spec.ipFamilies[{i}]", f"{f!r}: must be IPv4 or IPv6"))
+        elif f in s.ip_families[:i]:
+            out.append(Problem(w, f"spec.ipFamilies[{i}]", f"{f} is given twice"))
+        elif spec is not None and family.NAMES[f] not in family.lab_families(spec):
+            out.append(Problem(w, f"spec.ipFamilies[{i}]", f"{f} is not configured in this lab (spec.ipFamilies of the Lab is {list(spec.ip_families)})"))
+    if len(s.ip_families) > 2:
+        out.append(Problem(w, "spec.ipFamilies", "at most two families"))
+    ips = [ip for ip in s.cluster_ips or ((s.cluster_ip,) if s.cluster_ip else ()) if ip != "None" and family.is_address(ip)]
+    for i, ip in enumerate(ips[: len(s.ip_families)]):
+        if s.ip_families[i] in family.NAMES and family.NAMES[s.ip_families[i]] != family.of(ip):
+            out.append(Problem(w, f"spec.ipFamilies[{i}]", f"{s.ip_families[i]} does not match clusterIPs[{i}] {ip}"))
+    wanted = max(len(s.ip_families), len(ips))
+    if s.ip_family_policy == "SingleStack" and wanted > 1:
+        out.append(Problem(w, "spec.ipFamilyPolicy", "SingleStack allows one family, and this service gives two (spec.ipFamilies or spec.clusterIPs)"))
+    if spec is not None and not family.dual(spec) and (s.ip_family_policy == "RequireDualStack" or wanted > 1):
+        field = "spec.ipFamilyPolicy" if s.ip_family_policy == "RequireDualStack" else "spec.ipFamilies"
+        out.append(
+            Problem(w, field, f"this lab is not dual-stack (spec.ipFamilies of the Lab is {list(spec.ip_families)}): use SingleStack or PreferDualStack")
+        )
+    return out
+
+
+def resolve_families(s: Service, spec: LabSpec) -> Service:
+    """The API server's defaulting of ipFamilyPolicy and ipFamilies (the service is valid)."""
+    if s.type == "ExternalName":
+        return replace(s, ip_family_policy=None, ip_families=(), cluster_ips=())
+    lab = [family.name(f) for f in family.lab_families(spec)]
+    ips = [ip for ip in s.cluster_ips or ((s.cluster_ip,) if s.cluster_ip else ()) if ip != "None"]
+    fams = list(s.ip_families) or [family.name(family.of(ip)) for ip in ips]
+    policy = s.ip_family_policy
+    if policy is None and len(fams) > 1:
+        policy = "RequireDualStack"  # inferred from two families, as the API server does
+    if policy is None:
+        # a headless service without a selector is dual-stack where the cluster is
+        policy = "RequireDualStack" if s.headless and not s.selector and len(lab) > 1 else "SingleStack"
+    if not fams:
+        fams = [lab[0]]
+    if policy != "SingleStack" and len(lab) > 1 and len(fams) == 1:
+        fams.append(next(f for f in lab if f != fams[0]))
+    return replace(s, ip_family_policy=policy, ip_families=tuple(fams))
+
+
 # -- allocation ---------------------------------------------------------------------
 
 
 def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, where: Callable[[int], str]) -> tuple[list[Service], list[Problem]]:
+    """ClusterIPs of every family a service has, then NodePorts (shared by the families),
+    then LoadBalancer IPs of every family with a pool."""
+    problems: list[Problem] = []
+    fams = family.lab_families(spec)
+    out = [resolve_families(s, spec) for s in services]
+    prev_all = {s.key: s for s in previous.services} if previous else {}
+    got: dict[str, dict[int, str]] = {}
+    lbs: dict[str, dict[int, str]] = {}
+    for fam in fams:
+        sv = family.spec_view(spec, fam)
+        before = family.view(previous, fam) if previous is not None and fam in family.lab_families(previous.lab) else None
+        mine = [family.service_view(_given(s, fam), spec, fam) for s in out]
+        mine = [m for m in mine if m is not None]
+        done, found = _cluster_ips(mine, sv, before, where)
+        problems += found
+        for m in done:
+            if m.cluster_ip and not m.headless:
+                got.setdefault(m.key, {})[fam] = m.cluster_ip
+        if sv.load_balancer_pool:
+            prev = {s.key: s for s in before.services} if before else {}
+            for m in _lb_ips(done, sv, prev, where, problems):
+                if m.type == "LoadBalancer" and m.load_balancer_ip:
+                    lbs.setdefault(m.key, {})[fam] = m.load_balancer_ip
+    for i, s in enumerate(out):
+        if s.type == "ExternalName" or s.headless:
+            out[i] = replace(s, cluster_ips=("None",) if s.headless else ())
+            continue
+        order = family.service_families(s, spec)
+        ips = tuple(got.get(s.key, {}).get(f) for f in order)
+        ips = tuple(ip for ip in ips if ip)
+        out[i] = replace(s, cluster_ip=ips[0] if ips else None, cluster_ips=ips)
+        if s.type == "LoadBalancer":
+            mine_lb = tuple(lbs.get(s.key, {})[f] for f in order if f in lbs.get(s.key, {}))
+            out[i] = replace(out[i], load_balancer_ip=mine_lb[0] if mine_lb else None, load_balancer_ips=mine_lb)
+    out = _node_ports(out, spec, prev_all, where, problems)
+    return out, problems
+
+
+def _given(s: Service, fam: int) -> Service:
+    """The service with the ClusterIP and LoadBalancer IP it was given in family `fam`."""
+    ip = family.cluster_ip(s, fam) if s.cluster_ip else None
+    lb = s.load_balancer_ip if s.load_balancer_ip and family.of(s.load_balancer_ip) == fam else None
+    return replace(s, cluster_ips=(ip,) if ip else (), cluster_ip=ip, load_balancer_ip=lb, load_balancer_ips=())
+
+
+def _cluster_ips(services: list[Service], spec: LabSpec, previous: Topology | None, where: Callable[[int], str]) -> tuple[list[Service], list[Problem]]:
+    """One family's ClusterIPs (the services and the lab as that family sees them)."""
     problems: list[Problem] = []
     prev = {s.key: s for s in previous.services} if previous else {}
     net = ipaddress.ip_network(spec.service_network)
@@ -195,7 +308,7 @@ def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, 
         if s.type == "ExternalName" or s.headless or s.cluster_ip:
             continue
         old = prev.get(s.key)
-        if old and old.cluster_ip and old.cluster_ip not in ("None",) and old.cluster_ip not in used and ipaddress.IPv4Address(old.cluster_ip) in net:
+        if old and old.cluster_ip and old.cluster_ip not in ("None",) and old.cluster_ip not in used and old.cluster_ip in pool:
             out[i] = replace(s, cluster_ip=old.cluster_ip)
             used[old.cluster_ip] = s.key
             pool.reserve(old.cluster_ip)
@@ -210,8 +323,6 @@ def allocate(services: list[Service], spec: LabSpec, previous: Topology | None, 
             out[i] = replace(s, cluster_ip=str(pool.allocate()))
         except ipam.PoolExhausted:
             problems.append(Problem(where(s.doc), "spec.clusterIP", f"serviceNetwork {net} has no address left"))
-    out = _node_ports(out, spec, prev, where, problems)
-    out = _lb_ips(out, spec, prev, where, problems)
     return out, problems
 
 

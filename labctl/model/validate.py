@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Callable
 
-from labctl.model import dns, names
+from labctl.model import dns, family, names
 from labctl.model import impairment as tc
 from labctl.model.errors import InvalidInput, Problem
 from labctl.model.fields import PROTOCOLS, dns1123_label, dns1123_subdomain, label_problems, lb_pool_range, parse_cidr, port_name
@@ -19,12 +19,60 @@ from labctl.model.objects import DEFAULT_NAMESPACES, LabSpec, Pod, Topology
 _NETWORK_FIELDS = (("nodeNetwork", "node_network"), ("podNetwork", "pod_network"), ("serviceNetwork", "service_network"))
 
 
+def _indexed(problems: list[Problem], i: int, dual: bool) -> list[Problem]:
+    """A family's problems with their paths naming its slot of the list fields."""
+    if not dual:
+        return problems
+    out = []
+    for p in problems:
+        path = p.path
+        for fld in ("nodeNetwork", "podNetwork", "serviceNetwork", "loadBalancerPool"):
+            if path == f"spec.{fld}":
+                path = f"{path}[{i}]"
+        for one, many in ((".ip", ".ips"), (".podCIDR", ".podCIDRs")):
+            if path.endswith(one):
+                path = path[: -len(one)] + f"{many}[{i}]"
+        out.append(Problem(p.where, path, p.message))
+    return out
+
+
 def networks(spec: LabSpec, where: str) -> list[Problem]:
-    """CIDR syntax, sizes, ranges and overlaps of the Lab's networks."""
+    """ipFamilies, and each family's networks (syntax, sizes, ranges, overlaps)."""
+    fams = [family.NAMES.get(f) for f in spec.ip_families]
+    problems: list[Problem] = []
+    if len(set(spec.ip_families)) != len(spec.ip_families):
+        problems.append(Problem(where, "spec.ipFamilies", f"{list(spec.ip_families)}: a family may be given once (dual-stack is [IPv4, IPv6] or [IPv6, IPv4])"))
+        return problems
+    fields_ = (("nodeNetwork", spec.node_networks), ("podNetwork", spec.pod_networks), ("serviceNetwork", spec.service_networks))
+    if spec.load_balancer_pools:
+        fields_ += (("loadBalancerPool", spec.load_balancer_pools),)
+    for fld, values in fields_:
+        if values and len(values) != len(fams) and not (fld == "loadBalancerPool" and len(values) < len(fams)):
+            problems.append(
+                Problem(
+                    where,
+                    f"spec.{fld}",
+                    f"gives {len(values)} value(s) for {len(fams)} famil{'ies' if len(fams) > 1 else 'y'} {list(spec.ip_families)}: one per family, in their order",
+                )
+            )
+            continue
+        for i, value in enumerate(values):
+            if i < len(fams) and family.of(value) != fams[i] and (fld != "loadBalancerPool" or len(values) == len(fams)):
+                path = f"spec.{fld}[{i}]" if len(fams) > 1 or isinstance(value, str) and len(values) > 1 else f"spec.{fld}"
+                problems.append(Problem(where, path, f"{value} is not {family.name(fams[i])} (spec.ipFamilies[{i}] is {family.name(fams[i])})"))
+    if problems:
+        return problems
+    dual = len(fams) > 1
+    for i, fam in enumerate(fams):
+        problems += _indexed(_networks(family.spec_view(spec, fam), where, fam), i, dual)
+    return problems
+
+
+def _networks(spec: LabSpec, where: str, fam: int) -> list[Problem]:
     problems: list[Problem] = []
     nets = {}
     for fld, attr in _NETWORK_FIELDS:
-        net = parse_cidr(getattr(spec, attr), where, f"spec.{fld}", problems)
+        net = parse_cidr(getattr(spec, attr), where, f"spec.{fld}", problems, family=fam)
         if net is not None:
             nets[fld] = net
     names_ = list(nets)
@@ -32,10 +80,19 @@ def networks(spec: LabSpec, where: str) -> list[Problem]:
         for b in names_[i + 1 :]:
             if nets[a].overlaps(nets[b]):
                 problems.append(Problem(where, f"spec.{b}", f"{nets[b]} overlaps spec.{a} {nets[a]}: node, pod and service networks must be disjoint"))
-    if "nodeNetwork" in nets and nets["nodeNetwork"].prefixlen > 29:
-        problems.append(Problem(where, "spec.nodeNetwork", f"{nets['nodeNetwork']} is too small for a node network (at most /29)"))
+    limit = 29 if fam == 4 else 125
+    if "nodeNetwork" in nets and nets["nodeNetwork"].prefixlen > limit:
+        problems.append(Problem(where, "spec.nodeNetwork", f"{nets['nodeNetwork']} is too small for a node network (at most /{limit})"))
+    mask_field = "spec.nodeCIDRMaskSizeIPv6" if fam == 6 and spec is not None else "spec.nodeCIDRMaskSize"
     if "podNetwork" in nets and spec.node_cidr_mask < nets["podNetwork"].prefixlen:
-        problems.append(Problem(where, "spec.nodeCIDRMaskSize", f"/{spec.node_cidr_mask} is larger than podNetwork {nets['podNetwork']}"))
+        problems.append(Problem(where, mask_field, f"/{spec.node_cidr_mask} is larger than podNetwork {nets['podNetwork']}"))
+    elif "podNetwork" in nets and fam == 4 and spec.node_cidr_mask > 30:
+        problems.append(Problem(where, mask_field, f"/{spec.node_cidr_mask} is too small for an IPv4 pod CIDR (at most /30)"))
+    elif "podNetwork" in nets and spec.node_cidr_mask - nets["podNetwork"].prefixlen > 16:
+        # kube-controller-manager: the node mask may be at most 16 bits longer than the cluster CIDR's
+        problems.append(Problem(where, mask_field, f"/{spec.node_cidr_mask} is more than 16 bits longer than podNetwork {nets['podNetwork']}"))
+    if "serviceNetwork" in nets and fam == 6 and nets["serviceNetwork"].prefixlen < 108:
+        problems.append(Problem(where, "spec.serviceNetwork", f"{nets['serviceNetwork']} is too large: an IPv6 service CIDR is at least /108 (kube-apiserver)"))
     if "serviceNetwork" in nets and nets["serviceNetwork"].num_addresses < 16:
         problems.append(Problem(where, "spec.serviceNetwork", f"{nets['serviceNetwork']} is too small (at least /28: .1 and .10 are reserved)"))
     lo, _, hi = spec.node_port_range.partition("-")
@@ -50,7 +107,9 @@ def _lb_pool(spec: LabSpec, node_net, where: str) -> list[Problem]:
     try:
         first, last = lb_pool_range(spec.load_balancer_pool)
     except ValueError:
-        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool!r} is not a range first-last of IPv4 addresses")]
+        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool!r} is not a range first-last of addresses of one family")]
+    if node_net is not None and first.version != node_net.version:
+        return [Problem(where, "spec.loadBalancerPool", f"{spec.load_balancer_pool} is not inside nodeNetwork {node_net}")]
     if first > last:
         return [Problem(where, "spec.loadBalancerPool", f"{first} comes after {last}")]
     if node_net is not None and not (first in node_net and last in node_net):
@@ -108,7 +167,28 @@ def _link_problems(link: dict, where: str, path: str) -> list[Problem]:
 
 
 def hosts(spec: LabSpec, where: str) -> list[Problem]:
-    """Addresses and pod CIDRs of nodes and externals (the networks are valid)."""
+    """Addresses and pod CIDRs of nodes and externals, per family (the networks are valid)."""
+    fams = family.lab_families(spec)
+    problems: list[Problem] = []
+    for group, items in (("nodes", spec.nodes), ("externals", spec.externals)):
+        for i, h in enumerate(items):
+            for fld, values in (("ips", h.ips), ("podCIDRs", getattr(h, "pod_cidrs", ()))):
+                if len(values) > len(fams):
+                    problems.append(
+                        Problem(
+                            where,
+                            f"spec.{group}[{i}].{fld}",
+                            f"gives {len(values)} values for {len(fams)} famil{'ies' if len(fams) > 1 else 'y'} {list(spec.ip_families)}",
+                        )
+                    )
+    if problems:
+        return problems
+    for i, fam in enumerate(fams):
+        problems += _indexed(_hosts(family.spec_view(spec, fam), where, fam), i, len(fams) > 1)
+    return problems
+
+
+def _hosts(spec: LabSpec, where: str, fam: int) -> list[Problem]:
     problems: list[Problem] = []
     groups = [("nodes", spec.nodes), ("externals", spec.externals)]
     node_net = ipaddress.ip_network(spec.node_network, strict=False)
@@ -121,9 +201,11 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
             if h.ip is None:
                 continue
             try:
-                ip = ipaddress.IPv4Address(h.ip)
+                ip = ipaddress.ip_address(h.ip)
+                if ip.version != fam:
+                    raise ValueError(h.ip)
             except ValueError:
-                problems.append(Problem(where, f"{path}.ip", f"{h.ip!r} is not an IPv4 address"))
+                problems.append(Problem(where, f"{path}.ip", f"{h.ip!r} is not an IPv{fam} address"))
                 continue
             if ip not in node_net or ip in (node_net.network_address, node_net.broadcast_address):
                 problems.append(Problem(where, f"{path}.ip", f"{ip} is not a host address of nodeNetwork {node_net}"))
@@ -139,13 +221,13 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
         path = f"spec.nodes[{i}]"
         if n.pod_cidr is None:
             continue
-        net = parse_cidr(n.pod_cidr, where, f"{path}.podCIDR", problems)
+        net = parse_cidr(n.pod_cidr, where, f"{path}.podCIDR", problems, family=fam)
         if net is None:
             continue
         if not net.subnet_of(pod_net):
             problems.append(Problem(where, f"{path}.podCIDR", f"{net} is not inside podNetwork {pod_net}"))
-        if net.prefixlen > 30:
-            problems.append(Problem(where, f"{path}.podCIDR", f"{net} is too small for pods (at most /30)"))
+        if net.prefixlen > net.max_prefixlen - 2:
+            problems.append(Problem(where, f"{path}.podCIDR", f"{net} is too small for pods (at most /{net.max_prefixlen - 2})"))
         for other, opath in cidrs.items():
             if net.overlaps(other):
                 problems.append(Problem(where, f"{path}.podCIDR", f"{net} overlaps {opath}.podCIDR {other}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.errors import InvalidInput, Problem
 from labctl.model.objects import External, LabSpec, Node, Pod, Topology
 from labctl.plan.diff import keyed
@@ -21,7 +21,25 @@ FIXED = {
     "pod_network": "spec.podNetwork",
     "service_network": "spec.serviceNetwork",
     "node_cidr_mask": "spec.nodeCIDRMaskSize",
+    "ip_families": "spec.ipFamilies",
+    "node_networks": "spec.nodeNetwork",
+    "pod_networks": "spec.podNetwork",
+    "service_networks": "spec.serviceNetwork",
+    "node_cidr_mask6": "spec.nodeCIDRMaskSizeIPv6",
 }
+_PLURAL = {"node_networks": "node_network", "pod_networks": "pod_network", "service_networks": "service_network", "ips": "ip", "pod_cidrs": "pod_cidr"}
+
+
+def _value(obj, attr: str):
+    """A field as compared across `up`s: a plural field left empty (a state written before
+    dual-stack) is its singular one."""
+    v = getattr(obj, attr)
+    if attr in _PLURAL and not v:
+        single = getattr(obj, _PLURAL[attr])
+        return (single,) if single else ()
+    if attr == "node_cidr_mask6" and family.lab_families(obj) == (4,):
+        return None  # no IPv6 family: not in use
+    return tuple(v) if isinstance(v, (list, tuple)) else v
 
 
 @dataclass
@@ -85,9 +103,10 @@ class Plan:
 def _fixed_changes(old: LabSpec, new: LabSpec) -> list[Problem]:
     out = []
     for attr, path in FIXED.items():
-        a, b = getattr(old, attr), getattr(new, attr)
+        a, b = _value(old, attr), _value(new, attr)
         if a != b:
-            out.append(Problem(f"Lab {new.name}", path, f"changed from {a} to {b}; a running lab keeps it (run `labctl down {new.name}` first)"))
+            show = lambda x: ", ".join(x) if isinstance(x, tuple) else x  # noqa: E731
+            out.append(Problem(f"Lab {new.name}", path, f"changed from {show(a)} to {show(b)}; a running lab keeps it (run `labctl down {new.name}` first)"))
     return out
 
 
@@ -97,12 +116,14 @@ def _host_changes(old: list, new: list, what: str, attrs: tuple[str, ...]) -> li
     for h in new:
         o = before.get(h.name)
         for attr in attrs:
-            if o is not None and getattr(o, attr) != getattr(h, attr):
+            a, b = (_value(o, attr), _value(h, attr)) if o is not None else (None, None)
+            if a != b:
+                single = len(a) <= 1 and len(b) <= 1
                 out.append(
                     Problem(
                         f"Lab {what} {h.name}",
-                        attr,
-                        f"changed from {getattr(o, attr)} to {getattr(h, attr)}; remove the {what} and add it back, or run `labctl down` first",
+                        _PLURAL[attr] if single else attr,
+                        f"changed from {', '.join(map(str, a))} to {', '.join(map(str, b))}; remove the {what} and add it back, or run `labctl down` first",
                     )
                 )
     return out
@@ -131,8 +152,8 @@ def plan(old: Topology | None, new: Topology) -> Plan:
             links=_links(None, new),
         )
     problems = _fixed_changes(old.lab, new.lab)
-    problems += _host_changes(list(old.lab.nodes), list(new.lab.nodes), "node", ("ip", "pod_cidr"))
-    problems += _host_changes(list(old.lab.externals), list(new.lab.externals), "external", ("ip",))
+    problems += _host_changes(list(old.lab.nodes), list(new.lab.nodes), "node", ("ips", "pod_cidrs"))
+    problems += _host_changes(list(old.lab.externals), list(new.lab.externals), "external", ("ips",))
     if problems:
         raise InvalidInput(problems, hint="changes to a running lab are limited to adding and removing nodes, externals and objects")
     p = Plan()
@@ -151,7 +172,7 @@ def plan(old: Topology | None, new: Topology) -> Plan:
     dns_changed = _lab_dns(old.lab) != _lab_dns(new.lab)
     for key in (*pods.changed, *pods.kept):
         o, pod = before[key], after[key]
-        if (o.node, o.ip) != (pod.node, pod.ip):
+        if (o.node, family.addresses(o)) != (pod.node, family.addresses(pod)):
             p.remove_pods.append(o)
             p.add_pods.append(pod)
             continue

@@ -89,6 +89,10 @@ SERVICE_NO_SAY = {
     "ports": "each port is its own fingerprint (SERVICE_PORT_CHANGES)",
     "headless": "a property",
     "external_name": "ExternalName services have no rules",
+    "ip_family_policy": "each family's rules are synced from its view (labctl.model.family), where it is cluster_ip",
+    "ip_families": "the same: a family's view has the service or not",
+    "cluster_ips": "the same: a family's view's cluster_ip",
+    "load_balancer_ips": "the same: a family's view's load_balancer_ip",
 }
 
 
@@ -121,6 +125,7 @@ POD_FIELDS = {
     "name": "another pod (its key)",
     "node": "the pod is made again on its node (plan: remove + add)",
     "ip": "the pod is made again (plan: remove + add)",
+    "ips": "the pod is made again (plan: remove + add)",
     "labels": "endpoints and policy sets (affected_services, policy sync)",
     "ready": "endpoints (affected_services)",
     "terminating": "endpoints: no longer ready, a fallback while serving (affected_services)",
@@ -155,9 +160,11 @@ def sample() -> Topology:
     """An applied state with every field of every class set away from its default."""
     text = dump(
         lab_doc(
-            nodeNetwork="10.10.30.0/24",
-            podNetwork="10.200.0.0/16",
-            serviceNetwork="10.97.0.0/16",
+            ipFamilies=["IPv4", "IPv6"],
+            nodeNetwork=["10.10.30.0/24", "fd00:30::/64"],
+            podNetwork=["10.200.0.0/16", "fd00:200::/56"],
+            serviceNetwork=["10.97.0.0/16", "fd00:97::/112"],
+            nodeCIDRMaskSizeIPv6=72,
             nodePortRange="31000-31999",
             overlay="host-gw",
             proxyMode="nftables",
@@ -167,11 +174,20 @@ def sample() -> Topology:
             dnsUpstream="10.10.30.100",
             nodeCIDRMaskSize=25,
             expect=["default/a -> default/b:8080 allowed"],
-            nodes=[{"name": "n1", "ip": "10.10.30.20", "podCIDR": "10.200.0.0/25", "labels": {"zone": "a"}, "link": {"rate": "10mbit"}}, {"name": "n2"}],
+            nodes=[
+                {
+                    "name": "n1",
+                    "ips": ["10.10.30.20", "fd00:30::20"],
+                    "podCIDRs": ["10.200.0.0/25", "fd00:200::/72"],
+                    "labels": {"zone": "a"},
+                    "link": {"rate": "10mbit"},
+                },
+                {"name": "n2"},
+            ],
             externals=[
                 {"name": "x", "ip": "10.10.30.120", "link": {"rate": "1mbit"}, "ports": [5432, {"port": 53, "protocol": "UDP"}], "command": ["sleep", "60"]}
             ],
-            loadBalancerPool="10.10.30.200-10.10.30.210",
+            loadBalancerPool=["10.10.30.200-10.10.30.210", "fd00:30::200-fd00:30::210"],
             ingress={"className": "edge", "service": "NodePort", "replicas": 2, "externalTrafficPolicy": "Cluster"},
             gatewayAPI=True,
             bgp={"asNumber": 65001},
@@ -224,6 +240,9 @@ def sample() -> Topology:
             ports=((80, "p"),),
             type="LoadBalancer",
             clusterIP="10.97.0.50",
+            clusterIPs=["10.97.0.50", "fd00:97::50"],
+            ipFamilyPolicy="PreferDualStack",
+            ipFamilies=["IPv4", "IPv6"],
             externalIPs=["10.10.30.150"],
             loadBalancerIP="10.10.30.205",
             externalTrafficPolicy="Local",

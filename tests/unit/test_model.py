@@ -137,7 +137,7 @@ def test_all_problems_are_reported_together():
         ("podNetwork", "10.244.0.0", "is not a CIDR"),
         ("podNetwork", "10.244.0.300/16", "is not a CIDR"),
         ("podNetwork", "10.244.0.1/16", "has host bits set; did you mean 10.244.0.0/16?"),
-        ("podNetwork", "fd00::/64", "only IPv4"),
+        ("podNetwork", "fd00::/64", "is not IPv4 (spec.ipFamilies[0] is IPv4)"),
         ("serviceNetwork", "10.244.128.0/17", "overlaps spec.podNetwork"),
         ("nodeNetwork", "10.96.5.0/24", "overlaps"),
         ("nodePortRange", "32767-30000", "is not a port range"),

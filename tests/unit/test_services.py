@@ -106,7 +106,7 @@ def test_health_check_node_ports_are_allocated_as_the_api_server_does():
         ({"externalTrafficPolicy": "Local"}, "Local only applies to NodePort and LoadBalancer"),
         ({"sessionAffinity": "Sticky"}, "spec.sessionAffinity: must be None or ClientIP"),
         ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}, "timeoutSeconds: 0 is out of range"),
-        ({"externalIPs": ["1.2.3"]}, "spec.externalIPs[0]: '1.2.3' is not an IPv4 address"),
+        ({"externalIPs": ["1.2.3"]}, "spec.externalIPs[0]: '1.2.3' is not an IP address"),
         ({"loadBalancerSourceRanges": ["10.0.0.0/8"]}, "spec.loadBalancerSourceRanges: only applies to type LoadBalancer"),
     ],
 )
