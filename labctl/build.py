@@ -19,7 +19,7 @@ from labctl import failpoints, registry
 from labctl.errors import LabError
 from labctl.kernel import ifindex, netns, procs, run
 from labctl.kernel.nl import Batch
-from labctl.model import dns, names
+from labctl.model import dns, family, names
 from labctl.model.objects import Container, LabSpec, Pod, Topology
 from labctl.plan.topology import Plan
 from labctl.plumbing import etc, underlay
@@ -101,8 +101,10 @@ class Builder:
             staying = [n for n in new.lab.nodes if n.name not in {a.name for a in plan.add_nodes}]
             for local in staying:
                 b = Batch(names.node_netns(lab, local.name))
-                for gone in plan.remove_nodes:
-                    backend.remove_peer(b, spec, local, gone)
+                for f in family.lab_families(spec):
+                    v = family.spec_view(spec, f)
+                    for gone in plan.remove_nodes:
+                        backend.remove_peer(b, v, family.host_view(spec, local, f), family.host_view(spec, gone, f))
                 b.commit()
             self.delete_namespaces([names.node_netns(lab, n.name) for n in plan.remove_nodes])
             for n in plan.remove_nodes:
@@ -157,7 +159,9 @@ class Builder:
         """New nodes' setup transactions, then service rules, then policy rules (a full
         sync of the service rules may rewrite the filter table the policy chains are in)."""
         spec = new.lab
-        run.apply_all([t for n in plan.add_nodes for t in registry.proxy_mode(spec.proxy_mode).node_setup(spec, n)])
+        mode = registry.proxy_mode(spec.proxy_mode)
+        views = [family.spec_view(spec, f) for f in family.lab_families(spec)]
+        run.apply_all([t for n in plan.add_nodes for v in views for t in mode.node_setup(v, v.node(n.name))])
         self.progress("services", 0)
         self.synced = proxy_sync.sync(self.dir, new, previous=previous)
         self.progress("policies", 0)
@@ -174,7 +178,7 @@ class Builder:
             return
         b = Batch(names.underlay_netns(lab))
         if plan.new_lab:
-            underlay.switch(b, lab, spec.node_network)
+            underlay.switch(b, lab, [family.spec_view(spec, f).node_network for f in family.lab_families(spec)])
         with ExitStack() as stack:
             for host, ns, _ in hosts:
                 fd = netns.open_fd(ns)
@@ -183,9 +187,9 @@ class Builder:
             b.commit()
         self.progress("uplinks", 1)
         etc.write_externals(self.journal, spec, plan.add_externals)
-        for _, ns, ip in hosts[len(plan.add_nodes) :]:  # externals; nodes get theirs in _nodes
+        for ext, (_, ns, _) in zip(plan.add_externals, hosts[len(plan.add_nodes) :]):  # externals; nodes get theirs in _nodes
             eb = Batch(ns)
-            underlay.host_address(eb, ip, spec.node_network)
+            underlay.host_addresses(eb, spec, ext)
             eb.commit()
 
     def _nodes(self, plan: Plan, new: Topology) -> None:
@@ -194,24 +198,25 @@ class Builder:
         lab = spec.name
         backend = registry.overlay(spec.overlay)
         added = {n.name for n in plan.add_nodes}
+        views = [family.spec_view(spec, f) for f in family.lab_families(spec)]
         for node in spec.nodes:
             ns = names.node_netns(lab, node.name)
             b = Batch(ns)
             if node.name in added:
-                underlay.host_address(b, node.ip, spec.node_network)
-                node_plumbing.cni0(b, spec, node, backend.mtu)
-                backend.device(b, spec, node)
-                peers = [r for r in spec.nodes if r.name != node.name]
-            elif plan.overlay_from:  # the new overlay on a node that stays
-                backend.device(b, spec, node)
+                underlay.host_addresses(b, spec, node)
+                node_plumbing.cni0(b, spec, node, backend.pod_mtu(spec))
+            if node.name in added or plan.overlay_from:  # (the new overlay on a node that stays)
+                for v in views:
+                    backend.device(b, v, v.node(node.name))
                 peers = [r for r in spec.nodes if r.name != node.name]
             else:
                 peers = [r for r in plan.add_nodes]
-            for remote in peers:
-                backend.peer(b, spec, node, remote)
+            for v in views:  # each family's entries, on its view of the lab
+                for remote in peers:
+                    backend.peer(b, v, v.node(node.name), v.node(remote.name))
             b.commit()
             if node.name in added:
-                netns.write_sysctls(ns, node_plumbing.SYSCTLS)
+                netns.write_sysctls(ns, node_plumbing.sysctls(spec))
                 self.progress("nodes", 1)
 
     def _leave_overlay(self, plan: Plan, previous: Topology | None, new: Topology) -> None:
@@ -229,20 +234,23 @@ class Builder:
 
             shutil.rmtree(self.dir.path / old_backend.daemon.name, ignore_errors=True)
         pods = [p for p in new.pods if p.key not in {x.key for x in plan.add_pods}]
+        mtu, old_mtu = backend.pod_mtu(spec), old_backend.pod_mtu(old_spec)
         for node in staying:
             b = Batch(names.node_netns(spec.name, node.name))
-            old_backend.leave(b, old_spec, node)
-            if backend.mtu != old_backend.mtu:
-                b.link_up(name=names.POD_BRIDGE, mtu=backend.mtu)
+            for f in family.lab_families(old_spec):
+                view = family.spec_view(old_spec, f)
+                old_backend.leave(b, view, view.node(node.name))
+            if mtu != old_mtu:
+                b.link_up(name=names.POD_BRIDGE, mtu=mtu)
                 for pod in pods:
                     if pod.node == node.name:
-                        b.link_up(name=names.pod_veth(spec.name, pod.namespace, pod.name), mtu=backend.mtu)
+                        b.link_up(name=names.pod_veth(spec.name, pod.namespace, pod.name), mtu=mtu)
             b.commit()
             records.forget_node(self.dir, node.name)  # the node's rules are written whole again
-        if backend.mtu != old_backend.mtu:
+        if mtu != old_mtu:
             for pod in pods:
                 pb = Batch(names.pod_netns(spec.name, pod.namespace, pod.name))
-                pb.link_up(name="eth0", mtu=backend.mtu)
+                pb.link_up(name="eth0", mtu=mtu)
                 pb.commit()
 
     def _node_daemons(self, new: Topology):
@@ -327,7 +335,7 @@ class Builder:
         wanted = {names.underlay_netns(lab): [names.SWITCH_BRIDGE] + [names.switch_port(lab, h) for h in hosts]}
         for n in spec.nodes:
             veths = [names.pod_veth(lab, p.namespace, p.name) for p in topo.pods if p.node == n.name]
-            wanted[names.node_netns(lab, n.name)] = ["eth0", names.POD_BRIDGE, *backend.devices, *veths]
+            wanted[names.node_netns(lab, n.name)] = ["eth0", names.POD_BRIDGE, *backend.devices, *backend.devices6, *veths]
         for e in spec.externals:
             wanted[names.external_netns(lab, e.name)] = ["eth0"]
         hosts_of = {names.node_netns(lab, n.name): n for n in spec.nodes} | {names.external_netns(lab, e.name): e for e in spec.externals}
@@ -344,11 +352,13 @@ class Builder:
             if host is not None:
                 # a link set down took the routes through it: the default route, the
                 # overlay's entries (bird puts back its own), written again
-                underlay.host_address(b, host.ip, spec.node_network)
+                underlay.host_addresses(b, spec, host)
                 if host in spec.nodes:
-                    for remote in spec.nodes:
-                        if remote.name != host.name:
-                            backend.peer(b, spec, host, remote)
+                    for f in family.lab_families(spec):
+                        v = family.spec_view(spec, f)
+                        for remote in spec.nodes:
+                            if remote.name != host.name:
+                                backend.peer(b, v, v.node(host.name), v.node(remote.name))
             b.commit()
             raised += [f"{ns}/{dev}" for dev in down]
         return raised
@@ -368,7 +378,7 @@ class Builder:
     def _pods(self, plan: Plan, new: Topology) -> None:
         spec = new.lab
         lab = spec.name
-        mtu = registry.overlay(spec.overlay).mtu
+        mtu = registry.overlay(spec.overlay).pod_mtu(spec)
         by_node: dict[str, list[Pod]] = defaultdict(list)
         for pod in plan.add_pods:
             by_node[pod.node].append(pod)

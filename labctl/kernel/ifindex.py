@@ -6,6 +6,7 @@ netlink batches give the devices of a namespace it has just made fixed slots:
     slot 1: eth0 (nodes, externals, pods), br0 (the switch)
     slot 2: cni0 (nodes)
     slot 3: flannel.1 (nodes, vxlan)
+    slot 4: flannel-v6.1 (nodes, vxlan, a lab with IPv6)
 
 A fresh namespace holds lo (index 1) and, on a host where tunnel modules are
 loaded (ipip, ip_gre, sit, ip6_tunnel...), their fallback devices (tunl0,
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import socket
 
-ETH0, BR0, CNI0, VXLAN = 1, 1, 2, 3
+ETH0, BR0, CNI0, VXLAN, VXLAN6 = 1, 1, 2, 3, 4
 
 _bases: dict[str, int] = {}  # namespaces this process made -> their highest index then
 

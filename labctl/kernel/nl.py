@@ -61,6 +61,8 @@ RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 
+IFA_F_NODAD = 0x02
+
 CHUNK = 200  # requests per send; their acks fit the receive buffer easily
 
 
@@ -201,7 +203,7 @@ class Batch:
     def vxlan(self, name: str, *, index: int, vni: int, local: str, link: int, port: int, mtu: int, mac: str) -> None:
         data_attrs = [
             ("IFLA_VXLAN_ID", vni),
-            ("IFLA_VXLAN_LOCAL", local),
+            ("IFLA_VXLAN_LOCAL6" if ":" in local else "IFLA_VXLAN_LOCAL", local),
             ("IFLA_VXLAN_LINK", link),
             ("IFLA_VXLAN_PORT", port),
             ("IFLA_VXLAN_LEARNING", 0),
@@ -237,21 +239,31 @@ class Batch:
     # -- addresses, routes, neighbours ---------------------------------------
 
     def addr(self, index: int, address: str, prefixlen: int, dev: str) -> None:
+        """ip addr add ADDRESS/PREFIXLEN dev DEV (an IPv6 one `nodad`: usable at once, as
+        the addresses a CNI plugin or flannel sets are)."""
+        if _family(address) == socket.AF_INET6:
+            attrs = [("IFA_ADDRESS", address)]
+            data = _msg(
+                "ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET6, prefixlen=prefixlen, index=index, flags=IFA_F_NODAD
+            )
+            self._add(data, f"ip addr add {address}/{prefixlen} dev {dev} nodad")
+            return
         attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
         data = _msg("ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
         self._add(data, f"ip addr add {address}/{prefixlen} dev {dev}")
 
     def addr_del(self, index: int, address: str, prefixlen: int, dev: str) -> None:
         """ip addr del ADDRESS/PREFIXLEN dev DEV; an address not there is success."""
-        attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        data = _msg("ifaddrmsg", RTM_DELADDR, 0, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
+        fam = _family(address)
+        attrs = [("IFA_ADDRESS", address)] if fam == socket.AF_INET6 else [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        data = _msg("ifaddrmsg", RTM_DELADDR, 0, attrs, family=fam, prefixlen=prefixlen, index=index)
         self._add(data, f"ip addr del {address}/{prefixlen} dev {dev}", ok=(errno_mod.EADDRNOTAVAIL,))
 
     def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int):
         net, _, plen = dst.partition("/")
         m = _new("rtmsg")
-        m["family"] = socket.AF_INET
-        m["dst_len"] = int(plen or 32)
+        m["family"] = _family(net)
+        m["dst_len"] = int(plen or (128 if m["family"] == socket.AF_INET6 else 32))
         m["table"] = RT_TABLE_MAIN
         m["proto"] = proto
         m["scope"] = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
@@ -282,11 +294,11 @@ class Batch:
     def neigh(self, index: int, dst: str, lladdr: str, dev: str) -> None:
         """ip neigh replace DST lladdr MAC dev DEV nud permanent"""
         attrs = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
-        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, ifindex=index, state=NUD_PERMANENT)
+        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=_family(dst), ifindex=index, state=NUD_PERMANENT)
         self._add(data, f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
 
     def neigh_del(self, index: int, dst: str, dev: str) -> None:
-        data = _msg("ndmsg", RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=socket.AF_INET, ifindex=index)
+        data = _msg("ndmsg", RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=_family(dst), ifindex=index)
         self._add(data, f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
 
     def fdb(self, index: int, lladdr: str, dst: str, dev: str) -> None:
@@ -319,6 +331,10 @@ class Batch:
             lines = "\n  ".join(str(f) for f in failures[:10])
             more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
             raise KernelError(f"the kernel refused {len(failures)} of {len(self.requests)} requests{where}:\n  {lines}{more}")
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _send_all(sock: socket.socket, requests: list[Request]) -> list[Failure]:

@@ -128,9 +128,7 @@ def spec_view(spec: LabSpec, fam: int) -> LabSpec:
     i = fams.index(fam)
 
     def host(h):
-        ip = _at(h.ips, i, h.ip)
-        extra = {"pod_cidr": _at(h.pod_cidrs, i, h.pod_cidr), "pod_cidrs": (_at(h.pod_cidrs, i, h.pod_cidr),)} if hasattr(h, "pod_cidrs") else {}
-        return replace(h, ip=ip, ips=(ip,), **extra)
+        return _host_at(h, i)
 
     def net(values: tuple, singular: str, kind: str) -> str:
         return _at(values, i, singular) or DEFAULTS[fam][kind]
@@ -151,6 +149,18 @@ def spec_view(spec: LabSpec, fam: int) -> LabSpec:
         nodes=tuple(host(n) for n in spec.nodes),
         externals=tuple(host(e) for e in spec.externals),
     )
+
+
+def _host_at(h, i: int):
+    ip = _at(h.ips, i, h.ip)
+    extra = {"pod_cidr": _at(h.pod_cidrs, i, h.pod_cidr), "pod_cidrs": (_at(h.pod_cidrs, i, h.pod_cidr),)} if hasattr(h, "pod_cidrs") else {}
+    return replace(h, ip=ip, ips=(ip,), **extra)
+
+
+def host_view(spec: LabSpec, host, fam: int):
+    """A node or external (of this lab or one that left it) as the `fam` view has it."""
+    fams = lab_families(spec)
+    return host if fams == (fam,) else _host_at(host, fams.index(fam))
 
 
 def pod_view(pod: Pod, i: int) -> Pod:

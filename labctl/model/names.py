@@ -22,6 +22,7 @@ UNDERLAY = "underlay"
 SWITCH_BRIDGE = "br0"
 POD_BRIDGE = "cni0"
 VXLAN_DEVICE = "flannel.1"
+VXLAN6_DEVICE = "flannel-v6.1"  # flanneld's IPv6 VXLAN device (same VNI and port)
 VXLAN_VNI = 1
 VXLAN_PORT = 8472
 NETNS_DIR = "/run/netns"
@@ -60,9 +61,9 @@ def switch_port(lab: str, host: str) -> str:
     return "p" + _hex(f"{lab}/{host}", 10)
 
 
-def vtep_mac(lab: str, node: str) -> str:
-    """flannel.1's MAC: stable per lab and node, locally administered unicast."""
-    return _mac(f"vtep/{lab}/{node}")
+def vtep_mac(lab: str, node: str, six: bool = False) -> str:
+    """flannel.1's (flannel-v6.1's) MAC: stable per lab and node, locally administered unicast."""
+    return _mac(f"vtep6/{lab}/{node}" if six else f"vtep/{lab}/{node}")
 
 
 def _mac(key: str) -> str:

@@ -33,11 +33,19 @@ class Overlay:
     daemon: Daemon | None = None  # a daemon per node that learns the routes (None: labctl writes them)
     status_key = ""  # its key under `status --json` nodes[] (node_status)
     devices: tuple[str, ...] = ()  # the node devices it keeps up (`up` sets them up again)
+    devices6: tuple[str, ...] = ()  # those it adds in a lab with IPv6
 
     @property
     def mtu(self) -> int:
         """The pods' MTU (cni0, veths): the underlay's, less the encapsulation."""
         return UNDERLAY_MTU - self.overhead
+
+    def pod_mtu(self, spec: LabSpec) -> int:
+        """The pods' MTU in this lab: 20 bytes less where IPv6 is encapsulated in IPv6
+        (its outer header is 40 bytes, not 20)."""
+        from labctl.model import family
+
+        return self.mtu - 20 if self.overhead and 6 in family.lab_families(spec) else self.mtu
 
     def require(self, spec: LabSpec) -> None:
         """What the kernel must have (exit 3), checked before anything is made."""

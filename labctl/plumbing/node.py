@@ -21,13 +21,25 @@ SYSCTLS = {
     # source many denied probes would see most come back as `filtered`.
     "net.ipv4.icmp_ratelimit": "0",
 }
+SYSCTLS6 = {
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.ipv6.icmp.ratelimit": "0",
+}
+
+
+def sysctls(spec: LabSpec) -> dict[str, str]:
+    """A node's sysctls: IPv6 forwarding too in a lab with IPv6 (as kubelet and flannel set it)."""
+    from labctl.model import family
+
+    return {**SYSCTLS, **SYSCTLS6} if 6 in family.lab_families(spec) else SYSCTLS
 
 
 def cni0(b: Batch, spec: LabSpec, node: Node, mtu: int) -> None:
-    """cni0 holds the first address of the node's pod CIDR; `mtu`: the overlay's."""
+    """cni0 holds the first address of each of the node's pod CIDRs; `mtu`: the overlay's."""
     assert node.pod_cidr
     b.bridge(names.POD_BRIDGE, index=ifindex.fresh(b.netns, ifindex.CNI0), mtu=mtu, mac=names.bridge_mac(spec.name, node.name, names.POD_BRIDGE), up=True)
-    b.addr(ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE), ipam.gateway(node.pod_cidr), ipaddress.ip_network(node.pod_cidr).prefixlen, names.POD_BRIDGE)
+    for cidr in node.pod_cidrs or (node.pod_cidr,):
+        b.addr(ifindex.of(b.netns, ifindex.CNI0, names.POD_BRIDGE), ipam.gateway(cidr), ipaddress.ip_network(cidr).prefixlen, names.POD_BRIDGE)
 
 
 @dataclass
@@ -71,7 +83,7 @@ def masquerade_chains(spec: LabSpec, node: Node) -> Chains:
                     f"-A {post} -s {local} -d {cluster} {c} -j RETURN",
                     f"-A {post} -s {cluster} -d {local} {c} -j RETURN",
                     f"-A {post} ! -s {cluster} -d {local} {c} -j RETURN",
-                    f"-A {post} -s {cluster} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully",
+                    f"-A {post} -s {cluster} ! -d {'ff00::/8' if ':' in cluster else '224.0.0.0/4'} {c} -j MASQUERADE --random-fully",
                     f"-A {post} ! -s {cluster} -d {cluster} {c} -j MASQUERADE --random-fully",
                 ]
             },

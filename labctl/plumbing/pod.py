@@ -10,7 +10,7 @@ import ipaddress
 
 from labctl.kernel import ifindex
 from labctl.kernel.nl import Batch
-from labctl.model import ipam, names
+from labctl.model import family, ipam, names
 from labctl.model.objects import LabSpec, Node, Pod
 
 
@@ -40,10 +40,15 @@ def remove_host_end(b: Batch, spec: LabSpec, pod: Pod) -> None:
 
 
 def inside(b: Batch, node: Node, pod: Pod) -> None:
-    """In the pod's namespace: lo and eth0 up, the address, the default route via cni0."""
+    """In the pod's namespace: lo and eth0 up, an address per family, and per family the
+    default route via cni0."""
     assert pod.ip and node.pod_cidr
     b.link_up(index=1)
     eth0 = ifindex.of(b.netns, ifindex.ETH0, "eth0")
-    b.addr(eth0, pod.ip, ipaddress.ip_network(node.pod_cidr).prefixlen, "eth0")
+    cidrs = node.pod_cidrs or (node.pod_cidr,)
+    pairs = [(ip, next(c for c in cidrs if family.of(c) == family.of(ip))) for ip in family.addresses(pod)]
+    for ip, cidr in pairs:
+        b.addr(eth0, ip, ipaddress.ip_network(cidr).prefixlen, "eth0")
     b.link_up(index=eth0)
-    b.route("0.0.0.0/0", gateway=ipam.gateway(node.pod_cidr), dev="eth0")
+    for ip, cidr in pairs:
+        b.route("::/0" if family.of(ip) == 6 else "0.0.0.0/0", gateway=ipam.gateway(cidr), dev="eth0")

@@ -30,7 +30,8 @@ class Endpoint(NamedTuple):
 
     @property
     def addr(self) -> str:
-        return f"{self.ip}:{self.port}"
+        """ "ip:port" ("[ip]:port" for IPv6), as kube-proxy names endpoints (net.JoinHostPort)."""
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,9 @@ def terminating_endpoints(topo: Topology, service: Service, port: ServicePort, i
 def endpoints(topo: Topology, service: Service, port: ServicePort, index: PodIndex | None = None) -> tuple[Endpoint, ...]:
     if service.static_endpoints:
         # the API server's endpoints carry no nodeName (its reconciler writes none): local to no node
-        return tuple(Endpoint(ip, int(p), None, None) for ip, _, p in (a.rpartition(":") for a in service.static_endpoints))
+        from labctl.model.family import split_hostport
+
+        return tuple(Endpoint(ip, p, None, None) for ip, p in map(split_hostport, service.static_endpoints))
     out = from_slices(topo, service, port) if topo.user_slices else []
     for pod in (index or PodIndex(topo.pods)).select(service):
         if pod.ip is None or not _ready(service, pod):

@@ -98,6 +98,16 @@ class Piece:
         return {"fp": fp, "chains": {c: _digest(r) for c, r in self.chains.items()}, "top": self.top}
 
 
+def _host(ip: str) -> str:
+    """One address as a match: /32, or /128 for IPv6 (ip6tables-save prints it so)."""
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
+
+
+def _mask(ip: str) -> str:
+    """`-m recent --mask` of a whole address of the family."""
+    return "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" if ":" in ip else "255.255.255.255"
+
+
 def _c(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
@@ -119,7 +129,7 @@ def _endpoint_jumps(piece: Piece, chain: str, info: ServicePortInfo, eps: tuple[
             sep = names.ipt_sep(spn, info.proto, ep.addr)
             t = info.service.affinity_timeout
             comment = "" if large else f"{_c(f'{spn} -> {ep.addr}')} "
-            piece.add(chain, f"{comment}-m recent --name {sep} --mask 255.255.255.255 --rcheck --seconds {t} --reap -j {sep}")
+            piece.add(chain, f"{comment}-m recent --name {sep} --mask {_mask(ep.ip)} --rcheck --seconds {t} --reap -j {sep}")
     n = len(eps)
     for i, ep in enumerate(eps):
         sep = names.ipt_sep(spn, info.proto, ep.addr)
@@ -132,8 +142,8 @@ def _endpoint_chain(piece: Piece, info: ServicePortInfo, ep: Endpoint, large: bo
     spn = info.spn
     sep = names.ipt_sep(spn, info.proto, ep.addr)
     comment = "" if large else f" {_c(spn)}"
-    piece.add(sep, f"-s {ep.ip}/32{comment} -j KUBE-MARK-MASQ")
-    recent = f" -m recent --set --name {sep} --mask 255.255.255.255 --rsource" if info.service.session_affinity == "ClientIP" else ""
+    piece.add(sep, f"-s {_host(ep.ip)}{comment} -j KUBE-MARK-MASQ")
+    recent = f" -m recent --set --name {sep} --mask {_mask(ep.ip)} --rsource" if info.service.session_affinity == "ClientIP" else ""
     piece.add(sep, f"-p {info.proto}{comment}{recent} -m {info.proto} -j DNAT --to-destination {ep.addr}")
 
 
@@ -144,6 +154,7 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     kube-proxy's counters, which count NodePort connections to 127.0.0.0/8)."""
     piece = Piece()
     s, p, spn, proto = info.service, info.port, info.spn, info.proto
+    six = ":" in cluster_cidr  # the IPv6 family's rules (ip6tables)
     pol = decide(info, node)
     svc = names.ipt_chain("KUBE-SVC-", spn, proto)
     svl = names.ipt_chain("KUBE-SVL-", spn, proto)
@@ -153,13 +164,13 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
 
     # Dispatch: the nat table's KUBE-SERVICES and KUBE-NODEPORTS.
     if pol.has_internal:
-        piece.add_top("nat", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
+        piece.add_top("nat", "KUBE-SERVICES", f"-d {_host(s.cluster_ip)} {_match(info, f'{spn} cluster IP', p.port)} -j {internal_chain}")
     if pol.has_endpoints:
         for what, ip in pol.externals:
             target = fw if pol.firewalled and what == "loadbalancer IP" else ext
-            piece.add_top("nat", "KUBE-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {what}', p.port)} -j {target}")
+            piece.add_top("nat", "KUBE-SERVICES", f"-d {_host(ip)} {_match(info, f'{spn} {what}', p.port)} -j {target}")
         if pol.node_port:
-            if nfacct:  # counted apart: the next rule would take them too
+            if nfacct and not six:  # counted apart: the next rule would take them too (IPv4 only: IPv6 has no localhost NodePorts)
                 counted = f" -m nfacct --nfacct-name {LOCALHOST_COUNTER}"
                 piece.add_top("nat", "KUBE-NODEPORTS", f"-d 127.0.0.0/8 {_match(info, spn, pol.node_port)}{counted} -j {ext}")
             piece.add_top("nat", "KUBE-NODEPORTS", f"{_match(info, spn, pol.node_port)} -j {ext}")
@@ -170,15 +181,16 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     # loadBalancerSourceRanges: what KUBE-FW- did not send on keeps the LoadBalancer IP, and is dropped.
     if pol.firewalled:
         for ip in pol.load_balancer_ips:
-            piece.add_top("filter", "KUBE-PROXY-FIREWALL", f"-d {ip}/32 {_match(info, f'{spn} traffic not accepted by {fw}', p.port)} -j DROP")
+            piece.add_top("filter", "KUBE-PROXY-FIREWALL", f"-d {_host(ip)} {_match(info, f'{spn} traffic not accepted by {fw}', p.port)} -j DROP")
     # Refusals in the filter table: no endpoints -> REJECT, no local ones -> DROP.
-    target = "REJECT --reject-with icmp-port-unreachable" if pol.refusal == "reject" else "DROP"
+    reject = "icmp6-port-unreachable" if six else "icmp-port-unreachable"
+    target = f"REJECT --reject-with {reject}" if pol.refusal == "reject" else "DROP"
     why = "has no endpoints" if pol.refusal == "reject" else "has no local endpoints"
     if not pol.has_internal:
-        piece.add_top("filter", "KUBE-SERVICES", f"-d {s.cluster_ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
+        piece.add_top("filter", "KUBE-SERVICES", f"-d {_host(s.cluster_ip)} {_match(info, f'{spn} {why}', p.port)} -j {target}")
     if not pol.has_external and pol.externally:
         for _, ip in pol.externals:
-            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"-d {ip}/32 {_match(info, f'{spn} {why}', p.port)} -j {target}")
+            piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"-d {_host(ip)} {_match(info, f'{spn} {why}', p.port)} -j {target}")
         if pol.node_port:
             piece.add_top("filter", "KUBE-EXTERNAL-SERVICES", f"{_match(info, f'{spn} {why}', pol.node_port, ' -m addrtype --dst-type LOCAL')} -j {target}")
     if not pol.has_endpoints:
@@ -186,10 +198,10 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
 
     # The service's own chains.
     if pol.has_internal:
-        piece.add(internal_chain, f"! -s {cluster_cidr} -d {s.cluster_ip}/32 {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
+        piece.add(internal_chain, f"! -s {cluster_cidr} -d {_host(s.cluster_ip)} {_match(info, f'{spn} cluster IP', p.port)} -j KUBE-MARK-MASQ")
     if pol.firewalled:
         for src in pol.allowed_sources(node_ip):
-            cidr = src if "/" in src else f"{src}/32"
+            cidr = src if "/" in src else _host(src)
             piece.add(fw, f"-s {cidr} {_c(f'{spn} loadbalancer IP')} -j {ext}")
         piece.add(fw, _c(f"other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"))
     if pol.externally:
@@ -211,9 +223,11 @@ def render_service(info: ServicePortInfo, node: str, cluster_cidr: str, large: b
     return piece
 
 
-def static_chains(nfacct: bool = True) -> dict[str, dict[str, list[str]]]:
-    """The top-level chains' fixed rules (KUBE-SERVICES gets the NodePort rule last)."""
+def static_chains(nfacct: bool = True, six: bool = False) -> dict[str, dict[str, list[str]]]:
+    """The top-level chains' fixed rules (KUBE-SERVICES gets the NodePort rule last);
+    `six`: ip6tables' (no 127.0.0.0/8 to guard)."""
     counted = f" -m nfacct --nfacct-name {INVALID_COUNTER}" if nfacct else ""
+    localnet = f"-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 {_c('block incoming localnet connections')} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
     return {
         "nat": {
             "KUBE-SERVICES": [],
@@ -229,9 +243,7 @@ def static_chains(nfacct: bool = True) -> dict[str, dict[str, list[str]]]:
             "KUBE-SERVICES": [],
             "KUBE-EXTERNAL-SERVICES": [],
             "KUBE-NODEPORTS": [],
-            "KUBE-FIREWALL": [
-                f"-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 {_c('block incoming localnet connections')} -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP",
-            ],
+            "KUBE-FIREWALL": [] if six else [localnet],
             "KUBE-FORWARD": [
                 f"-A KUBE-FORWARD -m conntrack --ctstate INVALID{counted} -j DROP",
                 f"-A KUBE-FORWARD {_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
@@ -252,8 +264,8 @@ class Ruleset:
         return sum(len(lines) for chains in self.tables.values() for lines in chains.values())
 
 
-def assemble(pieces: list[Piece], nfacct: bool = True) -> Ruleset:
-    tables = static_chains(nfacct)
+def assemble(pieces: list[Piece], nfacct: bool = True, six: bool = False) -> Ruleset:
+    tables = static_chains(nfacct, six)
     for piece in pieces:
         for tc, rules in piece.top.items():
             table, chain = tc.split("/", 1)
@@ -268,7 +280,7 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
     infos = infos if infos is not None else service_ports(topo)
     large = large_cluster(infos)
     node_ip = topo.lab.node(node).ip
-    return assemble([render_service(i, node, topo.lab.pod_network, large, node_ip, nfacct) for i in infos], nfacct)
+    return assemble([render_service(i, node, topo.lab.pod_network, large, node_ip, nfacct) for i in infos], nfacct, ":" in topo.lab.pod_network)
 
 
 # -- transactions ---------------------------------------------------------------------
@@ -390,7 +402,7 @@ class Iptables(RestoreMode):
         return partial(changed, old, fps)
 
     def full(self, topo: Topology, node: str, pieces: list) -> str:
-        return full(assemble(pieces, self.nfacct()), masquerade_chains(topo.lab, topo.lab.node(node)))
+        return full(assemble(pieces, self.nfacct(), ":" in topo.lab.pod_network), masquerade_chains(topo.lab, topo.lab.node(node)))
 
     def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
         """Before a full sync: the counters its rules count in, and route_localnet, as kube-proxy sets them."""
@@ -402,11 +414,13 @@ class Iptables(RestoreMode):
                 ns = lab_names.node_netns(topo.lab.name, s.node)
                 if self.nfacct():
                     nfacct.ensure(ns, list(COUNTERS))
-                netns.write_sysctls(ns, SYSCTLS)
+                if ":" not in topo.lab.pod_network:
+                    netns.write_sysctls(ns, SYSCTLS)
         super().apply(topo, syncs)
 
-    def argv(self, full: bool) -> list[str]:
-        return ["iptables-restore"] if full else ["iptables-restore", "--noflush"]
+    def argv(self, full: bool, six: bool = False) -> list[str]:
+        cmd = "ip6tables-restore" if six else "iptables-restore"
+        return [cmd] if full else [cmd, "--noflush"]
 
     def large(self, endpoints: int) -> bool:
         return endpoints > LARGE_CLUSTER_ENDPOINTS
@@ -417,8 +431,9 @@ class Iptables(RestoreMode):
         from labctl.model.names import node_netns
 
         flannel = full(None, masquerade_chains(topo.lab, topo.lab.node(node)))
-        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["iptables-restore"], flannel)])
-        netns.write_sysctls(node_netns(topo.lab.name, node), {k: "0" for k in SYSCTLS})
+        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), self.argv(True, ":" in topo.lab.pod_network), flannel)])
+        if ":" not in topo.lab.pod_network:
+            netns.write_sysctls(node_netns(topo.lab.name, node), {k: "0" for k in SYSCTLS})
 
     def explain(self, info: ServicePortInfo, node: str) -> list[str]:
         return explain_chains(info)

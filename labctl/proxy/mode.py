@@ -155,7 +155,8 @@ class RestoreMode(ProxyMode):
     def full(self, topo: Topology, node: str, pieces: list) -> str:
         raise NotImplementedError
 
-    def argv(self, full: bool) -> list[str]:
+    def argv(self, full: bool, six: bool = False) -> list[str]:
+        """The restore command (`six`: the IPv6 family's, where the mode has one)."""
         raise NotImplementedError
 
     def large(self, endpoints: int) -> bool:
@@ -202,4 +203,5 @@ class RestoreMode(ProxyMode):
         from labctl.kernel import run
         from labctl.model import names
 
-        run.apply_all([run.Transaction(names.node_netns(topo.lab.name, s.node), self.argv(s.full), s.text) for s in syncs])
+        six = ":" in topo.lab.pod_network  # the IPv6 family's view: ip6tables-restore
+        run.apply_all([run.Transaction(names.node_netns(topo.lab.name, s.node), self.argv(s.full, six), s.text) for s in syncs])

@@ -330,7 +330,7 @@ class Nftables(RestoreMode):
         assert node_ip
         return full(assemble(pieces), topo.lab.service_network, node_ip)
 
-    def argv(self, full: bool) -> list[str]:
+    def argv(self, full: bool, six: bool = False) -> list[str]:
         return ["nft", "-f", "-"]
 
     def node_setup(self, spec: LabSpec, node: Node) -> list:
@@ -339,7 +339,8 @@ class Nftables(RestoreMode):
         from labctl.model.names import node_netns
         from labctl.plumbing.node import masquerade_rules
 
-        return [run.Transaction(node_netns(spec.name, node.name), ["iptables-restore", "--noflush"], masquerade_rules(spec, node))]
+        restore = "ip6tables-restore" if ":" in spec.pod_network else "iptables-restore"
+        return [run.Transaction(node_netns(spec.name, node.name), [restore, "--noflush"], masquerade_rules(spec, node))]
 
     def leave(self, topo: Topology, node: str) -> None:
         from labctl.kernel import run

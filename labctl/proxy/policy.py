@@ -40,8 +40,8 @@ class PortPolicy:
         return bool(self.source_ranges and self.load_balancer_ips)
 
     def covers(self, ip: str) -> bool:
-        a = ipaddress.IPv4Address(ip)
-        return any(a in ipaddress.ip_network(c) for c in self.source_ranges)
+        a = ipaddress.ip_address(ip)
+        return any(a.version == n.version and a in n for n in map(ipaddress.ip_network, self.source_ranges))
 
     def allowed_sources(self, node_ip: str | None) -> list[str]:
         """Who may reach the LoadBalancer IP: the ranges, plus the IP itself when the

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from labctl import failpoints, registry
 from labctl.kernel import run
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.objects import LabSpec, Topology
 from labctl.proxy import conntrack
 from labctl.proxy.endpoints import ServicePortInfo, affected_services, service_ports
@@ -28,13 +28,14 @@ from labctl.state.store import LabDir
 RECORD_VERSION = 4  # 3: per service port, its endpoint count and UDP frontends; 4: kube-proxy layouts of upstream 1.35 (a full sync rewrites them)
 
 
-def _records(labdir: LabDir) -> RecordKind:
-    return RecordKind(labdir, "proxy", RECORD_VERSION)
+def _records(labdir: LabDir, fam: int = 4) -> RecordKind:
+    """Each family's rules have their own records (kube-proxy runs one proxier per family)."""
+    return RecordKind(labdir, "proxy6" if fam == 6 else "proxy", RECORD_VERSION)
 
 
-def read_record(labdir: LabDir, node: str) -> dict | None:
+def read_record(labdir: LabDir, node: str, fam: int = 4) -> dict | None:
     """The node's record; None when there is none or a sync of it never finished."""
-    return _records(labdir).read(node)
+    return _records(labdir, fam).read(node)
 
 
 def require_mode(spec: LabSpec) -> None:
@@ -46,7 +47,8 @@ def require_mode(spec: LabSpec) -> None:
 def confirm(labdir: LabDir) -> None:
     """The lab's state now says what the last sync was made from: the next sync may
     plan from the difference between that state and its topology."""
-    _records(labdir).clear("unconfirmed")
+    for fam in (4, 6):
+        _records(labdir, fam).clear("unconfirmed")
 
 
 def plan_node(topo: Topology, node: str, rec: dict | None, scope: set[str] | None, all_ports, scoped=None) -> NodeSync | None:
@@ -56,11 +58,20 @@ def plan_node(topo: Topology, node: str, rec: dict | None, scope: set[str] | Non
 
 
 def sync(labdir: LabDir, topo: Topology, nodes: list[str] | None = None, previous: Topology | None = None) -> list[NodeSync]:
-    """Bring every node's service rules to what `topo` says; returns the syncs run.
-    `previous`: the topology the records were synced from (the lab's state), so that only
-    the services it differs in are looked at; without it, every service port is."""
+    """Bring every node's service rules to what `topo` says, each family's from its view
+    of the lab (labctl.model.family); returns the syncs run. `previous`: the topology the
+    records were synced from (the lab's state), so that only the services it differs in
+    are looked at; without it, every service port is."""
+    out = []
+    for fam, view in family.views(topo):
+        before = family.view(previous, fam) if previous is not None and fam in family.lab_families(previous.lab) else None
+        out += _sync(labdir, view, fam, nodes, before)
+    return out
+
+
+def _sync(labdir: LabDir, topo: Topology, fam: int, nodes: list[str] | None, previous: Topology | None) -> list[NodeSync]:
     mode = registry.proxy_mode(topo.lab.proxy_mode)
-    store = _records(labdir)
+    store = _records(labdir, fam)
     # a sync whose state was never written (a crash in between) leaves records the state does not describe
     scope = affected_services(previous, topo) if previous is not None and not store.marked("unconfirmed") else None
     store.mark("unconfirmed")

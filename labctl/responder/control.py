@@ -11,7 +11,7 @@ from typing import Callable
 from labctl import failpoints, registry
 from labctl.errors import LabError
 from labctl.kernel import procs
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.objects import Topology
 from labctl.state.journal import Journal
 from labctl.state.store import LabDir
@@ -31,14 +31,30 @@ def config(topo: Topology) -> dict:
     for p in topo.pods:
         ports = [[cp.port, cp.protocol] for cp in p.served_ports() if cp.protocol in SERVED]
         if ports:
-            entry = {"key": p.key, "netns": names.pod_netns(topo.lab.name, p.namespace, p.name), "node": p.node, "ip": p.ip, "ports": ports}
+            entry = {
+                "key": p.key,
+                "netns": names.pod_netns(topo.lab.name, p.namespace, p.name),
+                "node": p.node,
+                "ip": p.ip,
+                "ips": list(family.addresses(p)),
+                "ports": ports,
+            }
             for a in addons:
                 entry.update(a.pod_config(topo, p))
             pods.append(entry)
     for e in topo.lab.externals:  # an outside server a selector-less Service can front
         if e.ports:
             ports = [[port, proto] for port, proto in e.ports]
-            pods.append({"key": f"ext/{e.name}", "netns": names.external_netns(topo.lab.name, e.name), "node": None, "ip": e.ip, "ports": ports})
+            pods.append(
+                {
+                    "key": f"ext/{e.name}",
+                    "netns": names.external_netns(topo.lab.name, e.name),
+                    "node": None,
+                    "ip": e.ip,
+                    "ips": list(family.addresses(e)),
+                    "ports": ports,
+                }
+            )
     announce = {names.node_netns(topo.lab.name, node): ips for node, ips in announcements(topo).items()}
     cfg: dict = {"pods": pods, "announce": announce, "healthchecks": checks(topo)}
     for a in addons:

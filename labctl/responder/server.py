@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from labctl.kernel import netns
 from labctl.responder import arp
 
-PROTOCOL = 5  # bumped whenever the config or the control protocol changes
+PROTOCOL = 6  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
 MAX_REQUEST = 8192
 
@@ -54,19 +54,28 @@ class Binding:
     proto: str  # TCP | UDP
     dns: bool = False  # the cluster DNS pod's port 53: answered by the DNS server
     health: tuple[str, str, int] | None = None  # a node's health check node port: (namespace, service, local endpoints)
+    ips: tuple[str, ...] = ()  # every address of the pod (a dual-stack lab's), the first being ip
 
-    def body(self, client: tuple[str, int], request: dict | None = None) -> bytes:
+    def body(self, client: tuple, request: dict | None = None) -> bytes:
+        host = unmapped(client[0])
+        six = ":" in host
+        ip = next((a for a in self.ips if (":" in a) == six), self.ip)
         answer = {
             "pod": self.pod,
             "node": self.node,
-            "ip": self.ip,
+            "ip": ip,
             "port": self.port,
             "protocol": self.proto,
-            "client": f"{client[0]}:{client[1]}",
+            "client": f"[{host}]:{client[1]}" if six else f"{host}:{client[1]}",
         }
         if request is not None:
             answer["request"] = request
         return json.dumps(answer).encode()
+
+
+def unmapped(host: str) -> str:
+    """An IPv4 client seen by a dual-stack socket (::ffff:10.0.0.1) as its IPv4 address."""
+    return host[7:] if host.startswith("::ffff:") and "." in host else host
 
 
 def parse_request(raw: bytes) -> dict | None:
@@ -136,7 +145,7 @@ class Responder:
         dns_ports = set()
         for pod in config["pods"]:
             for port, proto in pod["ports"]:
-                b = Binding(pod["key"], pod["node"], pod["ip"], port, proto, dns=[port, proto] in (pod.get("dns") or []))
+                b = Binding(pod["key"], pod["node"], pod["ip"], port, proto, dns=[port, proto] in (pod.get("dns") or []), ips=tuple(pod.get("ips") or ()))
                 wanted[(pod["key"], port, proto)] = (pod["netns"], b)
                 if b.dns:
                     dns_ports.add((pod["key"], port, proto))
@@ -211,10 +220,16 @@ class Responder:
     @staticmethod
     def _listen(b: Binding) -> socket.socket:
         kind = socket.SOCK_STREAM if b.proto == "TCP" else socket.SOCK_DGRAM
-        sock = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:  # one socket for both families (IPv4 clients as ::ffff:a.b.c.d), as a server on [::] is
+            sock = socket.socket(socket.AF_INET6, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            where = "::"
+        except OSError:  # a kernel without IPv6
+            sock = socket.socket(socket.AF_INET, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            where = "0.0.0.0"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("0.0.0.0", b.port))
+            sock.bind((where, b.port))
             if kind == socket.SOCK_STREAM:
                 sock.listen(128)
         except OSError:

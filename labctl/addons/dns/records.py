@@ -12,6 +12,7 @@ Following the Kubernetes DNS-based service discovery specification (schema
     _<port>._<proto>.<svc>.<ns>.svc.<zone>      SRV   0 100 <port> <svc>.<ns>.svc.<zone> (per named port),
                                                       or one per endpoint, at the endpoint's port (headless)
     <reversed ip>.in-addr.arpa                  PTR   the service (ClusterIP), the endpoint name (headless)
+    ... AAAA, ip6.arpa                                the same per IPv6 address (each family's view of the lab)
     <zone>                                      SOA, NS ns.dns.<zone> (A: the DNS service address)
 
 Plain data out (names lower case, absolute), so the responder needs nothing
@@ -23,13 +24,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from labctl.model import dns
+from labctl.model import dns, family
 from labctl.model.objects import Topology
 from labctl.proxy.endpoints import PodIndex, ready_pods, target_port
 
 
 def _reverse(ip: str) -> str:
-    return ipaddress.IPv4Address(ip).reverse_pointer + "."
+    return ipaddress.ip_address(ip).reverse_pointer + "."
+
+
+def _dashed(ip: str) -> str:
+    """An endpoint's name from its address, as CoreDNS spells it (dots or colons as dashes)."""
+    return ip.replace(".", "-").replace(":", "-")
 
 
 class _Zone:
@@ -42,15 +48,8 @@ class _Zone:
             values.append(value)
 
 
-def zone(topo: Topology) -> dict[str, Any]:
-    spec = topo.lab
-    origin = spec.cluster_domain.lower().rstrip(".") + "."
-    z = _Zone()
-    ns_name = f"ns.dns.{origin}"
-    z.add(origin, "SOA", [ns_name, f"hostmaster.{origin}", 1, 7200, 1800, 86400, dns.TTL])
-    z.add(origin, "NS", ns_name)
-    z.add(ns_name, "A", dns.service_ip(spec))
-    z.add(f"dns-version.{origin}", "TXT", dns.SCHEMA_VERSION)
+def _services(z: _Zone, topo: Topology, origin: str, a: str) -> None:
+    """One family's records (`a`: A or AAAA), from its view of the lab."""
     index = PodIndex(topo.pods)
     for s in topo.services:
         base = f"{s.name}.{s.namespace}.svc.{origin}"
@@ -61,11 +60,12 @@ def zone(topo: Topology) -> dict[str, Any]:
         if s.headless:
             pods = ready_pods(topo, s, index)
             for pod in pods:
-                assert pod.ip
-                ep = pod.hostname if (pod.hostname and pod.subdomain == s.name) else pod.ip.replace(".", "-")
+                if not pod.ip:
+                    continue
+                ep = pod.hostname if (pod.hostname and pod.subdomain == s.name) else _dashed(pod.ip)
                 ep_name = f"{ep}.{base}"
-                z.add(base, "A", pod.ip)
-                z.add(ep_name, "A", pod.ip)
+                z.add(base, a, pod.ip)
+                z.add(ep_name, a, pod.ip)
                 z.add(_reverse(pod.ip), "PTR", ep_name)
                 for p in s.ports:
                     port = target_port(pod, p)
@@ -74,11 +74,24 @@ def zone(topo: Topology) -> dict[str, Any]:
             continue
         if not s.cluster_ip:
             continue
-        z.add(base, "A", s.cluster_ip)
+        z.add(base, a, s.cluster_ip)
         z.add(_reverse(s.cluster_ip), "PTR", base)
         for p in s.ports:
             if p.name:
                 z.add(f"_{p.name}._{p.protocol.lower()}.{base}", "SRV", [0, 100, p.port, base])
+
+
+def zone(topo: Topology) -> dict[str, Any]:
+    spec = topo.lab
+    origin = spec.cluster_domain.lower().rstrip(".") + "."
+    z = _Zone()
+    ns_name = f"ns.dns.{origin}"
+    z.add(origin, "SOA", [ns_name, f"hostmaster.{origin}", 1, 7200, 1800, 86400, dns.TTL])
+    z.add(origin, "NS", ns_name)
+    z.add(ns_name, "AAAA" if ":" in dns.service_ip(spec) else "A", dns.service_ip(spec))
+    z.add(f"dns-version.{origin}", "TXT", dns.SCHEMA_VERSION)
+    for fam, view in family.views(topo):
+        _services(z, view, origin, "AAAA" if fam == 6 else "A")
     # CoreDNS splits the weight between the records of one name: 100 / their number
     for types in z.records.values():
         srv = types.get("SRV")
@@ -88,7 +101,7 @@ def zone(topo: Topology) -> dict[str, Any]:
     up = dns.upstream(spec)
     return {
         "zone": origin,
-        "reverse": [spec.service_network, spec.pod_network],
+        "reverse": [n for _, v in family.views(topo) for n in (v.lab.service_network, v.lab.pod_network)],
         "upstream": list(up) if up else None,
         "ttl": dns.TTL,
         "records": z.records,

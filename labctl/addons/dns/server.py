@@ -84,10 +84,10 @@ class Answerer:
         if qname.is_subdomain(self.origin):
             return True
         try:
-            addr = ipaddress.IPv4Address(dns.reversename.to_address(qname))
+            addr = ipaddress.ip_address(dns.reversename.to_address(qname))
         except Exception:
             return False
-        return any(addr in net for net in self.reverse)
+        return any(addr.version == net.version and addr in net for net in self.reverse)
 
     def handle(self, wire: bytes, tcp: bool) -> bytes | object | None:
         """The reply's wire form; FORWARD (send `wire` upstream); or None (drop)."""
@@ -144,21 +144,24 @@ class Answerer:
             if rrset.rdtype in (dns.rdatatype.SRV, dns.rdatatype.NS):  # the targets' addresses, as CoreDNS adds them
                 for rd in rrset:
                     target = rd.target
-                    addrs = self.records.get(target.to_text().lower(), {}).get("A")
-                    if addrs:
-                        r.additional.append(self._rrset(target, "A", addrs))
+                    for rtype in ("A", "AAAA"):
+                        addrs = self.records.get(target.to_text().lower(), {}).get(rtype)
+                        if addrs:
+                            r.additional.append(self._rrset(target, rtype, addrs))
         return r
 
     def _pod(self, qname: dns.name.Name) -> dict[str, list[Any]] | None:
-        """`<a-b-c-d>.<ns>.pod.<zone>`: an A record of the address the name spells."""
+        """`<a-b-c-d>.<ns>.pod.<zone>`: an A record of the address the name spells
+        (`<fd00--1>.<ns>.pod.<zone>`: an AAAA record, the colons spelt as dashes)."""
         labels = qname.relativize(self.origin).labels if qname.is_subdomain(self.origin) else ()
         if len(labels) != 3 or labels[2].lower() != b"pod":
             return None
+        text = labels[0].decode()
         try:
-            ip = ipaddress.IPv4Address(labels[0].decode().replace("-", "."))
+            ip = ipaddress.ip_address(text.replace("-", ".") if text.count("-") == 3 else text.replace("-", ":"))
         except ValueError:
             return None
-        return {"A": [str(ip)]}
+        return {"AAAA" if ip.version == 6 else "A": [str(ip)]}
 
     def _status(self, q: dns.message.Message, rcode: int, tcp: bool) -> bytes:
         r = dns.message.make_response(q)
