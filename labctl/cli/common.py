@@ -11,6 +11,24 @@ from labctl.lab import LabHandle, resolve_lab_name
 from labctl.model.objects import Topology
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for programs.")
+family_option = click.option(
+    "--family",
+    "fam",
+    type=click.Choice(["4", "6"]),
+    help="The IP family to probe over, in a dual-stack lab (default: the lab's first; an IPv6 literal TO is 6).",
+)
+
+
+def family_targets(topo, src: str, dst: str, fam: str | None, via: str | None = None):
+    """(FROM, TO, the family's view of the lab) for --family and an address TO."""
+    from labctl.model import family
+    from labctl.model.targets import family_of_target, resolve
+
+    f = family_of_target(topo, dst, int(fam) if fam else None)
+    view = family.view(topo, f) if f is not None else topo
+    return resolve(topo, src, role="FROM", fam=f), resolve(topo, dst, role="TO", via=via, fam=f), view
+
+
 lab_option = click.option(
     "--lab",
     "lab_name",

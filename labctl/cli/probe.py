@@ -6,9 +6,10 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
+from labctl.cli.common import family_option, family_targets, http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
-from labctl.model.targets import default_port, resolve
+from labctl.model.family import hostport
+from labctl.model.targets import default_port
 from labctl.probe import scapy_probe
 
 VERDICTS = ("open", "refused", "blocked", "filtered")
@@ -39,9 +40,10 @@ VERDICTS = ("open", "refused", "blocked", "filtered")
 )
 @click.option("--sni", help="--https: the server name sent (default: --host).")
 @click.option("--insecure", is_flag=True, help="--https: no verification at all (tls.verified is null).")
+@family_option
 @json_option
 def probe(
-    lab_name, src, dst, port, proto, timeout, via, expect, http_path, http_host, http_method, http_headers, expect_status, https, sni, insecure, as_json
+    lab_name, src, dst, port, proto, timeout, via, expect, http_path, http_host, http_method, http_headers, expect_status, https, sni, insecure, fam, as_json
 ) -> None:
     """Send one TCP SYN, UDP datagram or ICMP echo from FROM to TO and report
     what came back: open, refused (RST / port unreachable), blocked (ICMP
@@ -49,13 +51,14 @@ def probe(
 
     \b
     FROM: NS/POD, POD, node/NAME, ext/NAME
-    TO:   the same, an IPv4 address, svc/NS/NAME (its ClusterIP),
+    TO:   the same, an IPv4 or IPv6 address, svc/NS/NAME (its ClusterIP),
           svc/NS/NAME@nodeport [--via node/NAME], svc/NS/NAME@lb
+    --family 6 probes over IPv6 in a dual-stack lab (pods', nodes' and
+    services' IPv6 addresses).
     """
     require_root("probe")
     handle, topo = running_lab(lab_name)
-    a = resolve(topo, src, role="FROM")
-    b = resolve(topo, dst, role="TO", via=via)
+    a, b, view = family_targets(topo, src, dst, fam, via)
     if http_path is not None or http_host or http_headers or expect_status or https:
         tls = None
         if https:
@@ -80,13 +83,13 @@ def probe(
     if result.verdict == "filtered" or "unreachable" in (result.detail or ""):
         from labctl.probe.routes import route_gap
 
-        result.detail = route_gap(topo, a, b.ip) or result.detail  # the kernel's reason, when it has one
+        result.detail = route_gap(view, a, b.ip) or result.detail  # the kernel's reason, when it has one
     if as_json:
         output.emit_json(result.to_dict())
     else:
-        where = f"{b.ip}:{port}/{proto}" if port else f"{b.ip} icmp"
+        where = f"{hostport(b.ip, port)}/{proto}" if port else f"{b.ip} icmp"
         target = f"{b.label} ({where})" if b.label != b.ip else where
-        line = f"{a.label} -> {target}: [bold]{result.verdict}[/bold]"
+        line = f"{output.escaped(a.label)} -> {output.escaped(target)}: [bold]{result.verdict}[/bold]"
         extra = []
         if result.served_by:
             extra.append(f"served by {result.served_by}")
@@ -96,7 +99,7 @@ def probe(
             extra.append(f"rtt {result.rtt_ms:.2f} ms")
         if result.detail and not result.served_by:
             extra.append(result.detail)
-        output.say(line + (f" ({', '.join(extra)})" if extra else ""))
+        output.say(line + (f" ({output.escaped(', '.join(extra))})" if extra else ""))
     if expect and result.verdict != expect:
         raise CheckFailed(f"expected {expect}, got {result.verdict}")
 
@@ -113,7 +116,7 @@ def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, ex
     if not path.startswith("/"):
         raise InvalidInput(f"--http {path!r}: a path starts with /")
     port = port or default_port(b, "tcp") or 80
-    host = host or b.ip
+    host = host or (f"[{b.ip}]" if ":" in b.ip else b.ip)
     before = responder_pid(handle)
     answer = http.probe(a.netns, b.ip, port, path, host, method, headers, timeout, tls)
     still_up(handle, topo, before)
@@ -135,7 +138,7 @@ def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, ex
         output.emit_json(result)
     else:
         scheme = "https" if tls else "http"
-        line = f"{a.label} -> {b.label} ({b.ip}:{port}) {method} {scheme}://{host}{path}: [bold]{answer.status or answer.verdict}[/bold]"
+        line = f"{output.escaped(f'{a.label} -> {b.label} ({hostport(b.ip, port)}) {method} {scheme}://{host}{path}')}: [bold]{answer.status or answer.verdict}[/bold]"
         extra = [f"served by {answer.served_by}"] if answer.served_by else []
         if answer.location:
             extra.append(f"Location {answer.location}")
@@ -151,7 +154,7 @@ def _http(handle, topo, a, b, port, timeout, path, host, method, raw_headers, ex
             )
         saw = answer.backend_saw
         if saw:
-            output.say(f"  the backend saw: {saw.get('method')} {saw.get('path')} Host {saw.get('host')}")
+            output.say(output.escaped(f"  the backend saw: {saw.get('method')} {saw.get('path')} Host {saw.get('host')}"))
             for name, values in saw.get("headers", {}).items():
                 if name.startswith("x-"):
                     output.say(f"    {name}: {', '.join(values)}")

@@ -14,7 +14,7 @@ import difflib
 import ipaddress
 from dataclasses import dataclass
 
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.errors import InvalidInput
 from labctl.model.objects import Pod, Service, Topology
 
@@ -70,7 +70,33 @@ def _service(topo: Topology, text: str, role: str, via: str | None) -> Endpoint:
     raise InvalidInput(f"{role} {text!r}: after @ comes nodeport or lb, not {access!r}")
 
 
-def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> Endpoint:
+def family_of_target(topo: Topology, text: str, fam: int | None) -> int | None:
+    """The family a probe runs in: --family, else an address's, else None (the lab's first)."""
+    try:
+        literal = ipaddress.ip_address(text).version
+    except ValueError:
+        literal = None
+    if fam is not None and literal is not None and fam != literal:
+        raise InvalidInput(f"TO {text!r} is an IPv{literal} address, and --family says {fam}")
+    fam = fam or literal
+    if fam is not None and fam not in family.lab_families(topo.lab):
+        raise InvalidInput(f"lab {topo.lab.name} has no IPv{fam} family (spec.ipFamilies: {', '.join(topo.lab.ip_families)})")
+    return fam
+
+
+def resolve(topo: Topology, text: str, *, role: str, via: str | None = None, fam: int | None = None) -> Endpoint:
+    """FROM or TO as an Endpoint; `fam`: in that family's view of the lab (a service
+    without an address in it is refused, naming its families)."""
+    if fam is not None and family.lab_families(topo.lab) != (fam,):
+        view = family.view(topo, fam)
+        if text.startswith("svc/") and role == "TO":
+            ref = text[4:].partition("@")[0]
+            ns, _, name = ref.rpartition("/")
+            key = f"{ns or 'default'}/{name}"
+            if any(s.key == key for s in topo.services) and not any(s.key == key for s in view.services):
+                fams = ", ".join(topo.service(key).ip_families or topo.lab.ip_families[:1])
+                raise InvalidInput(f"TO {text!r}: {key} has no IPv{fam} address (its ipFamilies: {fams})")
+        topo = view
     lab = topo.lab.name
     if text.startswith("node/"):
         name = text[5:]
@@ -108,7 +134,7 @@ def resolve(topo: Topology, text: str, *, role: str, via: str | None = None) -> 
             raise InvalidInput(f"{role} {text!r}: a service is something to probe, not to probe from")
         return _service(topo, text, role, via)
     try:
-        ip = ipaddress.IPv4Address(text)
+        ip = ipaddress.ip_address(text)
     except ValueError:
         pass
     else:

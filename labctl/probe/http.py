@@ -101,7 +101,7 @@ def _cert_info(der: bytes | None) -> dict:
 def _connect(src_netns: str, dst: str, port: int, timeout: float) -> tuple[socket.socket | None, HttpAnswer | None, float]:
     """A TCP connection from inside the namespace, or the answer that says why not."""
     with netns.entered(src_netns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(socket.AF_INET6 if ":" in dst else socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(timeout)
     t0 = time.monotonic()
     try:
@@ -181,5 +181,5 @@ def _exchange(conn: socket.socket, path: str, host: str, method: str, headers: l
     if isinstance(echoed, dict) and "pod" in echoed:
         answer.backend_saw = echoed.get("request")
         answer.served_by = echoed.get("pod")
-        answer.client_ip_seen = str(echoed.get("client", "")).rpartition(":")[0] or None
+        answer.client_ip_seen = str(echoed.get("client", "")).rpartition(":")[0].strip("[]") or None
     return answer

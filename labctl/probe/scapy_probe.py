@@ -54,9 +54,13 @@ class ProbeResult:
         return {"from": d.pop("from_"), **d}
 
 
+def _af(dst: str) -> int:
+    return socket.AF_INET6 if ":" in dst else socket.AF_INET
+
+
 def _source_ip(dst: str) -> str:
     """The address the kernel would send from, asked without sending anything."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(_af(dst), socket.SOCK_DGRAM) as s:
         s.connect((dst, 9))
         return s.getsockname()[0]
 
@@ -78,7 +82,7 @@ def _read_http_json(src_netns: str, dst: str, port: int, timeout: float, sport: 
     balancer that keeps per-client state (IPVS reuses the connection entry)
     sends it to the endpoint that answered the SYN, instead of the next one."""
     with netns.entered(src_netns):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s = socket.socket(_af(dst), socket.SOCK_STREAM)
     with s:
         s.settimeout(timeout)
         if sport:
@@ -89,7 +93,8 @@ def _read_http_json(src_netns: str, dst: str, port: int, timeout: float, sport: 
                 pass  # taken: any port will do
         try:
             s.connect((dst, port))
-            s.sendall(f"GET / HTTP/1.0\r\nHost: {dst}\r\nUser-Agent: labctl-probe\r\n\r\n".encode())
+            host = f"[{dst}]" if ":" in dst else dst
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\nUser-Agent: labctl-probe\r\n\r\n".encode())
             data = b""
             while len(data) < 65536:
                 chunk = s.recv(4096)
@@ -247,11 +252,13 @@ def probe(
             src_ip = _source_ip(dst)
         except OSError as e:
             return ProbeResult(src_label, dst, target, proto, port, "filtered", detail=f"no route: {e.strerror}")
-        wire = _Wire(proto)
+        wire = _Wire6(proto) if ":" in dst else _Wire(proto)
     result = ProbeResult(src_label, dst, target, proto, port, "filtered", src_ip=src_ip)
     sport = sport or _rng.randint(33000, 60999)
     traced = seq is not None  # a trace's probe: its UDP payload starts with the seq, which its rules match
     seq = _rng.randint(0, 2**31) if seq is None else seq
+    if isinstance(wire, _Wire6):
+        return _probe6(result, wire, src_netns, src_ip, dst, proto, port, timeout, fetch, sport, seq, traced)
     if proto == "tcp":
         pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
     elif proto == "udp":
@@ -297,4 +304,161 @@ def _fill(result: ProbeResult, info: dict | None) -> None:
     result.served_by = info.get("pod")
     client = info.get("client")
     if isinstance(client, str):
-        result.client_ip_seen = client.rsplit(":", 1)[0]
+        result.client_ip_seen = client.rsplit(":", 1)[0].strip("[]")
+
+
+# -- IPv6 ------------------------------------------------------------------------------
+
+ICMP6_UNREACH = 1
+ICMP6_PORT_UNREACH = 4
+ICMP6_PROHIBITED = {1: "admin-prohibited", 5: "source-policy-failed", 6: "reject-route"}
+ICMP6_UNREACH_NAMES = {0: "no-route", 2: "beyond-scope", 3: "address-unreachable", 4: "port-unreachable"}
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+
+def _classify_icmp6(icmp) -> tuple[str, str]:
+    kind, code = int(icmp.type), int(icmp.code)
+    if kind == ICMP6_UNREACH:
+        if code == ICMP6_PORT_UNREACH:
+            return "refused", "icmp6 port-unreachable"
+        if code in ICMP6_PROHIBITED:
+            return "blocked", f"icmp6 {ICMP6_PROHIBITED[code]}"
+        return "filtered", f"icmp6 {ICMP6_UNREACH_NAMES.get(code, f'unreachable code {code}')}"
+    return "filtered", f"icmp6 type {kind} code {code}"
+
+
+class _Wire6:
+    """_Wire for IPv6: the packet sent whole on an IPPROTO_RAW socket (Linux takes the
+    IPv6 header from it), replies read on raw sockets of the probe's protocol and of
+    ICMPv6. An IPv6 raw socket hands over the payload only: the header is made again
+    from the source address and the packet's destination (IPV6_PKTINFO), after
+    netfilter, NAT reversed, as for IPv4."""
+
+    def __init__(self, proto: str):
+        self.out = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        numbers = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "icmp": socket.IPPROTO_ICMPV6}
+        self.ins = {numbers[proto]: socket.socket(socket.AF_INET6, socket.SOCK_RAW, numbers[proto])}
+        if proto != "icmp":
+            self.ins[socket.IPPROTO_ICMPV6] = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        for s in self.ins.values():
+            s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+
+    def close(self) -> None:
+        for s in [self.out, *self.ins.values()]:
+            s.close()
+
+    def exchange(self, pkt, matches, timeout: float):
+        from scapy.layers.inet6 import IPv6
+
+        sent = time.time()
+        self.out.sendto(bytes(pkt), (pkt[IPv6].dst, 0))
+        deadline = sent + timeout
+        last_look = False
+        by_sock = {s: nh for nh, s in self.ins.items()}
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                if last_look:
+                    return None
+                last_look, left = True, 0.0
+            ready, _, _ = select.select(list(by_sock), [], [], left)
+            for s in ready:
+                while True:
+                    try:
+                        data, anc, _, addr = s.recvmsg(65535, _TS_SPACE + socket.CMSG_SPACE(20))
+                    except BlockingIOError:
+                        break
+                    at = _stamp(anc)
+                    if at > deadline:
+                        continue
+                    dst = next((socket.inet_ntop(socket.AF_INET6, d[:16]) for lv, k, d in anc if lv == socket.IPPROTO_IPV6 and k == IPV6_PKTINFO), "::")
+                    reply = IPv6(src=addr[0].split("%")[0], dst=dst, nh=by_sock[s], plen=len(data)) / data
+                    reply = IPv6(bytes(reply))
+                    if matches(reply):
+                        return reply, max(0.0, at - sent)
+            if last_look:
+                return None
+
+
+def _icmp6(r):
+    """The ICMPv6 message right after the IPv6 header, or None."""
+    return r.payload if int(r.nh) == 58 and hasattr(r.payload, "type") else None
+
+
+def _matcher6(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):
+    from scapy.layers.inet import TCP, UDP, TCPerror, UDPerror
+    from scapy.layers.inet6 import ICMPv6EchoReply, IPerror6
+
+    def is_error_about_us(r) -> bool:
+        icmp = _icmp6(r)
+        if icmp is None or int(icmp.type) not in (1, 2, 3, 4) or not r.haslayer(IPerror6):
+            return False
+        if r[IPerror6].dst != dst:
+            return False
+        if proto == "tcp":
+            return r.haslayer(TCPerror) and r[TCPerror].sport == sport and r[TCPerror].dport == dport
+        if proto == "udp":
+            return r.haslayer(UDPerror) and r[UDPerror].sport == sport and r[UDPerror].dport == dport
+        return int(r[IPerror6].nh) == 58
+
+    def matches(r) -> bool:
+        if r.dst != src:
+            return False
+        if is_error_about_us(r):
+            return True
+        if r.src != dst:
+            return False
+        if proto == "tcp":
+            return r.haslayer(TCP) and r[TCP].sport == dport and r[TCP].dport == sport and r[TCP].ack == seq + 1
+        if proto == "udp":
+            return r.haslayer(UDP) and r[UDP].sport == dport and r[UDP].dport == sport
+        return r.haslayer(ICMPv6EchoReply) and r[ICMPv6EchoReply].id == sport
+
+    return matches
+
+
+def _probe6(result: ProbeResult, wire: _Wire6, src_netns: str, src_ip: str, dst: str, proto: str, port, timeout, fetch, sport, seq, traced) -> ProbeResult:
+    from scapy.layers.inet import TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    if proto == "tcp":
+        pkt = IPv6(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
+    elif proto == "udp":
+        pkt = IPv6(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / ((seq.to_bytes(4, "big") if traced else b"") + b"labctl-probe\n")
+    else:
+        pkt = IPv6(src=src_ip, dst=dst) / ICMPv6EchoRequest(id=sport, seq=1)
+    try:
+        got = wire.exchange(pkt, _matcher6(proto, src_ip, dst, sport, port, seq), timeout)
+    finally:
+        wire.close()
+    if got is None:
+        result.detail = f"no answer within {timeout:g} s"
+        return result
+    reply, seconds = got
+    result.rtt_ms = round(seconds * 1000, 3)
+    icmp = _icmp6(reply)
+    if icmp is not None and int(icmp.type) != 129:
+        result.verdict, result.detail = _classify_icmp6(icmp)
+        result.detail += f" from {reply[IPv6].src}"
+        return result
+    if proto == "tcp":
+        flags = reply[TCP].flags
+        if flags.S and flags.A:
+            result.verdict = "open"
+            if fetch:
+                _fill(result, _read_http_json(src_netns, dst, port, timeout, sport))
+        elif flags.R:
+            result.verdict = "refused"
+            result.detail = "tcp reset"
+        else:
+            result.detail = f"tcp flags {flags}"
+    elif proto == "udp":
+        result.verdict = "open"
+        _fill(result, _json(bytes(reply[UDP].payload)))
+    else:
+        result.verdict = "open"
+        result.detail = f"echo reply from {reply[IPv6].src}"
+    return result
