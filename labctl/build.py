@@ -165,7 +165,8 @@ class Builder:
         self.progress("services", 0)
         self.synced = proxy_sync.sync(self.dir, new, previous=previous)
         self.progress("policies", 0)
-        replaced = {s.node for s in self.synced if s.replaced_filter} | {n.name for n in plan.add_nodes}
+        added = {n.name for n in plan.add_nodes}
+        replaced = {f: {s.node for s in self.synced if s.replaced_filter and s.family == f} | added for f in family.lab_families(spec)}
         t = time.monotonic()
         self.policies_synced = policy_sync.sync(self.dir, new, replaced)
         self.policy_seconds = time.monotonic() - t

@@ -130,9 +130,9 @@ def changes(result) -> list[str]:
     if result.links_up:
         out.append(f"links set up again: {', '.join(result.links_up)}")
     if result.synced:
-        out.append(f"service rules synced on {', '.join(s.node for s in result.synced)}")
+        out.append(f"service rules synced on {', '.join(dict.fromkeys(s.node for s in result.synced))}")
     if result.policies_synced:
-        out.append(f"network policies synced on {', '.join(p.node for p in result.policies_synced)}")
+        out.append(f"network policies synced on {', '.join(dict.fromkeys(p.node for p in result.policies_synced))}")
     return out
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 from labctl.model.objects import Pod, Topology
@@ -56,6 +57,7 @@ def ipvs_jumps(pod_network: str) -> list[tuple[str, str]]:
 
 
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
+REJECT6 = "REJECT --reject-with icmp6-adm-prohibited"
 
 
 @functools.lru_cache(maxsize=65536)
@@ -76,6 +78,7 @@ class IPSet:
     type: str  # hash:ip | hash:net | hash:ip,port
     members: set[str] = field(default_factory=set)
     comment: str = ""
+    family: str = "inet"  # inet6: the IPv6 family's sets (named NP6-..., LABCTL-ISO6-...)
 
 
 @dataclass
@@ -235,11 +238,45 @@ def _for_node(shared: PolicyRules, selections: list[_Selection], node: str) -> P
 
 
 def render_all(topo: Topology, nodes: list[str] | None = None) -> dict[str, PolicyRules]:
-    """Every node's policy rules, computing what they share once."""
+    """Every node's policy rules, computing what they share once. On the IPv6 family's
+    view of a lab: ip6tables' rules, and sets of family inet6 under their own names (a
+    node's sets of both families share one name space)."""
     engine = Engine(topo)
     shared = _cluster_wide(topo, engine)
     selections = _selections(topo, engine)
-    return {n: _for_node(shared, selections, n) for n in (nodes or [x.name for x in topo.lab.nodes])}
+    out = {n: _for_node(shared, selections, n) for n in (nodes or [x.name for x in topo.lab.nodes])}
+    if ":" in topo.lab.pod_network:
+        renames: dict[str, str] = {}
+        chains = _six_chains(shared, renames, out)
+        out = {n: _six(r, renames, chains) for n, r in out.items()}
+    return out
+
+
+def set_name6(name: str) -> str:
+    """The IPv6 family's set of what `name` selects in IPv4."""
+    return name.replace("NP-", "NP6-", 1) if name.startswith("NP-") else name.replace("LABCTL-ISO-", "LABCTL-ISO6-", 1)
+
+
+def _six_chains(shared: PolicyRules, renames: dict[str, str], nodes: dict[str, PolicyRules]) -> dict[str, list[str]]:
+    for r in nodes.values():
+        renames.update({n: set_name6(n) for n in r.sets})
+    pattern = re.compile(r"--match-set (\S+) ")
+    out = {}
+    for chain, lines in shared.chains.items():
+        out[chain] = [pattern.sub(lambda m: f"--match-set {renames.get(m.group(1), m.group(1))} ", line).replace(REJECT, REJECT6) for line in lines]
+    return out
+
+
+def _six(rules: PolicyRules, renames: dict[str, str], chains: dict[str, list[str]]) -> PolicyRules:
+    sets = {renames[n]: IPSet(s.type, {_v6_member(m) for m in s.members}, s.comment, "inet6") for n, s in rules.sets.items()}
+    out = PolicyRules(chains=chains, sets=sets)
+    out.digest_cache = rules.digest() + "/6"
+    return out
+
+
+def _v6_member(m: str) -> str:
+    """hash_nets' halves of 0.0.0.0/0 are ::/1 and 8000::/1 in IPv6."""
+    return {"0.0.0.0/1": "::/1", "128.0.0.0/1": "8000::/1"}.get(m, m)
 
 
 def render(topo: Topology, node: str) -> PolicyRules:
@@ -250,7 +287,7 @@ def render(topo: Topology, node: str) -> PolicyRules:
 
 
 def _set_line(name: str, s: IPSet) -> str:
-    return f"create {name} {s.type} family inet comment -exist"
+    return f"create {name} {s.type} family {s.family} comment -exist"
 
 
 def ipset_update(desired: dict[str, IPSet], old: dict[str, list] | None) -> tuple[str, list[str]]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from labctl import registry
 from labctl.kernel import run
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.objects import Topology
 from labctl.policy import rules as R
 from labctl.state.records import RecordKind
@@ -39,12 +39,12 @@ RECORD_VERSION = 1
 NOTHING = {"none": True}  # the record of a node where no policy chain or set was ever installed
 
 
-def _records(labdir: LabDir) -> RecordKind:
-    return RecordKind(labdir, "netpol", RECORD_VERSION)
+def _records(labdir: LabDir, fam: int = 4) -> RecordKind:
+    return RecordKind(labdir, "netpol6" if fam == 6 else "netpol", RECORD_VERSION)
 
 
-def read_record(labdir: LabDir, node: str) -> dict | None:
-    return _records(labdir).read(node)
+def read_record(labdir: LabDir, node: str, fam: int = 4) -> dict | None:
+    return _records(labdir, fam).read(node)
 
 
 def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool, desired: R.PolicyRules | None = None) -> NodePolicySync:
@@ -65,12 +65,22 @@ def plan_node(topo: Topology, node: str, rec: dict | None, table_replaced: bool,
     return NodePolicySync(node, sets_text, chains_text, destroy, record)
 
 
-def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes: list[str] | None = None) -> list[NodePolicySync]:
-    """Bring every node's policy rules to what `topo` says. `replaced`: nodes whose
-    filter table was rewritten whole (or made) since the last policy sync. A lab
-    without policies gets no policy chain or set until it has one."""
+def sync(labdir: LabDir, topo: Topology, replaced=frozenset(), nodes: list[str] | None = None) -> list[NodePolicySync]:
+    """Bring every node's policy rules to what `topo` says, each family's (iptables and
+    ip6tables) from its view of the lab. `replaced`: nodes whose filter table was
+    rewritten whole (or made) since the last policy sync; a set of names (every family)
+    or a dict family -> names. A lab without policies gets no policy chain or set until
+    it has one."""
+    out = []
+    for fam, view in family.views(topo):
+        out += _sync(labdir, view, fam, replaced.get(fam, set()) if isinstance(replaced, dict) else replaced, nodes)
+    return out
+
+
+def _sync(labdir: LabDir, topo: Topology, fam: int, replaced: set[str], nodes: list[str] | None) -> list[NodePolicySync]:
     lab = topo.lab.name
-    store = _records(labdir)
+    save, restore = ("ip6tables-save", "ip6tables-restore") if fam == 6 else ("iptables-save", "iptables-restore")
+    store = _records(labdir, fam)
     plans = []
     node_names = nodes or [n.name for n in topo.lab.nodes]
     rendered = R.render_all(topo, node_names)
@@ -87,7 +97,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
             # No record, but the node may hold our chains and jumps (a sync that crashed):
             # start from a clean slate so nothing is installed twice.
             ns = names.node_netns(lab, node)
-            saved = run.output(ns, ["iptables-save", "-t", "filter"])
+            saved = run.output(ns, [save, "-t", "filter"])
             if R.MAIN in saved:
                 mine = [
                     line[1:].split()[0]
@@ -96,7 +106,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
                 ]
                 entries = [e for mode in registry.proxy_modes() for e in mode.policy_entry(topo.lab)]
                 text = "*filter\n" + "".join(f"-D {c} {r}\n" for c, r in dict.fromkeys(entries) if f"-A {c} {r}" in saved) + "COMMIT\n"
-                run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], text + R.remove_chains_text(mine))])
+                run.apply_all([run.Transaction(ns, [restore, "--noflush"], text + R.remove_chains_text(mine))])
         p = plan_node(topo, node, rec, bool(clean), rendered[node])
         if not p.empty:
             plans.append(p)
@@ -105,7 +115,7 @@ def sync(labdir: LabDir, topo: Topology, replaced: set[str] = frozenset(), nodes
     store.begin([p.node for p in plans])  # a sync that does not finish leaves no record: the next one starts over
     ns = {p.node: names.node_netns(lab, p.node) for p in plans}
     run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.sets_text) for p in plans if p.sets_text])
-    run.apply_all([run.Transaction(ns[p.node], ["iptables-restore", "--noflush"], p.chains_text) for p in plans if p.chains_text])
+    run.apply_all([run.Transaction(ns[p.node], [restore, "--noflush"], p.chains_text) for p in plans if p.chains_text])
     run.apply_all([run.Transaction(ns[p.node], ["ipset", "restore"], p.destroy_text) for p in plans if p.destroy_text])
     for p in plans:
         store.write(p.node, p.record)

@@ -46,6 +46,7 @@ class NodeSync:
     state: Any = None  # the mode's rendered node, for apply (IPVS: virtual servers, addresses, sets)
     moved: set | None = None  # IPVS, partial sync: virtual servers whose real servers are read back
     entries: int | None = None  # a mode writing map entries, not rules: how many (ebpf)
+    family: int = 4  # the IP family whose rules these are (ip6tables for 6)
 
     @property
     def changed(self) -> int:

@@ -101,6 +101,7 @@ def _sync(labdir: LabDir, topo: Topology, fam: int, nodes: list[str] | None, pre
         s = mode.plan(NodeContext(topo, node, rec, scope, scoped, all_ports))
         if s is not None:
             s.replaced_filter = left or (s.full and mode.replaces_filter)
+            s.family = fam
             syncs.append(s)
     if not syncs:
         return []
