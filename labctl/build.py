@@ -55,13 +55,14 @@ class Builder:
 
     # -- namespaces ----------------------------------------------------------
 
-    def create_namespaces(self, names_: list[str]) -> None:
-        """Journal every name first (one write), then create them."""
+    def create_namespaces(self, names_: list[str], sysctls: dict[str, str] | None = None) -> None:
+        """Journal every name first (one write), then create them (`sysctls`: set in each
+        before anything is made in it)."""
         self.journal.netns(names_)
         failpoints.hit("namespaces", 0)
         for n in names_:
             try:
-                netns.create(n)
+                netns.create(n, sysctls)
             except FileExistsError:
                 raise LabError(f"network namespace {n} appeared while the lab was being built") from None
             self.progress("namespaces", 1)
@@ -123,7 +124,9 @@ class Builder:
             records.forget_node(self.dir, n.name)
         to_create = plan.namespaces_to_create(spec.name)
         self._report("total", len(to_create) + 1 + len(plan.add_nodes) + len(plan.add_pods))
-        self.create_namespaces(to_create)
+        # IPv6: no duplicate address detection on the lab's links (a tentative link-local
+        # address holds a new link's first packets for a second), as flannel turns it off
+        self.create_namespaces(to_create, node_plumbing.NODAD if 6 in family.lab_families(spec) else None)
         if plan.add_pods or plan.new_lab:
             responder.start(self.dir, self.journal, new)
 

@@ -90,8 +90,9 @@ def inode(name: str) -> int | None:
     return st.st_ino if st.st_dev != os.stat(NETNS_DIR).st_dev else None
 
 
-def create(name: str) -> None:
-    """Create the named namespace. Raises FileExistsError if the name is taken."""
+def create(name: str, sysctls: dict[str, str] | None = None) -> None:
+    """Create the named namespace (`sysctls` set in it at once, before any link is
+    made). Raises FileExistsError if the name is taken."""
     _prepare_dir()
     target = path(name)
     fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
@@ -103,6 +104,9 @@ def create(name: str) -> None:
         try:
             _check(_libc.mount(b"/proc/thread-self/ns/net", target.encode(), b"none", MS_BIND, None), f"mount --bind {target}")
             ifindex.note_created(name)  # where its devices go (tunnel modules' fallback devices come first)
+            for key, value in (sysctls or {}).items():
+                with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                    f.write(value)
         finally:
             _check(_libc.setns(home, CLONE_NEWNET), "setns back")
     except BaseException:

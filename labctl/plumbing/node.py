@@ -21,6 +21,7 @@ SYSCTLS = {
     # source many denied probes would see most come back as `filtered`.
     "net.ipv4.icmp_ratelimit": "0",
 }
+NODAD = {"net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
 SYSCTLS6 = {
     "net.ipv6.conf.all.forwarding": "1",
     "net.ipv6.icmp.ratelimit": "0",

@@ -46,4 +46,5 @@ def nft_base(namespace: str, svc: str, protocol: str, port_name: str | None) -> 
 
 
 def nft_endpoint_base(namespace: str, svc: str, protocol: str, port_name: str | None, ip: str, port: int) -> str:
-    return _nft_base(f"{namespace}/{svc}/{protocol}/{port_name or ''}__{ip}/{port}")
+    """An IPv6 endpoint's colons become dots (a chain name may hold no colon), as kube-proxy spells it."""
+    return _nft_base(f"{namespace}/{svc}/{protocol}/{port_name or ''}__{ip.replace(':', '.')}/{port}")

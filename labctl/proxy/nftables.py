@@ -19,10 +19,11 @@ from labctl.model.objects import LabSpec, Node, Topology
 from labctl.plan.diff import keyed
 from labctl.proxy import names
 from labctl.proxy.endpoints import Endpoint, ServicePortInfo, service_ports
-from labctl.proxy.mode import RestoreMode
+from labctl.proxy.mode import NodeSync, RestoreMode
 from labctl.proxy.policy import decide
 
 TABLE = "ip kube-proxy"
+TABLE6 = "ip6 kube-proxy"  # the IPv6 family's table, as kube-proxy's IPv6 proxier names it
 MASQ_MARK = "0x4000"
 # Sets, then verdict maps, as kube-proxy declares them: name -> (kind, type, comment).
 MAPS = {
@@ -305,6 +306,14 @@ def partial(changed: dict[str, NftPiece | None], old: dict[str, dict], fps: dict
     return "\n".join(out) + "\n" if out else ""
 
 
+def six(text: str) -> str:
+    """A script of the IPv4 table as the IPv6 family's: table `ip6 kube-proxy`, ipv6_addr
+    keys, ip6 matches (the same chains, maps and hashes, as kube-proxy's two proxiers)."""
+    for a, b in ((TABLE, TABLE6), ("ipv4_addr", "ipv6_addr"), ("ip daddr", "ip6 daddr"), ("ip saddr", "ip6 saddr")):
+        text = text.replace(a, b)
+    return text
+
+
 # -- the mode ---------------------------------------------------------------------------
 
 
@@ -333,6 +342,13 @@ class Nftables(RestoreMode):
     def argv(self, full: bool, six: bool = False) -> list[str]:
         return ["nft", "-f", "-"]
 
+    def apply(self, topo: Topology, syncs: list[NodeSync]) -> None:
+        """The IPv6 family's view writes its own table (`ip6 kube-proxy`)."""
+        if ":" in topo.lab.pod_network:
+            for s_ in syncs:
+                s_.text = six(s_.text)
+        super().apply(topo, syncs)
+
     def node_setup(self, spec: LabSpec, node: Node) -> list:
         """flannel's chains: in the other modes the proxy's full sync of the iptables tables writes them."""
         from labctl.kernel import run
@@ -346,7 +362,8 @@ class Nftables(RestoreMode):
         from labctl.kernel import run
         from labctl.model.names import node_netns
 
-        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["nft", "-f", "-"], f"add table {TABLE}\ndelete table {TABLE}\n")])
+        t = TABLE6 if ":" in topo.lab.pod_network else TABLE
+        run.apply_all([run.Transaction(node_netns(topo.lab.name, node), ["nft", "-f", "-"], f"add table {t}\ndelete table {t}\n")])
 
     def explain(self, info: ServicePortInfo, node: str) -> list[str]:
         base = names.nft_base(info.service.namespace, info.service.name, info.proto, info.port.name)
