@@ -26,10 +26,14 @@ def speaker(topo: Topology, service: Service) -> str | None:
 
 
 def announcements(topo: Topology) -> dict[str, list[str]]:
-    """node -> the LoadBalancer IPs it answers ARP for."""
+    """node -> the LoadBalancer IPs it answers ARP (IPv4) or NDP (IPv6) for: each
+    family's, chosen in its view of the lab."""
+    from labctl.model import family
+
     out: dict[str, list[str]] = {}
-    for s in topo.services:
-        node = speaker(topo, s)
-        if node is not None:
-            out.setdefault(node, []).append(s.load_balancer_ip)
+    for _, view in family.views(topo):
+        for s in view.services:
+            node = speaker(view, s)
+            if node is not None:
+                out.setdefault(node, []).append(s.load_balancer_ip)
     return out

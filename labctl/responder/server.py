@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 
 from labctl.kernel import netns
-from labctl.responder import arp
+from labctl.responder import arp, ndp
 
 PROTOCOL = 6  # bumped whenever the config or the control protocol changes
 IDLE_REPLY = 1.0  # answer a TCP client that sent no complete request after this long
@@ -130,6 +130,7 @@ class Responder:
         self.sockets: dict[tuple[str, int, str], tuple[socket.socket, Binding]] = {}
         self.conns: dict[int, Conn] = {}
         self.speakers: dict[str, tuple[socket.socket, bytes, set[str]]] = {}  # node netns -> ARP socket, MAC, IPs
+        self.speakers6: dict[str, tuple[socket.socket, bytes, set[str]]] = {}  # node netns -> NDP socket, MAC, IPv6 LoadBalancer IPs
         self.dns = None  # labctl.addons.dns.server.Answerer, when the lab has a cluster DNS
         self.dns_netns: str | None = None
         self.forwarded: queue.SimpleQueue = queue.SimpleQueue()  # (Conn or (sock, peer), reply) from forwarding threads
@@ -194,8 +195,10 @@ class Responder:
         return f"ok {len(self.sockets)}"
 
     def _announce(self, wanted: dict[str, list[str]]) -> list[str]:
-        """Answer ARP for LoadBalancer IPs on the nodes that announce them."""
-        errors = []
+        """Answer ARP for LoadBalancer IPs on the nodes that announce them (NDP for IPv6 ones)."""
+        errors = self._announce6({ns: [ip for ip in ips if ":" in ip] for ns, ips in wanted.items() if any(":" in ip for ip in ips)})
+        wanted = {ns: [ip for ip in ips if ":" not in ip] for ns, ips in wanted.items()}
+        wanted = {ns: ips for ns, ips in wanted.items() if ips}
         for ns in [n for n in self.speakers if n not in wanted]:
             sock, _, _ = self.speakers.pop(ns)
             self.sel.unregister(sock)
@@ -213,6 +216,29 @@ class Responder:
             sock, mac, current = self.speakers[ns]
             for ip in set(ips) - current:
                 arp.gratuitous(sock, mac, ip)
+            current.clear()
+            current.update(ips)
+        return errors
+
+    def _announce6(self, wanted: dict[str, list[str]]) -> list[str]:
+        errors = []
+        for ns in [n for n in self.speakers6 if n not in wanted]:
+            sock, _, _ = self.speakers6.pop(ns)
+            self.sel.unregister(sock)
+            sock.close()
+        for ns, ips in wanted.items():
+            if ns not in self.speakers6:
+                try:
+                    with netns.entered(ns):
+                        sock, mac = ndp.open_speaker()
+                except OSError as e:
+                    errors.append(f"{ns}: NDP speaker: {e}")
+                    continue
+                self.speakers6[ns] = (sock, mac, set())
+                self.sel.register(sock, selectors.EVENT_READ, ("ndp", ns))
+            sock, mac, current = self.speakers6[ns]
+            for ip in set(ips) - current:
+                ndp.unsolicited(sock, mac, ip)
             current.clear()
             current.update(ips)
         return errors
@@ -456,6 +482,9 @@ class Responder:
                 elif role == "arp":
                     sock, mac, ips = self.speakers[obj]
                     arp.answer(sock, mac, ips)
+                elif role == "ndp":
+                    sock, mac, ips = self.speakers6[obj]
+                    ndp.answer(sock, mac, ips)
                 elif role == "control":
                     self._control(key.fileobj)
                 elif role == "forwarded":
