@@ -35,12 +35,13 @@ def emit_json(data: Any) -> None:
 
 def table(columns: list[str], rows: Iterable[Iterable[Any]], title: str | None = None) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold", show_edge=False)
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        t.add_row(*(Text("" if v is None else str(v)) for v in r))  # cells as they are: [fd00::1]:80 is no markup
     _console(False).print(t)
 
 

@@ -9,7 +9,7 @@ from labctl import registry
 from labctl.errors import NoSuchLab
 from labctl.kernel import netns
 from labctl.lab import LabHandle
-from labctl.model import names
+from labctl.model import family, names
 from labctl.model.registry import ADDONS
 from labctl.responder import control as responder
 
@@ -45,11 +45,18 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "ipvsScheduler": None,
         **registry.proxy_mode(lab.proxy_mode).status(lab),
         "networks": {"node": lab.node_network, "pod": lab.pod_network, "service": lab.service_network},
+        "ipFamilies": list(lab.ip_families),
+        "networksByFamily": {
+            family.name(f): {"node": v.node_network, "pod": v.pod_network, "service": v.service_network, "loadBalancerPool": v.load_balancer_pool}
+            for f, v in ((f, family.spec_view(lab, f)) for f in family.lab_families(lab))
+        },
         "nodes": [
             {
                 "name": n.name,
                 "ip": n.ip,
+                "ips": list(family.addresses(n)),
                 "podCIDR": n.pod_cidr,
+                "podCIDRs": [c for c in n.pod_cidrs or (n.pod_cidr,) if c],
                 "netns": names.node_netns(lab.name, n.name),
                 "present": names.node_netns(lab.name, n.name) in present,
                 **({overlay.status_key: overlay.node_status(lab, n, handle.dir.path)} if overlay.daemon else {}),
@@ -57,7 +64,13 @@ def status(handle: LabHandle) -> dict[str, Any]:
             for n in lab.nodes
         ],
         "externals": [
-            {"name": e.name, "ip": e.ip, "netns": names.external_netns(lab.name, e.name), "present": names.external_netns(lab.name, e.name) in present}
+            {
+                "name": e.name,
+                "ip": e.ip,
+                "ips": list(family.addresses(e)),
+                "netns": names.external_netns(lab.name, e.name),
+                "present": names.external_netns(lab.name, e.name) in present,
+            }
             for e in lab.externals
         ],
         "pods": [
@@ -66,6 +79,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "name": p.name,
                 "node": p.node,
                 "ip": p.ip,
+                "ips": list(family.addresses(p)),
                 "labels": dict(p.labels),
                 "ready": p.ready,
                 "terminating": p.terminating,
@@ -133,14 +147,17 @@ def endpoint_slices(topo) -> list[dict[str, Any]]:
 
 def services(topo) -> list[dict[str, Any]]:
     """Services as the contract shows them: ports, endpoints ("ip:port"), LoadBalancer IP."""
+    from labctl.model import family
     from labctl.proxy.endpoints import endpoints
     from labctl.proxy.lb import speaker
 
     out = []
+    views = [v for _, v in family.views(topo)]
     for s in topo.services:
         ports, all_eps = [], []
-        for p in s.ports:
-            eps = [e.addr for e in endpoints(topo, s, p)]
+        mine = [(v, v.service(s.key)) for v in views if any(x.key == s.key for x in v.services)] if len(views) > 1 else [(topo, s)]
+        for i, p in enumerate(s.ports):
+            eps = [e.addr for v, vs in mine for e in endpoints(v, vs, vs.ports[i])]  # every family's, the first family's first
             all_eps += [e for e in eps if e not in all_eps]
             ports.append({"name": p.name, "port": p.port, "targetPort": p.target(), "protocol": p.protocol, "nodePort": p.node_port, "endpoints": eps})
         out.append(
@@ -149,9 +166,13 @@ def services(topo) -> list[dict[str, Any]]:
                 "name": s.name,
                 "type": s.type,
                 "clusterIP": s.cluster_ip,
+                "clusterIPs": family.cluster_ips(s) if s.type != "ExternalName" else [],
+                "ipFamilies": list(s.ip_families) or ([] if s.type == "ExternalName" else list(topo.lab.ip_families[:1])),
+                "ipFamilyPolicy": s.ip_family_policy or (None if s.type == "ExternalName" else "SingleStack"),
                 "ports": ports,
                 "endpoints": all_eps,
                 "loadBalancerIP": s.load_balancer_ip if s.type == "LoadBalancer" else None,
+                "loadBalancerIPs": family.load_balancer_ips(s) if s.type == "LoadBalancer" else [],
                 "announcedBy": speaker(topo, s),
                 "loadBalancerSourceRanges": list(s.load_balancer_source_ranges),
                 "healthCheckNodePort": s.health_check_node_port,

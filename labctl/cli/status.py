@@ -47,22 +47,27 @@ def _show(r: dict) -> None:
         return
     nets = r["networks"]
     output.say(
-        f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}" + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "") + "  "
-        f"nodes {nets['node']}  pods {nets['pod']}  services {nets['service']}"
+        f"[bold]lab {r['lab']}[/bold]  overlay {r['overlay']}  proxy {r['proxyMode']}"
+        + (f" ({r['ipvsScheduler']})" if r.get("ipvsScheduler") else "")
+        + "  "
+        + "  ".join(
+            f"nodes {','.join(n['node'] for n in fams)}  pods {','.join(n['pod'] for n in fams)}  services {','.join(n['service'] for n in fams)}"
+            for fams in [list((r.get("networksByFamily") or {"": nets}).values())]
+        )
     )
     routed = "bgp"  # an overlay whose daemon learns the routes (bgp, ipip) shows each node's peers
     peers = any(isinstance(n.get(routed), dict) for n in r["nodes"])
     output.table(
         ["NODE", "IP", "POD CIDR", "NETNS"] + ([f"{routed.upper()} PEERS"] if peers else []),
         [
-            (n["name"], n["ip"], n["podCIDR"], n["netns"] + _mark(n["present"]))
+            (n["name"], ",".join(n["ips"]), ",".join(n["podCIDRs"]), n["netns"] + _mark(n["present"]))
             + ((", ".join(f"{peer} {state}" for peer, state in n[routed]["peers"].items()) or "-",) if peers else ())
             for n in r["nodes"]
         ],
     )
     if r["externals"]:
         output.say("")
-        output.table(["EXTERNAL", "IP", "NETNS"], [(e["name"], e["ip"], e["netns"] + _mark(e["present"])) for e in r["externals"]])
+        output.table(["EXTERNAL", "IP", "NETNS"], [(e["name"], ",".join(e["ips"]), e["netns"] + _mark(e["present"])) for e in r["externals"]])
     if r["pods"]:
         output.say("")
         output.table(
@@ -72,7 +77,7 @@ def _show(r: dict) -> None:
                     p["namespace"],
                     p["name"] + _mark(p["present"]) + (" (terminating)" if p.get("terminating") else "" if p.get("ready", True) else " (not ready)"),
                     p["node"],
-                    p["ip"],
+                    ",".join(p["ips"]),
                     ",".join(f"{x['port']}/{x['protocol']}" for x in p["ports"]) or "-",
                     ",".join(f"{k}={v}" for k, v in p["labels"].items()) or "-",
                 )
@@ -89,8 +94,8 @@ def _show(r: dict) -> None:
                     s["namespace"],
                     s["name"],
                     s["type"],
-                    s["clusterIP"] or "-",
-                    s["loadBalancerIP"] or ",".join(s["externalIPs"]) or s["externalName"] or "-",
+                    ",".join(s["clusterIPs"]) or s["clusterIP"] or "-",
+                    ",".join(s["loadBalancerIPs"]) or s["loadBalancerIP"] or ",".join(s["externalIPs"]) or s["externalName"] or "-",
                     ",".join(_port(p) for p in s["ports"]) or "-",
                     _endpoints(s["endpoints"]),
                 )

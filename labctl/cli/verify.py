@@ -18,23 +18,28 @@ from labctl.errors import CheckFailed, InvalidInput
 @lab_option
 @click.option("--timeout", type=click.FloatRange(0.05, 10), default=1.0, show_default=True, help="Seconds to wait for each answer.")
 @click.option("--workers", type=click.IntRange(1, 256), default=32, show_default=True, help="Probes in flight at once.")
+@click.option("--family", "fam", type=click.Choice(["4", "6"]), help="In a dual-stack lab, probe over this family alone (default: both).")
 @json_option
-def verify(lab_name, timeout, workers, as_json) -> None:
+def verify(lab_name, timeout, workers, fam, as_json) -> None:
     """Probe every pod pair on every served port and protocol, plus the Lab's
     `expect:` lines, and compare with what NetworkPolicy semantics allow.
 
     \b
     Tables: rows are sources, columns destinations; "." allowed, "X" denied
     (as the kernel did); "!" marks a mismatch with the expected verdict.
+    A dual-stack lab is verified over both families (tables per family).
     Exit 1 on any mismatch.
     """
+    from labctl.model import family
     from labctl.policy import verify as V
 
     require_root("verify")
     handle, topo = running_lab(lab_name)
+    if fam and int(fam) not in family.lab_families(topo.lab):
+        raise InvalidInput(f"--family {fam}: lab {topo.lab.name} has no IPv{fam} family (spec.ipFamilies: {', '.join(topo.lab.ip_families)})")
     t0 = time.monotonic()
     before = responder_pid(handle)
-    done = V.run(topo, V.cases(topo), timeout=timeout, workers=workers)
+    done = V.run(topo, V.cases(topo, int(fam) if fam else None), timeout=timeout, workers=workers)
     still_up(handle, topo, before)
     seconds = time.monotonic() - t0
     bad = [c for c in done if c.mismatch]
@@ -58,7 +63,7 @@ def verify(lab_name, timeout, workers, as_json) -> None:
         for c in bad:
             wanted = f"HTTP {c.http['status']}" if c.http else ("allowed" if c.expected else "denied")
             output.say(
-                f"[bold]mismatch[/bold]: {c.src} -> {c.dst}:{c.port}/{c.protocol.lower()} expected "
+                f"[bold]mismatch[/bold]: {c.src} -> {c.dst}:{c.port}/{c.protocol.lower()}{f' (IPv{c.family})' if c.family else ''} expected "
                 f"{wanted}, kernel {c.verdict}{f' ({c.detail})' if c.detail else ''}: {c.why}"
             )
         output.say(f"{len(done)} checks in {seconds:.2f} s: {len(bad)} mismatch{'es' * (len(bad) != 1)}")

@@ -38,6 +38,7 @@ class Case:
     verdict: str | None = None
     detail: str | None = None  # what the probe saw: the ICMP error and its sender, who answered and whom it saw
     http: dict | None = None  # an L7 expectation (labctl.model.expect.parse_http_expectation): the status is compared
+    family: int | None = None  # a dual-stack lab's family this case is probed over (None: the lab's only one)
 
     @property
     def mismatch(self) -> bool:
@@ -54,6 +55,7 @@ class Case:
             "verdict": self.verdict,
             "detail": self.detail,
             "why": self.why,
+            **({"family": f"IPv{self.family}"} if self.family else {}),
         }
 
 
@@ -67,7 +69,21 @@ def node_source_ip(topo: Topology, node: str, dst) -> str:
     return registry.overlay(topo.lab.overlay).node_source_ip(topo.lab, n)
 
 
-def cases(topo: Topology) -> list[Case]:
+def cases(topo: Topology, fam: int | None = None) -> list[Case]:
+    """Every case: in a dual-stack lab, the pod and node cases once per family (each
+    from its view of the lab; `fam`: that family alone), the `expect:` lines once."""
+    from labctl.model import family
+
+    fams = family.lab_families(topo.lab)
+    if len(fams) == 1:
+        return _cases(topo, None) + _expected(topo)
+    out = []
+    for f in [fam] if fam else fams:
+        out += _cases(family.view(topo, f), f)
+    return out + _expected(topo)
+
+
+def _cases(topo: Topology, fam: int | None) -> list[Case]:
     engine = Engine(topo)
     out = []
     for src in topo.pods:
@@ -77,7 +93,7 @@ def cases(topo: Topology) -> list[Case]:
                     continue
                 d = engine.pods(src, dst, cp.port, cp.protocol)
                 why = f"egress: {d.egress.explain()}; ingress: {d.ingress.explain()}"
-                out.append(Case(src.key, dst.key, cp.port, cp.protocol, d.allowed, why))
+                out.append(Case(src.key, dst.key, cp.port, cp.protocol, d.allowed, why, family=fam))
     for node in topo.lab.nodes:
         for dst in topo.pods:
             if not dst.ip:
@@ -88,7 +104,12 @@ def cases(topo: Topology) -> list[Case]:
                     continue
                 d = engine.check(src, Party(dst.ip, dst), cp.port, cp.protocol)
                 why = f"from {src.ip}; ingress: {d.ingress.explain()}"
-                out.append(Case(f"node/{node.name}", dst.key, cp.port, cp.protocol, d.allowed, why))
+                out.append(Case(f"node/{node.name}", dst.key, cp.port, cp.protocol, d.allowed, why, family=fam))
+    return out
+
+
+def _expected(topo: Topology) -> list[Case]:
+    out = []
     for text in topo.lab.expect:
         http = parse_http_expectation(text)
         if http is not None:
@@ -131,8 +152,8 @@ def run(topo: Topology, todo: list[Case], timeout: float = 1.0, workers: int = 3
 
     def one(item: tuple[int, Case]) -> Case:
         i, case = item
-        a = resolve(topo, case.src, role="FROM")
-        b = resolve(topo, case.dst, role="TO")
+        a = resolve(topo, case.src, role="FROM", fam=case.family)
+        b = resolve(topo, case.dst, role="TO", fam=case.family)
         if case.http is not None:
             return _http_case(topo, case, a, b, timeout)
         r = scapy_probe.probe(a.label, a.netns, b.ip, b.label, case.protocol.lower(), case.port, timeout, fetch=False, sport=ports.port(base, i))
@@ -153,8 +174,8 @@ def tables(done: list[Case]) -> list[tuple[str, list[str], list[tuple[str, list[
     groups: dict[tuple[int, str], list[Case]] = {}
     for c in done:
         if not c.why.startswith("expect:"):
-            groups.setdefault((c.port, c.protocol), []).append(c)
-    for (port, proto), cs in sorted(groups.items()):
+            groups.setdefault((c.port, c.protocol, c.family or 0), []).append(c)
+    for (port, proto, fam), cs in sorted(groups.items()):
         cols = sorted({c.dst for c in cs})
         rows = []
         for src in sorted({c.src for c in cs}):
@@ -168,5 +189,5 @@ def tables(done: list[Case]) -> list[tuple[str, list[str], list[tuple[str, list[
                 mark = "." if c.observed else "X"
                 cells.append(("!" + mark) if c.mismatch else mark)
             rows.append((src, cells))
-        out.append((f"{port}/{proto}", cols, rows))
+        out.append((f"{port}/{proto}" + (f" IPv{fam}" if fam else ""), cols, rows))
     return out

@@ -17,7 +17,7 @@ once). `zone` comes from the node's `topology.kubernetes.io/zone` label.
 from __future__ import annotations
 
 import hashlib
-import socket
+import ipaddress
 from typing import Any
 
 from labctl.model.objects import Pod, Service, Topology
@@ -72,14 +72,17 @@ def _endpoint(topo: Topology, service: Service, pod: Pod, hint: Hints | None = N
 def _api_server(service: Service) -> list[dict[str, Any]]:
     """The `kubernetes` Service's slice, as the API server's endpoint reconciler writes it:
     named as the Service, no controller label, addresses without a node."""
-    ips = sorted({a.rpartition(":")[0] for a in service.static_endpoints}, key=socket.inet_aton)
-    number = int(service.static_endpoints[0].rpartition(":")[2])
+    from labctl.model.family import split_hostport
+
+    pairs = [split_hostport(a) for a in service.static_endpoints]
+    ips = sorted({ip for ip, _ in pairs}, key=ipaddress.ip_address)
+    number = pairs[0][1]
     return [
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {"name": service.name, "namespace": service.namespace, "labels": {SERVICE_NAME: service.name}},
-            "addressType": "IPv4",
+            "addressType": _address_type(ips[0]) if ips else "IPv4",
             "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip in ips],
             "ports": [{"name": p.name or "", "port": number, "protocol": p.protocol} for p in service.ports[:1]],
         }
@@ -107,8 +110,13 @@ def service_hints(topo: Topology, service: Service, index: PodIndex | None = Non
     return hints_of(topo, service, pods)[0]
 
 
-def for_service(topo: Topology, service: Service, index: PodIndex | None = None) -> list[dict[str, Any]]:
-    """The Service's EndpointSlices (none without a selector, or for an ExternalName)."""
+def _address_type(ip: str) -> str:
+    return "IPv6" if ":" in ip else "IPv4"
+
+
+def for_service(topo: Topology, service: Service, index: PodIndex | None = None, start: int = 0) -> list[dict[str, Any]]:
+    """The Service's EndpointSlices (none without a selector, or for an ExternalName) of
+    the view's family (`start`: how many the Service has of the families before it)."""
     if service.static_endpoints:
         return _api_server(service)
     if not service.selector or service.type == "ExternalName":
@@ -116,7 +124,7 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
     pods = [p for p in (index or PodIndex(topo.pods)).select(service) if p.ip]
     given, _ = hints_of(topo, service, pods)
     groups: dict[tuple, list[Pod]] = {}
-    for pod in sorted(pods, key=lambda p: socket.inet_aton(p.ip or "0.0.0.0")):
+    for pod in sorted(pods, key=lambda p: ipaddress.ip_address(p.ip)):
         groups.setdefault(_ports(service, pod), []).append(pod)
     if not groups:
         groups[()] = []  # the controller keeps a placeholder slice: no endpoints, ports unset
@@ -131,8 +139,8 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
                 {
                     "apiVersion": "discovery.k8s.io/v1",
                     "kind": "EndpointSlice",
-                    "metadata": {"name": slice_name(service, len(out)), "namespace": service.namespace, "labels": dict(labels)},
-                    "addressType": "IPv4",
+                    "metadata": {"name": slice_name(service, start + len(out)), "namespace": service.namespace, "labels": dict(labels)},
+                    "addressType": "IPv6" if ":" in topo.lab.pod_network else "IPv4",
                     "endpoints": [_endpoint(topo, service, p, given.get(p.ip or "")) for p in chunk],
                     "ports": [{"name": n, "port": p, "protocol": pr} for n, p, pr in ports] if ports else None,
                 }
@@ -143,8 +151,16 @@ def for_service(topo: Topology, service: Service, index: PodIndex | None = None)
 def compute(topo: Topology) -> list[dict[str, Any]]:
     """Every EndpointSlice of the lab (the controller's, the user's, those mirrored from
     Endpoints), by namespace and Service name."""
-    index = PodIndex(topo.pods)
-    ours = [s for svc in topo.services for s in for_service(topo, svc, index)]
+    from labctl.model import family
+
+    ours: list[dict[str, Any]] = []
+    made: dict[str, int] = {}  # a dual-stack Service's slices of both families are numbered on
+    for _, view in family.views(topo):
+        index = PodIndex(view.pods)
+        for svc in view.services:
+            got = for_service(view, svc, index, made.get(svc.key, 0))
+            made[svc.key] = made.get(svc.key, 0) + len(got)
+            ours += got
     return sorted([*ours, *topo.user_slices], key=lambda s: (s["metadata"]["namespace"], s["metadata"]["labels"].get(SERVICE_NAME, ""), s["metadata"]["name"]))
 
 

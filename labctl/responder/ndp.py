@@ -18,7 +18,16 @@ ALL_NODES = socket.inet_pton(socket.AF_INET6, "ff02::1")
 ALL_NODES_MAC = b"\x33\x33\x00\x00\x00\x01"
 NS, NA = 135, 136
 # ldh [12] == 0x86dd; ldb [20] (next header) == 58; ldb [54] (ICMPv6 type) == 135: accept, else drop
-_FILTER = [(0x28, 0, 0, 12), (0x15, 0, 5, ETH_P_IPV6), (0x30, 0, 0, 20), (0x15, 0, 3, 58), (0x30, 0, 0, 54), (0x15, 0, 1, NS), (0x06, 0, 0, 0xFFFF), (0x06, 0, 0, 0)]
+_FILTER = [
+    (0x28, 0, 0, 12),
+    (0x15, 0, 5, ETH_P_IPV6),
+    (0x30, 0, 0, 20),
+    (0x15, 0, 3, 58),
+    (0x30, 0, 0, 54),
+    (0x15, 0, 1, NS),
+    (0x06, 0, 0, 0xFFFF),
+    (0x06, 0, 0, 0),
+]
 
 
 def open_speaker(ifname: str = "eth0") -> tuple[socket.socket, bytes]:
