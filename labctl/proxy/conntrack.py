@@ -78,9 +78,11 @@ def clean(ns: str, frontends: dict[tuple[str, int], frozenset[str]]) -> int:
     delete per frontend and stale reply source, however many clients' flows it holds."""
     if not frontends:
         return 0
-    gone = stale(parse(run.output(ns, ["conntrack", "-L", "-p", "udp"])), frontends)
+    six = any(":" in ip for ip, _ in frontends)  # an IPv6 family's frontends (conntrack lists IPv4 unless told)
+    fam = ["-f", "ipv6"] if six else []
+    gone = stale(parse(run.output(ns, ["conntrack", "-L", *fam, "-p", "udp"])), frontends)
     for dst, dport, reply_src in sorted({(e.dst, e.dport, e.reply_src) for e in gone}):
-        argv = ["conntrack", "-D", "-p", "udp", "--orig-dst", dst, "--orig-port-dst", str(dport), "--reply-src", reply_src]
+        argv = ["conntrack", "-D", *fam, "-p", "udp", "--orig-dst", dst, "--orig-port-dst", str(dport), "--reply-src", reply_src]
         p = subprocess.run(run.in_netns(ns, argv), capture_output=True, text=True)
         if p.returncode not in (0, 1):  # 1: the entries expired meanwhile
             raise KernelError(f"`ip netns exec {ns} {' '.join(argv)}` failed: {p.stderr.strip()}")

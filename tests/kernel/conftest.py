@@ -22,6 +22,22 @@ from tests.helpers import dump, lab_doc, lab_processes, new_lab_name, run_labctl
 
 pytestmark = pytest.mark.kernel
 
+# The IP stacks the suites of pods, services, policy and DNS run in (parametrised): an
+# IPv4 lab, an IPv6-only lab, and a dual-stack lab probed over its second family (IPv6:
+# the family whose rules come from a view of the lab; the first family is IPv4's path).
+STACKS = ["ipv4", "ipv6", "dual"]
+V6_POOL = "fd00:10:20::c8-fd00:10:20::d2"  # ::200 to ::210 in decimal, as 10.10.20.200-210
+_STACK_SPECS = {
+    "ipv4": {},
+    "ipv6": {"ipFamilies": ["IPv6"]},
+    "dual": {
+        "ipFamilies": ["IPv4", "IPv6"],
+        "nodeNetwork": ["10.10.20.0/24", "fd00:10:20::/64"],
+        "podNetwork": ["10.244.0.0/16", "fd00:10:244::/56"],
+        "serviceNetwork": ["10.96.0.0/16", "fd00:10:96::/112"],
+    },
+}
+
 
 class KernelLab:
     def __init__(self, tmp_path: Path, name: str | None = None):
@@ -29,11 +45,30 @@ class KernelLab:
         self.tmp = tmp_path
         self.handle = LabHandle(self.name)
         self.file = tmp_path / f"{self.name}.yaml"
+        self.stack = "ipv4"
+        self.fam: int | None = None  # the family probes go over (None: the lab's first)
 
     # -- building --------------------------------------------------------------
 
+    def use(self, stack: str) -> "KernelLab":
+        """Build this lab in one of STACKS: doc() adds its Lab fields, probes and `topo`
+        use its family."""
+        self.stack = stack
+        self.fam = {"ipv4": None, "ipv6": 6, "dual": 6}[stack]
+        return self
+
+    @property
+    def six(self) -> bool:
+        return self.stack != "ipv4"
+
     def doc(self, **spec) -> dict:
-        return lab_doc(self.name, **spec)
+        """The Lab document, in this lab's stack (a loadBalancerPool given for IPv4 becomes
+        the stack's: the IPv6 one, or both)."""
+        extra = dict(_STACK_SPECS[self.stack])
+        if "loadBalancerPool" in spec and self.stack != "ipv4":
+            v4 = spec["loadBalancerPool"]
+            spec["loadBalancerPool"] = V6_POOL if self.stack == "ipv6" else [v4, V6_POOL]
+        return lab_doc(self.name, **{**extra, **spec})
 
     def write(self, *docs: dict) -> Path:
         self.file.write_text(dump(*docs))
@@ -53,6 +88,16 @@ class KernelLab:
 
     @property
     def topo(self) -> Topology:
+        """The applied topology, as the probes' family sees it (a dual-stack lab's IPv6
+        view: pods', nodes' and services' IPv6 addresses in their singular fields)."""
+        from labctl.model import family
+
+        t = self.handle.applied()
+        assert t is not None
+        return family.view(t, self.fam) if self.fam and self.fam in family.lab_families(t.lab) else t
+
+    @property
+    def whole(self) -> Topology:
         t = self.handle.applied()
         assert t is not None
         return t
@@ -79,9 +124,13 @@ class KernelLab:
         """A probe as `labctl probe` makes it (`sport`: this source port, so that probes are one flow).
         An answer comes in milliseconds: the generous default only bounds a probe that should
         be answered on a loaded CI machine; a test expecting no answer gives a short timeout."""
-        topo = self.topo
-        a = resolve(topo, src, role="FROM")
-        b = resolve(topo, dst, role="TO", via=via)
+        topo = self.whole
+        from labctl.model.family import is_address
+        from labctl.model.targets import family_of_target
+
+        fam = family_of_target(topo, dst, None if is_address(dst) else self.fam)  # as `labctl probe` does
+        a = resolve(topo, src, role="FROM", fam=fam)
+        b = resolve(topo, dst, role="TO", via=via, fam=fam)
         if proto != "icmp":
             port = port or default_port(b, proto)
         from labctl.probe import ports
@@ -123,9 +172,10 @@ class Listener:
 
     def __init__(self, ns: str, port: int):
         with netns.entered(ns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # both families, IPv4 as ::ffff:a.b.c.d
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", port))
+        self.sock.bind(("::", port))
         self.sock.listen(8)
         self.sock.settimeout(5)
         self.peers: list[str] = []
@@ -138,7 +188,7 @@ class Listener:
         except OSError:
             return
         with conn:
-            self.peers.append(peer[0])
+            self.peers.append(peer[0].removeprefix("::ffff:"))
             conn.sendall(json.dumps({"pod": "listener", "client": f"{peer[0]}:{peer[1]}"}).encode())
 
     def close(self) -> list[str]:
