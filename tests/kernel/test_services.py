@@ -10,12 +10,32 @@ from collections import Counter
 import pytest
 
 from labctl.kernel.bpf import ROOT as BPF_PINS
+from labctl.model import ipam
+from labctl.model.family import hostport
 from labctl.proxy import names
 from tests.helpers import deployment, pod, svc
+from tests.kernel.conftest import STACKS
 
 pytestmark = pytest.mark.kernel
 IPVS = pytest.param("ipvs", marks=pytest.mark.stock_kernel)
 MODES = ["iptables", "nftables", IPVS, "ebpf"]
+# Every mode in IPv4; iptables, nftables and IPVS (in the VM) in IPv6-only and dual-stack labs
+# too (the ebpf datapath is IPv4's: an IPv6 lab in that mode is refused, see test_family).
+SIX = {"iptables", "nftables", "ipvs"}
+
+
+def modes_and_stacks(modes=MODES):
+    out = []
+    for m in modes:
+        name = m.values[0] if hasattr(m, "values") else m
+        marks = m.marks if hasattr(m, "marks") else ()
+        for stack in STACKS:
+            if stack == "ipv4" or name in SIX:
+                out.append(pytest.param(name, stack, marks=marks, id=f"{name}-{stack}"))
+    return out
+
+
+MODE_STACKS = modes_and_stacks()
 
 
 def no_local(mode: str) -> str:
@@ -31,17 +51,36 @@ def web(name, node, labels=None):
 
 
 def lab_with(lab, mode, *docs, **spec):
+    """The lab in `mode`, in the lab's stack: in a dual-stack lab, Services ask for both
+    families (RequireDualStack), as a user of both would."""
     spec.setdefault("externals", [{"name": "client"}])
     spec.setdefault("loadBalancerPool", "10.10.20.200-10.10.20.210")
+    if lab.stack == "dual":
+        for d in docs:
+            if d.get("kind") == "Service":
+                d["spec"].setdefault("ipFamilyPolicy", "RequireDualStack")
     return lab.up(lab.doc(proxyMode=mode, **spec), *docs)
+
+
+def url(ip: str, port: int, path: str = "/") -> str:
+    return f"http://{hostport(ip, port)}{path}"
+
+
+def save(lab) -> str:
+    return "ip6tables-save" if lab.six else "iptables-save"
+
+
+def nft_table(lab) -> list[str]:
+    return ["ip6", "kube-proxy"] if lab.six else ["ip", "kube-proxy"]
 
 
 def served(lab, src, dst, n=30, **kw):
     return Counter(lab.probe(src, dst, **kw).served_by for _ in range(n))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_cluster_ip_spreads_load_and_keeps_the_pod_source(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_cluster_ip_spreads_load_and_keeps_the_pod_source(lab, mode, stack):
+    lab.use(stack)
     lab_with(
         lab,
         mode,
@@ -58,12 +97,14 @@ def test_cluster_ip_spreads_load_and_keeps_the_pod_source(lab, mode):
     # a node's own traffic to a ClusterIP: kube-proxy masquerades it to the node's pod-side address;
     # the ebpf mode translates it on eth0's egress and it keeps the node's address
     r = lab.probe("node/node1", "svc/default/web")
-    seen = (lab.topo.lab.node("node1").ip,) if mode == "ebpf" else ("10.244.0.0", "10.244.0.1")
+    n1 = lab.topo.lab.node("node1")
+    seen = (n1.ip,) if mode == "ebpf" else (ipam.vtep_address(n1.pod_cidr), ipam.gateway(n1.pod_cidr))
     assert r.verdict == "open" and r.client_ip_seen in seen, r
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_udp_and_multi_port_services_with_named_target_ports(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_udp_and_multi_port_services_with_named_target_ports(lab, mode, stack):
+    lab.use(stack)
     s = svc("multi", {"app": "web"}, ports=((80, "http"), (53, 5353)))
     s["spec"]["ports"][1]["protocol"] = "UDP"
     lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()), s)
@@ -73,8 +114,9 @@ def test_udp_and_multi_port_services_with_named_target_ports(lab, mode):
     assert udp.verdict == "open" and udp.served_by in ("default/a", "default/b") and udp.client_ip_seen == lab.pod_ip("client")
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_node_port_cluster_policy_masquerades_the_client(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_node_port_cluster_policy_masquerades_the_client(lab, mode, stack):
+    lab.use(stack)
     lab_with(lab, mode, web("a", "node1"), svc("np", {"app": "web"}, type="NodePort", ports=((80, 8080),)))
     client_ip = lab.topo.lab.externals[0].ip
     for node in ("node1", "node2"):  # every node answers, even without a local endpoint
@@ -85,8 +127,9 @@ def test_node_port_cluster_policy_masquerades_the_client(lab, mode):
             assert r.client_ip_seen == lab.topo.lab.node(node).ip
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_node_port_local_policy_keeps_the_client_and_drops_elsewhere(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_node_port_local_policy_keeps_the_client_and_drops_elsewhere(lab, mode, stack):
+    lab.use(stack)
     lab_with(lab, mode, web("a", "node1"), svc("np", {"app": "web"}, type="NodePort", externalTrafficPolicy="Local", ports=((80, 8080),)))
     client_ip = lab.topo.lab.externals[0].ip
     r = lab.probe("ext/client", "svc/default/np@nodeport", via="node/node1")
@@ -117,16 +160,17 @@ def test_localhost_node_ports_as_kube_proxy_has_them(lab, mode):
         assert curl("127.0.0.1") == "" and curl("10.244.0.1") == "", "nftables mode: no localhost NodePorts, not on cni0"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_health_check_node_port_answers_as_kube_proxy(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_health_check_node_port_answers_as_kube_proxy(lab, mode, stack):
     """A LoadBalancer with externalTrafficPolicy Local gets a healthCheckNodePort; every node
     answers it with its count of ready local endpoints: 200 with one, 503 without."""
+    lab.use(stack)
     lab_with(lab, mode, web("a", "node2"), svc("lb", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", ports=((80, 8080),)))
     hc = lab.topo.service("default/lb").health_check_node_port
     assert hc and hc != lab.topo.service("default/lb").ports[0].node_port
 
     def ask(node: str) -> tuple[int, str, dict]:
-        out = lab.sh(f"{lab.name}-client", "curl", "-s", "-i", "-m", "3", f"http://{lab.topo.lab.node(node).ip}:{hc}/")
+        out = lab.sh(f"{lab.name}-client", "curl", "-g", "-s", "-i", "-m", "3", url(lab.topo.lab.node(node).ip, hc))
         head, _, body = out.partition("\n\n")  # (text mode reads CRLF as LF)
         weight = re.search(r"X-Load-Balancing-Endpoint-Weight: (\d+)", head)
         return int(head.split()[1]), weight.group(1) if weight else "", json.loads(body)
@@ -138,8 +182,9 @@ def test_health_check_node_port_answers_as_kube_proxy(lab, mode):
     assert ask("node2")[:2] == (503, "0"), "readiness is what counts"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_session_affinity_sticks(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_session_affinity_sticks(lab, mode, stack):
+    lab.use(stack)
     lab_with(
         lab,
         mode,
@@ -154,8 +199,9 @@ def test_session_affinity_sticks(lab, mode):
     assert who in {"default/a", "default/b", "default/c"} and count == 15, seen
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_no_endpoints_is_refused_not_a_hang(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_no_endpoints_is_refused_not_a_hang(lab, mode, stack):
+    lab.use(stack)
     lab_with(lab, mode, pod("client", node="node1", ports=()), svc("empty", {"app": "nobody"}), svc("np-empty", {"app": "nobody"}, type="NodePort"))
     r = lab.probe("client", "svc/default/empty", timeout=2)
     assert r.verdict == "refused" and r.rtt_ms < 1000, r
@@ -163,17 +209,19 @@ def test_no_endpoints_is_refused_not_a_hang(lab, mode):
     assert r.verdict == "refused", r
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_hairpin_a_pod_reaches_itself_through_its_service(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_hairpin_a_pod_reaches_itself_through_its_service(lab, mode, stack):
+    lab.use(stack)
     lab_with(lab, mode, web("solo", "node1"), svc("solo", {"app": "web"}, ports=((80, 8080),)))
     r = lab.probe("solo", "svc/default/solo")
     assert r.verdict == "open" and r.served_by == "default/solo"
     # kube-proxy masquerades hairpin traffic to the node's cni0 address; Cilium's datapath to 169.254.42.1
-    assert r.client_ip_seen == ("169.254.42.1" if mode == "ebpf" else "10.244.0.1")
+    assert r.client_ip_seen == ("169.254.42.1" if mode == "ebpf" else ipam.gateway(lab.topo.lab.node("node1").pod_cidr))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_load_balancer_ip_answers_externals(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_load_balancer_ip_answers_externals(lab, mode, stack):
+    lab.use(stack)
     lab_with(lab, mode, web("a", "node2"), svc("lb", {"app": "web"}, type="LoadBalancer", externalTrafficPolicy="Local", ports=((80, 8080),)))
     s = lab.topo.service("default/lb")
     r = lab.probe("ext/client", "svc/default/lb@lb")
@@ -184,10 +232,16 @@ def test_load_balancer_ip_answers_externals(lab, mode):
     assert neigh and neigh[0]["lladdr"] == node2_mac, "node2 (the one with the endpoint) answers ARP for the IP"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
-    externals = [{"name": "client", "ip": "10.10.20.100"}, {"name": "other", "ip": "10.10.20.101"}]
-    lb = svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=["10.10.20.100/32"])
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode, stack):
+    lab.use(stack)
+    v6 = {"client": "fd00:10:20::64", "other": "fd00:10:20::65"}
+    v4 = {"client": "10.10.20.100", "other": "10.10.20.101"}
+    hosts = {"ipv4": lambda n: {"ip": v4[n]}, "ipv6": lambda n: {"ip": v6[n]}, "dual": lambda n: {"ips": [v4[n], v6[n]]}}[stack]
+    externals = [{"name": n, **hosts(n)} for n in ("client", "other")]
+    allowed = v6["client"] if lab.six else v4["client"]
+    ranges = {"ipv4": [f"{v4['client']}/32"], "ipv6": [f"{v6['client']}/128"], "dual": [f"{v4['client']}/32", f"{v6['client']}/128"]}[stack]
+    lb = svc("lb", {"app": "web"}, type="LoadBalancer", ports=((80, 8080),), loadBalancerSourceRanges=ranges)
     lab_with(lab, mode, web("a", "node2"), pod("inside", node="node1", ports=()), lb, externals=externals)
     r = lab.probe("ext/client", "svc/default/lb@lb")
     assert r.verdict == "open" and r.served_by == "default/a"
@@ -197,11 +251,13 @@ def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
     ip = lab.topo.service("default/lb").load_balancer_ip
     if mode == "iptables":
         fw = names.ipt_chain("KUBE-FW-", "default/lb", "tcp")
-        assert f"-A {fw} -s 10.10.20.100/32" in lab.sh(lab.node_ns("node1"), "iptables-save", "-t", "nat")
-        assert f"-d {ip}/32 -p tcp -m comment" in lab.sh(lab.node_ns("node1"), "iptables", "-S", "KUBE-PROXY-FIREWALL")
+        plen = 128 if lab.six else 32
+        assert f"-A {fw} -s {allowed}/{plen}" in lab.sh(lab.node_ns("node1"), save(lab), "-t", "nat")
+        assert f"-d {ip}/{plen} -p tcp -m comment" in lab.sh(lab.node_ns("node1"), "ip6tables" if lab.six else "iptables", "-S", "KUBE-PROXY-FIREWALL")
     elif mode == "nftables":
-        listing = lab.sh(lab.node_ns("node1"), "nft", "list", "table", "ip", "kube-proxy")
-        assert f"{ip} . tcp . 80 : goto firewall-" in listing and "ip saddr != 10.10.20.100 drop" in listing, listing
+        listing = lab.sh(lab.node_ns("node1"), "nft", "list", "table", *nft_table(lab))
+        match = "ip6 saddr" if lab.six else "ip saddr"
+        assert f"{ip} . tcp . 80 : goto firewall-" in listing and f"{match} != {allowed} drop" in listing, listing
     elif mode == "ebpf":  # the master carries the flag; the allowed prefixes are in an LPM trie
         fronts = json.loads(lab.cli("bpf", "lb", "list", "--lab", lab.name, "--node", "node1", "--json").stdout)
         assert any(f["frontend"] == f"{ip}:80/tcp" and f["scope"] == "external" and "source ranges" in f["flags"] for f in fronts), fronts
@@ -210,7 +266,7 @@ def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
         assert [bytes(int(b, 16) for b in e["key"])[8:] for e in ranges] == [bytes([10, 10, 20, 100])], "one prefix, under the frontend both scopes share"
     else:
         members = lab.sh(lab.node_ns("node1"), "ipset", "list", "KUBE-LOAD-BALANCER-SOURCE-CIDR")
-        assert f"{ip},tcp:80,10.10.20.100" in members, members
+        assert f"{ip},tcp:80,{allowed}" in members, members
     # the ranges removed: a partial sync, and everyone is let in
     del lb["spec"]["loadBalancerSourceRanges"]
     lab_with(lab, mode, web("a", "node2"), pod("inside", node="node1", ports=()), lb, externals=externals)
@@ -218,8 +274,9 @@ def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode):
     assert lab.probe("inside", "svc/default/lb@lb").verdict == "open"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_internal_traffic_policy_local(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_internal_traffic_policy_local(lab, mode, stack):
+    lab.use(stack)
     lab_with(
         lab,
         mode,
@@ -232,15 +289,19 @@ def test_internal_traffic_policy_local(lab, mode):
     assert lab.probe("far", "svc/default/itp", timeout=0.5).verdict == no_local(mode)
 
 
-@pytest.mark.parametrize("mode", ["iptables", IPVS, "ebpf"])
-def test_external_ips(lab, mode):
-    lab_with(lab, mode, web("a", "node1"), pod("client", node="node2", ports=()), svc("eip", {"app": "web"}, externalIPs=["192.0.2.10"], ports=((80, 8080),)))
-    r = lab.probe("client", "192.0.2.10", port=80)
+@pytest.mark.parametrize("mode,stack", modes_and_stacks(["iptables", IPVS, "ebpf"]))
+def test_external_ips(lab, mode, stack):
+    lab.use(stack)
+    eip = "2001:db8::10" if lab.six else "192.0.2.10"  # documentation addresses
+    given = {"ipv4": ["192.0.2.10"], "ipv6": ["2001:db8::10"], "dual": ["192.0.2.10", "2001:db8::10"]}[stack]
+    lab_with(lab, mode, web("a", "node1"), pod("client", node="node2", ports=()), svc("eip", {"app": "web"}, externalIPs=given, ports=((80, 8080),)))
+    r = lab.probe("client", eip, port=80)
     assert r.verdict == "open" and r.served_by == "default/a"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_endpoints_follow_pods_and_readiness(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_endpoints_follow_pods_and_readiness(lab, mode, stack):
+    lab.use(stack)
     docs = [pod("client", node="node1", ports=()), svc("web", {"app": "web"}, ports=((80, 8080),))]
     lab_with(lab, mode, deployment("web", 2), *docs)
     assert set(served(lab, "client", "svc/default/web", n=20)) == {"default/web-0", "default/web-1"}
@@ -255,11 +316,12 @@ def test_endpoints_follow_pods_and_readiness(lab, mode):
     assert lab.probe("client", "svc/default/web").served_by == "default/web-0"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_udp_flow_leaves_an_endpoint_that_is_gone(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_a_udp_flow_leaves_an_endpoint_that_is_gone(lab, mode, stack):
     """One UDP flow (same source port) sticks to its endpoint through conntrack, until
     that endpoint leaves the service: then the flow's entry is deleted, as kube-proxy
     does, and the next datagram goes to a ready endpoint."""
+    lab.use(stack)
     s = svc("dns", {"app": "web"}, ports=((53, 5353),))
     s["spec"]["ports"][0]["protocol"] = "UDP"
     lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()), s)
@@ -277,11 +339,12 @@ def test_a_udp_flow_leaves_an_endpoint_that_is_gone(lab, mode):
         backends = {e["dst"]: e["backendId"] for e in ct if e["src"].endswith(":45353") and not e["service"]}
         assert len(flow) == 1 and flow[0]["backendId"] == backends[f"{lab.pod_ip(other)}:5353"], ct
         return
-    entries = lab.sh(lab.node_ns("node1"), "conntrack", "-L", "-p", "udp", "--sport", "45353")
+    fam = ["-f", "ipv6"] if lab.six else []
+    entries = lab.sh(lab.node_ns("node1"), "conntrack", "-L", *fam, "-p", "udp", "--sport", "45353")
     assert f"src={lab.pod_ip(other)}" in entries and f"src={lab.pod_ip(first.served_by)}" not in entries, entries
     # a service removed: its flows go too
     lab_with(lab, mode, web("a", "node1"), web("b", "node2"), pod("client", node="node1", ports=()))
-    assert "dport=53" not in lab.sh(lab.node_ns("node1"), "conntrack", "-L", "-p", "udp", "--sport", "45353")
+    assert "dport=53" not in lab.sh(lab.node_ns("node1"), "conntrack", "-L", *fam, "-p", "udp", "--sport", "45353")
 
 
 def _chain_dump(lab, mode, chain):
@@ -292,14 +355,15 @@ def _chain_dump(lab, mode, chain):
         return [f for f in fronts if f["frontend"].startswith(f"{vip}:")]
     if mode == "ipvs":  # alpha's virtual server and its real servers, without counters
         vip = lab.topo.service("default/alpha").cluster_ip
-        return [line.split()[:3] for line in lab.sh(ns, "ipvsadm", "-Ln", "-t", f"{vip}:80").splitlines()[3:]]
+        return [line.split()[:3] for line in lab.sh(ns, "ipvsadm", "-Ln", "-t", hostport(vip, 80)).splitlines()[3:]]
     if mode == "iptables":
-        return [line for line in lab.sh(ns, "iptables-save", "-t", "nat").splitlines() if line.startswith(f"-A {chain} ")]
-    return lab.sh(ns, "nft", "list", "chain", "ip", "kube-proxy", chain)
+        return [line for line in lab.sh(ns, save(lab), "-t", "nat").splitlines() if line.startswith(f"-A {chain} ")]
+    return lab.sh(ns, "nft", "list", "chain", *nft_table(lab), chain)
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_partial_sync_leaves_other_services_untouched(lab, mode):
+@pytest.mark.parametrize("mode,stack", MODE_STACKS)
+def test_partial_sync_leaves_other_services_untouched(lab, mode, stack):
+    lab.use(stack)
     a = svc("alpha", {"app": "alpha"}, ports=((80, 8080),))
     b = svc("beta", {"app": "web"}, ports=((80, 8080),))
     base = [web("x", "node1", labels={"app": "alpha"}), web("y", "node2"), a, b]
@@ -308,7 +372,7 @@ def test_partial_sync_leaves_other_services_untouched(lab, mode):
     before = _chain_dump(lab, mode, chain)
     assert before
     result = lab_with(lab, mode, *base, web("z", "node2"))
-    assert [s.full for s in result.synced] == [False, False], "a partial sync"
+    assert [s.full for s in result.synced] == [False, False] * (2 if stack == "dual" else 1), "a partial sync (of each family)"
     assert _chain_dump(lab, mode, chain) == before, "alpha's chain is byte-identical"
     assert "default/z" in served(lab, "x", "svc/default/beta", n=20)
 
