@@ -24,6 +24,14 @@ OVERLAYS = {
     "ipip": "labctl.overlay.ipip",
 }
 
+# Capabilities built for IPv4 alone: a Lab with IPv6 in spec.ipFamilies choosing one is
+# refused (exit 2) with the reason, rather than built half-way.
+IPV4_ONLY = {
+    "ebpf": "the eBPF datapath's programs and maps are IPv4's (lb4_*, ct4)",
+    "bgp": "bird's sessions and routes are IPv4's",
+    "ipip": "IP-in-IP (tunl0) carries IPv4",
+}
+
 ADDONS = {
     "dns": "labctl.addons.dns",
     "ingress": "labctl.addons.ingress",

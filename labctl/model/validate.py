@@ -60,6 +60,12 @@ def networks(spec: LabSpec, where: str) -> list[Problem]:
             if i < len(fams) and family.of(value) != fams[i] and (fld != "loadBalancerPool" or len(values) == len(fams)):
                 path = f"spec.{fld}[{i}]" if len(fams) > 1 or isinstance(value, str) and len(values) > 1 else f"spec.{fld}"
                 problems.append(Problem(where, path, f"{value} is not {family.name(fams[i])} (spec.ipFamilies[{i}] is {family.name(fams[i])})"))
+    if 6 in fams:
+        from labctl.model.registry import IPV4_ONLY
+
+        for fld, name in (("proxyMode", spec.proxy_mode), ("overlay", spec.overlay)):
+            if name in IPV4_ONLY:
+                problems.append(Problem(where, f"spec.{fld}", f"{name} serves IPv4 alone ({IPV4_ONLY[name]}): a lab with IPv6 uses another"))
     if problems:
         return problems
     dual = len(fams) > 1

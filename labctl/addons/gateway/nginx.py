@@ -37,6 +37,7 @@ from typing import Any
 
 from labctl.addons.ingress.nginx import GENERATION_PATH, STATUS_PORT
 from labctl.addons.nginxconf import proxy_defaults, sni_certificates
+from labctl.model import family
 from labctl.model import gateway as G
 from labctl.model.objects import Topology
 from labctl.proxy.endpoints import PodIndex, endpoints
@@ -432,6 +433,7 @@ class Tls:
 
 
 def render(topo: Topology, world: G.World, gw_key: str, runtime_dir: str, tls: Tls | None = None) -> str:
+    six = 6 in family.lab_families(topo.lab)
     r = Renderer(topo, world, gw_key)
     plan = servers(world, gw_key)
     out: list[str] = [
@@ -465,6 +467,8 @@ def render(topo: Topology, world: G.World, gw_key: str, runtime_dir: str, tls: T
         )
         body.append("    server {")
         body.append(f"        {listen}")
+        if six:  # NGINX Gateway Fabric listens on [::] too where the cluster has IPv6
+            body.append(f"        {listen.replace('listen ', 'listen [::]:', 1)}")
         body.append(f"        server_name {server.hostname or '_'};")
         if server.protocol == "HTTPS":
             host = server.hostname or ""

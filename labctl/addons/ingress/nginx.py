@@ -49,6 +49,7 @@ import re
 from dataclasses import dataclass, field
 
 from labctl.addons.nginxconf import proxy_defaults, sni_certificates
+from labctl.model import family
 from labctl.model import ingress as I
 from labctl.model.objects import Service, Topology
 from labctl.proxy.endpoints import PodIndex, endpoints
@@ -258,6 +259,7 @@ def tls_hosts(ing: I.Ingress) -> list[tuple[str, str | None]]:
 def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = None) -> str:
     """nginx.conf for the controller of `class_name`; `runtime_dir`: its pid file and temp
     files; `tls`: the certificates to serve HTTPS with (None: HTTP only)."""
+    six = 6 in family.lab_families(topo.lab)
     r = Renderer(topo, class_name)
     catch_all, hosts = r.servers()
     out: list[str] = [
@@ -302,8 +304,12 @@ def render(topo: Topology, class_name: str, runtime_dir: str, tls: Tls | None = 
         body.append("    " + _comment(", ".join(server.source) if server.source else "no Ingress: every request gets 404"))
         body.append("    server {")
         body.append("        listen 80" + (" default_server;" if default else ";"))
+        if six:  # ingress-nginx listens on [::] too where the cluster has IPv6
+            body.append("        listen [::]:80" + (" default_server;" if default else ";"))
         if tls is not None:
             body.append("        listen 443 ssl" + (" default_server;" if default else ";"))
+            if six:
+                body.append("        listen [::]:443 ssl" + (" default_server;" if default else ";"))
             body.append(
                 f"        {_comment('certificate: ' + tls.why.get(server.host or '', 'the fake default certificate (no Ingress names this host in tls)'))}"
             )
