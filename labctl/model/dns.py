@@ -91,8 +91,19 @@ def is_system(pod: Pod) -> bool:
 def upstream(spec: LabSpec) -> tuple[str, int] | None:
     if not spec.dns_upstream:
         return None
-    host, _, port = spec.dns_upstream.partition(":")
+    host, port = split_upstream(spec.dns_upstream)
     return host, int(port or PORT)
+
+
+def split_upstream(text: str) -> tuple[str, str]:
+    """dnsUpstream as (address, port or ""): IP, IP:PORT, an IPv6 address or [IPv6]:PORT."""
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+        return host.rstrip("]"), port
+    if text.count(":") > 1:
+        return text, ""
+    host, _, port = text.partition(":")
+    return host, port
 
 
 # -- what a pod sees -----------------------------------------------------------------------
@@ -164,8 +175,8 @@ def hosts_file(topo: Topology, pod: Pod) -> str:
         "fe00::1\tip6-allnodes",
         "fe00::2\tip6-allrouters",
     ]
-    if pod.ip:
-        lines.append(f"{pod.ip}\t" + "\t".join(names))
+    for ip in pod.ips or ((pod.ip,) if pod.ip else ()):  # every address of the pod, as kubelet writes podIPs
+        lines.append(f"{ip}\t" + "\t".join(names))
     return "\n".join(lines) + "\n"
 
 
@@ -256,12 +267,12 @@ def check_lab(spec: LabSpec, where: str) -> list[Problem]:
     out: list[Problem] = []
     up = spec.dns_upstream
     if up:
-        host, _, port = up.partition(":")
+        host, port = split_upstream(up)
         try:
-            ipaddress.IPv4Address(host)
+            ipaddress.ip_address(host)
         except ValueError:
-            out.append(Problem(where, "spec.dnsUpstream", f"{host!r} is not an IPv4 address"))
-        if port and not 1 <= int(port) <= 65535:
+            out.append(Problem(where, "spec.dnsUpstream", f"{host!r} is not an IP address"))
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
             out.append(Problem(where, "spec.dnsUpstream", f"port {port} is out of range 1-65535"))
     return out
 

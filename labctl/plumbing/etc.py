@@ -58,7 +58,7 @@ def external_resolv_conf(spec: LabSpec) -> str:
     lines = [f"# Written by labctl: external hosts of lab {spec.name} have no name server of the lab."]
     upstream = spec.dns_upstream
     if upstream:
-        ip, _, port = upstream.partition(":")
+        ip, port = dns.split_upstream(upstream)
         if port in ("", "53"):
             lines.append(f"nameserver {ip}")
     lines.append("options timeout:1 attempts:1")

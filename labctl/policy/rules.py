@@ -58,6 +58,7 @@ def ipvs_jumps(pod_network: str) -> list[tuple[str, str]]:
 
 REJECT = "REJECT --reject-with icmp-admin-prohibited"
 REJECT6 = "REJECT --reject-with icmp6-adm-prohibited"
+NDP = (133, 134, 135, 136)  # router solicitation and advertisement, neighbour solicitation and advertisement
 
 
 @functools.lru_cache(maxsize=65536)
@@ -241,6 +242,7 @@ def render_all(topo: Topology, nodes: list[str] | None = None) -> dict[str, Poli
     """Every node's policy rules, computing what they share once. On the IPv6 family's
     view of a lab: ip6tables' rules, and sets of family inet6 under their own names (a
     node's sets of both families share one name space)."""
+    topo = _own_family(topo)
     engine = Engine(topo)
     shared = _cluster_wide(topo, engine)
     selections = _selections(topo, engine)
@@ -248,8 +250,23 @@ def render_all(topo: Topology, nodes: list[str] | None = None) -> dict[str, Poli
     if ":" in topo.lab.pod_network:
         renames: dict[str, str] = {}
         chains = _six_chains(shared, renames, out)
-        out = {n: _six(r, renames, chains) for n, r in out.items()}
+        digest = PolicyRules(chains=chains).digest()
+        out = {n: _six(r, renames, chains, digest) for n, r in out.items()}
     return out
+
+
+def _own_family(topo: Topology) -> Topology:
+    """The policies with the ipBlocks of the lab's (view's) family alone: one of the other
+    family matches nothing here (an IPv4 lab given an IPv6 ipBlock, or the reverse)."""
+    from dataclasses import replace
+
+    from labctl.model.policy import family_view
+
+    fam = 6 if ":" in topo.lab.pod_network else 4
+    foreign = any(
+        peer.ip_block is not None and (":" in peer.ip_block.cidr) != (fam == 6) for p in topo.policies for r in (*p.ingress, *p.egress) for peer in r.peers
+    )
+    return replace(topo, policies=tuple(family_view(p, fam) for p in topo.policies)) if foreign else topo
 
 
 def set_name6(name: str) -> str:
@@ -264,13 +281,17 @@ def _six_chains(shared: PolicyRules, renames: dict[str, str], nodes: dict[str, P
     out = {}
     for chain, lines in shared.chains.items():
         out[chain] = [pattern.sub(lambda m: f"--match-set {renames.get(m.group(1), m.group(1))} ", line).replace(REJECT, REJECT6) for line in lines]
+    # Neighbour discovery is how IPv6 finds a next hop (ARP is no IP, and no rule sees it):
+    # it passes whatever the policies say, as Calico and Cilium let it, or an isolated pod
+    # could not even resolve its neighbours' addresses.
+    out[MAIN][1:1] = [f"-A {MAIN} -p ipv6-icmp -m icmp6 --icmpv6-type {t} {_c('neighbour discovery')} -j RETURN" for t in NDP]
     return out
 
 
-def _six(rules: PolicyRules, renames: dict[str, str], chains: dict[str, list[str]]) -> PolicyRules:
+def _six(rules: PolicyRules, renames: dict[str, str], chains: dict[str, list[str]], digest: str) -> PolicyRules:
     sets = {renames[n]: IPSet(s.type, {_v6_member(m) for m in s.members}, s.comment, "inet6") for n, s in rules.sets.items()}
     out = PolicyRules(chains=chains, sets=sets)
-    out.digest_cache = rules.digest() + "/6"
+    out.digest_cache = digest
     return out
 
 

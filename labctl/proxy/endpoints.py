@@ -11,7 +11,7 @@ the numgen maps list them as a real node does.
 from __future__ import annotations
 
 import hashlib
-import socket
+import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import NamedTuple
@@ -137,7 +137,7 @@ def ready_pods(topo: Topology, service: Service, index: PodIndex | None = None) 
     """The pods behind a service whatever its ports (a headless service's DNS
     addresses): selected, with an address, ready or published when not ready."""
     pods = (index or PodIndex(topo.pods)).select(service)
-    return sorted((p for p in pods if p.ip and _ready(service, p)), key=lambda p: socket.inet_aton(p.ip))
+    return sorted((p for p in pods if p.ip and _ready(service, p)), key=lambda p: ipaddress.ip_address(p.ip))
 
 
 def target_port(pod: Pod, port: ServicePort) -> int | None:

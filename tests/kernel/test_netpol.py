@@ -1,5 +1,6 @@
 """NetworkPolicy in the kernel, checked by `labctl verify` against the engine,
-on the upstream conformance topology (x, y, z; a, b, c; TCP and UDP 80, 81)."""
+on the upstream conformance topology (x, y, z; a, b, c; TCP and UDP 80, 81), in
+every IP stack (a dual-stack lab is verified over both families)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,43 @@ import yaml
 
 from labctl import changes
 from labctl.lab import LabHandle
+from labctl.model import family
 from labctl.model.documents import parse_text
 from labctl.policy import verify as V
 from tests.helpers import CONFORMANCE, PODS, new_lab_name, np
+from tests.kernel.conftest import STACKS
 
 pytestmark = pytest.mark.kernel
+V4_NETS = "  nodeNetwork: 10.10.30.0/24\n  podNetwork: 10.245.0.0/16\n  serviceNetwork: 10.97.0.0/16\n"
+NETS = {
+    "ipv4": V4_NETS,
+    "ipv6": "  ipFamilies: [IPv6]\n  nodeNetwork: fd00:10:30::/64\n  podNetwork: fd00:10:245::/56\n  serviceNetwork: fd00:10:97::/112\n",
+    "dual": "  ipFamilies: [IPv4, IPv6]\n  nodeNetwork: [10.10.30.0/24, fd00:10:30::/64]\n  podNetwork: [10.245.0.0/16, fd00:10:245::/56]\n"
+    "  serviceNetwork: [10.97.0.0/16, fd00:10:97::/112]\n",
+}
+
+
+def host(ip: str) -> str:
+    """One address as a CIDR of its family."""
+    return f"{ip}/128" if ":" in ip else f"{ip}/32"
 
 
 class PolicyLab:
-    def __init__(self):
+    def __init__(self, stack: str = "ipv4"):
         self.name = new_lab_name()
         self.handle = LabHandle(self.name)
-        self.base = CONFORMANCE.replace("name: netpol", f"name: {self.name}")
+        self.stack = stack
+        assert V4_NETS in CONFORMANCE
+        self.base = CONFORMANCE.replace("name: netpol", f"name: {self.name}").replace(V4_NETS, NETS[stack])
+
+    def views(self):
+        """The applied lab as each family sees it (ipBlocks are written once per family)."""
+        topo = self.handle.applied()
+        return [v for _, v in family.views(topo)]
+
+    def blocks(self, make) -> list[dict]:
+        """make(view, zero) -> an ipBlock peer of that family (`zero`: its /0), for each family."""
+        return [make(v, "::/0" if ":" in v.lab.pod_network else "0.0.0.0/0") for v in self.views()]
 
     def up(self, *policies: dict, text: str | None = None):
         body = (text or self.base) + "".join("---\n" + yaml.safe_dump(p) for p in policies)
@@ -41,11 +67,11 @@ class PolicyLab:
         return f"{self.name}-{node}"
 
 
-@pytest.fixture(scope="module")
-def plab():
+@pytest.fixture(scope="module", params=STACKS)
+def plab(request):
     if os.geteuid() != 0:
         pytest.fail("kernel tests need root: sudo scripts/test.sh")
-    lab = PolicyLab()
+    lab = PolicyLab(request.param)
     lab.up()
     yield lab
     lab.handle.down()
@@ -119,32 +145,33 @@ def test_ports_protocols_ranges_and_named_ports(plab):
 
 
 def test_ip_blocks_with_except_and_a_rule_that_rescues(plab):
-    topo = plab.handle.applied()
-    xb = topo.pod("x/b").ip
-    block = {"ipBlock": {"cidr": topo.lab.pod_network, "except": [f"{xb}/32"]}}
-    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}]))
+    block = plab.blocks(lambda v, _: {"ipBlock": {"cidr": v.lab.pod_network, "except": [host(v.pod("x/b").ip)]}})
+    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": block}]))
     got = plab.verify()
     assert "x/b" not in reached(got, "x/a")
     assert from_nodes(got, "x/a") == {"node/node1", "node/node2"}, "over VXLAN a remote node comes from its flannel.1 address, in the pod network"
-    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [block]}, {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
+    plab.up(np("ipb", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": block}, {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]))
     assert "x/b" in reached(plab.verify(), "x/a")
 
 
 def test_every_ip_block_edge(plab):
     """/0 with excepts (the "internet but not the metadata address" rule; a hash:net set
     cannot hold a /0), a /32 cidr, an except equal to one host, several excepts."""
-    topo = plab.handle.applied()
-    ip = {k: topo.pod(k).ip for k in ("x/a", "x/b", "y/c", "z/b")}
-    internet = {"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip['x/b']}/32", f"{ip['y/c']}/32"]}}
+    internet = plab.blocks(lambda v, zero: {"ipBlock": {"cidr": zero, "except": [host(v.pod("x/b").ip), host(v.pod("y/c").ip)]}})
     plab.up(
-        np("all-but-two", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [internet]}]),
-        np("one-host", ns="y", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": [{"ipBlock": {"cidr": f"{ip['z/b']}/32"}}]}]),
+        np("all-but-two", podSelector={"matchLabels": {"pod": "a"}}, ingress=[{"from": internet}]),
+        np(
+            "one-host",
+            ns="y",
+            podSelector={"matchLabels": {"pod": "a"}},
+            ingress=[{"from": plab.blocks(lambda v, _: {"ipBlock": {"cidr": host(v.pod("z/b").ip)}})}],
+        ),
         np(
             "out-not-xa",
             ns="z",
             podSelector={"matchLabels": {"pod": "c"}},
             policyTypes=["Egress"],
-            egress=[{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{ip['x/a']}/32"]}}]}],
+            egress=[{"to": plab.blocks(lambda v, zero: {"ipBlock": {"cidr": zero, "except": [host(v.pod("x/a").ip)]}})}],
         ),
     )
     got = plab.verify()
@@ -202,14 +229,14 @@ def test_replies_are_allowed_and_services_see_the_pod(plab):
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "xa", "namespace": "x"},
-        "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}]},
+        "spec": {"selector": {"pod": "a"}, "ports": [{"port": 8080, "targetPort": 80}], "ipFamilyPolicy": "PreferDualStack"},
     }
     plab.up(np("deny-in", podSelector={"matchLabels": {"pod": "a"}}), svc)
     got = plab.verify()
     assert {d for s, d, p, pr in got if s == "x/a"} == set(PODS) | {"kube-system/coredns"}, "x/a denies all ingress, yet its own connections get replies"
     from tests.kernel.conftest import KernelLab
 
-    k = KernelLab(Path("/tmp"), plab.name)
+    k = KernelLab(Path("/tmp"), plab.name).use(plab.stack)
     assert k.probe("y/a", "svc/x/xa").verdict == "blocked", "through a ClusterIP: the same verdict as the pod"
     assert k.probe("y/a", "x/a", port=80).verdict == "blocked"
 
@@ -217,7 +244,8 @@ def test_replies_are_allowed_and_services_see_the_pod(plab):
 def _policy_chains(plab, node) -> str:
     import subprocess
 
-    out = subprocess.run(["ip", "netns", "exec", plab.node_ns(node), "iptables-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    save = "ip6tables-save" if plab.stack == "ipv6" else "iptables-save"
+    out = subprocess.run(["ip", "netns", "exec", plab.node_ns(node), save, "-t", "filter"], capture_output=True, text=True, check=True).stdout
     return "\n".join(line for line in out.splitlines() if line.startswith(("-A LABCTL-NETPOL", "-A NP-", ":NP-", ":LABCTL")))
 
 
