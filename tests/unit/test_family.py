@@ -178,3 +178,97 @@ def test_what_serves_ipv4_alone_is_refused_in_a_lab_with_ipv6(field, value):
     for spec in (DUAL, V6):
         assert f"spec.{field}: {value} serves IPv4 alone" in one(dump(lab_doc(**spec, **{field: value})))
     assert load(dump(lab_doc(**{field: value}))) is not None
+
+
+# -- each family's rules, rendered from its view --------------------------------------------
+
+
+def dual_lab_with_web(*more):
+    return load(
+        dump(
+            dual(loadBalancerPool=["10.10.20.200-10.10.20.210", "fd00:10:20::c8-fd00:10:20::d2"]),
+            pod("a", node="node1", labels={"app": "web"}),
+            pod("b", node="node2", labels={"app": "web"}),
+            svc("web", {"app": "web"}, ipFamilyPolicy="PreferDualStack", sessionAffinity="ClientIP"),
+            svc("lb", {"app": "web"}, type="LoadBalancer", ipFamilyPolicy="RequireDualStack", loadBalancerSourceRanges=["fd00:10:20::64/128"]),
+            svc("empty", {"app": "nobody"}, ipFamilies=["IPv6"]),
+            *more,
+        )
+    )
+
+
+def test_ip6tables_rules_are_kube_proxys_ipv6_proxier_s():
+    from labctl.proxy import iptables
+    from labctl.proxy import names as pn
+
+    topo = dual_lab_with_web()
+    six = family.view(topo, 6)
+    text = iptables.full(iptables.render(six, "node1"), iptables.masquerade_chains(six.lab, six.lab.node("node1")))
+    web6 = six.service("default/web").cluster_ip
+    svc_chain = pn.ipt_chain("KUBE-SVC-", "default/web", "tcp")
+    assert svc_chain == pn.ipt_chain("KUBE-SVC-", "default/web", "tcp"), "the same chain names as IPv4's (kube-proxy hashes the service port, not the family)"
+    assert f"-A KUBE-SERVICES -d {web6}/128 -p tcp" in text
+    sep = pn.ipt_sep("default/web", "tcp", "[fd00:10:244::2]:8080")
+    assert f"-A {sep} -s fd00:10:244::2/128" in text and "--to-destination [fd00:10:244::2]:8080" in text
+    assert "--mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" in text, "ClientIP affinity over the whole IPv6 address"
+    assert "--reject-with icmp6-port-unreachable" in text and "icmp-port-unreachable" not in text.replace("icmp6-port-unreachable", "")
+    assert "127.0.0.0/8" not in text, "no IPv4 localhost rules in ip6tables"
+    assert "-s fd00:10:244::/56 ! -d ff00::/8" in text, "flannel's masquerade, IPv6 multicast left alone"
+    four = iptables.full(iptables.render(family.view(topo, 4), "node1"), iptables.masquerade_chains(topo.lab, topo.lab.node("node1")))
+    assert "fd00:" not in four and "empty" not in four, "the IPv4 rules hold nothing of IPv6, nor an IPv6-only service"
+
+
+def test_the_ip6_kube_proxy_table():
+    from labctl.proxy import nftables
+
+    six = family.view(dual_lab_with_web(), 6)
+    text = nftables.six(nftables.full(nftables.render(six, "node1"), six.lab.service_network, six.lab.node("node1").ip))
+    assert "add table ip6 kube-proxy" in text and "ip kube-proxy" not in text
+    assert "type ipv6_addr . inet_proto . inet_service : verdict" in text and "ipv4_addr" not in text
+    assert "ip6 daddr @cluster-ips reject" in text and "ip daddr" not in text
+    assert "endpoint-" in text and "__fd00.10.244..2/8080" in text, "colons of an endpoint's address are dots in its chain's name"
+    assert "dnat to [fd00:10:244::2]:8080" in text
+    assert "ip6 saddr != { fd00:10:20::64/128 } drop" in text or "ip6 saddr != fd00:10:20::64/128 drop" in text
+
+
+def test_policy_rules_of_the_ipv6_family():
+    from labctl.policy import rules as R
+
+    pol = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": ["fd00:10:244::2/128"]}}]}]},
+    }
+    topo = dual_lab_with_web(pol)
+    four, six = R.render(family.view(topo, 4), "node1"), R.render(family.view(topo, 6), "node1")
+    assert all(n.startswith(("NP6-", "LABCTL-ISO6-")) for n in six.sets) and not any(n.startswith(("NP6-", "LABCTL-ISO6-")) for n in four.sets)
+    assert {s.family for s in six.sets.values()} == {"inet6"} and {s.family for s in four.sets.values()} == {"inet"}
+    block = next(s for s in six.sets.values() if s.type == "hash:net")
+    assert block.members == {"::/1", "8000::/1", "fd00:10:244::2/128 nomatch"}, "a /0 as two halves, the except as nomatch"
+    assert not any(s.type == "hash:net" for s in four.sets.values()), "the IPv6 ipBlock matches nothing in IPv4"
+    text = R.chains_text(six, install_jumps=True)
+    assert "--match-set LABCTL-ISO6-INGRESS dst" in text and "icmp6-adm-prohibited" in text
+    assert "-p ipv6-icmp -m icmp6 --icmpv6-type 135" in text, "neighbour discovery passes"
+    assert "create NP6-" in R.ipset_update(six.sets, None)[0] and "family inet6" in R.ipset_update(six.sets, None)[0]
+
+
+def test_dns_records_of_both_families():
+    from labctl.addons.dns.records import zone
+
+    topo = load(
+        dump(
+            dual(dns=True),
+            pod("a", labels={"app": "web"}),
+            svc("web", {"app": "web"}, ipFamilyPolicy="PreferDualStack"),
+            svc("head", {"app": "web"}, clusterIP="None", ipFamilyPolicy="RequireDualStack"),
+        )
+    )
+    z = zone(topo)["records"]
+    web = topo.service("default/web")
+    assert z["web.default.svc.cluster.local."] == {"A": [web.cluster_ips[0]], "AAAA": [web.cluster_ips[1]]}
+    assert z["head.default.svc.cluster.local."] == {"A": ["10.244.0.2"], "AAAA": ["fd00:10:244::2"]}
+    assert "fd00-10-244--2.head.default.svc.cluster.local." in z
+    ptr = __import__("ipaddress").ip_address(web.cluster_ips[1]).reverse_pointer + "."
+    assert z[ptr] == {"PTR": ["web.default.svc.cluster.local."]} and ptr.endswith(".ip6.arpa.")
+    assert "fd00:10:96::/112" in zone(topo)["reverse"]
