@@ -28,7 +28,6 @@ OVERLAYS = {
 # refused (exit 2) with the reason, rather than built half-way.
 IPV4_ONLY = {
     "ebpf": "the eBPF datapath's programs and maps are IPv4's (lb4_*, ct4)",
-    "ipvs": "labctl's IPVS mode writes IPv4 virtual servers, sets and kube-ipvs0 addresses",
     "bgp": "bird's sessions and routes are IPv4's",
     "ipip": "IP-in-IP (tunl0) carries IPv4",
 }

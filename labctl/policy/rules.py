@@ -51,7 +51,7 @@ def ipvs_jumps(pod_network: str) -> list[tuple[str, str]]:
     IPVS has chosen the endpoint, where it is checked like forwarded traffic."""
     return [
         ("FORWARD", _JUMP),
-        ("INPUT", f"-m set ! --match-set KUBE-IPVS-IPS dst {_JUMP}"),
+        ("INPUT", f"-m set ! --match-set {'KUBE-6-IPVS-IPS' if ':' in pod_network else 'KUBE-IPVS-IPS'} dst {_JUMP}"),
         ("OUTPUT", f"-s {pod_network} -m ipvs --ipvs {_JUMP}"),
     ]
 

@@ -125,7 +125,7 @@ class VirtualServer:
 
     @property
     def address(self) -> str:
-        return f"{self.ip}:{self.port}"
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
 @dataclass
@@ -222,32 +222,43 @@ def render(topo: Topology, node: str, infos: list[ServicePortInfo] | None = None
 # -- ipsets ---------------------------------------------------------------------------
 
 
-def ipset_full(sets: dict[str, set[str]]) -> str:
-    """`ipset restore` input that makes every KUBE-* set exactly `sets`."""
+def set_name(name: str, six: bool = False) -> str:
+    """A set's name in the node: the IPv6 proxier's are KUBE-6-..., as kube-proxy names them,
+    cut to ipset's 31 characters (KUBE-6-LOAD-BALANCER-SOURCE-CID)."""
+    return ("KUBE-6-" + name.removeprefix("KUBE-"))[:31] if six else name
+
+
+def _create(name: str, kind: str, opts: str, six: bool) -> str:
+    family = " family inet6" if six and kind.startswith("hash:") else ""
+    return f"create {set_name(name, six)} {kind}{family}{opts} -exist"
+
+
+def ipset_full(sets: dict[str, set[str]], six: bool = False) -> str:
+    """`ipset restore` input that makes every KUBE-* set exactly `sets` (`six`: the IPv6 family's)."""
     out = []
     for name, (kind, opts) in SETS.items():
-        out.append(f"create {name} {kind}{opts} -exist")
-        out.append(f"flush {name}")
-        out += [f"add {name} {m}" for m in sorted(sets.get(name, ()))]
+        out.append(_create(name, kind, opts, six))
+        out.append(f"flush {set_name(name, six)}")
+        out += [f"add {set_name(name, six)} {m}" for m in sorted(sets.get(name, ()))]
     return "\n".join(out) + "\n"
 
 
-def ipset_update(sets: dict[str, set[str]], old: dict[str, list[str]]) -> str:
+def ipset_update(sets: dict[str, set[str]], old: dict[str, list[str]], six: bool = False) -> str:
     """`ipset restore` input for the members that changed (empty: nothing to do)."""
     out = []
     for name, (kind, opts) in SETS.items():
         will = sets.get(name, set())
         if name not in old and will:  # a set this node's record does not know (made by an older labctl)
-            out.append(f"create {name} {kind}{opts} -exist")
+            out.append(_create(name, kind, opts, six))
         added, removed = members(sorted(old.get(name, ())), sorted(will))
-        out += [f"del {name} {m}" for m in removed]
-        out += [f"add {name} {m}" for m in added]
+        out += [f"del {set_name(name, six)} {m}" for m in removed]
+        out += [f"add {set_name(name, six)} {m}" for m in added]
     return "\n".join(out) + "\n" if out else ""
 
 
-def ipset_destroy() -> str:
+def ipset_destroy(six: bool = False) -> str:
     """`ipset restore` input removing the KUBE-* sets (leaving IPVS mode; after the rules that use them)."""
-    return "".join(f"create {n} {k}{o} -exist\ndestroy {n}\n" for n, (k, o) in SETS.items())
+    return "".join(f"{_create(n, k, o, six)}\ndestroy {set_name(n, six)}\n" for n, (k, o) in SETS.items())
 
 
 # -- the iptables rules that remain -------------------------------------------------
@@ -277,10 +288,15 @@ def chains(cluster_cidr: str, n: NodeIpvs | None = None) -> Chains:
         if needs is None or full_(needs):
             filt[chain].append(f"-A {chain} {rule}")
 
-    def on(name: str, match: str) -> str:
-        return f"{_c(COMMENTS[name])} -m set --match-set {name} {match}"
+    six = ":" in cluster_cidr  # the IPv6 proxier's chains (ip6tables), matching its KUBE-6- sets
 
-    nat_("KUBE-SERVICES", "-s 127.0.0.0/8 -j RETURN")  # connections to localhost: dismissed early
+    def on(name: str, match: str) -> str:
+        return f"{_c(COMMENTS[name])} -m set --match-set {set_name(name, six)} {match}"
+
+    def s_(name: str) -> str:
+        return set_name(name, six)
+
+    nat_("KUBE-SERVICES", f"-s {'::1/128' if six else '127.0.0.0/8'} -j RETURN")  # connections to localhost: dismissed early
     # the sets with a chain of their own (kube-proxy's ipsetWithIptablesChain)
     nat_("KUBE-POSTROUTING", f"{on('KUBE-LOOP-BACK', 'dst,dst,src')} -j MASQUERADE", "KUBE-LOOP-BACK")
     nat_("KUBE-SERVICES", f"{on('KUBE-LOAD-BALANCER', 'dst,dst')} -j KUBE-LOAD-BALANCER", "KUBE-LOAD-BALANCER")
@@ -308,16 +324,18 @@ def chains(cluster_cidr: str, n: NodeIpvs | None = None) -> Chains:
     nat_("KUBE-LOAD-BALANCER", "-j KUBE-MARK-MASQ")
     filter_("KUBE-SOURCE-RANGES-FIREWALL", "-j DROP")
     for ip, proto, port in n.no_node_access if n is not None else ():
-        filter_("KUBE-IPVS-OUT-FILTER", f"-s {ip}/32 -m ipvs --vaddr {ip}/32 --vproto {proto} --vport {port} -j DROP")
-    nat_("KUBE-SERVICES", "-m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT", "KUBE-CLUSTER-IP")
-    nat_("KUBE-SERVICES", "-m set --match-set KUBE-LOAD-BALANCER dst,dst -j ACCEPT", "KUBE-LOAD-BALANCER")
+        host = f"{ip}/128" if six else f"{ip}/32"
+        filter_("KUBE-IPVS-OUT-FILTER", f"-s {host} -m ipvs --vaddr {host} --vproto {proto} --vport {port} -j DROP")
+    nat_("KUBE-SERVICES", f"-m set --match-set {s_('KUBE-CLUSTER-IP')} dst,dst -j ACCEPT", "KUBE-CLUSTER-IP")
+    nat_("KUBE-SERVICES", f"-m set --match-set {s_('KUBE-LOAD-BALANCER')} dst,dst -j ACCEPT", "KUBE-LOAD-BALANCER")
     filter_("KUBE-FORWARD", f"{_c('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
     filter_("KUBE-FORWARD", f"{_c('kubernetes forwarding conntrack rule')} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
     filter_("KUBE-NODE-PORT", f"{on('KUBE-HEALTH-CHECK-NODE-PORT', 'dst')} -j ACCEPT")
     for name in ("KUBE-LOAD-BALANCER", "KUBE-CLUSTER-IP", "KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
-        filter_("KUBE-IPVS-FILTER", f"-m set --match-set {name} dst,dst -j RETURN")
-    filter_("KUBE-IPVS-FILTER", "-m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN")
-    filter_("KUBE-IPVS-FILTER", "-m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT --reject-with icmp-port-unreachable")
+        filter_("KUBE-IPVS-FILTER", f"-m set --match-set {s_(name)} dst,dst -j RETURN")
+    filter_("KUBE-IPVS-FILTER", f"-m set --match-set {s_('KUBE-HEALTH-CHECK-NODE-PORT')} dst -j RETURN")
+    reject = "icmp6-port-unreachable" if six else "icmp-port-unreachable"
+    filter_("KUBE-IPVS-FILTER", f"-m conntrack --ctstate NEW -m set --match-set {s_('KUBE-IPVS-IPS')} dst -j REJECT --reject-with {reject}")
     nat_("KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     nat_("KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
     nat_("KUBE-POSTROUTING", f"{_c('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully")
@@ -428,7 +446,7 @@ class Ipvs(ProxyMode):
                 return None
             if rec.get("rules") != extra["rules"]:  # a set filled or emptied: its rules come or go
                 want.rules = rules
-            text = ipset_update(want.sets, rec.get("sets", {}))
+            text = ipset_update(want.sets, rec.get("sets", {}), ":" in topo.lab.pod_network)
             reread = {vs.key for vs in want.servers.values() if f"{vs.service}/{vs.proto}" in moved}
             udp = udp_frontends(by_key, moved | removed, old, node_ip)
             return NodeSync(node, self.name, False, text, services, frozenset(moved | removed), udp, extra=extra, state=want, moved=reread)
@@ -450,10 +468,12 @@ class Ipvs(ProxyMode):
         from labctl.proxy.iptables import full as iptables_full
 
         ns = node_netns(topo.lab.name, node)
-        run.apply_all([run.Transaction(ns, ["iptables-restore"], iptables_full(None, masquerade_chains(topo.lab, topo.lab.node(node))))])
+        six = ":" in topo.lab.pod_network  # (called once per family's view)
+        restore = "ip6tables-restore" if six else "iptables-restore"
+        run.apply_all([run.Transaction(ns, [restore], iptables_full(None, masquerade_chains(topo.lab, topo.lab.node(node))))])
         ipvs_kernel.flush(ns)
         ipvs_kernel.remove_device(ns)
-        run.apply_all([run.Transaction(ns, ["ipset", "restore"], ipset_destroy())])
+        run.apply_all([run.Transaction(ns, ["ipset", "restore"], ipset_destroy(six))])
 
     def policy_entry(self, spec: LabSpec) -> list[tuple[str, str]]:
         from labctl.policy.rules import ipvs_jumps
@@ -480,17 +500,19 @@ def apply_node(ns: str, s: NodeSync, full_read: bool = False) -> int:
 
     want = s.state
     assert want is not None
-    sets = ipset_full(want.sets) if s.full else s.text
+    six = s.family == 6  # the IPv6 proxier's: its sets, ip6tables, its virtual servers and addresses
+    restore = "ip6tables-restore" if six else "iptables-restore"
+    sets = ipset_full(want.sets, six) if s.full else s.text
     run.apply_all([run.Transaction(ns, ["ipset", "restore"], sets)] if sets else [])
     if s.full:
-        run.apply_all([run.Transaction(ns, ["iptables-restore"], s.text)])
+        run.apply_all([run.Transaction(ns, [restore], s.text)])
         netns.write_sysctls(ns, sysctls(os.uname().release))
     elif want.rules:
-        run.apply_all([run.Transaction(ns, ["iptables-restore", "--noflush"], want.rules)])
-    have = ipvs_kernel.addresses(ns)
+        run.apply_all([run.Transaction(ns, [restore, "--noflush"], want.rules)])
+    have = ipvs_kernel.addresses(ns, six)
     ipvs_kernel.set_addresses(ns, sorted(want.addresses - (have or set())), [], create=have is None)
     # a full sync reads every real server back; a partial one those of the service ports that moved
-    current = ipvs_kernel.read(ns, None if s.full or full_read else s.moved, want.servers)
+    current = ipvs_kernel.read(ns, None if s.full or full_read else s.moved, want.servers, six)
     changes = diff(current, want.servers)
     ipvs_kernel.apply(ns, changes)
     ipvs_kernel.set_addresses(ns, [], sorted((have or set()) - want.addresses))

@@ -63,11 +63,12 @@ def _ipvs(ns: str) -> Iterator:
         sock.close()
 
 
-def read(ns: str, dests_of: set | None = None, assumed: dict | None = None) -> dict[tuple[str, str, int], VirtualServer]:
+def read(ns: str, dests_of: set | None = None, assumed: dict | None = None, six: bool | None = None) -> dict[tuple[str, str, int], VirtualServer]:
     """The node's IPVS table: every virtual server (one dump), with the real
     servers of those in `dests_of` (one dump each; None: all of them). The
     others get their real servers from `assumed` (what the last sync wrote),
-    so a one-service change reads one service's real servers, not 10,000."""
+    so a one-service change reads one service's real servers, not 10,000.
+    `six`: IPv6's virtual servers alone (True) or IPv4's (False); None: both."""
     from pyroute2.ipvs import IPVSService
 
     out = {}
@@ -77,6 +78,8 @@ def read(ns: str, dests_of: set | None = None, assumed: dict | None = None) -> d
             proto = PROTO_NAME.get(svc.get_attr("IPVS_SVC_ATTR_PROTOCOL"))
             if svc.get_attr("IPVS_SVC_ATTR_FWMARK") or proto is None:
                 continue
+            if six is not None and (svc.get_attr("IPVS_SVC_ATTR_AF") == socket.AF_INET6) != six:
+                continue  # the other family's proxier's
             key = (svc.get_attr("IPVS_SVC_ATTR_ADDR"), proto, svc.get_attr("IPVS_SVC_ATTR_PORT"))
             if dests_of is None or key in dests_of or key not in (assumed or {}):
                 keyed = IPVSService(addr=key[0], port=key[2], protocol=PROTO[proto])
@@ -127,8 +130,12 @@ def _family_id(ns: str) -> int:
     return _family
 
 
+def _af(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _svc_key(vs: VirtualServer) -> list:
-    return [("IPVS_SVC_ATTR_AF", socket.AF_INET), ("IPVS_SVC_ATTR_PROTOCOL", PROTO[vs.proto]), ("IPVS_SVC_ATTR_ADDR", vs.ip), ("IPVS_SVC_ATTR_PORT", vs.port)]
+    return [("IPVS_SVC_ATTR_AF", _af(vs.ip)), ("IPVS_SVC_ATTR_PROTOCOL", PROTO[vs.proto]), ("IPVS_SVC_ATTR_ADDR", vs.ip), ("IPVS_SVC_ATTR_PORT", vs.port)]
 
 
 def _svc_full(vs: VirtualServer) -> list:
@@ -138,12 +145,14 @@ def _svc_full(vs: VirtualServer) -> list:
         ("IPVS_SVC_ATTR_SCHED_NAME", vs.scheduler),
         ("IPVS_SVC_ATTR_FLAGS", {"flags": flags, "mask": 0xFFFF}),
         ("IPVS_SVC_ATTR_TIMEOUT", vs.timeout),
-        ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255"),
+        # the whole address: a mask for IPv4, the prefix length 128 (a host-order u32, as
+        # ipvsadm sends it; 128.0.0.0 is its bytes here) for IPv6
+        ("IPVS_SVC_ATTR_NETMASK", "128.0.0.0" if ":" in vs.ip else "255.255.255.255"),
     ]
 
 
 def _dest(ip: str, port: int, full: bool = True) -> list:
-    attrs = [("IPVS_DEST_ATTR_ADDR_FAMILY", socket.AF_INET), ("IPVS_DEST_ATTR_ADDR", ip), ("IPVS_DEST_ATTR_PORT", port)]
+    attrs = [("IPVS_DEST_ATTR_ADDR_FAMILY", _af(ip)), ("IPVS_DEST_ATTR_ADDR", ip), ("IPVS_DEST_ATTR_PORT", port)]
     if full:  # masquerade (NAT) forwarding: pyroute2's IPVSDest would default to direct routing
         attrs += [("IPVS_DEST_ATTR_FWD_METHOD", FWD_MASQ), ("IPVS_DEST_ATTR_WEIGHT", 1), ("IPVS_DEST_ATTR_U_THRESH", 0), ("IPVS_DEST_ATTR_L_THRESH", 0)]
     return attrs
@@ -198,19 +207,23 @@ def _ip(ns: str, *argv: str, input: str | None = None) -> subprocess.CompletedPr
     return subprocess.run(run.in_netns(ns, ["ip", *argv]), input=input, capture_output=True, text=True)
 
 
-def addresses(ns: str) -> set[str] | None:
-    """The addresses on kube-ipvs0; None when the device does not exist."""
-    p = _ip(ns, "-j", "-4", "addr", "show", "dev", DEVICE)
+def addresses(ns: str, six: bool = False) -> set[str] | None:
+    """The addresses of one family on kube-ipvs0; None when the device does not exist."""
+    p = _ip(ns, "-j", "-6" if six else "-4", "addr", "show", "dev", DEVICE)
     if p.returncode != 0:
         return None
-    return {a["local"] for link in json.loads(p.stdout or "[]") for a in link.get("addr_info", [])}
+    return {a["local"] for link in json.loads(p.stdout or "[]") for a in link.get("addr_info", []) if a.get("scope") != "link"}
+
+
+def _plen(ip: str) -> str:
+    return f"{ip}/128 nodad" if ":" in ip else f"{ip}/32"
 
 
 def set_addresses(ns: str, add: list[str], remove: list[str], create: bool = False) -> None:
-    """Add and remove kube-ipvs0's /32 addresses (making the device first), in one `ip -batch`."""
+    """Add and remove kube-ipvs0's /32 (/128) addresses (making the device first), in one `ip -batch`."""
     lines = [f"link add {DEVICE} type dummy"] if create else []
-    lines += [f"addr add {ip}/32 dev {DEVICE}" for ip in add]
-    lines += [f"addr del {ip}/32 dev {DEVICE}" for ip in remove]
+    lines += [f"addr add {_plen(ip)} dev {DEVICE}" for ip in add]
+    lines += [f"addr del {_plen(ip).split()[0]} dev {DEVICE}" for ip in remove]
     if not lines:
         return
     p = _ip(ns, "-batch", "-", input="\n".join(lines) + "\n")

@@ -19,9 +19,9 @@ from tests.kernel.conftest import STACKS
 pytestmark = pytest.mark.kernel
 IPVS = pytest.param("ipvs", marks=pytest.mark.stock_kernel)
 MODES = ["iptables", "nftables", IPVS, "ebpf"]
-# Every mode in IPv4; iptables and nftables in IPv6-only and dual-stack labs too (the ebpf
-# and IPVS modes are IPv4's: a lab with IPv6 in them is refused, see tests/unit/test_family.py).
-SIX = {"iptables", "nftables"}
+# Every mode in IPv4; iptables, nftables and IPVS (in the VM) in IPv6-only and dual-stack labs
+# too (the ebpf datapath is IPv4's: a lab with IPv6 in it is refused, see tests/unit/test_family.py).
+SIX = {"iptables", "nftables", "ipvs"}
 
 
 def modes_and_stacks(modes=MODES):
@@ -265,7 +265,7 @@ def test_load_balancer_source_ranges_let_only_those_sources_in(lab, mode, stack)
         ranges = json.loads(dump.stdout)  # on the host: `ip netns exec` mounts a /sys without the bpffs
         assert [bytes(int(b, 16) for b in e["key"])[8:] for e in ranges] == [bytes([10, 10, 20, 100])], "one prefix, under the frontend both scopes share"
     else:
-        members = lab.sh(lab.node_ns("node1"), "ipset", "list", "KUBE-LOAD-BALANCER-SOURCE-CIDR")
+        members = lab.sh(lab.node_ns("node1"), "ipset", "list", "KUBE-6-LOAD-BALANCER-SOURCE-CID" if lab.six else "KUBE-LOAD-BALANCER-SOURCE-CIDR")
         assert f"{ip},tcp:80,{allowed}" in members, members
     # the ranges removed: a partial sync, and everyone is let in
     del lb["spec"]["loadBalancerSourceRanges"]
