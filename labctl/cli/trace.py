@@ -55,6 +55,11 @@ def traced(handle, topo, a, b, port, proto, timeout) -> dict:
         raise InvalidInput(f"trace does not follow proxyMode {topo.lab.proxy_mode} yet (lab {topo.lab.name})")
     if a.netns is None:
         raise InvalidInput(f"FROM {a.label!r} is an address: trace sends from a pod, a node or an external")
+    if ":" in (b.ip or ""):
+        raise InvalidInput(
+            f"TO {b.label!r} is an IPv6 address ({b.ip}): trace follows IPv4 flows (its marks are IPv4 u32 words)",
+            hint="`labctl probe` it; in a dual-stack lab, trace the same pair over IPv4",
+        )
     port = port or default_port(b, proto)
     if port is None:
         raise InvalidInput(f"TO {b.label!r} declares no {proto} port: give --port")

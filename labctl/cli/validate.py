@@ -8,6 +8,7 @@ from labctl import output
 from labctl.cli import cli
 from labctl.cli.common import counts, json_option
 from labctl.errors import InvalidInput
+from labctl.model import family
 
 
 @cli.command()
@@ -28,14 +29,32 @@ def validate(file: str, as_json: bool) -> None:
             {
                 "valid": True,
                 "lab": topo.lab.name,
-                "nodes": [{"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr} for n in topo.lab.nodes],
-                "externals": [{"name": e.name, "ip": e.ip} for e in topo.lab.externals],
-                "pods": [{"namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip} for p in topo.pods],
+                "ipFamilies": list(topo.lab.ip_families),
+                "nodes": [
+                    {
+                        "name": n.name,
+                        "ip": n.ip,
+                        "ips": list(family.addresses(n)),
+                        "podCIDR": n.pod_cidr,
+                        "podCIDRs": [c for c in n.pod_cidrs or (n.pod_cidr,) if c],
+                    }
+                    for n in topo.lab.nodes
+                ],
+                "externals": [{"name": e.name, "ip": e.ip, "ips": list(family.addresses(e))} for e in topo.lab.externals],
+                "pods": [{"namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip, "ips": list(family.addresses(p))} for p in topo.pods],
             }
         )
         return
     output.say(f"{file}: valid: lab {topo.lab.name}, {counts(topo)}")
     output.table(
         ["NODE", "IP", "POD CIDR", "PODS"],
-        [(n.name, n.ip, n.pod_cidr, ", ".join(p.key for p in topo.pods_on(n.name)) or "-") for n in topo.lab.nodes],
+        [
+            (
+                n.name,
+                ",".join(family.addresses(n)),
+                ",".join(c for c in n.pod_cidrs or (n.pod_cidr,) if c),
+                ", ".join(p.key for p in topo.pods_on(n.name)) or "-",
+            )
+            for n in topo.lab.nodes
+        ],
     )

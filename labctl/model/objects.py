@@ -250,7 +250,8 @@ class Topology:
         from labctl.model import slices
 
         selectorless = {s.key for s in self.services if not s.selector and not s.static_endpoints}
-        return tuple(slices.from_documents(self.documents, selectorless))
+        family = "IPv6" if ":" in self.lab.pod_network else "IPv4"  # a family's view has its slices
+        return tuple(x for x in slices.from_documents(self.documents, selectorless) if x["addressType"] == family)
 
     def pods_on(self, node: str) -> list[Pod]:
         return [p for p in self.pods if p.node == node]

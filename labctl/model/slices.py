@@ -27,11 +27,14 @@ TOPOLOGY_AWARE_HINTS = "service.kubernetes.io/topology-aware-hints"  # its depre
 DISTRIBUTIONS = ("PreferClose", "PreferSameZone", "PreferSameNode")  # spec.trafficDistribution
 
 
-def _ipv4(value: Any) -> str | None:
+def _ipv4(value: Any, family: str = "IPv4") -> str | None:
+    """Why an address is not one of `family`, or None."""
     try:
-        return None if isinstance(ipaddress.ip_address(str(value)), ipaddress.IPv4Address) else "an IPv6 address (this lab is IPv4)"
+        ip = ipaddress.ip_address(str(value))
     except ValueError:
         return "not an IP address"
+    got = "IPv6" if ip.version == 6 else "IPv4"
+    return None if got == family else f"an {got} address in a slice of addressType {family}"
 
 
 def check_slice(data: dict[str, Any], where: str) -> list[Problem]:
@@ -40,12 +43,13 @@ def check_slice(data: dict[str, Any], where: str) -> list[Problem]:
     labels = (data.get("metadata") or {}).get("labels") or {}
     if not labels.get(SERVICE_NAME):
         out.append(Problem(where, f"metadata.labels.{SERVICE_NAME}", "missing: kube-proxy reads only slices that name their Service"))
-    if data.get("addressType") != "IPv4":
-        out.append(Problem(where, "addressType", f"{data.get('addressType')!r}: this lab is IPv4 (FQDN and IPv6 slices are not modelled)"))
+    family = data.get("addressType")
+    if family not in ("IPv4", "IPv6"):
+        out.append(Problem(where, "addressType", f"{family!r}: labctl models IPv4 and IPv6 slices (FQDN slices are not modelled)"))
         return out
     for i, ep in enumerate(data.get("endpoints") or []):
         for j, a in enumerate(ep.get("addresses") or []):
-            why = _ipv4(a)
+            why = _ipv4(a, family)
             if why:
                 out.append(Problem(where, f"endpoints[{i}].addresses[{j}]", f"{a!r}: {why}"))
     for i, p in enumerate(data.get("ports") or []):
@@ -59,7 +63,7 @@ def check_endpoints(data: dict[str, Any], where: str) -> list[Problem]:
     for i, subset in enumerate(data.get("subsets") or []):
         for key in ("addresses", "notReadyAddresses"):
             for j, a in enumerate(subset.get(key) or []):
-                why = _ipv4(a.get("ip"))
+                why = "not an IP address" if _ipv4(a.get("ip")) == "not an IP address" else None
                 if why:
                     out.append(Problem(where, f"subsets[{i}].{key}[{j}].ip", f"{a.get('ip')!r}: {why}"))
     return out
@@ -75,7 +79,7 @@ def _mirror(doc: dict[str, Any]) -> list[dict[str, Any]]:
     meta = doc["metadata"]
     out = []
     for subset in doc.get("subsets") or []:
-        endpoints = []
+        by_family: dict[str, list] = {}
         for key, ready in (("addresses", True), ("notReadyAddresses", False)):
             for a in subset.get(key) or []:
                 ep: dict[str, Any] = {"addresses": [a["ip"]], "conditions": {"ready": ready}}
@@ -83,23 +87,27 @@ def _mirror(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     ep["nodeName"] = a["nodeName"]
                 if a.get("hostname"):
                     ep["hostname"] = a["hostname"]
-                endpoints.append(ep)
+                by_family.setdefault("IPv6" if ":" in str(a["ip"]) else "IPv4", []).append(ep)
         ports = [{"name": p.get("name") or "", "port": p["port"], "protocol": p.get("protocol") or "TCP"} for p in subset.get("ports") or []]
-        out.append(
-            {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": _mirrored_name(meta["name"], len(out)),
-                    "namespace": meta.get("namespace") or "default",
-                    "labels": {SERVICE_NAME: meta["name"], MANAGED_BY: MIRRORING},
-                },
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": ports or None,
-            }
-        )
+        for family, endpoints in sorted(by_family.items()) or [("IPv4", [])]:
+            out.append(_mirrored(meta, len(out), family, endpoints, ports))
     return out
+
+
+def _mirrored(meta: dict, n: int, family: str, endpoints: list, ports: list) -> dict[str, Any]:
+    """One slice the mirroring controller writes (per subset and address family)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": _mirrored_name(meta["name"], n),
+            "namespace": meta.get("namespace") or "default",
+            "labels": {SERVICE_NAME: meta["name"], MANAGED_BY: MIRRORING},
+        },
+        "addressType": family,
+        "endpoints": endpoints,
+        "ports": ports or None,
+    }
 
 
 def _normal(doc: dict[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,8 @@ def compute(topo: Topology) -> list[dict[str, Any]]:
             got = for_service(view, svc, index, made.get(svc.key, 0))
             made[svc.key] = made.get(svc.key, 0) + len(got)
             ours += got
-    return sorted([*ours, *topo.user_slices], key=lambda s: (s["metadata"]["namespace"], s["metadata"]["labels"].get(SERVICE_NAME, ""), s["metadata"]["name"]))
+    users = [x for _, view in family.views(topo) for x in view.user_slices]
+    return sorted([*ours, *users], key=lambda s: (s["metadata"]["namespace"], s["metadata"]["labels"].get(SERVICE_NAME, ""), s["metadata"]["name"]))
 
 
 def table_row(s: dict[str, Any]) -> tuple[str, str, str, str, str]:

@@ -79,7 +79,7 @@ def test_up_status_probe_exec_down_json(cli_lab):
     assert st["lab"] == name
     assert {"name", "ip", "podCIDR"} <= set(st["nodes"][0])
     assert st["nodes"][0]["ip"] == "10.10.20.10" and st["nodes"][0]["podCIDR"] == "10.244.0.0/24"
-    assert st["externals"] == [{"name": "client", "ip": "10.10.20.100", "netns": f"{name}-client", "present": True}]
+    assert st["externals"] == [{"name": "client", "ip": "10.10.20.100", "ips": ["10.10.20.100"], "netns": f"{name}-client", "present": True}]
     a = next(p for p in st["pods"] if p["name"] == "a")
     assert {k: a[k] for k in ("namespace", "name", "node", "ip", "labels")} == {
         "namespace": "default",
