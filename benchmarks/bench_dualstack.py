@@ -138,8 +138,13 @@ def services(n: int, dual: bool) -> Topology:
 
 def full_sync(topo: Topology) -> tuple[float, int]:
     """Every family's full sync of the node, as `labctl up` makes it: render, one restore each."""
+    from labctl.kernel import nfacct
+    from labctl.proxy.iptables import COUNTERS
+
     netns.delete(NS)
     netns.create(NS)
+    if nfacct.supported():
+        nfacct.ensure(NS, list(COUNTERS))  # what the mode makes before a node's first sync
     t = time.perf_counter()
     rules = 0
     for fam, view in family.views(topo):

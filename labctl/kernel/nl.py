@@ -25,7 +25,7 @@ from typing import Iterable
 
 from labctl import failpoints
 from labctl.errors import KernelError
-from labctl.kernel import netns
+from labctl.kernel import netns, nlwire
 
 # Kernel ABI constants (linux/netlink.h, linux/rtnetlink.h). pyroute2 itself is
 # imported on the first message encoded: importing it costs a quarter of a
@@ -241,76 +241,56 @@ class Batch:
     def addr(self, index: int, address: str, prefixlen: int, dev: str) -> None:
         """ip addr add ADDRESS/PREFIXLEN dev DEV (an IPv6 one `nodad`: usable at once, as
         the addresses a CNI plugin or flannel sets are)."""
+        flags = NLM_F_CREATE | NLM_F_REPLACE
         if _family(address) == socket.AF_INET6:
-            attrs = [("IFA_ADDRESS", address)]
-            data = _msg(
-                "ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET6, prefixlen=prefixlen, index=index, flags=IFA_F_NODAD
-            )
+            data = nlwire.addr(RTM_NEWADDR, flags, socket.AF_INET6, prefixlen, index, address, False, IFA_F_NODAD)
             self._add(data, f"ip addr add {address}/{prefixlen} dev {dev} nodad")
             return
-        attrs = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        data = _msg("ifaddrmsg", RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=socket.AF_INET, prefixlen=prefixlen, index=index)
-        self._add(data, f"ip addr add {address}/{prefixlen} dev {dev}")
+        self._add(nlwire.addr(RTM_NEWADDR, flags, socket.AF_INET, prefixlen, index, address, True), f"ip addr add {address}/{prefixlen} dev {dev}")
 
     def addr_del(self, index: int, address: str, prefixlen: int, dev: str) -> None:
         """ip addr del ADDRESS/PREFIXLEN dev DEV; an address not there is success."""
         fam = _family(address)
-        attrs = [("IFA_ADDRESS", address)] if fam == socket.AF_INET6 else [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
-        data = _msg("ifaddrmsg", RTM_DELADDR, 0, attrs, family=fam, prefixlen=prefixlen, index=index)
+        data = nlwire.addr(RTM_DELADDR, 0, fam, prefixlen, index, address, fam == socket.AF_INET)
         self._add(data, f"ip addr del {address}/{prefixlen} dev {dev}", ok=(errno_mod.EADDRNOTAVAIL,))
 
-    def _route_msg(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, proto: int):
+    @staticmethod
+    def _route_fields(dst: str, gateway: str | None, onlink: bool, proto: int, scope: int | None = None, rtype: int = RTN_UNICAST):
         net, _, plen = dst.partition("/")
-        m = _new("rtmsg")
-        m["family"] = _family(net)
-        m["dst_len"] = int(plen or (128 if m["family"] == socket.AF_INET6 else 32))
-        m["table"] = RT_TABLE_MAIN
-        m["proto"] = proto
-        m["scope"] = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-        m["type"] = RTN_UNICAST
-        m["flags"] = RTNH_F_ONLINK if onlink else 0
-        attrs: list = []
-        if m["dst_len"]:
-            attrs.append(("RTA_DST", net))
-        if gateway:
-            attrs.append(("RTA_GATEWAY", gateway))
-        if oif:
-            attrs.append(("RTA_OIF", oif))
-        m["attrs"] = attrs
-        return m
+        fam = _family(net)
+        dst_len = int(plen or (128 if fam == socket.AF_INET6 else 32))
+        if scope is None:
+            scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+        fields = (fam, dst_len, 0, 0, RT_TABLE_MAIN, proto, scope, rtype, RTNH_F_ONLINK if onlink else 0)
+        return fields, (net if dst_len else None)
 
     def route(self, dst: str, *, gateway: str | None = None, oif: int | None = None, dev: str = "", onlink: bool = False, proto: int = RTPROT_BOOT) -> None:
         """ip route replace DST [via GW] [dev DEV] [onlink]"""
-        m = self._route_msg(dst, gateway, oif, onlink, proto)
+        fields, net = self._route_fields(dst, gateway, onlink, proto)
         what = f"ip route replace {dst}" + (f" via {gateway}" if gateway else "") + (f" dev {dev}" if dev else "") + (" onlink" if onlink else "")
-        self._add(_encode(m, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE), what)
+        self._add(nlwire.route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, fields, net, gateway, oif), what)
 
     def route_del(self, dst: str) -> None:
-        m = self._route_msg(dst, None, None, False, 0)
-        m["scope"] = RT_SCOPE_NOWHERE  # as `ip route del`: match any scope, type and protocol
-        m["type"] = 0
-        self._add(_encode(m, RTM_DELROUTE, 0), f"ip route del {dst}", ok=(errno_mod.ESRCH,))
+        # as `ip route del`: match any scope, type and protocol
+        fields, net = self._route_fields(dst, None, False, 0, scope=RT_SCOPE_NOWHERE, rtype=0)
+        self._add(nlwire.route(RTM_DELROUTE, 0, fields, net, None, None), f"ip route del {dst}", ok=(errno_mod.ESRCH,))
 
     def neigh(self, index: int, dst: str, lladdr: str, dev: str) -> None:
         """ip neigh replace DST lladdr MAC dev DEV nud permanent"""
-        attrs = [("NDA_DST", dst), ("NDA_LLADDR", lladdr)]
-        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, family=_family(dst), ifindex=index, state=NUD_PERMANENT)
+        data = nlwire.neigh(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, _family(dst), index, NUD_PERMANENT, 0, dst, lladdr)
         self._add(data, f"ip neigh replace {dst} lladdr {lladdr} dev {dev} nud permanent")
 
     def neigh_del(self, index: int, dst: str, dev: str) -> None:
-        data = _msg("ndmsg", RTM_DELNEIGH, 0, [("NDA_DST", dst)], family=_family(dst), ifindex=index)
+        data = nlwire.neigh(RTM_DELNEIGH, 0, _family(dst), index, 0, 0, dst, None)
         self._add(data, f"ip neigh del {dst} dev {dev}", ok=(errno_mod.ENOENT,))
 
     def fdb(self, index: int, lladdr: str, dst: str, dev: str) -> None:
         """bridge fdb replace MAC dev DEV dst IP self permanent"""
-        attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
-        fields = dict(family=AF_BRIDGE, ifindex=index, state=NUD_PERMANENT | NUD_NOARP, flags=NTF_SELF)
-        data = _msg("ndmsg", RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, attrs, **fields)
+        data = nlwire.neigh(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, AF_BRIDGE, index, NUD_PERMANENT | NUD_NOARP, NTF_SELF, dst, lladdr, lladdr_first=True)
         self._add(data, f"bridge fdb replace {lladdr} dev {dev} dst {dst} self permanent")
 
     def fdb_del(self, index: int, lladdr: str, dst: str, dev: str) -> None:
-        attrs = [("NDA_LLADDR", lladdr), ("NDA_DST", dst)]
-        data = _msg("ndmsg", RTM_DELNEIGH, 0, attrs, family=AF_BRIDGE, ifindex=index, state=NUD_NOARP, flags=NTF_SELF)
+        data = nlwire.neigh(RTM_DELNEIGH, 0, AF_BRIDGE, index, NUD_NOARP, NTF_SELF, dst, lladdr, lladdr_first=True)
         self._add(data, f"bridge fdb del {lladdr} dev {dev} dst {dst} self", ok=(errno_mod.ENOENT,))
 
     # -- sending ---------------------------------------------------------------
