@@ -28,8 +28,7 @@ OVERLAYS = {
 # refused (exit 2) with the reason, rather than built half-way.
 IPV4_ONLY = {
     "ebpf": "the eBPF datapath's programs and maps are IPv4's (lb4_*, ct4)",
-    "bgp": "bird's sessions and routes are IPv4's",
-    "ipip": "IP-in-IP (tunl0) carries IPv4",
+    "ipip": "IP-in-IP (tunl0) carries IPv4 (Calico routes IPv6 without it: use overlay bgp)",
 }
 
 ADDONS = {

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from labctl.kernel.nl import Batch
+from labctl.model import family
 from labctl.model.objects import LabSpec, Node
 from labctl.overlay.base import Daemon, Overlay
 
@@ -32,63 +33,84 @@ def peer_name(node: Node) -> str:
     return "node_" + "".join(c if c.isalnum() else "_" for c in node.name)
 
 
+def router_id(spec: LabSpec, node: Node) -> str:
+    """BIRD's router id: the node's IPv4 address; in an IPv6-only lab (a router id is 32
+    bits) the last 32 bits of its IPv6 address, unique on the node network's /64 or longer."""
+    v4 = family.address(node, 4)
+    if v4:
+        return v4
+    v6 = family.address(node, 6) or node.ip
+    return str(ipaddress.IPv4Address(int(ipaddress.IPv6Address(v6)) & 0xFFFFFFFF))
+
+
 def config(spec: LabSpec, node: Node, socket_path: str, tunnel: str | None = None) -> str:
     """bird.conf of one node: Calico's full mesh (timers from its bird.cfg.template,
     a lab-sized hold time), the node's pod CIDR announced, BGP routes into the kernel
     (`tunnel`: through that device, `via <node> dev tunl0 onlink`, as Calico's
-    krt_tunnel writes them)."""
+    krt_tunnel writes them). In a lab with IPv6, each family has its own sessions
+    between the nodes' addresses of that family (as calico-node peers per family), its
+    own channel and kernel protocol; the first family's protocols keep the plain names."""
     assert node.ip and node.pod_cidr
     asn = spec.bgp_as or DEFAULT_AS
+    fams = family.lab_families(spec)
+    channels = " ".join(f"ipv{f};" for f in fams)
     out = [
         f"# bird.conf of node {node.name} in lab {spec.name}, rendered by labctl: Calico-style full-mesh iBGP",
         f"# control socket: {socket_path} (labctl exec node/{node.name} -- birdc ... uses it)",
-        f"router id {node.ip};",
+        f"router id {router_id(spec, node)};",
         "log stderr all;",
         "",
         "protocol device { scan time 10; }",
         "",
-        "# the node's pod CIDR: cni0's subnet",
-        'protocol direct { ipv4; interface "cni0"; }',
-        "",
-        *_kernel_protocol(tunnel),
-        "",
-        "template bgp mesh {",
+        "# the node's pod CIDR" + ("s" if len(fams) > 1 else "") + ": cni0's subnet" + ("s" if len(fams) > 1 else ""),
+        f'protocol direct {{ {channels} interface "cni0"; }}',
+    ]
+    for i, fam in enumerate(fams):
+        view = family.spec_view(spec, fam)
+        me = family.host_view(spec, node, fam)
+        suffix = "" if i == 0 else f"_v{fam}"
+        out += ["", *_kernel_protocol(tunnel, fam), "", *_template(me, asn, fam, suffix)]
+        mine = ipaddress.ip_address(me.ip)
+        for peer in view.nodes:
+            if peer.name == node.name or not peer.ip:
+                continue
+            passive = ipaddress.ip_address(peer.ip) > mine  # Calico's mesh: one side connects, the higher address
+            out.append("")
+            out.append(f"protocol bgp {peer_name(peer)}{suffix} from mesh{suffix} {{")
+            out.append(f'    description "node {peer.name}";')
+            out.append(f"    neighbor {peer.ip} as {asn};")
+            if passive:
+                out.append("    passive on;  # the higher address connects (Calico's unidirectional mesh)")
+            out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _template(me: Node, asn: int, fam: int, suffix: str) -> list[str]:
+    return [
+        f"template bgp mesh{suffix} {{",
         "    debug { states, events };  # sessions connecting and changing state, in the daemon's log",
-        f"    local {node.ip} as {asn};",
+        f"    local {me.ip} as {asn};",
         "    direct;  # the peers share the node network (iBGP would be multihop)",
         "    connect delay time 1;  # Calico's; bird waits 0.75-1 s before its first connect (RFC 4271's jitter)",
         "    connect retry time 1;  # Calico: 3 s; a lab retries at once (a peer still starting refuses the first try)",
         "    error wait time 5, 60;",
         "    hold time 6;  # a lab-sized hold time (bird's default is 240 s): a lost node's routes go in seconds",
         "    keepalive time 2;",
-        "    ipv4 {",
+        f"    ipv{fam} {{",
         "        gateway direct;  # next hops are on the node network",
         "        import all;",
-        f"        export filter {{ if net = {node.pod_cidr} then accept; reject; }};",
+        f"        export filter {{ if net = {me.pod_cidr} then accept; reject; }};",
         "    };",
         "}",
     ]
-    me = ipaddress.IPv4Address(node.ip)
-    for peer in spec.nodes:
-        if peer.name == node.name or not peer.ip:
-            continue
-        passive = ipaddress.IPv4Address(peer.ip) > me  # Calico's mesh: one side connects, the higher address
-        out.append("")
-        out.append(f"protocol bgp {peer_name(peer)} from mesh {{")
-        out.append(f'    description "node {peer.name}";')
-        out.append(f"    neighbor {peer.ip} as {asn};")
-        if passive:
-            out.append("    passive on;  # the higher address connects (Calico's unidirectional mesh)")
-        out.append("}")
-    return "\n".join(out) + "\n"
 
 
-def _kernel_protocol(tunnel: str | None) -> list[str]:
+def _kernel_protocol(tunnel: str | None, fam: int = 4) -> list[str]:
     if not tunnel:
         return [
-            "# routes learned over BGP go into the kernel's main table (proto bird, metric 32)",
+            f"# routes learned over BGP go into the kernel's main table (proto bird, metric 32){' (IPv6)' if fam == 6 else ''}",
             "protocol kernel {",
-            "    ipv4 { import none; export filter { if source = RTS_BGP then accept; reject; }; };",
+            f"    ipv{fam} {{ import none; export filter {{ if source = RTS_BGP then accept; reject; }}; }};",
             "}",
         ]
     return [
@@ -109,12 +131,14 @@ def _kernel_protocol(tunnel: str | None) -> list[str]:
     ]
 
 
-def learned(ns: str) -> set[str]:
-    """The prefixes bird installed in a node's main table."""
-    p = subprocess.run(["ip", "-n", ns, "-j", "-4", "route", "show", "proto", "bird"], capture_output=True, text=True)
-    if p.returncode != 0:
-        return set()
-    return {r["dst"] for r in json.loads(p.stdout or "[]") if r.get("type", "unicast") == "unicast"}
+def learned(ns: str, families: tuple[int, ...] = (4,)) -> set[str]:
+    """The prefixes bird installed in a node's main table (of these families)."""
+    out: set[str] = set()
+    for fam in families:
+        p = subprocess.run(["ip", "-n", ns, "-j", f"-{fam}", "route", "show", "proto", "bird"], capture_output=True, text=True)
+        if p.returncode == 0:
+            out |= {r["dst"] for r in json.loads(p.stdout or "[]") if r.get("type", "unicast") == "unicast"}
+    return out
 
 
 def sessions(socket_path: str) -> dict[str, str] | None:
@@ -171,20 +195,28 @@ class Bgp(Overlay):
         """{"peers": {node: BGP state}, "as", "routerId", "socket"} ("down": bird does not answer)."""
         sock = labdir / self.daemon.name / node.name / f"{self.daemon.name}.ctl"
         states = sessions(str(sock)) or {}
-        peers = {r.name: states.get(peer_name(r), "down") for r in spec.nodes if r.name != node.name}
-        return {"peers": peers, "as": spec.bgp_as or DEFAULT_AS, "routerId": node.ip, "socket": str(sock)}
+        fams = family.lab_families(spec)
+        by_family = {
+            family.name(f): {r.name: states.get(peer_name(r) + ("" if i == 0 else f"_v{f}"), "down") for r in spec.nodes if r.name != node.name}
+            for i, f in enumerate(fams)
+        }
+        out = {"peers": by_family[family.name(fams[0])], "as": spec.bgp_as or DEFAULT_AS, "routerId": router_id(spec, node), "socket": str(sock)}
+        if len(fams) > 1:
+            out["peersByFamily"] = by_family  # each family's own sessions
+        return out
 
     def wait_converged(self, spec: LabSpec, netns_of, dead) -> None:
         """Every node has every other node's pod CIDR from bird (bounded; the error names
         the node and the routes it lacks). `dead()`: a daemon that exited, and why."""
         from labctl.errors import LabError
 
-        wanted = {n.name: {r.pod_cidr for r in spec.nodes if r.name != n.name} for n in spec.nodes}
+        fams = family.lab_families(spec)
+        wanted = {n.name: {c for r in spec.nodes if r.name != n.name for c in (r.pod_cidrs or (r.pod_cidr,)) if c} for n in spec.nodes}
         deadline = time.monotonic() + CONVERGE_TIMEOUT
         pending = dict(wanted)
         while pending:
             for name in list(pending):
-                missing = pending[name] - learned(netns_of(name))
+                missing = pending[name] - learned(netns_of(name), fams)
                 if missing:
                     pending[name] = missing
                 else:

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.helpers import deployment, lab_processes, labctl_cmd, leftovers, run_labctl, svc
+from tests.kernel.conftest import STACKS
 
 pytestmark = pytest.mark.kernel
 
@@ -21,12 +22,14 @@ NODES = [{"name": "node1"}, {"name": "node2"}, {"name": "node3"}]
 
 
 def up(lab, nodes=NODES, **spec):
-    return lab.up(lab.doc(overlay="bgp", nodes=nodes, **spec), deployment("web", 3), svc("web", {"app": "web"}))
+    web = svc("web", {"app": "web"}, **({"ipFamilyPolicy": "RequireDualStack"} if lab.stack == "dual" else {}))
+    return lab.up(lab.doc(overlay="bgp", nodes=nodes, **spec), deployment("web", 3), web)
 
 
-def bird_routes(lab, node: str) -> dict[str, str]:
-    """prefix -> gateway of the routes bird installed on a node."""
-    out = json.loads(lab.sh(lab.node_ns(node), "ip", "-j", "-4", "route", "show", "proto", "bird"))
+def bird_routes(lab, node: str, six: bool | None = None) -> dict[str, str]:
+    """prefix -> gateway of the routes bird installed on a node (of the probes' family)."""
+    six = lab.six if six is None else six
+    out = json.loads(lab.sh(lab.node_ns(node), "ip", "-j", "-6" if six else "-4", "route", "show", "proto", "bird"))
     return {r["dst"]: r.get("gateway") for r in out}
 
 
@@ -54,7 +57,11 @@ def wait_for(what, condition, timeout: float):
     return time.monotonic()
 
 
-def test_routes_are_learned_over_bgp_and_carry_pods_and_services(lab):
+@pytest.mark.parametrize("stack", STACKS)
+def test_routes_are_learned_over_bgp_and_carry_pods_and_services(lab, stack):
+    """In every stack: a dual-stack lab has a session per family between each pair of
+    nodes (as calico-node peers), each family's routes learned over its own."""
+    lab.use(stack)
     up(lab)
     topo = lab.topo
     for n in topo.lab.nodes:
@@ -67,7 +74,11 @@ def test_routes_are_learned_over_bgp_and_carry_pods_and_services(lab):
         assert lab.probe(src, dst).verdict == "open", (src, dst)
     assert lab.probe("web-0", "svc/default/web").verdict == "open"
     shown = subprocess.run(labctl_cmd() + ["exec", "--lab", lab.name, "node/node1", "--", "birdc", "show", "protocols"], capture_output=True, text=True)
-    assert shown.returncode == 0 and shown.stdout.count("Established") == 2, shown.stdout + shown.stderr
+    sessions = 4 if stack == "dual" else 2
+    assert shown.returncode == 0 and shown.stdout.count("Established") == sessions, shown.stdout + shown.stderr
+    if stack == "dual":  # the first family's routes too, over its own sessions
+        v4 = {n.name: n for n in lab.whole.lab.nodes}
+        assert bird_routes(lab, "node1", six=False) == {v4[r].pod_cidr: v4[r].ip for r in ("node2", "node3")}
     st = json.loads(run_labctl("status", "--lab", lab.name, "--json").stdout)
     assert [n["bgp"]["peers"] for n in st["nodes"]] == [
         {"node2": "Established", "node3": "Established"},

@@ -173,7 +173,7 @@ def test_host_ports_join_as_go_does():
     assert family.split_hostport("[fd00::1]:80") == ("fd00::1", 80) and family.split_hostport("10.0.0.1:53") == ("10.0.0.1", 53)
 
 
-@pytest.mark.parametrize("field,value", [("proxyMode", "ebpf"), ("overlay", "bgp"), ("overlay", "ipip")])
+@pytest.mark.parametrize("field,value", [("proxyMode", "ebpf"), ("overlay", "ipip")])
 def test_what_serves_ipv4_alone_is_refused_in_a_lab_with_ipv6(field, value):
     for spec in (DUAL, V6):
         assert f"spec.{field}: {value} serves IPv4 alone" in one(dump(lab_doc(**spec, **{field: value})))

@@ -111,6 +111,27 @@ def test_bird_conf_is_calicos_full_mesh_with_the_nodes_pod_cidr():
     assert load(dump(lab_doc(overlay="bgp"))).lab.bgp_as is None
 
 
+def test_bird_conf_of_a_dual_stack_lab_has_a_mesh_per_family():
+    from labctl.overlay import bgp
+
+    spec = {
+        "ipFamilies": ["IPv4", "IPv6"],
+        "nodeNetwork": ["10.10.20.0/24", "fd00:10:20::/64"],
+        "podNetwork": ["10.244.0.0/16", "fd00:10:244::/56"],
+        "serviceNetwork": ["10.96.0.0/16", "fd00:10:96::/112"],
+    }
+    topo = load(dump(lab_doc(overlay="bgp", **spec)))
+    conf = bgp.config(topo.lab, topo.lab.nodes[0], "/run/x.ctl")
+    assert 'protocol direct { ipv4; ipv6; interface "cni0"; }' in conf
+    assert "protocol bgp node_node2 from mesh {" in conf and "neighbor 10.10.20.11 as 64512;" in conf
+    assert "protocol bgp node_node2_v6 from mesh_v6 {" in conf and "neighbor fd00:10:20::b as 64512;" in conf
+    six = conf.split("template bgp mesh_v6")[1]
+    assert "local fd00:10:20::a as 64512;" in six and "export filter { if net = fd00:10:244::/64 then accept; reject; };" in six
+    assert conf.count("protocol kernel") == 2 and "ipv6 { import none; export filter" in conf
+    only6 = load(dump(lab_doc(overlay="bgp", ipFamilies=["IPv6"])))
+    assert "router id 0.0.0.10;" in bgp.config(only6.lab, only6.lab.nodes[0], "/run/x.ctl"), "IPv6 alone: a 32-bit id from the address"
+
+
 def test_bgp_as_number_is_checked():
     assert "spec.bgp.asNumber" in one(dump(lab_doc(overlay="bgp", bgp={"asNumber": 0})))
 
