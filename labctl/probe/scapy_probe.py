@@ -200,20 +200,34 @@ def _stamp(anc) -> float:
     return time.time()
 
 
-def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):
+def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int, six: bool = False):
+    """Whether a packet is the answer to this probe: its reply, or an ICMP (ICMPv6) error
+    quoting it."""
     from scapy.layers.inet import ICMP, TCP, UDP, IPerror, TCPerror, UDPerror
+    from scapy.layers.inet6 import ICMPv6EchoReply, IPerror6
+
+    def quoted(r):
+        """The header an ICMP error quotes, when it is of a packet to dst; else None."""
+        if six:
+            icmp = _icmp6(r)
+            if icmp is None or int(icmp.type) not in (1, 2, 3, 4) or not r.haslayer(IPerror6):
+                return None
+            inner = r[IPerror6]
+        else:
+            if not r.haslayer(ICMP) or int(r[ICMP].type) not in (3, 11, 12) or not r.haslayer(IPerror):
+                return None
+            inner = r[IPerror]
+        return inner if inner.dst == dst else None
 
     def is_error_about_us(r) -> bool:
-        if not r.haslayer(ICMP) or int(r[ICMP].type) not in (3, 11, 12) or not r.haslayer(IPerror):
-            return False
-        inner = r[IPerror]
-        if inner.dst != dst:
+        inner = quoted(r)
+        if inner is None:
             return False
         if proto == "tcp":
             return r.haslayer(TCPerror) and r[TCPerror].sport == sport and r[TCPerror].dport == dport
         if proto == "udp":
             return r.haslayer(UDPerror) and r[UDPerror].sport == sport and r[UDPerror].dport == dport
-        return r.haslayer(ICMP) and int(inner.proto) == 1
+        return int(inner.nh) == 58 if six else (r.haslayer(ICMP) and int(inner.proto) == 1)
 
     def matches(r) -> bool:
         if r.dst != src:
@@ -226,6 +240,8 @@ def _matcher(proto: str, src: str, dst: str, sport: int, dport: int | None, seq:
             return r.haslayer(TCP) and r[TCP].sport == dport and r[TCP].dport == sport and r[TCP].ack == seq + 1
         if proto == "udp":
             return r.haslayer(UDP) and r[UDP].sport == dport and r[UDP].dport == sport
+        if six:
+            return r.haslayer(ICMPv6EchoReply) and r[ICMPv6EchoReply].id == sport
         return r.haslayer(ICMP) and int(r[ICMP].type) == 0 and r[ICMP].id == sport
 
     return matches
@@ -245,7 +261,6 @@ def probe(
 ) -> ProbeResult:
     """One probe; `fetch` False skips the real connection that reads the responder's JSON (TCP).
     `sport`: the source port (or ICMP id), from labctl.probe.ports; default random."""
-    from scapy.layers.inet import ICMP, IP, TCP, UDP  # scapy is slow to import: only probes pay for it
 
     with netns.entered(src_netns):
         try:
@@ -257,26 +272,47 @@ def probe(
     sport = sport or _rng.randint(33000, 60999)
     traced = seq is not None  # a trace's probe: its UDP payload starts with the seq, which its rules match
     seq = _rng.randint(0, 2**31) if seq is None else seq
-    if isinstance(wire, _Wire6):
-        return _probe6(result, wire, src_netns, src_ip, dst, proto, port, timeout, fetch, sport, seq, traced)
-    if proto == "tcp":
-        pkt = IP(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
-    elif proto == "udp":
-        pkt = IP(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / ((seq.to_bytes(4, "big") if traced else b"") + b"labctl-probe\n")
-    else:
-        pkt = IP(src=src_ip, dst=dst) / ICMP(id=sport, seq=1)
+    six = isinstance(wire, _Wire6)
+    pkt = _packet(six, proto, src_ip, dst, sport, port, seq, traced)
     try:
-        got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq), timeout, dst if proto != "icmp" else "", sport)
+        if six:
+            got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq, six=True), timeout)
+        else:
+            got = wire.exchange(pkt, _matcher(proto, src_ip, dst, sport, port, seq), timeout, dst if proto != "icmp" else "", sport)
     finally:
         wire.close()
+    return _conclude(result, got, six, src_netns, dst, proto, port, timeout, fetch, sport)
+
+
+def _packet(six: bool, proto: str, src_ip: str, dst: str, sport: int, port, seq: int, traced: bool):
+    """The probe: a SYN, a datagram (a trace's starts with the seq its rules match) or an echo request."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP  # scapy is slow to import: only probes pay for it
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+
+    ip = IPv6(src=src_ip, dst=dst) if six else IP(src=src_ip, dst=dst)
+    if proto == "tcp":
+        return ip / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
+    if proto == "udp":
+        return ip / UDP(sport=sport, dport=port) / ((seq.to_bytes(4, "big") if traced else b"") + b"labctl-probe\n")
+    return ip / (ICMPv6EchoRequest(id=sport, seq=1) if six else ICMP(id=sport, seq=1))
+
+
+def _conclude(result: ProbeResult, got, six: bool, src_netns: str, dst: str, proto: str, port, timeout: float, fetch: bool, sport: int) -> ProbeResult:
+    """The verdict from what came back (or nothing), as the module's text says."""
+    from scapy.layers.inet import ICMP, TCP, UDP
+
     if got is None:
         result.detail = f"no answer within {timeout:g} s"
         return result
     reply, seconds = got
     result.rtt_ms = round(seconds * 1000, 3)
-    if reply.haslayer(ICMP) and int(reply[ICMP].type) != 0:
-        result.verdict, result.detail = _classify_icmp(reply[ICMP])
-        result.detail += f" from {reply[IP].src}"
+    if six:
+        icmp = _icmp6(reply)
+        error = _classify_icmp6(icmp) if icmp is not None and int(icmp.type) != 129 else None
+    else:
+        error = _classify_icmp(reply[ICMP]) if reply.haslayer(ICMP) and int(reply[ICMP].type) != 0 else None
+    if error is not None:
+        result.verdict, result.detail = error[0], f"{error[1]} from {reply.src}"
         return result
     if proto == "tcp":
         flags = reply[TCP].flags
@@ -294,7 +330,7 @@ def probe(
         _fill(result, _json(bytes(reply[UDP].payload)))
     else:
         result.verdict = "open"
-        result.detail = f"echo reply from {reply[IP].src}"
+        result.detail = f"echo reply from {reply.src}"
     return result
 
 
@@ -386,79 +422,3 @@ class _Wire6:
 def _icmp6(r):
     """The ICMPv6 message right after the IPv6 header, or None."""
     return r.payload if int(r.nh) == 58 and hasattr(r.payload, "type") else None
-
-
-def _matcher6(proto: str, src: str, dst: str, sport: int, dport: int | None, seq: int):
-    from scapy.layers.inet import TCP, UDP, TCPerror, UDPerror
-    from scapy.layers.inet6 import ICMPv6EchoReply, IPerror6
-
-    def is_error_about_us(r) -> bool:
-        icmp = _icmp6(r)
-        if icmp is None or int(icmp.type) not in (1, 2, 3, 4) or not r.haslayer(IPerror6):
-            return False
-        if r[IPerror6].dst != dst:
-            return False
-        if proto == "tcp":
-            return r.haslayer(TCPerror) and r[TCPerror].sport == sport and r[TCPerror].dport == dport
-        if proto == "udp":
-            return r.haslayer(UDPerror) and r[UDPerror].sport == sport and r[UDPerror].dport == dport
-        return int(r[IPerror6].nh) == 58
-
-    def matches(r) -> bool:
-        if r.dst != src:
-            return False
-        if is_error_about_us(r):
-            return True
-        if r.src != dst:
-            return False
-        if proto == "tcp":
-            return r.haslayer(TCP) and r[TCP].sport == dport and r[TCP].dport == sport and r[TCP].ack == seq + 1
-        if proto == "udp":
-            return r.haslayer(UDP) and r[UDP].sport == dport and r[UDP].dport == sport
-        return r.haslayer(ICMPv6EchoReply) and r[ICMPv6EchoReply].id == sport
-
-    return matches
-
-
-def _probe6(result: ProbeResult, wire: _Wire6, src_netns: str, src_ip: str, dst: str, proto: str, port, timeout, fetch, sport, seq, traced) -> ProbeResult:
-    from scapy.layers.inet import TCP, UDP
-    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
-
-    if proto == "tcp":
-        pkt = IPv6(src=src_ip, dst=dst) / TCP(sport=sport, dport=port, flags="S", seq=seq, window=64240)
-    elif proto == "udp":
-        pkt = IPv6(src=src_ip, dst=dst) / UDP(sport=sport, dport=port) / ((seq.to_bytes(4, "big") if traced else b"") + b"labctl-probe\n")
-    else:
-        pkt = IPv6(src=src_ip, dst=dst) / ICMPv6EchoRequest(id=sport, seq=1)
-    try:
-        got = wire.exchange(pkt, _matcher6(proto, src_ip, dst, sport, port, seq), timeout)
-    finally:
-        wire.close()
-    if got is None:
-        result.detail = f"no answer within {timeout:g} s"
-        return result
-    reply, seconds = got
-    result.rtt_ms = round(seconds * 1000, 3)
-    icmp = _icmp6(reply)
-    if icmp is not None and int(icmp.type) != 129:
-        result.verdict, result.detail = _classify_icmp6(icmp)
-        result.detail += f" from {reply[IPv6].src}"
-        return result
-    if proto == "tcp":
-        flags = reply[TCP].flags
-        if flags.S and flags.A:
-            result.verdict = "open"
-            if fetch:
-                _fill(result, _read_http_json(src_netns, dst, port, timeout, sport))
-        elif flags.R:
-            result.verdict = "refused"
-            result.detail = "tcp reset"
-        else:
-            result.detail = f"tcp flags {flags}"
-    elif proto == "udp":
-        result.verdict = "open"
-        _fill(result, _json(bytes(reply[UDP].payload)))
-    else:
-        result.verdict = "open"
-        result.detail = f"echo reply from {reply[IPv6].src}"
-    return result

@@ -60,3 +60,6 @@ def answer(sock: socket.socket, mac: bytes, ips: set[str]) -> None:
             sock.send(_frame(sha, mac, 2, mac, tpa, sha, spa))
         except OSError:
             pass
+
+
+announce = gratuitous  # the speaker's way of telling the segment (labctl.responder.server)

@@ -196,49 +196,33 @@ class Responder:
 
     def _announce(self, wanted: dict[str, list[str]]) -> list[str]:
         """Answer ARP for LoadBalancer IPs on the nodes that announce them (NDP for IPv6 ones)."""
-        errors = self._announce6({ns: [ip for ip in ips if ":" in ip] for ns, ips in wanted.items() if any(":" in ip for ip in ips)})
-        wanted = {ns: [ip for ip in ips if ":" not in ip] for ns, ips in wanted.items()}
-        wanted = {ns: ips for ns, ips in wanted.items() if ips}
-        for ns in [n for n in self.speakers if n not in wanted]:
-            sock, _, _ = self.speakers.pop(ns)
-            self.sel.unregister(sock)
-            sock.close()
-        for ns, ips in wanted.items():
-            if ns not in self.speakers:
-                try:
-                    with netns.entered(ns):
-                        sock, mac = arp.open_speaker()
-                except OSError as e:
-                    errors.append(f"{ns}: ARP speaker: {e}")
-                    continue
-                self.speakers[ns] = (sock, mac, set())
-                self.sel.register(sock, selectors.EVENT_READ, ("arp", ns))
-            sock, mac, current = self.speakers[ns]
-            for ip in set(ips) - current:
-                arp.gratuitous(sock, mac, ip)
-            current.clear()
-            current.update(ips)
+        errors = []
+        for six, speakers, proto, role in ((False, self.speakers, arp, "arp"), (True, self.speakers6, ndp, "ndp")):
+            mine = {ns: [ip for ip in ips if (":" in ip) == six] for ns, ips in wanted.items()}
+            errors += self._speak({ns: ips for ns, ips in mine.items() if ips}, speakers, proto, role)
         return errors
 
-    def _announce6(self, wanted: dict[str, list[str]]) -> list[str]:
+    def _speak(self, wanted: dict[str, list[str]], speakers: dict, proto, role: str) -> list[str]:
+        """One family's speakers (`proto`: labctl.responder.arp or .ndp): made where an IP is
+        announced, closed where none is any more, every new IP announced at once."""
         errors = []
-        for ns in [n for n in self.speakers6 if n not in wanted]:
-            sock, _, _ = self.speakers6.pop(ns)
+        for ns in [n for n in speakers if n not in wanted]:
+            sock, _, _ = speakers.pop(ns)
             self.sel.unregister(sock)
             sock.close()
         for ns, ips in wanted.items():
-            if ns not in self.speakers6:
+            if ns not in speakers:
                 try:
                     with netns.entered(ns):
-                        sock, mac = ndp.open_speaker()
+                        sock, mac = proto.open_speaker()
                 except OSError as e:
-                    errors.append(f"{ns}: NDP speaker: {e}")
+                    errors.append(f"{ns}: {role.upper()} speaker: {e}")
                     continue
-                self.speakers6[ns] = (sock, mac, set())
-                self.sel.register(sock, selectors.EVENT_READ, ("ndp", ns))
-            sock, mac, current = self.speakers6[ns]
+                speakers[ns] = (sock, mac, set())
+                self.sel.register(sock, selectors.EVENT_READ, (role, ns))
+            sock, mac, current = speakers[ns]
             for ip in set(ips) - current:
-                ndp.unsolicited(sock, mac, ip)
+                proto.announce(sock, mac, ip)
             current.clear()
             current.update(ips)
         return errors
