@@ -10,8 +10,9 @@ import click
 
 from labctl import output
 from labctl.cli import cli, require_root
-from labctl.cli.common import http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
+from labctl.cli.common import family_option, family_targets, http_request_options, json_option, lab_option, responder_pid, running_lab, still_up
 from labctl.errors import CheckFailed, InvalidInput
+from labctl.model.family import hostport
 
 
 @cli.command()
@@ -89,8 +90,9 @@ def verify(lab_name, timeout, workers, fam, as_json) -> None:
 @http_request_options
 @click.option("--https", is_flag=True, help="--http: over TLS (hop 1 to port 443).")
 @click.option("--trace", "with_trace", is_flag=True, help="Also trace the flow in the kernel (labctl trace) and say where the two disagree (root).")
+@family_option
 @json_option
-def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, http_headers, https, with_trace, as_json) -> None:
+def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, http_headers, https, with_trace, fam, as_json) -> None:
     """Which policies select FROM (egress) and TO (ingress), which rule allows
     the connection or why it is denied, and the kernel chains that decide it.
     TO may be a service (svc/NS/NAME): where FROM's node decides it, and the
@@ -114,7 +116,7 @@ def explain(lab_name, src, dst, port, proto, http_path, http_host, http_method, 
         else:
             _say_http(r)
         return
-    a, b = resolve(topo, src, role="FROM"), resolve(topo, dst, role="TO")
+    a, b, topo = family_targets(topo, src, dst, fam)  # --family 6 / an IPv6 address: that family's view
     r = why(topo, a, b, port, proto)
     if with_trace:
         from labctl.probe.trace import agreement
@@ -155,7 +157,9 @@ def _say_explain(r: dict) -> None:
     verdict = "[bold]allowed[/bold]" if r["allowed"] else "[bold]denied[/bold]"
     if "service" in r:
         svc = r["service"]
-        output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}), decided on {svc['node']} by {_decider(svc['proxyMode'])}:")
+        output.say(
+            output.escaped(f"{r['from']} -> {r['to']} ({hostport(r['ip'], r['port'])}/{r['proto']}), decided on {svc['node']} by {_decider(svc['proxyMode'])}:")
+        )
         for line in svc["kernel"]:
             output.say(f"  kernel: {line}")
         if svc.get("topology"):
@@ -166,7 +170,8 @@ def _say_explain(r: dict) -> None:
             verdict = "[bold]allowed[/bold]" if v["allowed"] else "[bold]denied[/bold]"
             output.say(f"  -> {v['endpoint'] or v['address']} ({v['address']}): {verdict}: {v['explanation'][0]}; {v['explanation'][1]}")
         return
-    output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}/{r['proto']}): {verdict}")
+    head = f"{r['from']} -> {r['to']} ({hostport(r['ip'], r['port'])}/{r['proto']})"
+    output.say(f"{output.escaped(head)}: {verdict}")
     if r.get("routeMissing"):
         output.say(f"  [bold]but[/bold] {r['routeMissing']}")
     for direction, label in (("egress", r["from"]), ("ingress", r["to"])):
@@ -204,7 +209,8 @@ def _headers(given: tuple[str, ...]) -> dict[str, str]:
 def _say_http(r: dict) -> None:
     svc, http, route = r["service"], r["http"], r["http"]["route"]
     verdict = "[bold]served[/bold]" if r["allowed"] else "[bold]not served[/bold]"
-    output.say(f"{r['from']} -> {r['to']} ({r['ip']}:{r['port']}) http://{http['host']}{http['path']}: {verdict}")
+    head = f"{r['from']} -> {r['to']} ({hostport(r['ip'], r['port'])}) http://{http['host']}{http['path']}"
+    output.say(f"{output.escaped(head)}: {verdict}")
     output.say(f"hop 1: {r['from']} -> {r['to']}, decided on {svc['node']} by {_decider(svc['proxyMode'])}:")
     for line in svc["kernel"]:
         output.say(f"  kernel: {line}")

@@ -18,7 +18,7 @@ from labctl.model.errors import InvalidInput
 from labctl.model.objects import Topology
 from labctl.model.targets import Endpoint, default_port
 from labctl.policy.engine import Engine
-from labctl.policy.rules import CHAIN, ISOLATED, policy_chain
+from labctl.policy.rules import CHAIN, ISOLATED, policy_chain, set_name6
 from labctl.proxy.endpoints import service_ports
 
 
@@ -44,7 +44,9 @@ def _to_pod(topo: Topology, a: Endpoint, b: Endpoint, port: int | None, proto: s
         if pod is not None and not s.note and s.isolated_by:
             node = names.node_netns(topo.lab.name, pod.node)
             chains = " | ".join(f"{k} -> {policy_chain(by_key[k], s.direction)}" for k in s.isolated_by)
-            kernel = [f"{node}: filter {CHAIN[s.direction]} (the pod is in ipset {ISOLATED[s.direction]}): {chains}"]
+            six = ":" in topo.lab.pod_network  # the IPv6 family's view: ip6tables, its own sets
+            iso = set_name6(ISOLATED[s.direction]) if six else ISOLATED[s.direction]
+            kernel = [f"{node}: {'ip6tables ' if six else ''}filter {CHAIN[s.direction]} (the pod is in ipset {iso}): {chains}"]
         where = pod.node if pod is not None else None
         return {"isolatedBy": s.isolated_by, "allowedBy": s.allowed_by, "explanation": s.explain(), "kernel": kernel, "node": where}
 

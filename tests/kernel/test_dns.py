@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -271,6 +272,11 @@ def test_dns_is_a_pod_under_policy_and_behind_the_service_rules(dlab):
     }
     try:
         dlab.up(*dlab.docs(deny))
+        # the query must be a new flow: an earlier query's conntrack entry (a UDP flow lives
+        # 30 s) on the port dig happens to pick again would be let through as established
+        node_ns = dlab.node_ns(dlab.topo.pod("default/client").node)
+        fam = ["-f", "ipv6"] if dlab.stack == "ipv6" else []
+        subprocess.run(["ip", "netns", "exec", node_ns, "conntrack", "-D", *fam, "-p", "udp", "--orig-port-dst", "53"], capture_output=True)
         out = dlab.dig("client", "web.default.svc.cluster.local")
         assert status(out) != "NOERROR" and dlab.svc_ip("kube-system/kube-dns") in out, "a default-deny egress blocks DNS, as on a cluster"
         dlab.up(*dlab.docs(deny, allow))

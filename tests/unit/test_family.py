@@ -272,3 +272,22 @@ def test_dns_records_of_both_families():
     ptr = __import__("ipaddress").ip_address(web.cluster_ips[1]).reverse_pointer + "."
     assert z[ptr] == {"PTR": ["web.default.svc.cluster.local."]} and ptr.endswith(".ip6.arpa.")
     assert "fd00:10:96::/112" in zone(topo)["reverse"]
+
+
+def test_explain_over_ipv6_names_the_ipv6_rules_and_sets():
+    from labctl.cli.common import family_targets
+    from labctl.policy.explain import explain
+
+    pol = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}]}]},
+    }
+    topo = dual_lab_with_web(pod("c", labels={"app": "other"}), pol)
+    a, b, view = family_targets(topo, "c", "a", "6")
+    assert b.ip == "fd00:10:244::2" and view.lab.pod_network == "fd00:10:244::/56"
+    r = explain(view, a, b, 8080, "tcp")
+    assert not r["allowed"] and "ip6tables filter LABCTL-NETPOL-INGRESS (the pod is in ipset LABCTL-ISO6-INGRESS)" in " ".join(r["ingress"]["kernel"])
+    a, b, view = family_targets(topo, "c", "fd00:10:244::2", None)
+    assert b.pod is not None and b.pod.key == "default/a", "an IPv6 address is looked up in the IPv6 view"
