@@ -53,10 +53,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "nodes": [
             {
                 "name": n.name,
-                "ip": n.ip,
-                "ips": list(family.addresses(n)),
-                "podCIDR": n.pod_cidr,
-                "podCIDRs": [c for c in n.pod_cidrs or (n.pod_cidr,) if c],
+                **family.address_keys(n),
                 "netns": names.node_netns(lab.name, n.name),
                 "present": names.node_netns(lab.name, n.name) in present,
                 **({overlay.status_key: overlay.node_status(lab, n, handle.dir.path)} if overlay.daemon else {}),
@@ -66,8 +63,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
         "externals": [
             {
                 "name": e.name,
-                "ip": e.ip,
-                "ips": list(family.addresses(e)),
+                **family.address_keys(e),
                 "netns": names.external_netns(lab.name, e.name),
                 "present": names.external_netns(lab.name, e.name) in present,
             }
@@ -78,8 +74,7 @@ def status(handle: LabHandle) -> dict[str, Any]:
                 "namespace": p.namespace,
                 "name": p.name,
                 "node": p.node,
-                "ip": p.ip,
-                "ips": list(family.addresses(p)),
+                **family.address_keys(p),
                 "labels": dict(p.labels),
                 "ready": p.ready,
                 "terminating": p.terminating,
@@ -152,10 +147,10 @@ def services(topo) -> list[dict[str, Any]]:
     from labctl.proxy.lb import speaker
 
     out = []
-    views = [v for _, v in family.views(topo)]
+    views = [(v, {x.key: x for x in v.services}) for _, v in family.views(topo)]
     for s in topo.services:
         ports, all_eps = [], []
-        mine = [(v, v.service(s.key)) for v in views if any(x.key == s.key for x in v.services)] if len(views) > 1 else [(topo, s)]
+        mine = [(v, by_key[s.key]) for v, by_key in views if s.key in by_key]
         for i, p in enumerate(s.ports):
             eps = [e.addr for v, vs in mine for e in endpoints(v, vs, vs.ports[i])]  # every family's, the first family's first
             all_eps += [e for e in eps if e not in all_eps]

@@ -30,18 +30,9 @@ def validate(file: str, as_json: bool) -> None:
                 "valid": True,
                 "lab": topo.lab.name,
                 "ipFamilies": list(topo.lab.ip_families),
-                "nodes": [
-                    {
-                        "name": n.name,
-                        "ip": n.ip,
-                        "ips": list(family.addresses(n)),
-                        "podCIDR": n.pod_cidr,
-                        "podCIDRs": [c for c in n.pod_cidrs or (n.pod_cidr,) if c],
-                    }
-                    for n in topo.lab.nodes
-                ],
-                "externals": [{"name": e.name, "ip": e.ip, "ips": list(family.addresses(e))} for e in topo.lab.externals],
-                "pods": [{"namespace": p.namespace, "name": p.name, "node": p.node, "ip": p.ip, "ips": list(family.addresses(p))} for p in topo.pods],
+                "nodes": [{"name": n.name, **family.address_keys(n)} for n in topo.lab.nodes],
+                "externals": [{"name": e.name, **family.address_keys(e)} for e in topo.lab.externals],
+                "pods": [{"namespace": p.namespace, "name": p.name, "node": p.node, **family.address_keys(p)} for p in topo.pods],
             }
         )
         return

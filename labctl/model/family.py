@@ -86,6 +86,15 @@ def addresses(obj: Any) -> tuple[str, ...]:
     return ips or ((obj.ip,) if obj.ip else ())
 
 
+def address_keys(obj: Any) -> dict[str, Any]:
+    """The contract's address keys of a node, external or pod: `ip` and `ips`, and a
+    node's `podCIDR` and `podCIDRs` (status and validate show them alike)."""
+    out: dict[str, Any] = {"ip": obj.ip, "ips": list(addresses(obj))}
+    if hasattr(obj, "pod_cidrs"):
+        out.update(podCIDR=obj.pod_cidr, podCIDRs=[c for c in obj.pod_cidrs or (obj.pod_cidr,) if c])
+    return out
+
+
 def address(obj: Any, fam: int) -> str | None:
     """The pod's, node's or external's address of one family, or None."""
     return next((a for a in addresses(obj) if of(a) == fam), None)
@@ -215,7 +224,6 @@ def view(topo: Topology, fam: int) -> Topology:
         pods=tuple(pod_view(p, i) for p in topo.pods),
         services=services,
         policies=tuple(family_view(p, fam) for p in topo.policies),
-        documents=tuple(d for d in topo.documents if not _other_family_slice(d, fam)),
         ipam={k[: -len(suffix)] if i else k: v for k, v in topo.ipam.items() if (k.endswith(suffix) if i else "@" not in k)},
     )
     if len(_VIEWS) > 64:
@@ -227,7 +235,3 @@ def view(topo: Topology, fam: int) -> Topology:
 def views(topo: Topology) -> list[tuple[int, Topology]]:
     """(family, view) for each family of the lab, primary first."""
     return [(f, view(topo, f)) for f in lab_families(topo.lab)]
-
-
-def _other_family_slice(doc: dict, fam: int) -> bool:
-    return doc.get("kind") == "EndpointSlice" and doc.get("addressType") in NAMES and NAMES[doc["addressType"]] != fam

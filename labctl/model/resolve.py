@@ -158,12 +158,6 @@ def _previous_view(previous: Topology | None, fam: int) -> Topology | None:
     return family.view(previous, fam)
 
 
-def _indexed(problems: list[Problem], i: int, dual: bool) -> list[Problem]:
-    from labctl.model.validate import _indexed as indexed
-
-    return indexed(problems, i, dual)
-
-
 def _merge_hosts(spec: LabSpec, views: list[LabSpec]) -> LabSpec:
     """Each node's and external's addresses (and pod CIDRs) of every family, from the views."""
 
@@ -188,6 +182,8 @@ def resolve(
     where: str,
     where_of,
 ) -> tuple[Topology, list[Problem]]:
+    from labctl.model.validate import indexed  # a family's problems, their paths naming its slot
+
     problems: list[Problem] = []
     fams = family.lab_families(spec)
     dual = len(fams) > 1
@@ -197,7 +193,7 @@ def resolve(
         found: list[Problem] = []
         sv = _assign_host_ips(family.spec_view(spec, fam), before[i], where, found)
         views.append(_assign_pod_cidrs(sv, before[i], where, found))
-        problems += _indexed(found, i, dual)
+        problems += indexed(found, i, dual)
     spec = _merge_hosts(spec, views) if dual else views[0]
     # Pods deleted with a grace period (their manifest gone, or their Deployment scaled
     # down) stay as they were, terminating, until the reaper removes them; a pod the

@@ -19,7 +19,7 @@ from labctl.model.objects import DEFAULT_NAMESPACES, LabSpec, Pod, Topology
 _NETWORK_FIELDS = (("nodeNetwork", "node_network"), ("podNetwork", "pod_network"), ("serviceNetwork", "service_network"))
 
 
-def _indexed(problems: list[Problem], i: int, dual: bool) -> list[Problem]:
+def indexed(problems: list[Problem], i: int, dual: bool) -> list[Problem]:
     """A family's problems with their paths naming its slot of the list fields."""
     if not dual:
         return problems
@@ -70,7 +70,7 @@ def networks(spec: LabSpec, where: str) -> list[Problem]:
         return problems
     dual = len(fams) > 1
     for i, fam in enumerate(fams):
-        problems += _indexed(_networks(family.spec_view(spec, fam), where, fam), i, dual)
+        problems += indexed(_networks(family.spec_view(spec, fam), where, fam), i, dual)
     return problems
 
 
@@ -190,7 +190,7 @@ def hosts(spec: LabSpec, where: str) -> list[Problem]:
     if problems:
         return problems
     for i, fam in enumerate(fams):
-        problems += _indexed(_hosts(family.spec_view(spec, fam), where, fam), i, len(fams) > 1)
+        problems += indexed(_hosts(family.spec_view(spec, fam), where, fam), i, len(fams) > 1)
     return problems
 
 
